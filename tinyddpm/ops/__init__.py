@@ -2,6 +2,21 @@
 
 Convention: ``y, cache = op_forward(inputs..., hyper...)`` and
 ``grads = op_backward(dy, cache)``, where ``grads`` lists the gradient of every array input of the
-forward in its order (None for an absent optional input). Backward never writes into ``dy``.
+forward in its order (None for an absent optional input; one array for a one-input op). Backward
+never writes into ``dy``.
 """
+from .attention import attention_backward, attention_forward
+from .conv2d import conv2d_backward, conv2d_forward
+from .dropout import dropout_backward, dropout_forward
+from .embedding import (
+    label_embedding_backward,
+    label_embedding_forward,
+    timestep_embedding_backward,
+    timestep_embedding_forward,
+)
+from .groupnorm import groupnorm_backward, groupnorm_forward
 from .linear import linear_backward, linear_forward
+from .losses import l1_loss_backward, l1_loss_forward, mse_loss_backward, mse_loss_forward
+from .silu import silu_backward, silu_forward
+from .skip import add_backward, add_forward, concat_backward, concat_forward
+from .upsample import upsample_nearest2x_backward, upsample_nearest2x_forward

@@ -1,0 +1,134 @@
+"""The U-Net: whole-network gradient check, PyTorch twin, shapes, initialisation, bad input."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from helpers import ORACLE_TOLERANCE, oracle_error, randn
+from tinyddpm.backend import make_rng, to_device, to_numpy
+from tinyddpm.gradcheck import BLOCK_TOLERANCE, check_gradients
+from tinyddpm.unet import (
+    UNetConfig, count_params, init_params, known_zero_gradients, plan, unet_backward, unet_forward)
+
+TINY = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), blocks_per_level=1,
+                  attention_resolutions=(4,), heads=2, dropout=0.1, groups=4, num_classes=3)
+
+
+def randomised_params(cfg, seed):
+    """Parameters with every zero-initialised tensor made random, so every path carries gradient."""
+    rng = np.random.default_rng(seed + 1)
+    params = init_params(cfg, seed=seed, dtype=np.float64)
+    return {k: to_device(to_numpy(v) + 0.3 * rng.standard_normal(v.shape)) for k, v in params.items()}
+
+
+def unet_check_fns(cfg, t, labels, dropout_seed):
+    """forward/backward over (x, *params) for check_gradients; dropout uses the same mask every call."""
+    keys = None
+
+    def forward(x, *values):
+        params = dict(zip(keys, values))
+        return unet_forward(params, cfg, x, t, labels, train=True, rng=make_rng(dropout_seed))
+
+    def backward(dy, cache):
+        dx, grads = unet_backward(dy, cache)
+        return (dx, *(grads[k] for k in keys))
+
+    def bind(params):
+        nonlocal keys
+        keys = list(params)
+        return forward, backward
+
+    return bind
+
+
+@settings(max_examples=3, deadline=None)
+@given(blocks=st.integers(1, 2), attention=st.booleans(), conditional=st.booleans(), heads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2**31 - 1))
+def test_whole_network_gradcheck(blocks, attention, conditional, heads, seed):
+    cfg = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), blocks_per_level=blocks,
+                     attention_resolutions=(4,) if attention else (), heads=heads, dropout=0.2, groups=4,
+                     num_classes=3 if conditional else None)
+    rng = np.random.default_rng(seed)
+    params = randomised_params(cfg, seed)
+    x = randn(rng, 2, 1, 8, 8)
+    t = to_device(rng.integers(0, 1000, size=2))
+    labels = to_device(rng.integers(0, 4, size=2)) if conditional else None
+    forward, backward = unet_check_fns(cfg, t, labels, seed)(params)
+    errors = check_gradients(forward, backward, {"x": x, **params}, seed=seed, max_entries=2,
+                             known_zero=known_zero_gradients(params))
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < BLOCK_TOLERANCE, (worst, errors[worst])
+
+
+def test_matches_torch_twin(torch):
+    from torch_twin import params_to_torch, torch_unet_forward
+
+    cfg = UNetConfig(**{**TINY.to_dict(), "dropout": 0.0})
+    rng = np.random.default_rng(3)
+    params = randomised_params(cfg, 3)
+    x, dy = randn(rng, 3, 1, 8, 8), randn(rng, 3, 1, 8, 8)
+    t, labels = to_device(np.array([0, 17, 999])), to_device(np.array([0, 2, 3]))  # 3 is the null label
+    out, cache = unet_forward(params, cfg, x, t, labels)
+    dx, grads = unet_backward(dy, cache)
+
+    tp = params_to_torch(params)
+    tx = torch.tensor(to_numpy(x), requires_grad=True)
+    tout = torch_unet_forward(tp, cfg, tx, torch.tensor(to_numpy(t)), torch.tensor(to_numpy(labels)))
+    tout.backward(torch.tensor(to_numpy(dy)))
+    assert oracle_error(out, tout) < ORACLE_TOLERANCE
+    assert oracle_error(dx, tx.grad) < ORACLE_TOLERANCE
+    assert set(grads) == set(params)
+    errors = {k: oracle_error(grads[k], tp[k].grad) for k in params}
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < ORACLE_TOLERANCE, (worst, errors[worst])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mnist_shapes_and_zero_init(dtype):
+    cfg = UNetConfig()  # the MNIST default: 28 -> 14 -> 7
+    params = init_params(cfg, seed=0, dtype=dtype)
+    rng = np.random.default_rng(0)
+    x = randn(rng, 2, 1, 28, 28, dtype=dtype)
+    out, cache = unet_forward(params, cfg, x, to_device(np.array([5, 500])), to_device(np.array([1, 10])))
+    assert out.shape == x.shape and out.dtype == dtype
+    assert not np.any(to_numpy(out))  # conv_out starts at zero: the untrained network predicts 0
+    dx, grads = unet_backward(randn(rng, 2, 1, 28, 28, dtype=dtype), cache)
+    assert set(grads) == set(params) and all(grads[k].shape == params[k].shape for k in params)
+    assert all(g.dtype == dtype for g in grads.values())
+    assert np.abs(to_numpy(grads["conv_out.w"])).sum() > 0  # the zero conv still learns
+
+
+def test_plan_of_the_mnist_default():
+    down, middle, up = plan(UNetConfig())
+    assert [layer.size for layer in down if layer.kind == "down"] == [28, 14]
+    assert [layer.kind for layer in middle] == ["res", "attn", "res"]
+    assert sum(layer.pop_skip for layer in up) == sum(layer.push_skip for layer in down) + 1  # + conv_in's output
+    assert count_params(init_params(UNetConfig(), dtype=np.float32)) > 100_000
+
+
+def test_dropout_in_training_needs_an_rng_and_is_seeded():
+    cfg = UNetConfig(**{**TINY.to_dict(), "dropout": 0.5})
+    params = randomised_params(cfg, 0)
+    x = randn(np.random.default_rng(0), 2, 1, 8, 8)
+    t = to_device(np.array([1, 2]))
+    a, _ = unet_forward(params, cfg, x, t, train=True, rng=make_rng(7))
+    b, _ = unet_forward(params, cfg, x, t, train=True, rng=make_rng(7))
+    c, _ = unet_forward(params, cfg, x, t, train=False)
+    assert np.array_equal(to_numpy(a), to_numpy(b)) and not np.allclose(to_numpy(a), to_numpy(c))
+
+
+def test_bad_input_is_named():
+    params = init_params(TINY, dtype=np.float64)
+    x = randn(np.random.default_rng(0), 2, 1, 8, 8)
+    t = to_device(np.array([1, 2]))
+    with pytest.raises(ValueError, match=r"unet: x must be \(N, 1, 8, 8\), got \(2, 1, 9, 8\)"):
+        unet_forward(params, TINY, randn(np.random.default_rng(0), 2, 1, 9, 8), t)
+    with pytest.raises(ValueError, match=r"unet: t must be \(N,\) = \(2,\), got \(3,\)"):
+        unet_forward(params, TINY, x, to_device(np.array([1, 2, 3])))
+    with pytest.raises(ValueError, match=r"unet: labels must be"):
+        unet_forward(params, TINY, x, t, to_device(np.array([[1], [2]])))
+    with pytest.raises(TypeError, match="unet: x is float32 but the parameters are float64"):
+        unet_forward(params, TINY, x.astype(np.float32), t)
+    with pytest.raises(ValueError, match="groups 3 must divide"):
+        UNetConfig(groups=3).validate()
+    with pytest.raises(ValueError, match="image_size 30 must be divisible by 2"):
+        UNetConfig(image_size=30).validate()

@@ -1,0 +1,150 @@
+"""The U-Net's building blocks, each a forward that chains ops and a backward that unwinds them.
+
+Legend: N batch, Ci/Co channels in/out, H W height and width, E time-embedding width.
+
+Parameters live in one flat dict shared by the whole network; a block reads the entries under its
+``name`` (``"down.0.res.0.conv1.w"``) and its backward writes gradients under the same keys into
+``grads``. Each backward walks its forward's lines in reverse, and every value that fed two places
+(the block input that also takes the skip path, the time embedding read by every ResBlock) gets its
+gradients summed in one visible line.
+
+ResBlock (Ho et al. 2020, appendix B)::
+
+    h = conv1(silu(groupnorm1(x)))                 # (N, Co, H, W)
+    h = h + linear(temb_act)[:, :, None, None]     # time embedding, one value per channel
+    h = conv2(dropout(silu(groupnorm2(h))))        # conv2 starts at zero, so the block starts as identity
+    out = skip(x) + h                              # skip: 1x1 conv when Ci != Co, else identity
+
+AttentionBlock::
+
+    out = x + attention(groupnorm(x))              # the output projection starts at zero
+
+Downsample is a 3x3 convolution with stride 2; Upsample is nearest-neighbour x2 followed by a 3x3 conv.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .ops.attention import attention_backward, attention_forward
+from .ops.conv2d import conv2d_backward, conv2d_forward
+from .ops.dropout import dropout_backward, dropout_forward
+from .ops.groupnorm import groupnorm_backward, groupnorm_forward
+from .ops.linear import linear_backward, linear_forward
+from .ops.silu import silu_backward, silu_forward
+from .ops.skip import add_backward, add_forward
+from .ops.upsample import upsample_nearest2x_backward, upsample_nearest2x_forward
+
+
+class ResBlockCache(NamedTuple):
+    name: str
+    norm1: object
+    act1: object
+    conv1: object
+    temb: object
+    add_temb: object
+    norm2: object
+    act2: object
+    drop: object
+    conv2: object
+    skip: object  # conv cache of the 1x1 skip, or None for the identity
+    residual: object
+
+
+def resblock_forward(p, name, x, temb_act, *, groups, dropout=0.0, train=False, rng=None):
+    """ResBlock on x (N, Ci, H, W) with the activated time embedding temb_act (N, E)."""
+    h, norm1 = groupnorm_forward(x, p[f"{name}.norm1.g"], p[f"{name}.norm1.b"], groups)
+    h, act1 = silu_forward(h)
+    h, conv1 = conv2d_forward(h, p[f"{name}.conv1.w"], p[f"{name}.conv1.b"])  # (N, Co, H, W)
+    e, temb = linear_forward(temb_act, p[f"{name}.temb.w"], p[f"{name}.temb.b"])  # (N, Co)
+    h, add_temb = add_forward(h, e[:, :, None, None])  # (N, Co, 1, 1) broadcast over H, W
+    h, norm2 = groupnorm_forward(h, p[f"{name}.norm2.g"], p[f"{name}.norm2.b"], groups)
+    h, act2 = silu_forward(h)
+    h, drop = dropout_forward(h, dropout, rng, train=train)
+    h, conv2 = conv2d_forward(h, p[f"{name}.conv2.w"], p[f"{name}.conv2.b"])
+    if f"{name}.skip.w" in p:
+        s, skip = conv2d_forward(x, p[f"{name}.skip.w"], p[f"{name}.skip.b"])  # 1x1: (N, Co, H, W)
+    else:
+        s, skip = x, None
+    out, residual = add_forward(s, h)
+    return out, ResBlockCache(name, norm1, act1, conv1, temb, add_temb, norm2, act2, drop, conv2, skip, residual)
+
+
+def resblock_backward(dout, cache: ResBlockCache, grads):
+    """Gradients (dx, dtemb_act) of a ResBlock; parameter gradients go into ``grads``."""
+    name = cache.name
+    # out = s + h
+    ds, dh = add_backward(dout, cache.residual)
+    if cache.skip is not None:
+        dx_skip, grads[f"{name}.skip.w"], grads[f"{name}.skip.b"] = conv2d_backward(ds, cache.skip)
+    else:
+        dx_skip = ds
+    dh, grads[f"{name}.conv2.w"], grads[f"{name}.conv2.b"] = conv2d_backward(dh, cache.conv2)
+    dh = dropout_backward(dh, cache.drop)
+    dh = silu_backward(dh, cache.act2)
+    dh, grads[f"{name}.norm2.g"], grads[f"{name}.norm2.b"] = groupnorm_backward(dh, cache.norm2)
+    # h = h + e[:, :, None, None]
+    dh, de = add_backward(dh, cache.add_temb)
+    dtemb_act, grads[f"{name}.temb.w"], grads[f"{name}.temb.b"] = linear_backward(de[:, :, 0, 0], cache.temb)
+    dh, grads[f"{name}.conv1.w"], grads[f"{name}.conv1.b"] = conv2d_backward(dh, cache.conv1)
+    dh = silu_backward(dh, cache.act1)
+    dx_main, grads[f"{name}.norm1.g"], grads[f"{name}.norm1.b"] = groupnorm_backward(dh, cache.norm1)
+    dx = dx_main + dx_skip  # x fed both the main path and the skip path
+    return dx, dtemb_act
+
+
+class AttentionBlockCache(NamedTuple):
+    name: str
+    norm: object
+    attn: object
+    residual: object
+
+
+def attention_block_forward(p, name, x, *, groups, heads):
+    """x + attention(groupnorm(x)) on x (N, C, H, W)."""
+    h, norm = groupnorm_forward(x, p[f"{name}.norm.g"], p[f"{name}.norm.b"], groups)
+    h, attn = attention_forward(h, p[f"{name}.qkv.w"], p[f"{name}.qkv.b"], p[f"{name}.out.w"], p[f"{name}.out.b"], heads)
+    out, residual = add_forward(x, h)
+    return out, AttentionBlockCache(name, norm, attn, residual)
+
+
+def attention_block_backward(dout, cache: AttentionBlockCache, grads):
+    name = cache.name
+    dx_skip, dh = add_backward(dout, cache.residual)
+    dh, dqkv_w, dqkv_b, dout_w, dout_b = attention_backward(dh, cache.attn)
+    grads[f"{name}.qkv.w"], grads[f"{name}.qkv.b"] = dqkv_w, dqkv_b
+    grads[f"{name}.out.w"], grads[f"{name}.out.b"] = dout_w, dout_b
+    dx_main, grads[f"{name}.norm.g"], grads[f"{name}.norm.b"] = groupnorm_backward(dh, cache.norm)
+    return dx_main + dx_skip  # x fed both the attention path and the residual
+
+
+class ConvCache(NamedTuple):
+    name: str
+    conv: object
+    upsample: object  # None for a plain or strided conv
+
+
+def downsample_forward(p, name, x):
+    """3x3 convolution with stride 2: (N, C, H, W) -> (N, C, ceil(H/2), ceil(W/2))."""
+    y, conv = conv2d_forward(x, p[f"{name}.w"], p[f"{name}.b"], stride=2)
+    return y, ConvCache(name, conv, None)
+
+
+def upsample_forward(p, name, x):
+    """Nearest-neighbour x2 then a 3x3 convolution: (N, C, H, W) -> (N, C, 2H, 2W)."""
+    h, upsample = upsample_nearest2x_forward(x)
+    y, conv = conv2d_forward(h, p[f"{name}.w"], p[f"{name}.b"])
+    return y, ConvCache(name, conv, upsample)
+
+
+def conv_forward(p, name, x):
+    """A plain 'same' convolution with the weights under ``name`` (the U-Net's first and last conv)."""
+    y, conv = conv2d_forward(x, p[f"{name}.w"], p[f"{name}.b"])
+    return y, ConvCache(name, conv, None)
+
+
+def conv_block_backward(dy, cache: ConvCache, grads):
+    """Backward of downsample_forward, upsample_forward and conv_forward."""
+    dx, grads[f"{cache.name}.w"], grads[f"{cache.name}.b"] = conv2d_backward(dy, cache.conv)
+    if cache.upsample is not None:
+        dx = upsample_nearest2x_backward(dx, cache.upsample)
+    return dx

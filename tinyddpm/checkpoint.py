@@ -1,0 +1,305 @@
+"""Checkpoints: one .npz file holding everything needed to resume training or to sample.
+
+    save_checkpoint("runs/mnist/ckpt.npz", config=cfg, params=params, ema=ema.state_dict(),
+                    optimizer_state=opt.state_dict(), step=opt.t,
+                    rng_state={"noise": generator_state(rng), "batches": batches.state_dict()})
+    ckpt = load_checkpoint("runs/mnist/ckpt.npz")     # arrays on the current device
+    opt.load_state_dict(ckpt.optimizer_state); ema.load_state_dict(ckpt.ema)
+    rng = restore_generator(ckpt.rng_state["noise"]); batches.load_state_dict(ckpt.rng_state["batches"])
+
+Layout of the .npz (plain arrays only: it loads with allow_pickle=False):
+
+    tinyddpm/magic            uint8 bytes of "tinyddpm checkpoint": what the file is
+    tinyddpm/format_version   int64 0-d, FORMAT_VERSION
+    meta/manifest             JSON (as uint8 UTF-8 bytes): the keys of every part, and which values
+                              were Python scalars, so that a missing array is noticed and scalars
+                              come back as scalars
+    meta/config               JSON: the run's configuration dict
+    meta/step                 int64 0-d
+    meta/rng_state, meta/extra  JSON, when given
+    params/<name>, ema/<key>, optim/<key>   the arrays (CuPy arrays are copied to the host first)
+
+The file is written atomically: into a temporary file in the same directory, flushed and fsync'ed,
+then renamed over the old checkpoint with os.replace. A crash mid-write leaves the previous
+checkpoint intact; a reader never sees half a file.
+
+Random state: a NumPy Generator's state is a dict of integers, stored as JSON, so a CPU run resumes
+bit-identically. CuPy's generators keep their state in GPU memory with no way to export it, so on the
+GPU ``generator_state`` records only the backend and ``restore_generator`` returns a *re-seeded*
+generator (pass ``reseed=``, e.g. derived from the run's seed and the step): the resumed run is
+repeatable, but its noise differs from that of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .backend import _import_cupy, get_device, is_cupy_array, to_numpy
+
+MAGIC = "tinyddpm checkpoint"
+FORMAT_VERSION = 1
+PARTS = {"params": "params", "ema": "ema", "optimizer_state": "optim"}  # Checkpoint field -> key prefix
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable tinyddpm checkpoint; the message names the file and the problem."""
+
+
+@dataclass
+class Checkpoint:
+    path: str
+    config: dict
+    params: dict                        # {name: array} on the requested device
+    ema: dict | None = None             # an EMA.state_dict(), or None
+    optimizer_state: dict | None = None  # an AdamW.state_dict(), or None
+    step: int = 0
+    rng_state: dict | None = None       # whatever JSON dict was saved (generator and batch states)
+    extra: dict | None = None           # whatever JSON dict was saved (metrics, notes)
+    format_version: int = FORMAT_VERSION
+    manifest: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def ema_params(self) -> dict | None:
+        """The EMA-averaged weights {name: array} to sample with (None when no EMA was saved)."""
+        if self.ema is None:
+            return None
+        return {key[len("avg/"):]: a for key, a in self.ema.items() if key.startswith("avg/")}
+
+
+# --------------------------------------------------------------------------------------------
+# JSON pieces
+# --------------------------------------------------------------------------------------------
+
+def _json_default(value):
+    """Let json write NumPy scalars and small arrays (e.g. inside a bit generator's state)."""
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": value.tolist(), "dtype": str(value.dtype)}
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _json_hook(obj):
+    if "__ndarray__" in obj and "dtype" in obj:
+        return np.asarray(obj["__ndarray__"], dtype=obj["dtype"])
+    return obj
+
+
+def _encode_json(what: str, value) -> np.ndarray:
+    try:
+        text = json.dumps(value, default=_json_default, sort_keys=True)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"save_checkpoint: {what} must be JSON serialisable: {e}") from None
+    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+
+
+def _decode_json(path, key: str, array):
+    try:
+        return json.loads(np.asarray(array, dtype=np.uint8).tobytes().decode("utf-8"), object_hook=_json_hook)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: {key} is not valid JSON ({e})") from None
+
+
+# --------------------------------------------------------------------------------------------
+# random generators
+# --------------------------------------------------------------------------------------------
+
+def generator_state(rng) -> dict:
+    """A JSON-ready dict describing ``rng`` (NumPy: its exact state; CuPy: only the backend, see above)."""
+    if is_cupy_array(rng):  # checked by the type's module name: any CuPy object
+        return {"backend": "cupy"}
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"generator_state: expected a numpy or cupy Generator, got {type(rng).__name__}")
+
+    def plain(value):  # some bit generators (Philox, SFC64, MT19937) keep small arrays in their state
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
+
+    return {"backend": "numpy", "bit_generator": plain(rng.bit_generator.state)}
+
+
+def restore_generator(state: dict, reseed: int | None = None):
+    """The generator described by ``generator_state``: NumPy exactly; CuPy re-seeded with ``reseed``."""
+    backend = state.get("backend")
+    if backend == "numpy":
+        bit_state = dict(state["bit_generator"])
+        bit_generator = getattr(np.random, bit_state["bit_generator"])()
+        bit_generator.state = bit_state
+        return np.random.Generator(bit_generator)
+    if backend == "cupy":
+        if reseed is None:
+            raise ValueError("restore_generator: a CuPy generator's state cannot be saved; pass reseed=<int> "
+                             "(e.g. derived from the run's seed and step) to get a fresh, repeatable one")
+        return _import_cupy().random.default_rng(reseed)
+    raise ValueError(f"restore_generator: unknown backend {backend!r} in {state!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# save
+# --------------------------------------------------------------------------------------------
+
+def _part_arrays(what: str, prefix: str, part: dict, arrays: dict, manifest: dict) -> None:
+    """Copy a flat dict into ``arrays`` under ``prefix/``; record its keys and its scalar keys."""
+    if not isinstance(part, dict):
+        raise TypeError(f"save_checkpoint: {what} must be a dict {{name: array}}, got {type(part).__name__}")
+    keys, scalars = [], []
+    for key, value in part.items():
+        if not isinstance(key, str):
+            raise TypeError(f"save_checkpoint: {what} keys must be strings, got {key!r}")
+        if isinstance(value, (bool, int, float, np.generic)):
+            scalars.append(key)
+            value = np.asarray(value)
+        elif not hasattr(value, "shape"):
+            raise TypeError(f"save_checkpoint: {what}[{key!r}] must be an array or a number, "
+                            f"got {type(value).__name__}")
+        value = to_numpy(value)  # CuPy -> host copy; NumPy unchanged
+        if value.dtype.hasobject:
+            raise TypeError(f"save_checkpoint: {what}[{key!r}] has dtype object, which would need pickle")
+        arrays[f"{prefix}/{key}"] = value
+        keys.append(key)
+    manifest[prefix] = {"keys": keys, "scalars": scalars}
+
+
+def save_checkpoint(path, *, config: dict, params: dict, ema: dict | None = None,
+                    optimizer_state: dict | None = None, step: int = 0, rng_state: dict | None = None,
+                    extra: dict | None = None) -> Path:
+    """Write one .npz checkpoint atomically (temporary file, fsync, os.replace) and return its path.
+
+    ``params`` is {name: array}; ``ema`` and ``optimizer_state`` are flat dicts of arrays and
+    scalars (``EMA.state_dict()``, ``AdamW.state_dict()``); ``config``, ``rng_state`` and ``extra``
+    are JSON-serialisable dicts. The file is written at ``path`` exactly (no suffix is added).
+    """
+    if not isinstance(config, dict):
+        raise TypeError(f"save_checkpoint: config must be a dict, got {type(config).__name__}")
+    path = Path(path)
+    arrays = {"tinyddpm/magic": np.frombuffer(MAGIC.encode(), dtype=np.uint8),
+              "tinyddpm/format_version": np.asarray(FORMAT_VERSION, dtype=np.int64),
+              "meta/config": _encode_json("config", config),
+              "meta/step": np.asarray(int(step), dtype=np.int64)}
+    manifest = {}
+    for what, prefix in PARTS.items():
+        part = {"params": params, "ema": ema, "optimizer_state": optimizer_state}[what]
+        if part is not None:
+            _part_arrays(what, prefix, part, arrays, manifest)
+    for what, value in (("rng_state", rng_state), ("extra", extra)):
+        if value is not None:
+            arrays[f"meta/{what}"] = _encode_json(what, value)
+    arrays["meta/manifest"] = _encode_json("manifest", manifest)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable (POSIX); harmless to skip where directories cannot be opened
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# load
+# --------------------------------------------------------------------------------------------
+
+def _device_module(device):
+    device = get_device() if device is None else str(device).lower()
+    if device == "cpu":
+        return np
+    if device == "cuda":
+        return _import_cupy()
+    raise ValueError(f"load_checkpoint: unknown device {device!r}; choose 'cpu' or 'cuda'")
+
+
+def load_checkpoint(path, device: str | None = None) -> Checkpoint:
+    """Read a checkpoint written by save_checkpoint; arrays go to ``device`` ('cpu', 'cuda'; None = current).
+
+    Raises FileNotFoundError for a missing file and CheckpointError (a ValueError) naming the file
+    for anything else: not an .npz (empty, random or truncated bytes), not a tinyddpm checkpoint,
+    another format version, missing or damaged entries.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"load_checkpoint: no file at {path}")
+    xp = _device_module(device)
+    size = path.stat().st_size
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as e:  # empty file, random bytes, a truncated zip, a pickle: all land here
+        raise CheckpointError(f"{path}: not a readable .npz checkpoint ({size} bytes; "
+                              f"{type(e).__name__}: {e})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise CheckpointError(f"{path}: holds a single .npy array {getattr(npz, 'shape', '')}, not a checkpoint")
+    with npz:
+        files = set(npz.files)
+
+        def read(key):
+            if key not in files:
+                raise CheckpointError(f"{path}: missing entry {key!r} (the file has {len(files)} entries)")
+            try:
+                return npz[key]
+            except Exception as e:  # a damaged member: CRC mismatch, truncated data
+                raise CheckpointError(f"{path}: entry {key!r} is damaged ({type(e).__name__}: {e})") from None
+
+        if "tinyddpm/magic" not in files:
+            shown = sorted(files)[:5]
+            raise CheckpointError(f"{path}: not a tinyddpm checkpoint (no 'tinyddpm/magic' entry; "
+                                  f"it has {len(files)} entries, e.g. {shown})")
+        magic = read("tinyddpm/magic")
+        if magic.dtype != np.uint8 or magic.tobytes() != MAGIC.encode():
+            raise CheckpointError(f"{path}: not a tinyddpm checkpoint (wrong 'tinyddpm/magic' value)")
+        version = read("tinyddpm/format_version")
+        if version.shape != () or version.dtype.kind not in "iu" or int(version) != FORMAT_VERSION:
+            shown = version.item() if version.size == 1 else f"of shape {version.shape}"
+            raise CheckpointError(f"{path}: checkpoint format version {shown}; this tinyddpm reads "
+                                  f"version {FORMAT_VERSION}")
+        version = int(version)
+        manifest = _decode_json(path, "meta/manifest", read("meta/manifest"))
+        well_formed = isinstance(manifest, dict) and all(
+            isinstance(entry, dict) and isinstance(entry.get("keys"), list) and isinstance(entry.get("scalars"), list)
+            for entry in manifest.values())
+        if not well_formed:
+            raise CheckpointError(f"{path}: damaged manifest (meta/manifest)")
+        expected = [f"{prefix}/{k}" for prefix in PARTS.values() for k in manifest.get(prefix, {}).get("keys", [])]
+        missing = [k for k in ["meta/config", "meta/step"] + expected if k not in files]
+        if missing:
+            raise CheckpointError(f"{path}: missing entries {missing[:10]}{' ...' if len(missing) > 10 else ''} "
+                                  f"({len(missing)} in all)")
+        if "params" not in manifest:
+            raise CheckpointError(f"{path}: the manifest lists no params")
+        parts = {}
+        for what, prefix in PARTS.items():
+            if prefix not in manifest:
+                parts[what] = None
+                continue
+            scalars = set(manifest[prefix]["scalars"])
+            part = {}
+            for key in manifest[prefix]["keys"]:
+                value = read(f"{prefix}/{key}")
+                part[key] = value.item() if key in scalars else xp.asarray(value)
+            parts[what] = part
+        optional = {what: _decode_json(path, f"meta/{what}", read(f"meta/{what}"))
+                    if f"meta/{what}" in files else None for what in ("rng_state", "extra")}
+        return Checkpoint(path=str(path), config=_decode_json(path, "meta/config", read("meta/config")),
+                          step=int(read("meta/step")), format_version=version, manifest=manifest,
+                          **parts, **optional)
+
+
+__all__ = ["Checkpoint", "CheckpointError", "FORMAT_VERSION", "generator_state", "load_checkpoint",
+           "restore_generator", "save_checkpoint"]

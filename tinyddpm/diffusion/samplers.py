@@ -1,0 +1,27 @@
+"""One front door to the samplers: ``sample(model, schedule, shape, method=...)``.
+
+    method     file            model calls   randomness
+    'ddpm'     ddpm.py         T             fresh noise every step
+    'ddim'     ddim.py         num_steps     none at eta = 0 (only x_T), fresh noise for eta > 0
+    'dpm++2m'  dpm_solver.py   num_steps     none (only x_T)
+
+Every keyword argument goes to the chosen sampler (``ddpm_sample``, ``ddim_sample``, ``dpm_solver_sample``);
+their docstrings and loop.py describe them. ``num_steps`` is ignored by 'ddpm', which always takes T steps.
+"""
+from __future__ import annotations
+
+from ._checks import check_choice
+from .ddim import ddim_sample
+from .ddpm import ddpm_sample
+from .dpm_solver import dpm_solver_sample
+from .schedules import Schedule
+
+SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpm++2m": dpm_solver_sample}
+
+
+def sample(model, schedule: Schedule, shape=None, method: str = "ddim", num_steps: int | None = None, **kwargs):
+    """Draw samples with the sampler ``method`` ('ddpm', 'ddim' or 'dpm++2m'); returns the batch of samples."""
+    check_choice("sample", "method", method, tuple(SAMPLERS))
+    if method != "ddpm" and num_steps is not None:
+        kwargs["num_steps"] = num_steps
+    return SAMPLERS[method](model, schedule, shape, **kwargs)

@@ -1,0 +1,168 @@
+"""2-D convolution (cross-correlation, as in PyTorch) with zero padding and stride 1 or 2.
+
+Legend: N = batch, C = input channels, F = output channels (filters), H, W = input height and
+width, Ho, Wo = output height and width, k = kernel size (odd, square), s = stride, p = padding,
+K = C*k*k (rows of the unrolled input), L = N*Ho*Wo (columns of the unrolled input).
+
+Forward, with xp = x zero-padded by p on every side (x (N, C, H, W), w (F, C, k, k), b (F,)):
+
+    y[n, f, a, c] = b[f] + sum_{ch, i, j} w[f, ch, i, j] * xp[n, ch, s*a + i, s*c + j]
+
+    Ho = floor((H + 2p - k) / s) + 1,    Wo = floor((W + 2p - k) / s) + 1   (as torch)
+
+im2col turns this into one GEMM: cols[(ch, i, j), (n, a, c)] = xp[n, ch, s*a + i, s*c + j] is a
+(K, L) matrix and Y = w.reshape(F, K) @ cols is (F, L), i.e. y in (F, N, Ho, Wo) order.
+Internally the op works in this channels-first "CNHW" layout, so that the forward, dW and dx are
+each a single large GEMM (one BLAS call instead of one per image); y and dx are transposed back
+to (N, C, H, W) on the way out.
+
+Backward, from the chain rule on the forward sum:
+
+    db[f]          = sum_{n, a, c} dy[n, f, a, c]
+    dW             = dY @ cols^T          (F, L) @ (L, K): dw[f, ch, i, j] = sum_{n,a,c} dy[n,f,a,c] xp[n,ch,s*a+i,s*c+j]
+    dxp[n, ch, t, u] = sum over (f, i, j, a, c) with s*a + i = t and s*c + j = u of dy[n, f, a, c] w[f, ch, i, j]
+    dx             = dxp[:, :, p:p+H, p:p+W]   (the padding only cropped)
+
+dx is itself a convolution, the "transposed convolution", and is computed as one (never with a
+scatter such as add.at). For s = 1, substituting a = t - i:
+
+    dxp[t] = sum_i dy[t - i] w[i]  =  correlation of dy (zero-padded by k-1) with the kernel
+             flipped in space, w[f, ch, k-1-i, k-1-j], read as a (C, F, k, k) kernel (in/out swapped).
+
+Cropping p from dxp is the same as padding dy by k-1-p instead of k-1, so dx = conv(dy, flip(w)^T,
+padding k-1-p) and has exactly H x W entries.
+
+For s = 2 the textbook recipe inserts s-1 zeros between the rows/columns of dy and then applies
+the same formula; 3/4 of its multiplications would hit those zeros. We use the zero-free
+polyphase form instead. Write t = s*q + r with 0 <= r < s: only taps i = r + s*m reach t, from
+a = q - m, so
+
+    dxp[s*q + r] = sum_m dy[q - m] w[r + s*m]
+
+i.e. the rows of dxp with phase r are a stride-1 transposed convolution of dy with the sub-kernel
+w[r::s] (ceil((k - r)/s) taps). The s*s phases (r, r') are computed separately and interleaved
+into dx with strided writes. Rows of x that no output reached (when (H + 2p - k) % s != 0, e.g. the
+last row of a 28x28 input with k=3, s=2, p=1) fall out naturally with gradient 0, because dy is
+zero beyond its last row. For s = 1 there is one phase and this is the formula above.
+"""
+from __future__ import annotations
+
+from numbers import Integral
+from typing import NamedTuple
+
+from ..backend import get_xp
+from ._checks import describe, float_inputs, require, require_ndim
+
+
+class Conv2dCache(NamedTuple):
+    cols: object    # (K, L) the unrolled padded input, needed for dW
+    w: object       # (F, C, k, k) the weight, needed for dx
+    x_shape: tuple  # (N, C, H, W)
+    stride: int
+    padding: int
+    has_bias: bool
+
+
+def _out_size(size, k, stride, padding):
+    return (size + 2 * padding - k) // stride + 1
+
+
+def _im2col(a, kh, kw, stride, pad_h, pad_w, Ho, Wo):
+    """Unroll a (C, N, H, W) array (any strides) into cols (C*kh*kw, N*Ho*Wo).
+
+    cols[(ch, i, j), (n, e, f)] = a[ch, n, s*e + i - pad_h, s*f + j - pad_w], or 0 where that index
+    falls outside a. The zero padding is never materialised: each of the kh*kw taps copies only
+    the rectangle of outputs that reads inside ``a`` (a pad may be negative: that crops).
+    """
+    xp = get_xp(a)
+    C, N, H, W = a.shape
+    cols = xp.zeros((C, kh, kw, N, Ho, Wo), dtype=a.dtype)  # (C, kh, kw, N, Ho, Wo)
+    for i in range(kh):  # a loop over kernel taps, not over pixels
+        e0, e1, t0 = _valid(i, pad_h, H, stride, Ho)
+        for j in range(kw):
+            f0, f1, u0 = _valid(j, pad_w, W, stride, Wo)
+            if e1 > e0 and f1 > f0:
+                cols[:, i, j, :, e0:e1, f0:f1] = a[:, :, t0:t0 + stride * (e1 - e0 - 1) + 1:stride,
+                                                   u0:u0 + stride * (f1 - f0 - 1) + 1:stride]
+    return cols.reshape(C * kh * kw, N * Ho * Wo)  # (K, L)
+
+
+def _valid(tap, pad, size, stride, n_out):
+    """Outputs e in [e0, e1) whose input index stride*e + tap - pad lies in [0, size); t0 = first input index."""
+    e0 = max(0, -((tap - pad) // stride))           # ceil((pad - tap) / stride)
+    e1 = min(n_out, (size - 1 + pad - tap) // stride + 1)
+    return e0, e1, stride * e0 + tap - pad
+
+
+def _is_int(v):
+    return isinstance(v, Integral) and not isinstance(v, bool)
+
+
+def conv2d_forward(x, w, b=None, stride=1, padding=None):
+    """y = conv2d(x, w) + b with PyTorch's layout and output size. Returns (y, cache).
+
+    x (N, C, H, W), w (F, C, k, k) with odd k, b (F,) or None, stride 1 or 2,
+    padding None (= k // 2, "same" size at stride 1) or an int >= 0.
+    """
+    op = "conv2d"
+    xp = float_inputs(op, x=x, w=w, b=b)
+    require_ndim(op, "x", x, 4, "(N, C, H, W)")
+    require_ndim(op, "w", w, 4, "(F, C, k, k)")
+    F, C, kh, kw = w.shape
+    k = kh
+    require(op, kh == kw and k % 2 == 1, f"kernel must be square with odd size, got {describe(w=w)}")
+    require(op, x.shape[1] == C, f"x has {x.shape[1]} channels but w expects {C}: {describe(x=x, w=w)}")
+    require(op, b is None or tuple(b.shape) == (F,), f"b must be (F,) = ({F},): {describe(w=w, b=b)}")
+    require(op, _is_int(stride) and stride in (1, 2), f"stride must be 1 or 2, got {stride!r}")
+    padding = k // 2 if padding is None else padding
+    require(op, _is_int(padding) and padding >= 0,
+            f"padding must be None or an int >= 0, got {padding!r}")
+    stride, padding = int(stride), int(padding)
+    N, _, H, W = x.shape
+    Ho, Wo = _out_size(H, k, stride, padding), _out_size(W, k, stride, padding)
+    require(op, Ho >= 1 and Wo >= 1,
+            f"input {H}x{W} with padding {padding} is smaller than the {k}x{k} kernel: {describe(x=x, w=w)}")
+
+    xc = x.transpose(1, 0, 2, 3)  # (C, N, H, W), a view: _im2col reads it in place
+    cols = _im2col(xc, k, k, stride, padding, padding, Ho, Wo)  # (K, L)
+    y = xp.matmul(w.reshape(F, C * k * k), cols)  # (F, K) @ (K, L) -> (F, L)
+    if b is not None:
+        y += b[:, None]
+    y = xp.ascontiguousarray(y.reshape(F, N, Ho, Wo).transpose(1, 0, 2, 3))  # (N, F, Ho, Wo)
+    return y, Conv2dCache(cols, w, (N, C, H, W), stride, padding, b is not None)
+
+
+def conv2d_backward(dy, cache: Conv2dCache):
+    """Gradients (dx, dw, db) of conv2d_forward; db is None when there was no bias."""
+    cols, w, (N, C, H, W), s, p, has_bias = cache
+    xp = float_inputs("conv2d_backward", dy=dy, w=w)
+    F, _, k, _ = w.shape
+    Ho, Wo = _out_size(H, k, s, p), _out_size(W, k, s, p)
+    require("conv2d_backward", tuple(dy.shape) == (N, F, Ho, Wo),
+            f"dy must have the forward output's shape {(N, F, Ho, Wo)}, got {tuple(dy.shape)}")
+
+    dyc = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3))  # (F, N, Ho, Wo), a fresh copy
+    dy2 = dyc.reshape(F, N * Ho * Wo)                        # (F, L)
+    # in the forward pass this was: y += b[:, None], so now we have:
+    db = dy2.sum(axis=1) if has_bias else None  # (F,)
+    # in the forward pass this was: y = w.reshape(F, K) @ cols, so now we have:
+    dw = xp.matmul(dy2, cols.T).reshape(w.shape)  # (F, L) @ (L, K) -> (F, C, k, k)
+    # and for x, a transposed convolution of dy, one stride-1 conv per phase (r, c) (see docstring)
+    dx = xp.zeros((N, C, H, W), dtype=dy.dtype)
+    dxc = dx.transpose(1, 0, 2, 3)  # (C, N, H, W), a view: phases are written straight into dx
+    for r in range(s):
+        for c in range(s):
+            wr = w[:, :, r::s, c::s]  # (F, C, Kr, Kc), the taps i = r + s*m, j = c + s*m'
+            Kr, Kc = wr.shape[2:]
+            q0h, q1h = -((r - p) // s), (p + H - 1 - r) // s  # dxp rows s*q + r inside x: q in [q0h, q1h]
+            q0w, q1w = -((c - p) // s), (p + W - 1 - c) // s
+            nh, nw = q1h - q0h + 1, q1w - q0w + 1
+            if Kr == 0 or Kc == 0 or nh <= 0 or nw <= 0:
+                continue  # no tap reaches this phase (k=1, s=2): its gradient stays 0
+            # dxp[s*q + r] = sum_m dy[q - m] wr[m]: correlate dy, padded by Kr-1-q0h, with wr flipped
+            wt = wr[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(C, F * Kr * Kc)  # (C, F*Kr*Kc)
+            dcols = _im2col(dyc, Kr, Kc, 1, Kr - 1 - q0h, Kc - 1 - q0w, nh, nw)  # (F*Kr*Kc, N*nh*nw)
+            phase = xp.matmul(wt, dcols).reshape(C, N, nh, nw)
+            h0, w0 = s * q0h + r - p, s * q0w + c - p  # first row/column of x in this phase
+            dxc[:, :, h0::s, w0::s] = phase
+    return dx, dw, db

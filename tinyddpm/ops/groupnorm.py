@@ -1,0 +1,106 @@
+"""Group normalisation (Wu & He, 2018), the normaliser of every DDPM ResBlock.
+
+Legend: N = batch, C = channels, G = groups, S = spatial positions (H*W for images),
+M = (C/G) * S = the number of entries that share one mean and variance.
+
+Forward, for each sample n and group g (its C/G channels times all S positions, M entries x_i):
+    mu     = (1/M) sum_i x_i
+    var    = (1/M) sum_i (x_i - mu)^2               biased, as torch.nn.functional.group_norm
+    rstd   = 1 / sqrt(var + eps)
+    xhat_i = (x_i - mu) * rstd
+    y_i    = gamma_c * xhat_i + beta_c              c = the channel of entry i (skipped if affine=False)
+
+The variance is the mean of squared deviations, not E[x^2] - E[x]^2: the latter subtracts two
+large, nearly equal numbers when |mu| >> std and can even come out negative in float32.
+
+Backward. Write dxhat_i = dy_i * gamma_c. The parameters are per-channel sums:
+    dbeta_c  = sum_{n, s} dy          dgamma_c = sum_{n, s} dy * xhat
+For dx, within one group xhat depends on every x_j through mu and rstd:
+    d mu / d x_j     = 1/M
+    d rstd / d x_j   = -rstd^3 * (x_j - mu) / M = -rstd^2 * xhat_j / M
+    d xhat_i / d x_j = rstd * (delta_ij - 1/M) + (x_i - mu) * d rstd / d x_j
+                     = rstd * (delta_ij - 1/M - xhat_i * xhat_j / M)
+(the term from mu inside var vanishes because sum_i (x_i - mu) = 0). Contracting with dxhat_i:
+    dx_j = sum_i dxhat_i * d xhat_i / d x_j
+         = rstd * (dxhat_j - mean_i(dxhat_i) - xhat_j * mean_i(dxhat_i * xhat_i))
+the compact closed form: two group means and one fused elementwise line.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ._checks import describe, float_inputs, require
+
+
+class GroupNormCache(NamedTuple):
+    xhat: object   # (N, C, *spatial) the normalised input, needed for dgamma and dx
+    rstd: object   # (N, G, 1) 1 / sqrt(var + eps) per sample and group
+    gamma: object  # (C,) or None (affine=False)
+    groups: int
+
+
+def _channel_view(v, ndim):
+    """A (C,) vector as (1, C, 1, ..., 1) so it broadcasts over (N, C, *spatial)."""
+    return v.reshape((1, -1) + (1,) * (ndim - 2))  # (1, C, 1, ..., 1)
+
+
+def _shape_or_none(**arrays):
+    return ", ".join(f"{k} {'None' if v is None else tuple(v.shape)}" for k, v in arrays.items())
+
+
+def groupnorm_forward(x, gamma, beta, groups, eps=1e-5):
+    """Normalise x (N, C, *spatial) over (C/groups, *spatial) per sample and group, then scale and shift.
+
+    gamma and beta are (C,) or both None (no affine). Returns (y, cache).
+    """
+    op = "groupnorm"
+    xp = float_inputs(op, x=x, gamma=gamma, beta=beta)
+    require(op, x.ndim >= 3, f"x must be at least 3-D (N, C, *spatial), got {describe(x=x)}")
+    require(op, isinstance(groups, (int, np.integer)) and not isinstance(groups, bool) and groups >= 1,
+            f"groups must be a positive integer, got {groups!r} for {describe(x=x)}")
+    N, C = x.shape[:2]
+    require(op, C % groups == 0, f"groups={groups} does not divide the {C} channels of {describe(x=x)}")
+    require(op, (gamma is None) == (beta is None),
+            f"gamma and beta must both be (C,) arrays or both be None, got {_shape_or_none(gamma=gamma, beta=beta)}"
+            f" for {describe(x=x)}")
+    if gamma is not None:
+        require(op, tuple(gamma.shape) == (C,) and tuple(beta.shape) == (C,),
+                f"gamma and beta must be (C,) = ({C},): {describe(x=x, gamma=gamma, beta=beta)}")
+    require(op, float(eps) > 0, f"eps must be positive, got {eps!r}")
+
+    G = int(groups)
+    xg = x.reshape(N, G, -1)                            # (N, G, M)
+    mu = xg.mean(axis=2, keepdims=True)                 # (N, G, 1)
+    xc = xg - mu                                        # (N, G, M)
+    var = (xc * xc).mean(axis=2, keepdims=True)         # (N, G, 1)
+    rstd = 1.0 / xp.sqrt(var + eps)                     # (N, G, 1)
+    xhat = (xc * rstd).reshape(x.shape)                 # (N, C, *spatial)
+    if gamma is None:
+        y = xhat.copy()  # a fresh array: the cache keeps xhat, the caller owns y
+    else:
+        y = xhat * _channel_view(gamma, x.ndim) + _channel_view(beta, x.ndim)
+    return y, GroupNormCache(xhat, rstd, gamma, G)
+
+
+def groupnorm_backward(dy, cache: GroupNormCache):
+    """Gradients (dx, dgamma, dbeta); dgamma and dbeta are None when the forward had no affine."""
+    xhat, rstd, gamma, G = cache
+    N = xhat.shape[0]
+    sum_axes = (0,) + tuple(range(2, xhat.ndim))  # every axis but C
+    if gamma is None:
+        dgamma = dbeta = None
+        dxhat = dy
+    else:
+        # in the forward pass this was: y = xhat * gamma + beta, so now we have:
+        dbeta = dy.sum(axis=sum_axes)                                # (C,)
+        dgamma = (dy * xhat).sum(axis=sum_axes)                      # (C,)
+        dxhat = dy * _channel_view(gamma, xhat.ndim)                 # (N, C, *spatial)
+    dxhat_g = dxhat.reshape(N, G, -1)                                # (N, G, M)
+    xhat_g = xhat.reshape(N, G, -1)                                  # (N, G, M)
+    # in the forward pass this was: xhat = (x - mu) * rstd with mu, var over each group, so now we have:
+    mean_dxhat = dxhat_g.mean(axis=2, keepdims=True)                 # (N, G, 1)
+    mean_dxhat_xhat = (dxhat_g * xhat_g).mean(axis=2, keepdims=True)  # (N, G, 1)
+    dx = rstd * (dxhat_g - mean_dxhat - xhat_g * mean_dxhat_xhat)    # (N, G, M)
+    return dx.reshape(xhat.shape), dgamma, dbeta                     # (N, C, *spatial)
