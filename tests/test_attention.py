@@ -4,7 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from helpers import OP_TOLERANCE, ORACLE_TOLERANCE, oracle_error, randn, to_torch
 from tinyddpm.backend import device_xp, to_numpy
@@ -42,21 +42,38 @@ def loop_reference(x, w_qkv, b_qkv, w_out, b_out, heads):
     return y
 
 
+def resolvable(grads, structural_zero=1e-12, smallest=1e-5):
+    """False if a gradient entry is too small for finite differences to check to a relative 1e-7.
+
+    The numerical gradient carries round-off of about 1e-13 here (float64 outputs of order 1, step
+    1e-3), so an entry that happens to be near 1e-8 (a sum of terms of both signs can land anywhere)
+    cannot agree to 1e-7 even when the backward is exact. Entries below ``structural_zero`` times
+    their tensor's largest are zeros up to round-off (at L = 1 the softmax is the constant 1, so
+    q and k get no gradient); those pass, since both sides sit under the check's 1e-8 floor.
+    """
+    for g in grads:
+        a = np.abs(to_numpy(g))
+        top = a.max()
+        if ((a > structural_zero * top) & (a < smallest * top)).any():
+            return False
+    return True
+
+
 @settings(max_examples=20, deadline=None)
 @given(n=st.integers(1, 2), heads=st.integers(1, 4), d=st.integers(1, 4), h=st.integers(1, 4),
        w=st.integers(1, 4), seed=st.integers(0, 2**31 - 1))
 def test_gradcheck(n, heads, d, h, w, seed):
     c = heads * d
     rng = np.random.default_rng(seed)
-    arrays = make_inputs(rng, n, c, h, w)
+    a = make_inputs(rng, n, c, h, w)
+    dy = randn(rng, n, c, h, w)
     # The key bias has a zero gradient (softmax ignores a constant added to a row of scores), so a
     # relative error is meaningless there: both sides are round-off. Check the query and value
-    # biases by finite differences, holding the key bias fixed, and the key bias against zero.
-    b_qkv = arrays.pop("b_qkv")
-    b_k = b_qkv[c:2 * c]
+    # biases by finite differences while the key bias stays fixed, and the key bias against zero.
     xp = device_xp()
-    arrays = {"x": arrays["x"], "w_qkv": arrays["w_qkv"], "b_qv": xp.concatenate([b_qkv[:c], b_qkv[2 * c:]]),
-              "w_out": arrays["w_out"], "b_out": arrays["b_out"]}
+    b_q, b_k, b_v = a["b_qkv"][:c], a["b_qkv"][c:2 * c], a["b_qkv"][2 * c:]
+    arrays = {"x": a["x"], "w_qkv": a["w_qkv"], "b_qv": xp.concatenate([b_q, b_v]),
+              "w_out": a["w_out"], "b_out": a["b_out"]}
 
     def forward(x, w_qkv, b_qv, w_out, b_out):
         return attention_forward(x, w_qkv, xp.concatenate([b_qv[:c], b_k, b_qv[c:]]), w_out, b_out, heads)
@@ -65,11 +82,13 @@ def test_gradcheck(n, heads, d, h, w, seed):
         dx, dw_qkv, db_qkv, dw_out, db_out = attention_backward(dy, cache)
         return dx, dw_qkv, xp.concatenate([db_qkv[:c], db_qkv[2 * c:]]), dw_out, db_out
 
-    errors = check_gradients(forward, backward, arrays, seed=seed, h=1e-3)
-    assert max(errors.values()) < OP_TOLERANCE, errors
-    grads = attention_backward(randn(rng, n, c, h, w), forward(**arrays)[1])
+    grads = attention_backward(dy, attention_forward(**a, heads=heads)[1])
     largest = max(float(np.abs(to_numpy(g)).max()) for g in grads)
     assert float(np.abs(to_numpy(grads[2][c:2 * c])).max()) <= 1e-12 * max(1.0, largest)
+    assume(resolvable(grads))  # about 1 draw in 40 is set aside
+    # h = 1e-3: the 4-point stencil's truncation error is ~h^4 = 1e-12, its round-off 10x below h = 1e-4's
+    errors = check_gradients(forward, backward, arrays, seed=seed, h=1e-3, dy=dy)
+    assert max(errors.values()) < OP_TOLERANCE, errors
 
 
 def test_key_bias_does_not_change_the_output():

@@ -105,7 +105,10 @@ def test_loss_gradient_check(prediction, loss, gamma, n, c, hw, seed):
     offset = np.sign(offset) * (0.5 + np.abs(offset))
     model_out = to_device(target + offset)
     forward, backward = _loss_op(s, x0, t, noise, prediction, loss, gamma)
-    errors = check_gradients(forward, backward, {"model_out": model_out}, seed=seed)
+    # h = 1e-2: the loss is quadratic (mse) or linear (l1, 0.5 away from its kink) in model_out, so the
+    # 4-point stencil has no truncation error at any h, and a larger h keeps round-off small next to the
+    # tiny gradients of samples whose min-SNR weight is ~1e-5 (x0-prediction near t = T-1)
+    errors = check_gradients(forward, backward, {"model_out": model_out}, seed=seed, h=1e-2)
     assert max(errors.values()) < OP_TOLERANCE, errors
 
 

@@ -34,7 +34,8 @@ def test_schedule_identities(name, T):
                                (1 - b[1:]) / b[1:] + 1 / (1 - s.alpha_bar_prev[1:]), rtol=1e-9)
     assert s.posterior_mean_coef1[0] == pytest.approx(1.0, rel=1e-12) and s.posterior_mean_coef2[0] == 0.0
     assert s.posterior_variance[0] == 0.0
-    np.testing.assert_allclose(s.posterior_log_variance_clipped[1:], np.log(s.posterior_variance[1:]), rtol=IDENTITY_TOL)
+    np.testing.assert_allclose(s.posterior_log_variance_clipped[1:], np.log(s.posterior_variance[1:]),
+                               rtol=IDENTITY_TOL)
     assert s.posterior_log_variance_clipped[0] == s.posterior_log_variance_clipped[1]
     np.testing.assert_allclose(s.snr, s.alpha_bar / (1 - s.alpha_bar), rtol=IDENTITY_TOL)
     np.testing.assert_allclose(np.exp(s.log_snr), s.snr, rtol=1e-10)

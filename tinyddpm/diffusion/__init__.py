@@ -30,8 +30,8 @@ from .schedules import (ARRAY_NAMES, SCHEDULES, Schedule, betas_from_alpha_bar, 
 from .timesteps import PREV_RULES, SPACINGS, ddim_prev_timesteps, ddim_timesteps, dpm_solver_timesteps
 
 __all__ = [
-    "ARRAY_NAMES", "CLIP_MODES", "FINAL_SIGMAS", "LOSSES", "PREDICTIONS", "PREV_RULES", "SAMPLERS", "SCHEDULES", "SPACINGS",
-    "VARIANCES", "Denoiser", "GuidedModel", "Schedule", "Step", "Trajectory", "betas_from_alpha_bar",
+    "ARRAY_NAMES", "CLIP_MODES", "FINAL_SIGMAS", "LOSSES", "PREDICTIONS", "PREV_RULES", "SAMPLERS", "SCHEDULES",
+    "SPACINGS", "VARIANCES", "Denoiser", "GuidedModel", "Schedule", "Step", "Trajectory", "betas_from_alpha_bar",
     "cfg_combine", "clip_x0", "convert_prediction", "cosine_betas", "ddim_prev_timesteps", "ddim_sample",
     "ddim_sigma", "ddim_step", "ddim_timesteps", "ddpm_sample", "ddpm_step", "diffusion_loss",
     "dpm_solver_first_order_step", "dpm_solver_sample", "dpm_solver_second_order_step", "dpm_solver_timesteps",

@@ -65,9 +65,9 @@ def ddim_step(schedule: Schedule, t: int, t_prev: int, x0, eps, eta: float = 0.0
 
 def ddim_sample(model, schedule: Schedule, shape=None, num_steps: int = 50, *, eta: float = 0.0,
                 spacing: str = "trailing", steps_offset: int = 0, set_alpha_to_one: bool = True,
-                prev_timestep: str = "diffusers", use_clipped_model_output: bool = False, labels=None, prediction: str = "eps",
-                clip: str = "none", dynamic_percentile: float = 0.995, x_T=None, seed=None, dtype=np.float32,
-                callback=None, callback_every: int = 1, progress: bool = True):
+                prev_timestep: str = "diffusers", use_clipped_model_output: bool = False, labels=None,
+                prediction: str = "eps", clip: str = "none", dynamic_percentile: float = 0.995, x_T=None,
+                seed=None, dtype=np.float32, callback=None, callback_every: int = 1, progress: bool = True):
     """Draw samples with DDIM in ``num_steps`` model calls (at most T). Returns x0, the samples.
 
     eta in [0, 1]: 0 deterministic, 1 DDPM-like noise. spacing: 'linspace', 'leading' or 'trailing'.

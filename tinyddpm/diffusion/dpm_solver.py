@@ -63,7 +63,8 @@ def dpm_solver_second_order_step(x, x0, x0_prev, alpha_bar_prev: float, alpha_ba
     alpha_s1, sigma_s1 = _alpha_sigma(alpha_bar_prev)
     alpha_s0, sigma_s0 = _alpha_sigma(alpha_bar_s)
     alpha_t, sigma_t = _alpha_sigma(alpha_bar_t)
-    lam_s1, lam_s0, lam_t = (math.log(a / s) for a, s in ((alpha_s1, sigma_s1), (alpha_s0, sigma_s0), (alpha_t, sigma_t)))
+    lam_s1, lam_s0, lam_t = (math.log(alpha_s1 / sigma_s1), math.log(alpha_s0 / sigma_s0),
+                             math.log(alpha_t / sigma_t))
     h, h0 = lam_t - lam_s0, lam_s0 - lam_s1
     if h == 0.0:
         return x  # no step to take (target level = current level)

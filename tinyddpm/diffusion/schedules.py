@@ -5,7 +5,7 @@ Legend: T = number of diffusion timesteps, t = 0 .. T-1 the timestep index, N = 
 Indexing follows the DDPM code and Hugging Face diffusers: index t is the (t+1)-th noising step, so
     q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I)        (x_{-1} = x0, the data)
     alpha_t     = 1 - beta_t
-    alpha_bar_t = prod_{s <= t} alpha_s                             q(x_t | x0) = N(sqrt(alpha_bar_t) x0, (1 - alpha_bar_t) I)
+    alpha_bar_t = prod_{s <= t} alpha_s,     so   q(x_t | x0) = N(sqrt(alpha_bar_t) x0, (1 - alpha_bar_t) I)
     alpha_bar_prev_t = alpha_bar_{t-1}, with alpha_bar_{-1} = 1
     SNR_t       = alpha_bar_t / (1 - alpha_bar_t)                  signal-to-noise ratio of x_t; log SNR also kept
 
