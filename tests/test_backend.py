@@ -40,7 +40,7 @@ def test_env_variable_selects_device():
 
 def test_cuda_without_cupy_is_a_clear_error():
     try:
-        backend._import_cupy()
+        backend.import_cupy()
     except RuntimeError as e:
         assert "cupy-cuda12x" in str(e) or "no CUDA device" in str(e)
         with pytest.raises(RuntimeError):

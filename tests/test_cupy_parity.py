@@ -16,7 +16,7 @@ RANDOM_OPS = {"dropout"}  # masks come from different generators on the two back
 
 def _cupy():
     try:
-        return backend._import_cupy()
+        return backend.import_cupy()
     except RuntimeError as e:
         pytest.skip(f"CuPy backend unavailable: {e}")
 

@@ -37,7 +37,7 @@ def test_cli_checks_every_op_and_passes(capsys):
     assert gradcheck.main([]) == 0
     out = capsys.readouterr().out
     expected = ["linear", "conv2d", "upsample", "groupnorm", "silu", "dropout", "attention",
-                "timestep_embedding", "label_embedding", "concat", "add", "mse_loss", "l1_loss"]
+                "timestep_embedding", "label_embedding", "concat", "add", "mse_loss", "l1_loss", "unet"]
     for op in expected:
         assert op in out, f"{op} missing from the gradcheck table"
     assert "FAIL" not in out and " 0 failed" in out

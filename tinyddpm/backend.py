@@ -20,7 +20,7 @@ DEVICES = ("cpu", "cuda")
 _device: str | None = None  # resolved lazily from TINYDDPM_DEVICE on first use
 
 
-def _import_cupy():
+def import_cupy():
     """Import CuPy and make sure a GPU answers, or raise a RuntimeError that says what to do."""
     try:
         import cupy
@@ -46,7 +46,7 @@ def set_device(name: str) -> None:
     if name not in DEVICES:
         raise ValueError(f"tinyddpm.set_device: unknown device {name!r}; choose one of {DEVICES}")
     if name == "cuda":
-        _import_cupy()
+        import_cupy()
     _device = name
 
 
@@ -59,7 +59,7 @@ def get_device() -> str:
 
 def device_xp():
     """The array module (numpy or cupy) of the current device: use it where arrays are made."""
-    return _import_cupy() if get_device() == "cuda" else np
+    return import_cupy() if get_device() == "cuda" else np
 
 
 def is_cupy_array(x) -> bool:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import _import_cupy, get_device, is_cupy_array, to_numpy
+from .backend import import_cupy, get_device, is_cupy_array, to_numpy
 
 MAGIC = "tinyddpm checkpoint"
 FORMAT_VERSION = 1
@@ -136,7 +136,7 @@ def restore_generator(state: dict, reseed: int | None = None):
         if reseed is None:
             raise ValueError("restore_generator: a CuPy generator's state cannot be saved; pass reseed=<int> "
                              "(e.g. derived from the run's seed and step) to get a fresh, repeatable one")
-        return _import_cupy().random.default_rng(reseed)
+        return import_cupy().random.default_rng(reseed)
     raise ValueError(f"restore_generator: unknown backend {backend!r} in {state!r}")
 
 
@@ -223,7 +223,7 @@ def _device_module(device):
     if device == "cpu":
         return np
     if device == "cuda":
-        return _import_cupy()
+        return import_cupy()
     raise ValueError(f"load_checkpoint: unknown device {device!r}; choose 'cpu' or 'cuda'")
 
 

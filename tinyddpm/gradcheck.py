@@ -182,8 +182,37 @@ def default_cases(seed: int = 0) -> list[GradCase]:
         GradCase("mse_loss weighted", lambda p, q: ops.mse_loss_forward(p, q, weights), ops.mse_loss_backward,
                  {"pred": pred.copy(), "target": target.copy()}),
         GradCase("l1_loss", ops.l1_loss_forward, ops.l1_loss_backward, {"pred": pred.copy(), "target": l1_target}),
+        unet_case(seed),
     ]
     return cases
+
+
+def unet_case(seed: int = 0) -> GradCase:
+    """The whole U-Net (a tiny config with every kind of block, dropout on, class-conditional) as one
+    case: the image and every parameter tensor, checked at a few entries each, limit 1e-5.
+
+    The zero-initialised weights are made random so that every path carries gradient."""
+    from .backend import make_rng
+    from .unet import UNetConfig, init_params, known_zero_gradients, unet_backward, unet_forward
+
+    cfg = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), blocks_per_level=1,
+                     attention_resolutions=(4,), heads=2, dropout=0.2, groups=4, num_classes=3)
+    rng = np.random.default_rng(seed + 100)
+    params = {k: to_device(to_numpy(v) + 0.3 * rng.standard_normal(v.shape))
+              for k, v in init_params(cfg, seed=seed, dtype=np.float64).items()}
+    keys = list(params)
+    t, labels = to_device(np.array([3, 700])), to_device(np.array([1, 3]))  # 3 is the null label
+
+    def forward(x, *values):
+        return unet_forward(dict(zip(keys, values)), cfg, x, t, labels, train=True, rng=make_rng(seed))
+
+    def backward(dy, cache):
+        dx, grads = unet_backward(dy, cache)
+        return (dx, *(grads[k] for k in keys))
+
+    x = to_device(rng.standard_normal((2, 1, 8, 8)))
+    return GradCase("unet (tiny, whole network)", forward, backward, {"x": x, **params},
+                    tolerance=BLOCK_TOLERANCE, max_entries=3, known_zero=known_zero_gradients(params))
 
 
 def run(cases, *, seed=0, out=None) -> bool:
@@ -193,15 +222,19 @@ def run(cases, *, seed=0, out=None) -> bool:
     for case in cases:
         errors = check_gradients(case.forward, case.backward, case.arrays, seed=seed, h=case.h,
                                  max_entries=case.max_entries, known_zero=case.known_zero)
+        if len(errors) > 8:  # a whole network: one summary row (the worst tensor) instead of one per tensor
+            worst = max(errors, key=errors.get)
+            errors = {f"{len(errors)} tensors, worst {worst}": errors[worst]}
         for name, err in errors.items():
             passed = err < case.tolerance
             ok &= passed
             rows.append((case.op, name, err, case.tolerance, passed))
     width = max(len(r[0]) for r in rows) + 2
-    print(f"{'op':<{width}}{'tensor':<10}{'max rel err':>13}{'limit':>9}  result", file=out)
-    print("-" * (width + 42), file=out)
+    name_width = max(10, max(len(r[1]) for r in rows) + 2)
+    print(f"{'op':<{width}}{'tensor':<{name_width}}{'max rel err':>13}{'limit':>9}  result", file=out)
+    print("-" * (width + name_width + 32), file=out)
     for op, name, err, tol, passed in rows:
-        print(f"{op:<{width}}{name:<10}{err:>13.2e}{tol:>9.0e}  {'pass' if passed else 'FAIL'}", file=out)
+        print(f"{op:<{width}}{name:<{name_width}}{err:>13.2e}{tol:>9.0e}  {'pass' if passed else 'FAIL'}", file=out)
     n_fail = sum(not r[4] for r in rows)
     print(f"\n{len(rows) - n_fail} passed, {n_fail} failed", file=out)
     return ok

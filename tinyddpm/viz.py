@@ -1,4 +1,5 @@
-"""Pictures for the lessons and examples: noise schedules and the forward process.
+"""Pictures for the lessons and examples: noise schedules, the forward process, and training's pictures
+(sample grids with a row per digit, the denoising GIF, the loss curve).
 
 Every function draws on its own ``matplotlib.figure.Figure`` with the Agg canvas: no pyplot, no global
 backend switch, no window, so it works on a server and never disturbs a notebook's own matplotlib state.
@@ -119,4 +120,152 @@ def plot_forward_diffusion(path, image, schedule: Schedule, timesteps=(0, 50, 10
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(f"Forward diffusion, {schedule.name} schedule (T = {schedule.num_timesteps})")
+    return _finish(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training pictures: sample grids, the denoising GIF, the loss curve
+
+def _as_grid(images, ncol=None) -> np.ndarray:
+    """(rows, cols, C, H, W) NumPy float64 from (rows, cols, C, H, W), or (N, C, H, W) / (N, H, W) laid out
+    row by row with ``ncol`` per row (default: about square). Missing cells at the end are NaN (blank)."""
+    x = np.asarray(to_numpy(images), dtype=np.float64)
+    if x.ndim == 5:
+        return x
+    if x.ndim == 3:
+        x = x[:, None]                     # (N, 1, H, W)
+    if x.ndim != 4:
+        raise ValueError(f"image grid: images must be (N, C, H, W), (N, H, W) or (rows, cols, C, H, W), "
+                         f"got shape {x.shape}")
+    n = x.shape[0]
+    ncol = int(ncol) if ncol else int(np.ceil(np.sqrt(n)))
+    if ncol < 1:
+        raise ValueError(f"image grid: ncol must be >= 1, got {ncol}")
+    rows = -(-n // ncol)
+    pad = np.full((rows * ncol - n,) + x.shape[1:], np.nan)
+    return np.concatenate([x, pad]).reshape((rows, ncol) + x.shape[1:])  # (rows, cols, C, H, W)
+
+
+def tile_images(images, ncol=None, gap: int = 2) -> np.ndarray:
+    """One mosaic of images in [-1, 1]: (rows*(H+gap)-gap, cols*(W+gap)-gap) for one channel, or with a
+    trailing 3 for RGB, values in [0, 1] (gaps white-ish at 1.0, missing cells 1.0 too).
+
+    images: (N, C, H, W) / (N, H, W) with ``ncol`` per row, or (rows, cols, C, H, W).
+    """
+    g = _as_grid(images, ncol)
+    rows, cols, C, H, W = g.shape
+    disp = np.clip((g + 1.0) / 2.0, 0.0, 1.0)              # [-1, 1] -> [0, 1], NaN stays NaN
+    disp = np.where(np.isnan(disp), 1.0, disp)               # empty cells are blank (white)
+    canvas = np.ones((C, rows * (H + gap) - gap, cols * (W + gap) - gap))
+    for r in range(rows):                                    # a loop over grid cells, not pixels
+        for c in range(cols):
+            canvas[:, r * (H + gap):r * (H + gap) + H, c * (W + gap):c * (W + gap) + W] = disp[r, c]
+    if C == 1:
+        return canvas[0]                                     # (H', W')
+    if C == 3:
+        return canvas.transpose(1, 2, 0)                     # (H', W', 3)
+    raise ValueError(f"tile_images: images need 1 or 3 channels, got {C}")
+
+
+def plot_sample_grid(path, images, ncol=None, row_labels=None, col_labels=None, title=None):
+    """A grid of generated images, optionally with a label per row (e.g. the digit) and per column.
+
+    images: (N, C, H, W) in [-1, 1] laid out ``ncol`` per row, or (rows, cols, C, H, W). For a grid with a
+    row per digit pass images of shape (10, n, C, H, W) and row_labels=[str(d) for d in range(10)].
+    Returns the path (or the Figure when path is None).
+    """
+    g = _as_grid(images, ncol)
+    rows, cols, C, H, W = g.shape
+    for what, labels, count in (("row_labels", row_labels, rows), ("col_labels", col_labels, cols)):
+        if labels is not None and len(labels) != count:
+            raise ValueError(f"plot_sample_grid: {len(labels)} {what} for a grid of {rows} x {cols}")
+    gap = max(1, H // 14)
+    mosaic = tile_images(g, gap=gap)
+    scale = 0.32 * max(H, 14) / 14                           # inches per cell: MNIST cells ~0.6 inch
+    width = max(0.6 + scale * cols, 0.075 * len(title) + 0.4 if title else 0.0)  # room for the title
+    fig = _new_figure(width, 0.4 + scale * rows + (0.3 if title else 0.0))
+    ax = fig.subplots()
+    ax.imshow(mosaic, cmap="gray" if C == 1 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
+    centres = lambda k, size: [i * (size + gap) + (size - 1) / 2 for i in range(k)]  # noqa: E731
+    ax.set_yticks(centres(rows, H) if row_labels is not None else [])
+    ax.set_xticks(centres(cols, W) if col_labels is not None else [])
+    if row_labels is not None:
+        ax.set_yticklabels([str(s) for s in row_labels], fontsize=11)
+    if col_labels is not None:
+        ax.set_xticklabels([str(s) for s in col_labels], fontsize=11)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _finish(fig, path)
+
+
+def save_denoising_gif(path, frames, ncol=None, captions=None, scale: int = 3, frame_ms: int = 100,
+                       last_ms: int = 1500):
+    """An animated GIF of a sampling run: one frame per recorded state (e.g. Trajectory().x).
+
+    frames: a list of image batches, each (N, C, H, W) / (N, H, W) laid out ``ncol`` per row or
+    (rows, cols, C, H, W), values in [-1, 1]. ``captions`` (one string per frame, e.g. "t = 999") are
+    written in a strip above the images. Pixels are enlarged ``scale`` times (nearest neighbour); the
+    last frame is held ``last_ms``. Returns the path.
+    """
+    from PIL import Image, ImageDraw
+
+    if len(frames) == 0:
+        raise ValueError("save_denoising_gif: no frames")
+    if captions is not None and len(captions) != len(frames):
+        raise ValueError(f"save_denoising_gif: {len(captions)} captions for {len(frames)} frames")
+    pictures = []
+    for i, frame in enumerate(frames):
+        mosaic = tile_images(frame, ncol)                    # (H', W') or (H', W', 3) in [0, 1]
+        pixels = np.rint(mosaic * 255.0).astype(np.uint8)
+        image = Image.fromarray(pixels).convert("RGB")
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+        if captions is not None:
+            strip = Image.new("RGB", (image.width, 16), "white")
+            ImageDraw.Draw(strip).text((4, 2), str(captions[i]), fill="black")
+            framed = Image.new("RGB", (image.width, image.height + 16), "white")
+            framed.paste(strip, (0, 0))
+            framed.paste(image, (0, 16))
+            image = framed
+        pictures.append(image.convert("P", palette=Image.ADAPTIVE, colors=256))
+    durations = [frame_ms] * (len(pictures) - 1) + [last_ms]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pictures[0].save(path, format="GIF", save_all=True, append_images=pictures[1:], duration=durations,
+                     loop=0, disposal=1)
+    return path
+
+
+def smooth_curve(values, window: int) -> np.ndarray:
+    """Running mean over the last ``window`` values (fewer at the start): s_i = mean(v[max(0, i-w+1) .. i])."""
+    v = np.asarray(values, dtype=np.float64)
+    window = max(1, int(window))
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    i = np.arange(1, len(v) + 1)
+    lo = np.maximum(0, i - window)
+    return (c[i] - c[lo]) / (i - lo)
+
+
+def plot_loss_curve(path, losses, window=None, title: str = "Training loss"):
+    """The per-step training loss (thin) and its running mean over ``window`` steps (thick), log y axis.
+
+    window: None picks about 2% of the run (at least 5 steps). Returns the path (or the Figure).
+    """
+    v = np.asarray(losses, dtype=np.float64)
+    if v.ndim != 1 or len(v) == 0:
+        raise ValueError(f"plot_loss_curve: losses must be a non-empty 1-D sequence, got shape {v.shape}")
+    window = max(5, len(v) // 50) if window is None else int(window)
+    steps = np.arange(1, len(v) + 1)
+    fig = _new_figure(8, 4)
+    ax = fig.subplots()
+    ax.plot(steps, v, linewidth=0.6, alpha=0.35, color="tab:blue", label="per step")
+    ax.plot(steps, smooth_curve(v, window), linewidth=2.0, color="tab:blue", label=f"mean of {window} steps")
+    positive = v[np.isfinite(v) & (v > 0)]
+    if len(positive) == len(v):
+        ax.set_yscale("log")
+    ax.set(title=title, xlabel="step", ylabel="loss" + (" (log scale)" if ax.get_yscale() == "log" else ""))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
     return _finish(fig, path)

