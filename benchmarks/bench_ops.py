@@ -248,7 +248,7 @@ def main(argv=None) -> int:
     print("|---|---|---:|---:|---:|")
     for name, shape, t_ours, t_torch in rows:
         print(f"| {name} | {shape} | {t_ours:.2f} | {t_torch:.2f} | {t_ours / t_torch:.2f} |")
-    for op in sorted({r[0].split()[0] for r in rows}):
+    for op in args.ops:
         mine = [r for r in rows if r[0].split()[0] == op]
         if len(mine) > 1:
             total_ours, total_torch = sum(r[2] for r in mine), sum(r[3] for r in mine)

@@ -86,9 +86,11 @@ def main(argv=None) -> int:
     png = viz.plot_sample_grid(out / f"{stem}.png", backend.to_numpy(x).reshape(shape),
                                row_labels=[str(d) for d in args.digits],
                                title=f"{args.sampler}, {num_steps} steps, guidance {guidance:g}, {weights}")
-    captions = [f"step {i + 1}/{num_steps}  t = {t}" for i, t in zip(trajectory.steps, trajectory.timesteps)]
-    gif = viz.save_denoising_gif(out / f"{stem}.gif", [f.reshape(shape) for f in trajectory.x], captions=captions,
-                                 scale=2)
+    frames = [viz.side_by_side(x_t.reshape(shape), x0.reshape(shape))   # x_t left, predicted x0 right
+              for x_t, x0 in zip(trajectory.x, trajectory.x0)]
+    captions = [f"step {i + 1}/{num_steps}, t = {t}.  Left: x_t.  Right: predicted x0."
+                for i, t in zip(trajectory.steps, trajectory.timesteps)]
+    gif = viz.save_denoising_gif(out / f"{stem}.gif", frames, captions=captions, scale=2)
     print(f"sampled {len(x)} digits with {args.sampler} ({num_steps} steps, guidance {guidance:g}, {weights}) "
           f"in {seconds:.1f} s")
     print(f"wrote {png}")

@@ -122,8 +122,10 @@ def final_pictures(state, out: Path, args) -> list:
     grid = backend.to_numpy(x).reshape((len(digits), n) + tuple(x.shape[1:]))    # (10, n, C, H, W)
     paths = [viz.plot_sample_grid(out / "samples.png", grid, row_labels=[str(d) for d in digits],
                                   title=f"samples ({what})")]
-    frames = [f.reshape(grid.shape) for f in trajectory.x]                      # each (10, n, C, H, W)
-    captions = [f"step {i + 1}/{num_steps}  t = {t}" for i, t in zip(trajectory.steps, trajectory.timesteps)]
+    frames = [viz.side_by_side(x_t.reshape(grid.shape), x0.reshape(grid.shape))   # each (10, 2n + 1, C, H, W)
+              for x_t, x0 in zip(trajectory.x, trajectory.x0)]
+    captions = [f"step {i + 1}/{num_steps}, t = {t}.  Left: the sample x_t.  Right: its predicted x0."
+                for i, t in zip(trajectory.steps, trajectory.timesteps)]
     paths.append(viz.save_denoising_gif(out / "denoising.gif", frames, captions=captions, scale=2))
     return paths
 

@@ -201,6 +201,19 @@ def plot_sample_grid(path, images, ncol=None, row_labels=None, col_labels=None, 
     return _finish(fig, path)
 
 
+def side_by_side(left, right) -> np.ndarray:
+    """Two image grids (rows, cols, C, H, W) next to each other with a blank column between them.
+
+    Also takes (N, C, H, W) batches (as one row each). Used for GIF frames that show the state x_t on
+    the left and the model's estimate of x0 on the right.
+    """
+    a, b = (_as_grid(g, ncol=len(g) if g.ndim == 4 else None) for g in (left, right))
+    if a.shape[0] != b.shape[0] or a.shape[2:] != b.shape[2:]:
+        raise ValueError(f"side_by_side: grids {a.shape} and {b.shape} differ in rows or image shape")
+    blank = np.full((a.shape[0], 1) + a.shape[2:], np.nan)                      # NaN cells draw blank
+    return np.concatenate([a, blank, b], axis=1)                                # (rows, 2 cols + 1, C, H, W)
+
+
 def save_denoising_gif(path, frames, ncol=None, captions=None, scale: int = 3, frame_ms: int = 100,
                        last_ms: int = 1500):
     """An animated GIF of a sampling run: one frame per recorded state (e.g. Trajectory().x).

@@ -3,14 +3,15 @@
 Legend: N = batch, C = input channels, F = output channels (filters), H, W = input height and
 width, Ho, Wo = output height and width, k = kernel size (odd, square), s = stride, p = padding,
 K = C*k*k (rows of the unrolled input), L = N*Ho*Wo (columns of the unrolled input).
+Indices: n batch, c input channel, f filter, (i, j) kernel tap, (u, v) output pixel.
 
-Forward, with xp = x zero-padded by p on every side (x (N, C, H, W), w (F, C, k, k), b (F,)):
+Forward, with xpad = x zero-padded by p on every side (x (N, C, H, W), w (F, C, k, k), b (F,)):
 
-    y[n, f, a, c] = b[f] + sum_{ch, i, j} w[f, ch, i, j] * xp[n, ch, s*a + i, s*c + j]
+    y[n, f, u, v] = b[f] + sum_{c, i, j} w[f, c, i, j] * xpad[n, c, s*u + i, s*v + j]
 
     Ho = floor((H + 2p - k) / s) + 1,    Wo = floor((W + 2p - k) / s) + 1   (as torch)
 
-im2col turns this into one GEMM: cols[(ch, i, j), (n, a, c)] = xp[n, ch, s*a + i, s*c + j] is a
+im2col turns this into one GEMM: cols[(c, i, j), (n, u, v)] = xpad[n, c, s*u + i, s*v + j] is a
 (K, L) matrix and Y = w.reshape(F, K) @ cols is (F, L), i.e. y in (F, N, Ho, Wo) order.
 Internally the op works in this channels-first "CNHW" layout, so that the forward, dW and dx are
 each a single large GEMM (one BLAS call instead of one per image); y and dx are transposed back
@@ -18,32 +19,33 @@ to (N, C, H, W) on the way out.
 
 Backward, from the chain rule on the forward sum:
 
-    db[f]          = sum_{n, a, c} dy[n, f, a, c]
-    dW             = dY @ cols^T          (F, L) @ (L, K): dw[f, ch, i, j] = sum_{n,a,c} dy[n,f,a,c] xp[n,ch,s*a+i,s*c+j]
-    dxp[n, ch, t, u] = sum over (f, i, j, a, c) with s*a + i = t and s*c + j = u of dy[n, f, a, c] w[f, ch, i, j]
-    dx             = dxp[:, :, p:p+H, p:p+W]   (the padding only cropped)
+    db[f]       = sum_{n, u, v} dy[n, f, u, v]
+    dW          = dY @ cols^T   (F, L) @ (L, K):  dw[f, c, i, j] = sum_{n,u,v} dy[n,f,u,v] xpad[n,c,s*u+i,s*v+j]
+    dxpad[n, c, t, t'] = sum of dy[n, f, u, v] w[f, c, i, j] over all (f, i, j, u, v) with s*u + i = t, s*v + j = t'
+    dx          = dxpad[:, :, p:p+H, p:p+W]   (the padding is only cropped)
 
 dx is itself a convolution, the "transposed convolution", and is computed as one (never with a
-scatter such as add.at). For s = 1, substituting a = t - i:
+scatter such as add.at). For s = 1, substituting u = t - i (one spatial axis shown):
 
-    dxp[t] = sum_i dy[t - i] w[i]  =  correlation of dy (zero-padded by k-1) with the kernel
-             flipped in space, w[f, ch, k-1-i, k-1-j], read as a (C, F, k, k) kernel (in/out swapped).
+    dxpad[t] = sum_i dy[t - i] w[i]  =  correlation of dy (zero-padded by k-1) with the kernel
+               flipped in space, w[f, c, k-1-i, k-1-j], read as a (C, F, k, k) kernel (in/out swapped).
 
-Cropping p from dxp is the same as padding dy by k-1-p instead of k-1, so dx = conv(dy, flip(w)^T,
-padding k-1-p) and has exactly H x W entries.
+Cropping p from dxpad is the same as padding dy by k-1-p instead of k-1, so dx = conv(dy,
+flip(w)^T, padding k-1-p), which has exactly H x W entries.
 
 For s = 2 the textbook recipe inserts s-1 zeros between the rows/columns of dy and then applies
 the same formula; 3/4 of its multiplications would hit those zeros. We use the zero-free
 polyphase form instead. Write t = s*q + r with 0 <= r < s: only taps i = r + s*m reach t, from
-a = q - m, so
+u = q - m, so
 
-    dxp[s*q + r] = sum_m dy[q - m] w[r + s*m]
+    dxpad[s*q + r] = sum_m dy[q - m] w[r + s*m]
 
-i.e. the rows of dxp with phase r are a stride-1 transposed convolution of dy with the sub-kernel
-w[r::s] (ceil((k - r)/s) taps). The s*s phases (r, r') are computed separately and interleaved
-into dx with strided writes. Rows of x that no output reached (when (H + 2p - k) % s != 0, e.g. the
-last row of a 28x28 input with k=3, s=2, p=1) fall out naturally with gradient 0, because dy is
-zero beyond its last row. For s = 1 there is one phase and this is the formula above.
+i.e. the rows of dxpad with phase r are a stride-1 transposed convolution of dy with the
+sub-kernel w[r::s] (ceil((k - r)/s) taps). The s*s phases (one per row phase and column phase)
+are computed separately and interleaved into dx with strided writes. Rows of x that no output
+reached (when (H + 2p - k) % s != 0, e.g. the last row of a 28x28 input with k=3, s=2, p=1) come
+out with gradient 0 by themselves, because dy is zero beyond its last row. For s = 1 there is one
+phase and this is the formula above.
 """
 from __future__ import annotations
 
@@ -70,7 +72,7 @@ def _out_size(size, k, stride, padding):
 def _im2col(a, kh, kw, stride, pad_h, pad_w, Ho, Wo):
     """Unroll a (C, N, H, W) array (any strides) into cols (C*kh*kw, N*Ho*Wo).
 
-    cols[(ch, i, j), (n, e, f)] = a[ch, n, s*e + i - pad_h, s*f + j - pad_w], or 0 where that index
+    cols[(c, i, j), (n, u, v)] = a[c, n, s*u + i - pad_h, s*v + j - pad_w], or 0 where that index
     falls outside a. The zero padding is never materialised: each of the kh*kw taps copies only
     the rectangle of outputs that reads inside ``a`` (a pad may be negative: that crops).
     """
@@ -78,20 +80,20 @@ def _im2col(a, kh, kw, stride, pad_h, pad_w, Ho, Wo):
     C, N, H, W = a.shape
     cols = xp.zeros((C, kh, kw, N, Ho, Wo), dtype=a.dtype)  # (C, kh, kw, N, Ho, Wo)
     for i in range(kh):  # a loop over kernel taps, not over pixels
-        e0, e1, t0 = _valid(i, pad_h, H, stride, Ho)
+        u0, u1, t0 = _valid(i, pad_h, H, stride, Ho)      # output rows [u0, u1) read input rows t0, t0+s, ...
         for j in range(kw):
-            f0, f1, u0 = _valid(j, pad_w, W, stride, Wo)
-            if e1 > e0 and f1 > f0:
-                cols[:, i, j, :, e0:e1, f0:f1] = a[:, :, t0:t0 + stride * (e1 - e0 - 1) + 1:stride,
-                                                   u0:u0 + stride * (f1 - f0 - 1) + 1:stride]
+            v0, v1, t0w = _valid(j, pad_w, W, stride, Wo)  # the same for columns
+            if u1 > u0 and v1 > v0:
+                cols[:, i, j, :, u0:u1, v0:v1] = a[:, :, t0:t0 + stride * (u1 - u0 - 1) + 1:stride,
+                                                   t0w:t0w + stride * (v1 - v0 - 1) + 1:stride]
     return cols.reshape(C * kh * kw, N * Ho * Wo)  # (K, L)
 
 
 def _valid(tap, pad, size, stride, n_out):
-    """Outputs e in [e0, e1) whose input index stride*e + tap - pad lies in [0, size); t0 = first input index."""
-    e0 = max(0, -((tap - pad) // stride))           # ceil((pad - tap) / stride)
-    e1 = min(n_out, (size - 1 + pad - tap) // stride + 1)
-    return e0, e1, stride * e0 + tap - pad
+    """Outputs u in [u0, u1) whose input index stride*u + tap - pad lies in [0, size); t0 = first input index."""
+    u0 = max(0, -((tap - pad) // stride))  # ceil((pad - tap) / stride)
+    u1 = min(n_out, (size - 1 + pad - tap) // stride + 1)
+    return u0, u1, stride * u0 + tap - pad
 
 
 def _is_int(v):
@@ -147,22 +149,22 @@ def conv2d_backward(dy, cache: Conv2dCache):
     db = dy2.sum(axis=1) if has_bias else None  # (F,)
     # in the forward pass this was: y = w.reshape(F, K) @ cols, so now we have:
     dw = xp.matmul(dy2, cols.T).reshape(w.shape)  # (F, L) @ (L, K) -> (F, C, k, k)
-    # and for x, a transposed convolution of dy, one stride-1 conv per phase (r, c) (see docstring)
+    # and for x, a transposed convolution of dy, one stride-1 conv per phase (see docstring)
     dx = xp.zeros((N, C, H, W), dtype=dy.dtype)
     dxc = dx.transpose(1, 0, 2, 3)  # (C, N, H, W), a view: phases are written straight into dx
-    for r in range(s):
-        for c in range(s):
-            wr = w[:, :, r::s, c::s]  # (F, C, Kr, Kc), the taps i = r + s*m, j = c + s*m'
+    for rh in range(s):      # row phase: dxpad rows t = s*q + rh
+        for rw in range(s):  # column phase
+            wr = w[:, :, rh::s, rw::s]  # (F, C, Kr, Kc), the taps i = rh + s*m, j = rw + s*m'
             Kr, Kc = wr.shape[2:]
-            q0h, q1h = -((r - p) // s), (p + H - 1 - r) // s  # dxp rows s*q + r inside x: q in [q0h, q1h]
-            q0w, q1w = -((c - p) // s), (p + W - 1 - c) // s
+            q0h, q1h = -((rh - p) // s), (p + H - 1 - rh) // s  # rows s*q + rh of dxpad inside x: q in [q0h, q1h]
+            q0w, q1w = -((rw - p) // s), (p + W - 1 - rw) // s
             nh, nw = q1h - q0h + 1, q1w - q0w + 1
             if Kr == 0 or Kc == 0 or nh <= 0 or nw <= 0:
                 continue  # no tap reaches this phase (k=1, s=2): its gradient stays 0
-            # dxp[s*q + r] = sum_m dy[q - m] wr[m]: correlate dy, padded by Kr-1-q0h, with wr flipped
+            # dxpad[s*q + rh] = sum_m dy[q - m] wr[m]: correlate dy, padded by Kr-1-q0h, with wr flipped
             wt = wr[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(C, F * Kr * Kc)  # (C, F*Kr*Kc)
             dcols = _im2col(dyc, Kr, Kc, 1, Kr - 1 - q0h, Kc - 1 - q0w, nh, nw)  # (F*Kr*Kc, N*nh*nw)
             phase = xp.matmul(wt, dcols).reshape(C, N, nh, nw)
-            h0, w0 = s * q0h + r - p, s * q0w + c - p  # first row/column of x in this phase
+            h0, w0 = s * q0h + rh - p, s * q0w + rw - p  # first row/column of x in this phase
             dxc[:, :, h0::s, w0::s] = phase
     return dx, dw, db

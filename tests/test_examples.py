@@ -1,0 +1,171 @@
+"""The example scripts end to end on a small synthetic IDX data set, and the pictures they draw."""
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tinyddpm import viz
+from tinyddpm.checkpoint import load_checkpoint
+from tinyddpm.data import FILES, write_idx
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def load_script(name):
+    """An example script as a module, so that main(argv) runs in this process (faster than a subprocess)."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(name, *args, cwd):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A folder with MNIST-named IDX files holding 48 synthetic 28x28 'digits' (a bar whose angle is the label)."""
+    root = tmp_path_factory.mktemp("idx")
+    rng = np.random.default_rng(0)
+    labels = np.arange(48) % 10
+    yy, xx = np.mgrid[-1:1:28j, -1:1:28j]
+    angles = labels[:, None, None] * np.pi / 10 + rng.normal(0, 0.05, (48, 1, 1))
+    distance = np.abs(np.cos(angles) * yy - np.sin(angles) * xx)
+    images = np.where((distance < 0.15) & (np.hypot(xx, yy) < 0.8), 255, 0).astype(np.uint8)  # (48, 28, 28)
+    images_name, labels_name = FILES["train"]
+    write_idx(root / images_name, images)
+    write_idx(root / (labels_name + ".gz"), labels.astype(np.uint8))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_run(data_dir, tmp_path_factory):
+    """examples/train_mnist.py --preset tiny as a user runs it; returns (completed process, output folder)."""
+    out = tmp_path_factory.mktemp("run") / "mnist"
+    done = run_script("train_mnist", "--preset", "tiny", "--out", out, "--data-dir", data_dir, "--source", "idx",
+                      "--device", "cpu", "--no-progress", cwd=tmp_path_factory.mktemp("cwd"))
+    return done, out
+
+
+def test_train_script_writes_everything(tiny_run):
+    done, out = tiny_run
+    assert done.returncode == 0, done.stderr
+    assert "MNIST train: IDX files in" in done.stdout                  # it says which data it uses
+    for name in ("checkpoint.npz", "samples.png", "denoising.gif", "loss.png", "previews/step_000002.png"):
+        assert (out / name).is_file(), name
+        assert f"wrote {out / name}" in done.stdout or name.startswith("previews")
+    ckpt = load_checkpoint(out / "checkpoint.npz")
+    assert ckpt.step == 4 and len(ckpt.extra["losses"]) == 4 and ckpt.ema is not None
+    with Image.open(out / "samples.png") as im:
+        assert im.format == "PNG" and np.asarray(im.convert("L")).std() > 10
+    with Image.open(out / "denoising.gif") as im:
+        assert im.format == "GIF" and im.n_frames == 3    # the tiny preset samples in 3 steps
+
+
+def test_sample_script(tiny_run, tmp_path):
+    _, out = tiny_run
+    done = run_script("sample", out / "checkpoint.npz", "--sampler", "ddim", "--steps", "3", "--digits", "0,3,7",
+                      "--n-per-digit", "2", "--guidance", "3", "--seed", "5", "--out", tmp_path, "--device", "cpu",
+                      "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    png, gif = tmp_path / "ddim_3steps_g3_seed5.png", tmp_path / "ddim_3steps_g3_seed5.gif"
+    assert f"wrote {png}" in done.stdout and f"wrote {gif}" in done.stdout
+    with Image.open(gif) as im:
+        assert im.n_frames == 3
+
+
+def test_sample_script_raw_weights_in_process(tiny_run, tmp_path, capsys):
+    _, out = tiny_run
+    sample = load_script("sample")
+    assert sample.main([str(out / "checkpoint.npz"), "--steps", "2", "--digits", "1", "--n-per-digit", "1",
+                        "--no-ema", "--out", str(tmp_path), "--device", "cpu", "--no-progress"]) == 0
+    assert (tmp_path / "dpm++2m_2steps_g2_seed0_raw.png").is_file()
+    with pytest.raises(SystemExit):
+        sample.parse_args(["x.npz", "--digits", "3,12"])
+    assert "--digits must list digits 0..9" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_through_the_scripts(data_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"\x00" * 100)
+    train_mnist, sample = load_script("train_mnist"), load_script("sample")
+    assert train_mnist.main(["--resume", str(bad), "--data-dir", str(data_dir), "--source", "idx",
+                             "--out", str(tmp_path / "out"), "--device", "cpu", "--no-progress"]) == 2
+    assert re.search(f"cannot resume: {re.escape(str(bad))}: not a readable .npz", capsys.readouterr().err)
+    assert sample.main([str(bad), "--device", "cpu"]) == 2
+    assert f"{bad}: not a readable .npz" in capsys.readouterr().err
+
+
+def test_stop_and_resume_through_the_script(data_dir, tmp_path, capsys):
+    train_mnist = load_script("train_mnist")
+    common = ["--data-dir", str(data_dir), "--source", "idx", "--out", str(tmp_path), "--device", "cpu",
+              "--no-progress", "--sample-every", "0"]
+    assert train_mnist.main(["--preset", "tiny", "--until", "2", *common]) == 0
+    assert "stopped at step 2 of 4" in capsys.readouterr().out
+    assert not (tmp_path / "samples.png").exists() and load_checkpoint(tmp_path / "checkpoint.npz").step == 2
+    with pytest.raises(SystemExit, match="--batch-size cannot change on --resume"):
+        train_mnist.main(["--resume", "--batch-size", "4", *common])
+    assert train_mnist.main(["--resume", *common]) == 0
+    assert "resuming" in capsys.readouterr().out
+    ckpt = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert ckpt.step == 4 and len(ckpt.extra["losses"]) == 4 and (tmp_path / "samples.png").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# the pictures (tinyddpm.viz additions)
+# --------------------------------------------------------------------------------------------
+
+def test_tile_images_layout():
+    images = -np.ones((5, 1, 4, 4))
+    images[3] = 1.0
+    mosaic = viz.tile_images(images, ncol=3, gap=1)
+    assert mosaic.shape == (2 * 5 - 1, 3 * 5 - 1)
+    assert mosaic[0, 0] == 0.0 and mosaic[0, 4] == 1.0       # black image, then the white gap
+    assert np.all(mosaic[5:, :4] == 1.0)                       # image 3 (white) opens row 2
+    assert np.all(mosaic[5:, 10:] == 1.0)                      # the missing sixth cell is blank
+    assert viz.tile_images(np.zeros((2, 3, 3, 4, 4))).shape == (2 * 6 - 2, 3 * 6 - 2, 3)  # RGB
+
+
+def test_sample_grid_with_row_labels(tmp_path):
+    grid = np.random.default_rng(0).uniform(-1, 1, (10, 4, 1, 28, 28))   # a row per digit
+    path = viz.plot_sample_grid(tmp_path / "grid.png", grid, row_labels=[str(d) for d in range(10)], title="t")
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[1] > im.size[0]
+    fig = viz.plot_sample_grid(None, grid, row_labels=[str(d) for d in range(10)])
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [str(d) for d in range(10)]
+    with pytest.raises(ValueError, match="3 row_labels for a grid of 10 x 4"):
+        viz.plot_sample_grid(None, grid, row_labels=["a", "b", "c"])
+
+
+def test_denoising_gif(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = [rng.uniform(-1, 1, (6, 1, 8, 8)) * (1 - k / 4) for k in range(5)]
+    path = viz.save_denoising_gif(tmp_path / "a" / "d.gif", frames, ncol=3, captions=[f"t = {k}" for k in range(5)],
+                                  scale=2)
+    with Image.open(path) as im:
+        assert im.format == "GIF" and im.n_frames == 5
+        assert im.size == (2 * (3 * 10 - 2), 2 * (2 * 10 - 2) + 16)   # gap 2, caption strip 16
+    with pytest.raises(ValueError, match="2 captions for 5 frames"):
+        viz.save_denoising_gif(tmp_path / "e.gif", frames, captions=["a", "b"])
+
+
+def test_loss_curve(tmp_path):
+    losses = 1.0 / np.arange(1, 201) + 0.05
+    path = viz.plot_loss_curve(tmp_path / "loss.png", losses)
+    with Image.open(path) as im:
+        assert im.format == "PNG" and np.asarray(im.convert("L")).std() > 5
+    fig = viz.plot_loss_curve(None, losses, window=10)
+    assert fig.axes[0].get_yscale() == "log" and len(fig.axes[0].get_lines()) == 2
+    np.testing.assert_allclose(viz.smooth_curve([1, 2, 3, 4], 2), [1, 1.5, 2.5, 3.5])
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        viz.plot_loss_curve(None, [])

@@ -1,0 +1,262 @@
+"""Training loop: exact resume, clear errors for bad checkpoints, the randomness of a step, config and presets."""
+import json
+import re
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from tinyddpm import train as train_module
+from tinyddpm.backend import get_device, to_numpy
+from tinyddpm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from tinyddpm.train import (CHECKPOINT_NAME, PRESETS, TrainConfig, default_preset, load_for_sampling, new_state,
+                            preset, resume_state, sample_digits, save_state, train, train_step)
+from tinyddpm.unet import UNetConfig
+
+TINY_UNET = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), attention_resolutions=(4,), heads=2,
+                       groups=4, dropout=0.1)
+TINY = TrainConfig(unet=TINY_UNET, steps=6, batch_size=8, lr=1e-3, warmup_steps=2, lr_decay="cosine",
+                   ema_decay=0.9, log_every=2, checkpoint_every=2, sample_every=0)
+
+
+def synthetic(n=40, size=8, seed=0):
+    """n uint8 images (n, size, size) of random blobs and labels 0..9."""
+    rng = np.random.default_rng(seed)
+    images = (rng.random((n, size, size)) > 0.6).astype(np.uint8) * 255
+    return images, rng.integers(0, 10, n)
+
+
+def as_host(d):
+    return {k: to_numpy(v) for k, v in d.items()}
+
+
+def assert_dicts_equal(a, b):
+    assert set(a) == set(b)
+    for k in a:
+        assert np.array_equal(to_numpy(a[k]), to_numpy(b[k])), k
+
+
+# --------------------------------------------------------------------------------------------
+# resume
+# --------------------------------------------------------------------------------------------
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    images, labels = synthetic()
+    whole = train(new_state(TINY, images, labels), tmp_path / "whole", progress=False)
+    assert whole.step == 6 and len(whole.losses) == 6
+
+    first = train(new_state(TINY, images, labels), tmp_path / "split", until=3, progress=False)
+    assert first.step == 3
+    resumed = resume_state(tmp_path / "split" / CHECKPOINT_NAME, images, labels)
+    assert resumed.step == 3 and resumed.losses == first.losses  # the loss history survives the resume
+    train(resumed, tmp_path / "split", progress=False)
+
+    if get_device() == "cpu":  # NumPy generators resume exactly: the same losses and weights, bit for bit
+        assert resumed.losses == whole.losses
+        assert_dicts_equal(resumed.params, whole.params)
+        assert_dicts_equal(resumed.ema.params, whole.ema.params)
+        assert_dicts_equal(resumed.optimizer.m, whole.optimizer.m)
+        assert_dicts_equal(resumed.optimizer.v, whole.optimizer.v)
+    else:  # a CuPy generator is re-seeded on resume: the first part matches, the rest is a valid run
+        assert resumed.losses[:3] == whole.losses[:3] and np.all(np.isfinite(resumed.losses))
+    final = load_checkpoint(tmp_path / "split" / CHECKPOINT_NAME)
+    assert final.step == 6 and final.extra["losses"] == resumed.losses
+
+
+def test_resume_can_extend_the_run(tmp_path):
+    images, labels = synthetic()
+    config = replace(TINY, lr_decay="constant", steps=2)
+    train(new_state(config, images, labels), tmp_path, progress=False)
+    state = resume_state(tmp_path / CHECKPOINT_NAME, images, labels, steps=4, checkpoint_every=1)
+    assert state.config.steps == 4 and state.config.checkpoint_every == 1
+    train(state, tmp_path, progress=False)
+    assert state.step == 4 and len(state.losses) == 4
+    with pytest.raises(ValueError, match="only .* can change on resume"):
+        resume_state(tmp_path / CHECKPOINT_NAME, images, labels, lr=1.0)
+    with pytest.raises(ValueError, match="beyond the requested total"):
+        resume_state(tmp_path / CHECKPOINT_NAME, images, labels, steps=3)
+
+
+def test_checkpoints_written_every_k_steps(tmp_path, monkeypatch):
+    images, labels = synthetic()
+    saved = []
+    original = train_module.save_state
+    monkeypatch.setattr(train_module, "save_state", lambda state, path: saved.append(state.step) or original(state, path))
+    train(new_state(replace(TINY, checkpoint_every=2, steps=5), images, labels), tmp_path, progress=False)
+    assert saved == [2, 4, 5]  # every 2 steps and at the end
+
+
+# --------------------------------------------------------------------------------------------
+# bad checkpoints
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def trained(tmp_path):
+    images, labels = synthetic()
+    train(new_state(replace(TINY, steps=2), images, labels), tmp_path / "run", progress=False)
+    return tmp_path / "run" / CHECKPOINT_NAME, images, labels
+
+
+def test_corrupt_checkpoint_names_the_file(trained, tmp_path):
+    path, images, labels = trained
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"this is not a checkpoint" * 10)
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    for bad in (garbage, truncated):
+        with pytest.raises(CheckpointError, match=re.escape(str(bad))):
+            resume_state(bad, images, labels)
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        resume_state(tmp_path / "missing.npz", images, labels)
+
+
+def test_foreign_checkpoint_names_the_file(trained, tmp_path):
+    path, images, labels = trained
+    ckpt = load_checkpoint(path)
+    foreign = tmp_path / "foreign.npz"
+    save_checkpoint(foreign, config={"lr": 1e-3}, params=ckpt.params)  # a tinyddpm checkpoint of another kind
+    with pytest.raises(CheckpointError, match=re.escape(str(foreign)) + ".*not one written by tinyddpm.train"):
+        resume_state(foreign, images, labels)
+    weights_only = tmp_path / "weights_only.npz"
+    save_checkpoint(weights_only, config=ckpt.config, params=ckpt.params, step=ckpt.step)
+    with pytest.raises(CheckpointError, match=re.escape(str(weights_only)) + ": has no ema.*not resumed"):
+        resume_state(weights_only, images, labels)
+    other_net = dict(ckpt.config, train=dict(ckpt.config["train"], unet=dict(ckpt.config["train"]["unet"],
+                                                                                base_channels=16)))
+    mismatched = tmp_path / "mismatched.npz"
+    save_checkpoint(mismatched, config=other_net, params=ckpt.params, ema=ckpt.ema,
+                    optimizer_state=ckpt.optimizer_state, step=ckpt.step, rng_state=ckpt.rng_state, extra=ckpt.extra)
+    with pytest.raises(CheckpointError, match=re.escape(str(mismatched)) + ".*shape"):
+        resume_state(mismatched, images, labels)
+
+
+def test_resume_on_other_data_names_the_file(trained):
+    path, images, labels = trained
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*other data"):
+        resume_state(path, images[:30], labels[:30])
+
+
+# --------------------------------------------------------------------------------------------
+# what a step does
+# --------------------------------------------------------------------------------------------
+
+def test_step_draws_uniform_t_and_drops_labels(monkeypatch):
+    images, labels = synthetic(n=64)
+    config = replace(TINY, batch_size=64, p_uncond=0.5, num_timesteps=50, steps=20)
+    seen = []
+    original = train_module.unet_forward
+
+    def spy(params, cfg, x, t, y, **kw):
+        seen.append((to_numpy(t).copy(), to_numpy(y).copy()))
+        return original(params, cfg, x, t, y, **kw)
+
+    monkeypatch.setattr(train_module, "unet_forward", spy)
+    state = new_state(config, images, labels)
+    for _ in range(8):
+        train_step(state)
+    t = np.concatenate([s[0] for s in seen])
+    y = np.concatenate([s[1] for s in seen])
+    assert t.min() >= 0 and t.max() < 50 and len(np.unique(t)) > 40  # t ~ U{0 .. T-1}
+    null = y == TINY_UNET.null_label
+    assert 0.4 < null.mean() < 0.6                                     # p_uncond = 0.5
+    first_batch = labels[state.batches.permutation(0)[:64]]           # the labels kept are the true ones
+    kept = ~null[:64]
+    assert np.array_equal(y[:64][kept], first_batch[kept])
+
+
+def test_losses_stay_on_device_until_flushed():
+    images, labels = synthetic()
+    state = new_state(replace(TINY, log_every=4), images, labels)
+    train_step(state)
+    train_step(state)
+    assert len(state.pending) == 2 and state.losses == []
+    window = state.flush_losses()
+    assert len(window) == 2 and state.losses == window and state.pending == []
+
+
+def test_nan_loss_stops_training():
+    images, labels = synthetic()
+    state = new_state(TINY, images, labels)
+    state.params["conv_out.b"][...] = np.nan
+    with pytest.raises(FloatingPointError, match="loss is nan at step 1"):
+        train(state, None, progress=False)
+
+
+def test_float64_training_keeps_dtype(tmp_path):
+    images, labels = synthetic()
+    state = train(new_state(replace(TINY, dtype="float64", steps=2), images, labels), tmp_path, progress=False)
+    assert all(p.dtype == np.float64 for p in state.params.values())
+    params, config, _ = load_for_sampling(tmp_path / CHECKPOINT_NAME)
+    assert config.dtype == "float64" and params["conv_in.w"].dtype == np.float64
+
+
+def test_unconditional_training():
+    images, _ = synthetic()
+    config = replace(TINY, unet=replace(TINY_UNET, num_classes=None), p_uncond=0.0, steps=2)
+    state = train(new_state(config, images), None, progress=False)
+    assert len(state.losses) == 2 and np.all(np.isfinite(state.losses))
+
+
+# --------------------------------------------------------------------------------------------
+# sampling from a checkpoint
+# --------------------------------------------------------------------------------------------
+
+def test_load_for_sampling_uses_ema_by_default(trained):
+    path, _, _ = trained
+    ckpt = load_checkpoint(path)
+    ema, config, schedule = load_for_sampling(path)
+    raw, _, _ = load_for_sampling(path, use_ema=False)
+    assert_dicts_equal(ema, ckpt.ema_params)
+    assert_dicts_equal(raw, ckpt.params)
+    assert schedule.num_timesteps == config.num_timesteps
+    x = sample_digits(ema, config.unet, schedule, [0, 3, 7], 2, sampler="ddim", steps=3, guidance=2.0, seed=1)
+    assert x.shape == (6, 1, 8, 8) and x.dtype == np.float32 and np.all(np.isfinite(to_numpy(x)))
+    again = sample_digits(ema, config.unet, schedule, [0, 3, 7], 2, sampler="ddim", steps=3, guidance=2.0, seed=1)
+    assert np.array_equal(to_numpy(x), to_numpy(again))
+    with pytest.raises(ValueError, match="digits \\[12\\]"):
+        sample_digits(ema, config.unet, schedule, [12], 1, steps=2)
+
+
+# --------------------------------------------------------------------------------------------
+# config and presets
+# --------------------------------------------------------------------------------------------
+
+def test_config_round_trips_through_json():
+    config = replace(PRESETS["cpu"], min_snr_gamma=5.0, betas=(0.9, 0.99))
+    back = TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert back == config
+    with pytest.raises(ValueError, match="unknown keys \\['bogus'\\]"):
+        TrainConfig.from_dict(dict(config.to_dict(), bogus=1))
+
+
+def test_presets_are_valid():
+    for name in PRESETS:
+        preset(name)
+    assert preset("cpu", steps=10).steps == 10
+    assert default_preset() == ("gpu" if get_device() == "cuda" else "cpu")
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        preset("huge")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("prediction", "noise", "prediction must be one of"),
+    ("p_uncond", 1.0, "p_uncond must lie in"),
+    ("lr", 0.0, "lr must be > 0"),
+    ("sampler", "euler", "sampler must be one of"),
+    ("dtype", "float16", "dtype must be"),
+])
+def test_bad_config_is_refused(field, value, message):
+    with pytest.raises(ValueError, match=f"TrainConfig: .*{message}"):
+        replace(TINY, **{field: value}).validate()
+
+
+def test_bad_data_is_refused():
+    images, labels = synthetic()
+    with pytest.raises(ValueError, match=r"images \(40, 8, 8\) do not fit the U-Net's image_size 28"):
+        new_state(replace(TINY, unet=replace(TINY_UNET, image_size=28)), images, labels)
+    with pytest.raises(TypeError, match="images must be uint8"):
+        new_state(TINY, images.astype(np.float32), labels)
+    with pytest.raises(ValueError, match="labels must lie in 0..9"):
+        new_state(TINY, images, labels + 5)
+    with pytest.raises(ValueError, match="needs labels"):
+        new_state(TINY, images, None)
