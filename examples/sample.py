@@ -48,10 +48,11 @@ def parse_args(argv=None):
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
     p.add_argument("--device", choices=backend.DEVICES, default=None, help="default: cuda if CuPy finds a GPU")
     p.add_argument("--frames", type=int, default=30, help="about this many frames in the GIF")
+    p.add_argument("--gif-per-digit", type=int, default=4, help="samples of each digit shown in the GIF")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.n_per_digit < 1 or args.frames < 1:
-        p.error("--steps, --n-per-digit and --frames must be >= 1")
+    if min(args.steps, args.n_per_digit, args.frames, args.gif_per_digit) < 1:
+        p.error("--steps, --n-per-digit, --frames and --gif-per-digit must be >= 1")
     return args
 
 
@@ -86,7 +87,8 @@ def main(argv=None) -> int:
     png = viz.plot_sample_grid(out / f"{stem}.png", backend.to_numpy(x).reshape(shape),
                                row_labels=[str(d) for d in args.digits],
                                title=f"{args.sampler}, {num_steps} steps, guidance {guidance:g}, {weights}")
-    frames = [viz.side_by_side(x_t.reshape(shape), x0.reshape(shape))   # x_t left, predicted x0 right
+    k = min(args.n_per_digit, args.gif_per_digit)
+    frames = [viz.side_by_side(x_t.reshape(shape)[:, :k], x0.reshape(shape)[:, :k])  # x_t left, predicted x0 right
               for x_t, x0 in zip(trajectory.x, trajectory.x0)]
     captions = [f"step {i + 1}/{num_steps}, t = {t}.  Left: x_t.  Right: predicted x0."
                 for i, t in zip(trajectory.steps, trajectory.timesteps)]

@@ -11,7 +11,7 @@ It writes into --out (default runs/mnist):
     checkpoint.npz            everything needed to resume or sample (written every --checkpoint-every steps)
     previews/step_NNNNNN.png  a row of digits from the EMA weights every --sample-every steps
     samples.png               the final samples, a row per digit 0-9
-    denoising.gif             the same samples going from noise to digits
+    denoising.gif             the first samples of each digit going from noise to digits (x_t | predicted x0)
     loss.png                  the training loss per step and its running mean
 
 A resumed run continues with the checkpoint's configuration (only --steps and the bookkeeping
@@ -38,6 +38,7 @@ from tinyddpm import viz
 
 # Options that define the run: a resumed run takes them from the checkpoint and refuses new values.
 RUN_OPTIONS = {"preset": "preset", "batch_size": "batch-size", "lr": "lr", "seed": "seed"}
+GIF_PER_DIGIT = 4
 
 
 def parse_args(argv=None):
@@ -122,7 +123,8 @@ def final_pictures(state, out: Path, args) -> list:
     grid = backend.to_numpy(x).reshape((len(digits), n) + tuple(x.shape[1:]))    # (10, n, C, H, W)
     paths = [viz.plot_sample_grid(out / "samples.png", grid, row_labels=[str(d) for d in digits],
                                   title=f"samples ({what})")]
-    frames = [viz.side_by_side(x_t.reshape(grid.shape), x0.reshape(grid.shape))   # each (10, 2n + 1, C, H, W)
+    k = min(n, GIF_PER_DIGIT)   # the GIF shows the first k samples of each digit: noise compresses badly
+    frames = [viz.side_by_side(x_t.reshape(grid.shape)[:, :k], x0.reshape(grid.shape)[:, :k])  # (10, 2k + 1, C, H, W)
               for x_t, x0 in zip(trajectory.x, trajectory.x0)]
     captions = [f"step {i + 1}/{num_steps}, t = {t}.  Left: the sample x_t.  Right: its predicted x0."
                 for i, t in zip(trajectory.steps, trajectory.timesteps)]
@@ -150,12 +152,14 @@ def main(argv=None) -> int:
         train(state, out, until=args.until, progress=not args.no_progress)
     except KeyboardInterrupt:
         ckpt = out / CHECKPOINT_NAME
-        print(f"\ninterrupted at step {state.step}; the last checkpoint is {ckpt if ckpt.exists() else 'not written yet'}"
-              f" (continue with --resume)", file=sys.stderr)
+        last = ckpt if ckpt.exists() else "not written yet"
+        print(f"\ninterrupted at step {state.step}; the last checkpoint is {last} (continue with --resume)",
+              file=sys.stderr)
         return 130
     paths = [out / CHECKPOINT_NAME]
     if state.losses:
-        paths.append(viz.plot_loss_curve(out / "loss.png", state.losses, title=f"Training loss ({len(state.losses)} steps)"))
+        paths.append(viz.plot_loss_curve(out / "loss.png", state.losses,
+                                         title=f"Training loss ({len(state.losses)} steps)"))
     if state.step < cfg.steps:
         print(f"stopped at step {state.step} of {cfg.steps}; continue with: python examples/train_mnist.py "
               f"--out {out} --resume")

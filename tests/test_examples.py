@@ -10,12 +10,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinyddpm import viz
+from tinyddpm import set_device, viz
+from tinyddpm.backend import get_device
 from tinyddpm.checkpoint import load_checkpoint
 from tinyddpm.data import FILES, write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
+DEVICE = get_device()  # the scripts run on the device the tests run on
+
+
+@pytest.fixture(autouse=True)
+def keep_device():
+    """A script's main() sets the global device; put back the one the test session uses."""
+    yield
+    set_device(DEVICE)
 
 
 def load_script(name):
@@ -53,7 +62,7 @@ def tiny_run(data_dir, tmp_path_factory):
     """examples/train_mnist.py --preset tiny as a user runs it; returns (completed process, output folder)."""
     out = tmp_path_factory.mktemp("run") / "mnist"
     done = run_script("train_mnist", "--preset", "tiny", "--out", out, "--data-dir", data_dir, "--source", "idx",
-                      "--device", "cpu", "--no-progress", cwd=tmp_path_factory.mktemp("cwd"))
+                      "--device", DEVICE, "--no-progress", cwd=tmp_path_factory.mktemp("cwd"))
     return done, out
 
 
@@ -75,7 +84,7 @@ def test_train_script_writes_everything(tiny_run):
 def test_sample_script(tiny_run, tmp_path):
     _, out = tiny_run
     done = run_script("sample", out / "checkpoint.npz", "--sampler", "ddim", "--steps", "3", "--digits", "0,3,7",
-                      "--n-per-digit", "2", "--guidance", "3", "--seed", "5", "--out", tmp_path, "--device", "cpu",
+                      "--n-per-digit", "2", "--guidance", "3", "--seed", "5", "--out", tmp_path, "--device", DEVICE,
                       "--no-progress", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     png, gif = tmp_path / "ddim_3steps_g3_seed5.png", tmp_path / "ddim_3steps_g3_seed5.gif"
@@ -88,7 +97,7 @@ def test_sample_script_raw_weights_in_process(tiny_run, tmp_path, capsys):
     _, out = tiny_run
     sample = load_script("sample")
     assert sample.main([str(out / "checkpoint.npz"), "--steps", "2", "--digits", "1", "--n-per-digit", "1",
-                        "--no-ema", "--out", str(tmp_path), "--device", "cpu", "--no-progress"]) == 0
+                        "--no-ema", "--out", str(tmp_path), "--device", DEVICE, "--no-progress"]) == 0
     assert (tmp_path / "dpm++2m_2steps_g2_seed0_raw.png").is_file()
     with pytest.raises(SystemExit):
         sample.parse_args(["x.npz", "--digits", "3,12"])
@@ -100,15 +109,15 @@ def test_corrupt_checkpoint_through_the_scripts(data_dir, tmp_path, capsys):
     bad.write_bytes(b"\x00" * 100)
     train_mnist, sample = load_script("train_mnist"), load_script("sample")
     assert train_mnist.main(["--resume", str(bad), "--data-dir", str(data_dir), "--source", "idx",
-                             "--out", str(tmp_path / "out"), "--device", "cpu", "--no-progress"]) == 2
+                             "--out", str(tmp_path / "out"), "--device", DEVICE, "--no-progress"]) == 2
     assert re.search(f"cannot resume: {re.escape(str(bad))}: not a readable .npz", capsys.readouterr().err)
-    assert sample.main([str(bad), "--device", "cpu"]) == 2
+    assert sample.main([str(bad), "--device", DEVICE]) == 2
     assert f"{bad}: not a readable .npz" in capsys.readouterr().err
 
 
 def test_stop_and_resume_through_the_script(data_dir, tmp_path, capsys):
     train_mnist = load_script("train_mnist")
-    common = ["--data-dir", str(data_dir), "--source", "idx", "--out", str(tmp_path), "--device", "cpu",
+    common = ["--data-dir", str(data_dir), "--source", "idx", "--out", str(tmp_path), "--device", DEVICE,
               "--no-progress", "--sample-every", "0"]
     assert train_mnist.main(["--preset", "tiny", "--until", "2", *common]) == 0
     assert "stopped at step 2 of 4" in capsys.readouterr().out

@@ -10,7 +10,7 @@ from tinyddpm import train as train_module
 from tinyddpm.backend import get_device, to_numpy
 from tinyddpm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tinyddpm.train import (CHECKPOINT_NAME, PRESETS, TrainConfig, default_preset, load_for_sampling, new_state,
-                            preset, resume_state, sample_digits, save_state, train, train_step)
+                            preset, resume_state, sample_digits, train, train_step)
 from tinyddpm.unet import UNetConfig
 
 TINY_UNET = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), attention_resolutions=(4,), heads=2,
@@ -81,7 +81,11 @@ def test_checkpoints_written_every_k_steps(tmp_path, monkeypatch):
     images, labels = synthetic()
     saved = []
     original = train_module.save_state
-    monkeypatch.setattr(train_module, "save_state", lambda state, path: saved.append(state.step) or original(state, path))
+    def spy(state, path):
+        saved.append(state.step)
+        return original(state, path)
+
+    monkeypatch.setattr(train_module, "save_state", spy)
     train(new_state(replace(TINY, checkpoint_every=2, steps=5), images, labels), tmp_path, progress=False)
     assert saved == [2, 4, 5]  # every 2 steps and at the end
 

@@ -140,9 +140,12 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Presets. 'cpu' is sized to finish, everything included, within 15 minutes on two shared cores and still
-# draw recognisable digits (its step time was measured with the conv2d of that time; see examples/).
-# 'gpu' is the full-quality run for CuPy. 'tiny' is a smoke test that takes seconds.
+# Presets. 'tiny' is a smoke test that takes seconds. 'gpu' is the full-quality run for CuPy.
+# 'cpu' is sized to finish, everything included, within 15 minutes on two shared cores and still draw
+# recognisable digits. Measured with the conv2d of the time: ~9.6 ms per image per step for this U-Net
+# (0.31 s per step of 32) alone on the machine, up to 1.5x that while other work shared it. At equal
+# images seen, batches of 32 gave clearly better digits than batches of 64 (1800 x 32 beat 900 x 64),
+# so the preset takes many small steps: 1600 x 32 = 51,200 images, ~0.85 epoch.
 
 PRESETS = {
     "tiny": TrainConfig(
@@ -153,8 +156,8 @@ PRESETS = {
     "cpu": TrainConfig(
         unet=UNetConfig(base_channels=16, channel_mults=(1, 2, 2), blocks_per_level=1, attention_resolutions=(7,),
                         heads=4, groups=8, dropout=0.0),
-        steps=1200, batch_size=64, lr=2e-3, warmup_steps=100, lr_decay="cosine", min_lr=1e-4,
-        ema_decay=0.995, log_every=10, checkpoint_every=200, sample_every=300,
+        steps=1600, batch_size=32, lr=2e-3, warmup_steps=100, lr_decay="cosine", min_lr=1e-4,
+        ema_decay=0.995, log_every=10, checkpoint_every=400, sample_every=400,
         sample_steps=20, guidance=2.5, preview_per_digit=1, final_per_digit=10),
     "gpu": TrainConfig(
         unet=UNetConfig(base_channels=64, channel_mults=(1, 2, 2), blocks_per_level=2, attention_resolutions=(7,),

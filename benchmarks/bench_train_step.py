@@ -1,0 +1,278 @@
+"""Time one whole training step of tinyddpm's U-Net against a PyTorch twin of the same network on the CPU.
+
+    python benchmarks/bench_train_step.py                    # cpu preset, its batch, threads = os.cpu_count()
+    python benchmarks/bench_train_step.py --threads 1 --steps 10
+    python benchmarks/bench_train_step.py --quick            # a smoke run: tiny preset, 1 timed step
+
+One step = what training does per batch:
+
+    ours   tinyddpm.train.train_step on a state from new_state (random uint8 images, labels 0..9):
+           batch draw, t and label dropout, noise, q_sample, unet_forward, diffusion_loss (MSE on eps),
+           unet_backward, clip_grad_norm, AdamW (lr schedule, no decay on biases / norms), EMA update.
+    torch  the same on the twin (tests/torch_twin.py), starting from the same float32 weights:
+           batch draw, t and label dropout, noise, x_t = sqrt(ab) x0 + sqrt(1 - ab) eps, torch_unet_forward,
+           F.mse_loss(out, eps), backward, clip_grad_norm_, torch.optim.AdamW (same lr, betas, eps,
+           weight decay and no-decay groups), EMA with torch._foreach_lerp_.
+
+The twin has no dropout, so the U-Net's dropout is set to 0 on both sides (the cpu preset already has 0;
+the tiny preset's 0.1 is overridden). Both sides get the same batch and the same number of threads
+(OMP/OpenBLAS/MKL variables are set before NumPy and torch are imported, and torch.set_num_threads).
+
+Timing: after warm-up steps, the two sides take steps alternately in one process, so that noise from
+other programs hits both alike; ms/step is the best of --steps, the median is shown too.
+Memory: each side runs again in a subprocess of its own (this script with --side ours / --side torch),
+which reports its peak RSS (getrusage ru_maxrss) minus the RSS after imports and set-up (weights,
+optimizer, data), and the total peak RSS of the process. The ours subprocess does not import torch.
+It prints a Markdown table; ratio = ours / torch (below 1: we are faster).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+MEM_TAG = "MEMORY "
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for both sides (default: all cores)")
+    parser.add_argument("--preset", default=None, choices=("cpu", "tiny"), help="training preset (default cpu; tiny with --quick)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per side (default 5, 1 with --quick)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps per side first (default 2, 1 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="tiny preset, 1 warm-up and 1 timed step: a smoke test")
+    parser.add_argument("--side", choices=("ours", "torch"), default=None, help=argparse.SUPPRESS)  # memory subprocess
+    args = parser.parse_args(argv)
+    args.preset = args.preset or ("tiny" if args.quick else "cpu")
+    args.steps = args.steps or (1 if args.quick else 5)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    if args.threads < 1 or args.steps < 1 or args.warmup < 0 or (args.batch is not None and args.batch < 1):
+        parser.error("--threads, --steps and --batch must be >= 1, --warmup >= 0")
+    return args
+
+
+def set_threads(n: int) -> None:
+    """Pin the BLAS/OpenMP pools of NumPy and torch to n threads; must run before either is imported."""
+    if "numpy" in sys.modules or "torch" in sys.modules:
+        print("note: numpy/torch were imported before the thread count was set; env vars may be ignored",
+              file=sys.stderr)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+def make_config(args):
+    from dataclasses import replace
+
+    from tinyddpm.train import PRESETS, preset
+
+    base = PRESETS[args.preset]
+    return preset(args.preset, unet=replace(base.unet, dropout=0.0), batch_size=args.batch or base.batch_size)
+
+
+def make_data(config):
+    """Random uint8 images (4 batches' worth) and labels 0..9: the content does not change the cost."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n, size = 4 * config.batch_size, config.unet.image_size
+    return rng.integers(0, 256, size=(n, size, size), dtype=np.uint8), rng.integers(0, 10, size=n)
+
+
+def make_ours(config, images, labels):
+    """(step, params): step() runs tinyddpm.train.train_step once and returns the loss as a float."""
+    from tinyddpm.train import new_state, train_step
+
+    state = new_state(config, images, labels)
+
+    def step():
+        train_step(state)
+        return state.flush_losses()[-1]  # also keeps the pending list from growing
+
+    return step, state.params
+
+
+def make_torch(config, params, images, labels):
+    """step() for the twin: the same work as train_step, with torch.nn.functional and torch.optim."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(TESTS))
+    from torch_twin import params_to_torch, torch_unet_forward
+
+    from tinyddpm.train import _no_decay, make_run_schedule
+
+    cfg, u = config, config.unet
+    p = params_to_torch(params, dtype=torch.float32)
+    decay = [v for k, v in p.items() if not _no_decay(k)]
+    no_decay = [v for k, v in p.items() if _no_decay(k)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=cfg.betas, eps=1e-8)
+    plist = list(p.values())
+    ema = [v.detach().clone() for v in plist]
+    x0_all = torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0)[:, None]   # (N, 1, H, W) in [-1, 1]
+    y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    schedule = make_run_schedule(cfg)
+    sqrt_ab = torch.tensor(np.sqrt(schedule.alpha_bar), dtype=torch.float32)
+    sqrt_1mab = torch.tensor(np.sqrt(1.0 - schedule.alpha_bar), dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    B, N, updates = cfg.batch_size, x0_all.shape[0], [0]
+
+    def step():
+        idx = torch.randint(N, (B,), generator=gen)
+        x0, y = x0_all[idx], y_all[idx]                                            # (B, 1, H, W), (B,)
+        t = torch.randint(cfg.num_timesteps, (B,), generator=gen)
+        if cfg.p_uncond > 0:
+            y = torch.where(torch.rand(B, generator=gen) < cfg.p_uncond, u.null_label, y)
+        noise = torch.randn(x0.shape, generator=gen)
+        x_t = sqrt_ab[t].view(B, 1, 1, 1) * x0 + sqrt_1mab[t].view(B, 1, 1, 1) * noise
+        out = torch_unet_forward(p, u, x_t, t, y)
+        loss = F.mse_loss(out, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(plist, cfg.grad_clip)
+        opt.step()
+        n = updates[0]
+        d = min(cfg.ema_decay, (1.0 + n) / (10.0 + n)) if cfg.ema_warmup else cfg.ema_decay
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, plist, 1.0 - d)                              # e <- d e + (1 - d) p
+        updates[0] += 1
+        return float(loss.item())
+
+    return step
+
+
+def _rss_mb() -> float:
+    """The current resident set size in MB (Linux /proc; falls back to the peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return _peak_mb()
+
+
+def _peak_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10   # bytes on macOS, KiB on Linux
+
+
+def run_side(args) -> int:
+    """The memory subprocess: set up one side, take warm-up + 1 steps, print the RSS figures as JSON."""
+    import numpy as np
+
+    config = make_config(args)
+    images, labels = make_data(config)
+    if args.side == "ours":
+        step, _ = make_ours(config, images, labels)
+    else:  # only the weights from tinyddpm (as new_state makes them), none of its optimizer state
+        import torch
+
+        from tinyddpm.unet import init_params
+
+        torch.set_num_threads(args.threads)
+        params = init_params(config.unet, seed=config.seed, dtype=np.dtype(config.dtype))
+        step = make_torch(config, params, images, labels)
+    base = _rss_mb()
+    losses = [step() for _ in range(args.warmup + 1)]
+    ok = bool(np.all(np.isfinite(losses)))
+    print(MEM_TAG + json.dumps({"setup_mb": base, "peak_mb": _peak_mb(), "finite": ok}))
+    return 0 if ok else 1
+
+
+def measure_memory(args, side: str):
+    """Run this script as ``--side side`` in a fresh process; its JSON figures, or an error string."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--preset", args.preset,
+           "--threads", str(args.threads), "--warmup", str(args.warmup)]
+    if args.batch:
+        cmd += ["--batch", str(args.batch)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith(MEM_TAG):
+            result = json.loads(line[len(MEM_TAG):])
+            if proc.returncode == 0 and result["finite"]:
+                return result
+    return f"{side} memory run failed (exit {proc.returncode}): {(proc.stderr or proc.stdout)[-500:]}"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    if args.side is not None:
+        return run_side(args)
+    import numpy as np  # noqa: E402  (after the thread variables)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(True)
+    config = make_config(args)
+    images, labels = make_data(config)
+    ours, params = make_ours(config, images, labels)
+    theirs = make_torch(config, params, images, labels)   # built before ours steps: the same initial weights
+    B = config.batch_size
+    print(f"# one training step (fwd + bwd + clip + AdamW + EMA), tinyddpm vs torch {torch.__version__} (CPU), "
+          f"NumPy {np.__version__}, float32, preset {args.preset!r} (dropout 0), batch {B}, "
+          f"{args.threads} thread(s), {args.warmup} warm-up + best of {args.steps} steps per side\n")
+
+    losses, failed, notes = [], False, []
+    for _ in range(args.warmup):
+        losses += [ours(), theirs()]
+    t_ours, t_torch = [], []
+    for _ in range(args.steps):  # alternate, so that machine noise hits both sides alike
+        t0 = time.perf_counter()
+        losses.append(ours())
+        t_ours.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        losses.append(theirs())
+        t_torch.append(time.perf_counter() - t0)
+        print(f"  step: ours {t_ours[-1] * 1e3:.1f} ms, torch {t_torch[-1] * 1e3:.1f} ms", file=sys.stderr, flush=True)
+    if not np.all(np.isfinite(losses)):
+        failed = True
+        notes.append(f"a loss was not finite: {losses}")
+
+    mem = {}
+    for side in ("ours", "torch"):
+        mem[side] = measure_memory(args, side)
+        if isinstance(mem[side], str):
+            failed = True
+            notes.append(mem[side])
+
+    def mem_cells(key):
+        cells = []
+        for side in ("ours", "torch"):
+            m = mem[side]
+            if isinstance(m, str):
+                cells.append("n/a")
+            elif key == "step":
+                cells.append(f"{max(0.0, m['peak_mb'] - m['setup_mb']):.0f}")
+            else:
+                cells.append(f"{m['peak_mb']:.0f}")
+        return cells
+
+    best_ours, best_torch = min(t_ours) * 1e3, min(t_torch) * 1e3
+    med_ours, med_torch = statistics.median(t_ours) * 1e3, statistics.median(t_torch) * 1e3
+    step_mem, total_mem = mem_cells("step"), mem_cells("total")
+    print("| preset | batch | threads | ours ms/step | torch ms/step | ratio (ours/torch) | ours img/s | torch img/s "
+          "| ours peak MB (step) | torch peak MB (step) | ours peak RSS MB | torch peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {args.preset} | {B} | {args.threads} | {best_ours:.1f} | {best_torch:.1f} | {best_ours / best_torch:.2f} "
+          f"| {B / best_ours * 1e3:.0f} | {B / best_torch * 1e3:.0f} | {step_mem[0]} | {step_mem[1]} "
+          f"| {total_mem[0]} | {total_mem[1]} |")
+    print(f"\nms/step is the best of {args.steps}; medians: ours {med_ours:.1f}, torch {med_torch:.1f} "
+          f"(ratio {med_ours / med_torch:.2f}). Peak MB (step) = peak RSS minus the RSS after imports and set-up, "
+          f"each side in its own process; peak RSS = the whole process's peak.")
+    for note in notes:
+        print(f"\nnote: {note}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
