@@ -21,8 +21,8 @@ the tiny preset's 0.1 is overridden). Both sides get the same batch and the same
 Timing: after warm-up steps, the two sides take steps alternately in one process, so that noise from
 other programs hits both alike; ms/step is the best of --steps, the median is shown too.
 Memory: each side runs again in a subprocess of its own (this script with --side ours / --side torch),
-which reports its peak RSS (getrusage ru_maxrss) minus the RSS after imports and set-up (weights,
-optimizer, data), and the total peak RSS of the process. The ours subprocess does not import torch.
+which reports its peak RSS (VmHWM on Linux, whose getrusage ru_maxrss is inherited across exec; else
+ru_maxrss) minus the RSS after imports and set-up (weights, optimizer, data), and the total peak RSS of the process. The ours subprocess does not import torch.
 It prints a Markdown table; ratio = ours / torch (below 1: we are faster).
 """
 from __future__ import annotations
@@ -151,18 +151,35 @@ def make_torch(config, params, images, labels):
     return step
 
 
-def _rss_mb() -> float:
-    """The current resident set size in MB (Linux /proc; falls back to the peak elsewhere)."""
+def _status_mb(field: str):
+    """A field of /proc/self/status (VmRSS, VmHWM) in MB, or None where there is no such file."""
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 2**10   # kB
     except (OSError, ValueError, IndexError):
-        return _peak_mb()
+        pass
+    return None
+
+
+def _rss_mb() -> float:
+    """The current resident set size in MB (falls back to the peak where /proc is missing)."""
+    rss = _status_mb("VmRSS")
+    return _peak_mb() if rss is None else rss
 
 
 def _peak_mb() -> float:
+    """This process's peak RSS in MB.
+
+    On Linux, VmHWM: getrusage's ru_maxrss survives exec, so a subprocess started by a big parent
+    (pytest, or this script after a torch run) would report the parent's peak. Elsewhere ru_maxrss.
+    """
+    hwm = _status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10   # bytes on macOS, KiB on Linux
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10   # bytes on macOS, KiB elsewhere
 
 
 def run_side(args) -> int:

@@ -24,6 +24,16 @@ from tinyddpm.diffusion import SAMPLERS, Trajectory
 from tinyddpm.train import load_for_sampling, sample_digits
 
 
+
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show '(default: X)' only where the help does not already say it and X means something."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
 def parse_digits(text: str) -> list:
     try:
         digits = [int(d) for d in text.split(",") if d.strip() != ""]
@@ -36,7 +46,7 @@ def parse_digits(text: str) -> list:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsFormatter)
     p.add_argument("checkpoint", help="a checkpoint.npz written by examples/train_mnist.py")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default="dpm++2m")
     p.add_argument("--steps", type=int, default=20, help="model calls (ignored by ddpm, which takes all T)")

@@ -41,9 +41,19 @@ RUN_OPTIONS = {"preset": "preset", "batch_size": "batch-size", "lr": "lr", "seed
 GIF_PER_DIGIT = 4
 
 
+
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show '(default: X)' only where the help does not already say it and X means something."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="model size and schedule; default 'gpu' on a GPU, else 'cpu'")
     p.add_argument("--steps", type=int, default=None, help="total optimizer steps (default: the preset's)")

@@ -166,6 +166,12 @@ def _part_arrays(what: str, prefix: str, part: dict, arrays: dict, manifest: dic
     manifest[prefix] = {"keys": keys, "scalars": scalars}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(path, *, config: dict, params: dict, ema: dict | None = None,
                     optimizer_state: dict | None = None, step: int = 0, rng_state: dict | None = None,
                     extra: dict | None = None) -> Path:
@@ -199,6 +205,7 @@ def save_checkpoint(path, *, config: dict, params: dict, ema: dict | None = None
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private (0600); give it the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
