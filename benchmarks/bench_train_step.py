@@ -22,7 +22,8 @@ Timing: after warm-up steps, the two sides take steps alternately in one process
 other programs hits both alike; ms/step is the best of --steps, the median is shown too.
 Memory: each side runs again in a subprocess of its own (this script with --side ours / --side torch),
 which reports its peak RSS (VmHWM on Linux, whose getrusage ru_maxrss is inherited across exec; else
-ru_maxrss) minus the RSS after imports and set-up (weights, optimizer, data), and the total peak RSS of the process. The ours subprocess does not import torch.
+ru_maxrss) minus the RSS after imports and set-up (weights, optimizer, data), and the total peak RSS
+of the process. The ours subprocess does not import torch.
 It prints a Markdown table; ratio = ours / torch (below 1: we are faster).
 """
 from __future__ import annotations
