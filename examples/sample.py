@@ -18,21 +18,14 @@ import sys
 import time
 from pathlib import Path
 
+from _cli import DefaultsFormatter
+
 from tinyddpm import backend, viz
 from tinyddpm.checkpoint import CheckpointError
 from tinyddpm.diffusion import SAMPLERS, Trajectory
 from tinyddpm.train import load_for_sampling, sample_digits
 
 
-
-class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show '(default: X)' only where the help does not already say it and X means something."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.default is None or action.default is False or "default" in text:
-            return text
-        return super()._get_help_string(action)
 
 def parse_digits(text: str) -> list:
     try:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _cli import DefaultsFormatter
+
 from tinyddpm import backend
 from tinyddpm.checkpoint import CheckpointError
 from tinyddpm.data import SOURCES, load_mnist
@@ -41,15 +43,6 @@ RUN_OPTIONS = {"preset": "preset", "batch_size": "batch-size", "lr": "lr", "seed
 GIF_PER_DIGIT = 4
 
 
-
-class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show '(default: X)' only where the help does not already say it and X means something."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.default is None or action.default is False or "default" in text:
-            return text
-        return super()._get_help_string(action)
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],

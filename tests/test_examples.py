@@ -29,6 +29,8 @@ def keep_device():
 
 def load_script(name):
     """An example script as a module, so that main(argv) runs in this process (faster than a subprocess)."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))  # as when run as a script: the examples import their _cli helper
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
