@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..backend import get_xp
 from ._checks import describe, float_inputs, require
 
 
@@ -72,35 +73,42 @@ def groupnorm_forward(x, gamma, beta, groups, eps=1e-5):
 
     G = int(groups)
     xg = x.reshape(N, G, -1)                            # (N, G, M)
+    M = xg.shape[2]
     mu = xg.mean(axis=2, keepdims=True)                 # (N, G, 1)
-    xc = xg - mu                                        # (N, G, M)
-    var = (xc * xc).mean(axis=2, keepdims=True)         # (N, G, 1)
+    xc = xg - mu                                        # (N, G, M), a fresh array
+    var = xp.einsum("ngm,ngm->ng", xc, xc)[:, :, None] / M  # (N, G, 1), the sum of squares without a temporary
     rstd = 1.0 / xp.sqrt(var + eps)                     # (N, G, 1)
-    xhat = (xc * rstd).reshape(x.shape)                 # (N, C, *spatial)
+    xc *= rstd                                          # in place: xc is now xhat
+    xhat = xc.reshape(x.shape)                          # (N, C, *spatial)
     if gamma is None:
         y = xhat.copy()  # a fresh array: the cache keeps xhat, the caller owns y
     else:
-        y = xhat * _channel_view(gamma, x.ndim) + _channel_view(beta, x.ndim)
+        y = xhat * _channel_view(gamma, x.ndim)
+        y += _channel_view(beta, x.ndim)
     return y, GroupNormCache(xhat, rstd, gamma, G)
 
 
 def groupnorm_backward(dy, cache: GroupNormCache):
     """Gradients (dx, dgamma, dbeta); dgamma and dbeta are None when the forward had no affine."""
     xhat, rstd, gamma, G = cache
-    N = xhat.shape[0]
-    sum_axes = (0,) + tuple(range(2, xhat.ndim))  # every axis but C
+    xp = get_xp(dy, xhat, op="groupnorm_backward")
+    N, C = xhat.shape[:2]
     if gamma is None:
         dgamma = dbeta = None
         dxhat = dy
     else:
+        dy3, xhat3 = dy.reshape(N, C, -1), xhat.reshape(N, C, -1)  # (N, C, S): S = all spatial positions
         # in the forward pass this was: y = xhat * gamma + beta, so now we have:
-        dbeta = dy.sum(axis=sum_axes)                                # (C,)
-        dgamma = (dy * xhat).sum(axis=sum_axes)                      # (C,)
+        dbeta = dy3.sum(axis=2).sum(axis=0)                          # (C,)
+        dgamma = xp.einsum("ncs,ncs->c", dy3, xhat3)          # (C,) = sum over n, s of dy * xhat
         dxhat = dy * _channel_view(gamma, xhat.ndim)                 # (N, C, *spatial)
     dxhat_g = dxhat.reshape(N, G, -1)                                # (N, G, M)
     xhat_g = xhat.reshape(N, G, -1)                                  # (N, G, M)
+    M = xhat_g.shape[2]
     # in the forward pass this was: xhat = (x - mu) * rstd with mu, var over each group, so now we have:
     mean_dxhat = dxhat_g.mean(axis=2, keepdims=True)                 # (N, G, 1)
-    mean_dxhat_xhat = (dxhat_g * xhat_g).mean(axis=2, keepdims=True)  # (N, G, 1)
-    dx = rstd * (dxhat_g - mean_dxhat - xhat_g * mean_dxhat_xhat)    # (N, G, M)
+    mean_dxhat_xhat = xp.einsum("ngm,ngm->ng", dxhat_g, xhat_g)[:, :, None] / M  # (N, G, 1)
+    dx = dxhat_g - mean_dxhat                                        # (N, G, M), a fresh array
+    dx -= xhat_g * mean_dxhat_xhat
+    dx *= rstd                                                       # rstd * (dxhat - mean - xhat * mean2)
     return dx.reshape(xhat.shape), dgamma, dbeta                     # (N, C, *spatial)
