@@ -27,7 +27,13 @@ Backward of the loss, from d logsumexp / dz_k = p_k:
     dL/dz[n, k] = dL * (p[n, k] - [k == y_n]) / N
 
 With 128 features at 2 stride-2 stages the net has about 0.43 M parameters and takes about
-2.3 M multiply-adds per image; two epochs of AdamW at batch 128 reach about 99% test accuracy.
+2.3 M multiply-adds per image. Two epochs of AdamW at batch 128 (936 steps) took 65 s on 2 CPU
+cores and reached 98.95% accuracy on the 10,000 held-out MNIST test digits.
+
+Reference numbers with these features (the MNIST test split, two disjoint random halves of n each,
+metrics.real_baseline): n = 5000: FID 4.8, precision 0.887, recall 0.905; n = 1000: FID 19.8,
+precision 0.888, recall 0.900. FID shrinks with n (its bias is roughly proportional to D / n), so
+compare a model only with a baseline of the same n. Inception Score of the real test digits: 9.62.
 """
 from __future__ import annotations
 
@@ -101,7 +107,10 @@ def softmax_cross_entropy_forward(logits, labels, reduction: str = "mean"):
 
 
 def softmax_cross_entropy_backward(dloss, cache: CrossEntropyCache):
-    """Gradient dlogits (N, K) of softmax cross-entropy; dloss is a scalar for "mean" (1.0 to start), (N,) for "none"."""
+    """Gradient dlogits (N, K) of softmax cross-entropy.
+
+    dloss is a scalar for reduction "mean" (1.0 to start backprop) and (N,) for "none".
+    """
     probs, onehot, mean = cache
     xp = get_xp(probs)
     N = probs.shape[0]
