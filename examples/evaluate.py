@@ -1,0 +1,176 @@
+"""How good are the samples? A table over samplers, step counts and guidance scales.
+
+    python examples/evaluate.py runs/mnist/checkpoint.npz
+    python examples/evaluate.py runs/mnist/checkpoint.npz --configs ddim:50,dpm++2m:20 --guidance 1,2.5 --n-per-digit 100
+
+For every (sampler, steps, guidance) it draws ``n_per_digit`` samples of each digit and measures them
+with the MNIST classifier of tinyddpm.classifier (trained once and cached):
+
+    FID-MNIST   Frechet distance between Gaussians fitted to the classifier's penultimate features of
+                the samples and of real test digits (lower is better; it grows as n shrinks)
+    precision   share of samples inside the k-NN (k=3) manifold of real digits (fidelity)
+    recall      share of real digits inside the manifold of the samples (diversity)
+    accuracy    share of samples the classifier labels as the digit that was asked for
+    IS          classifier-based Inception Score (10 at most for MNIST)
+
+The real-vs-real baseline (two disjoint sets of real test digits, as many as there are samples) is
+printed first: it is what a perfect generator would score with this many samples. The table is
+written as Markdown and CSV next to a plot of quality against steps.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _cli import DefaultsFormatter
+
+from tinyddpm import backend
+from tinyddpm.checkpoint import CheckpointError
+from tinyddpm.classifier import features, load_or_train_classifier, predict_proba
+from tinyddpm.data import SOURCES, load_mnist, to_model_range
+from tinyddpm.diffusion import SAMPLERS
+from tinyddpm.metrics import real_baseline, sample_quality
+from tinyddpm.train import load_for_sampling, sample_digits
+
+DEFAULT_CONFIGS = "ddpm:1000,ddim:50,ddim:20,ddim:10,dpm++2m:20,dpm++2m:10"
+COLUMNS = ["sampler", "steps", "guidance", "n", "fid", "precision", "recall", "accuracy", "inception_score",
+           "seconds_per_image"]
+
+
+def parse_configs(text: str):
+    """'ddim:50,dpm++2m:20' -> [('ddim', 50), ('dpm++2m', 20)], with a clear error for anything else."""
+    configs = []
+    for item in text.split(","):
+        name, _, steps = item.strip().partition(":")
+        if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
+            raise argparse.ArgumentTypeError(f"--configs: {item!r} is not SAMPLER:STEPS with SAMPLER in {sorted(SAMPLERS)}")
+        configs.append((name, int(steps)))
+    return configs
+
+
+def parse_floats(text: str):
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=DefaultsFormatter)
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint.npz written by examples/train_mnist.py")
+    parser.add_argument("--configs", type=parse_configs, default=DEFAULT_CONFIGS,
+                        help=f"SAMPLER:STEPS list (default {DEFAULT_CONFIGS})")
+    parser.add_argument("--guidance", type=parse_floats, default=None,
+                        help="guidance scales, e.g. 1,2.5 (default: the training run's)")
+    parser.add_argument("--n-per-digit", type=int, default=50, help="samples of each digit per row of the table")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the starting noise")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: 'evaluation' next to the checkpoint)")
+    parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
+    parser.add_argument("--data-dir", default=None, help="folder of the MNIST IDX files")
+    parser.add_argument("--source", choices=SOURCES, default="auto", help="where the real digits come from")
+    parser.add_argument("--classifier-dir", default=None,
+                        help="where the classifier is cached (default ~/.cache/tinyddpm/classifier)")
+    parser.add_argument("--device", choices=backend.DEVICES, default=None, help="default: the current device")
+    return parser
+
+
+def write_outputs(rows, baseline, out: Path):
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "evaluation.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [f"Real-vs-real baseline ({baseline['n']} vs {baseline['n']} test digits): FID {baseline['fid']:.2f}, "
+             f"precision {baseline['precision']:.3f}, recall {baseline['recall']:.3f}", "",
+             "| sampler | steps | guidance | n | FID-MNIST | precision | recall | accuracy | IS | s/image |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['sampler']} | {r['steps']} | {r['guidance']:g} | {r['n']} | {r['fid']:.2f} | "
+                     f"{r['precision']:.3f} | {r['recall']:.3f} | {r['accuracy']:.3f} | {r['inception_score']:.2f} | "
+                     f"{r['seconds_per_image']:.3f} |")
+    (out / "evaluation.md").write_text("\n".join(lines) + "\n")
+    plot_quality(rows, baseline, out / "quality_vs_steps.png")
+    return "\n".join(lines)
+
+
+def plot_quality(rows, baseline, path: Path):
+    """FID-MNIST and conditional accuracy against the number of model calls, one line per sampler and scale."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_fid, ax_acc = fig.subplots(1, 2)
+    for key in sorted({(r["sampler"], r["guidance"]) for r in rows}):
+        line = sorted((r for r in rows if (r["sampler"], r["guidance"]) == key), key=lambda r: r["steps"])
+        label = f"{key[0]}, guidance {key[1]:g}"
+        ax_fid.plot([r["steps"] for r in line], [r["fid"] for r in line], "o-", label=label)
+        ax_acc.plot([r["steps"] for r in line], [100 * r["accuracy"] for r in line], "o-", label=label)
+    ax_fid.axhline(baseline["fid"], color="gray", ls="--", label=f"real vs real (n={baseline['n']})")
+    for ax, title in ((ax_fid, "FID-MNIST (lower is better)"), (ax_acc, "conditional accuracy (%)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("sampler steps (model calls per image, x2 with guidance)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    ax_fid.legend(fontsize=8)
+    fig.savefig(path, format="png")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.device:
+        backend.set_device(args.device)
+    try:
+        params, config, schedule = load_for_sampling(args.checkpoint, use_ema=not args.no_ema)
+    except (CheckpointError, FileNotFoundError) as e:
+        print(f"evaluate.py: {e}", file=sys.stderr)
+        return 2
+    if args.n_per_digit < 2:
+        print("evaluate.py: --n-per-digit must be at least 2", file=sys.stderr)
+        return 2
+    out = args.out or args.checkpoint.parent / "evaluation"
+    guidances = args.guidance or [config.guidance]
+    classifier, info = load_or_train_classifier(args.classifier_dir, data_dir=args.data_dir, source=args.source)
+    n = 10 * args.n_per_digit
+    test = load_mnist("test", data_dir=args.data_dir, source=args.source)
+    real = to_model_range(test.images[: 2 * n])                           # (<= 2n, 1, 28, 28)
+    real_features = features(classifier, real)                            # (<= 2n, D)
+    baseline = real_baseline(real_features, min(n, len(real) // 2), seed=args.seed)
+    reference = real_features[:n]
+    print(f"classifier test accuracy {info.get('test_accuracy', float('nan')):.4f}; {n} samples per row; "
+          f"real-vs-real: FID {baseline['fid']:.2f}, precision {baseline['precision']:.3f}, "
+          f"recall {baseline['recall']:.3f} (n={baseline['n']})", flush=True)
+
+    rows = []
+    requested = np.repeat(np.arange(10), args.n_per_digit)                # (n,) 0 0 .. 1 1 ..
+    for sampler, steps in args.configs:
+        for guidance in guidances:
+            start = time.perf_counter()
+            x = sample_digits(params, config.unet, schedule, range(10), args.n_per_digit, sampler=sampler,
+                              steps=steps, guidance=guidance, prediction=config.prediction, seed=args.seed,
+                              progress=True)
+            x = backend.to_numpy(x)
+            seconds = (time.perf_counter() - start) / len(x)
+            q = sample_quality(features(classifier, x), reference, predict_proba(classifier, x), requested)
+            row = {"sampler": sampler, "steps": steps if sampler != "ddpm" else schedule.T, "guidance": guidance,
+                   "n": len(x), "fid": q["fid"], "precision": q["precision"], "recall": q["recall"],
+                   "accuracy": q["accuracy"], "inception_score": q["inception_score"],
+                   "seconds_per_image": seconds}
+            rows.append(row)
+            print(f"{sampler} {row['steps']} steps, guidance {guidance:g}: FID {q['fid']:.2f}, precision "
+                  f"{q['precision']:.3f}, recall {q['recall']:.3f}, accuracy {q['accuracy']:.3f}, "
+                  f"{seconds:.3f} s/image", flush=True)
+    print(write_outputs(rows, baseline, out))
+    for name in ("evaluation.md", "evaluation.csv", "quality_vs_steps.png"):
+        print(f"wrote {out / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

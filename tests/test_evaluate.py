@@ -1,0 +1,91 @@
+"""examples/evaluate.py end to end on synthetic digits: the table, the CSV and the plot are written."""
+import csv
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinyddpm import set_device
+from tinyddpm.backend import get_device
+from tinyddpm.checkpoint import save_checkpoint
+from tinyddpm.classifier import CHECKPOINT_NAME, ClassifierConfig, init_params
+from tinyddpm.data import FILES, write_idx
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+DEVICE = get_device()
+
+
+def synthetic_digits(n, seed):
+    """(n, 28, 28) uint8 bars whose angle is the label, and the labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    yy, xx = np.mgrid[-1:1:28j, -1:1:28j]
+    angles = labels[:, None, None] * np.pi / 10 + rng.normal(0, 0.05, (n, 1, 1))
+    distance = np.abs(np.cos(angles) * yy - np.sin(angles) * xx)
+    return np.where((distance < 0.15) & (np.hypot(xx, yy) < 0.8), 255, 0).astype(np.uint8), labels.astype(np.uint8)
+
+
+def load_script(name):
+    import importlib.util
+
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def keep_device():
+    yield
+    set_device(DEVICE)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    data = root / "idx"
+    data.mkdir()
+    for split, seed in (("train", 0), ("test", 1)):
+        images, labels = synthetic_digits(48, seed)
+        write_idx(data / FILES[split][0], images)
+        write_idx(data / FILES[split][1], labels)
+    run = root / "run"
+    assert load_script("train_mnist").main(["--preset", "tiny", "--out", str(run), "--data-dir", str(data),
+                                            "--source", "idx", "--device", DEVICE, "--no-progress"]) == 0
+    # An untrained classifier stands in for the real one (training it on MNIST takes a minute).
+    classifier = root / "classifier"
+    cfg = ClassifierConfig()
+    save_checkpoint(classifier / CHECKPOINT_NAME, params=init_params(cfg),
+                    config={"kind": "tinyddpm.classifier", **asdict(cfg), "test_accuracy": 0.1})
+    return root, data, run, classifier
+
+
+def test_evaluate_writes_the_table(workspace, capsys):
+    root, data, run, classifier = workspace
+    out = root / "evaluation"
+    argv = [str(run / "checkpoint.npz"), "--configs", "ddim:2,dpm++2m:2", "--guidance", "1,2", "--n-per-digit", "2",
+            "--data-dir", str(data), "--source", "idx", "--classifier-dir", str(classifier), "--out", str(out),
+            "--device", DEVICE]
+    assert load_script("evaluate").main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "real-vs-real" in printed and "| sampler | steps |" in printed
+    with open(out / "evaluation.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["sampler"], r["steps"], float(r["guidance"])) for r in rows] == [
+        ("ddim", "2", 1.0), ("ddim", "2", 2.0), ("dpm++2m", "2", 1.0), ("dpm++2m", "2", 2.0)]
+    for r in rows:
+        assert int(r["n"]) == 20 and 0 <= float(r["accuracy"]) <= 1 and np.isfinite(float(r["fid"]))
+    assert (out / "evaluation.md").read_text().count("\n| ") == 5  # header + 4 rows
+    assert (out / "quality_vs_steps.png").stat().st_size > 1000
+
+
+def test_bad_configs_are_named(workspace, capsys):
+    _, _, run, _ = workspace
+    with pytest.raises(SystemExit):
+        load_script("evaluate").main([str(run / "checkpoint.npz"), "--configs", "euler:10"])
+    assert "--configs: 'euler:10' is not SAMPLER:STEPS" in capsys.readouterr().err
