@@ -23,3 +23,30 @@ def oracle_error(ours, theirs) -> float:
     b = theirs.detach().numpy() if hasattr(theirs, "detach") else np.asarray(theirs, dtype=np.float64)
     assert a.shape == b.shape, (a.shape, b.shape)
     return float(np.max(np.abs(a - b)) / max(1e-30, float(np.max(np.abs(b)))))
+
+
+def synthetic_digits(n, seed=0):
+    """(n, 28, 28) uint8 'digits' (a bar whose angle is the label) and their uint8 labels: stand-in data
+    for end-to-end tests of the example scripts."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    yy, xx = np.mgrid[-1:1:28j, -1:1:28j]
+    angles = labels[:, None, None] * np.pi / 10 + rng.normal(0, 0.05, (n, 1, 1))
+    distance = np.abs(np.cos(angles) * yy - np.sin(angles) * xx)
+    images = np.where((distance < 0.15) & (np.hypot(xx, yy) < 0.8), 255, 0).astype(np.uint8)  # (n, 28, 28)
+    return images, labels.astype(np.uint8)
+
+
+def load_example(name):
+    """An examples/ script as a module, so that its main(argv) runs in this process (faster than a subprocess)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    if str(examples) not in sys.path:
+        sys.path.insert(0, str(examples))  # as when run as a script: the examples import their _cli helper
+    spec = importlib.util.spec_from_file_location(f"example_{name}", examples / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

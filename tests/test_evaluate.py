@@ -1,42 +1,18 @@
 """examples/evaluate.py end to end on synthetic digits: the table, the CSV and the plot are written."""
 import csv
-import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import load_example, synthetic_digits
 from tinyddpm import set_device
 from tinyddpm.backend import get_device
 from tinyddpm.checkpoint import save_checkpoint
 from tinyddpm.classifier import CHECKPOINT_NAME, ClassifierConfig, init_params
 from tinyddpm.data import FILES, write_idx
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
 DEVICE = get_device()
-
-
-def synthetic_digits(n, seed):
-    """(n, 28, 28) uint8 bars whose angle is the label, and the labels."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 10
-    yy, xx = np.mgrid[-1:1:28j, -1:1:28j]
-    angles = labels[:, None, None] * np.pi / 10 + rng.normal(0, 0.05, (n, 1, 1))
-    distance = np.abs(np.cos(angles) * yy - np.sin(angles) * xx)
-    return np.where((distance < 0.15) & (np.hypot(xx, yy) < 0.8), 255, 0).astype(np.uint8), labels.astype(np.uint8)
-
-
-def load_script(name):
-    import importlib.util
-
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +31,7 @@ def workspace(tmp_path_factory):
         write_idx(data / FILES[split][0], images)
         write_idx(data / FILES[split][1], labels)
     run = root / "run"
-    assert load_script("train_mnist").main(["--preset", "tiny", "--out", str(run), "--data-dir", str(data),
+    assert load_example("train_mnist").main(["--preset", "tiny", "--out", str(run), "--data-dir", str(data),
                                             "--source", "idx", "--device", DEVICE, "--no-progress"]) == 0
     # An untrained classifier stands in for the real one (training it on MNIST takes a minute).
     classifier = root / "classifier"
@@ -71,7 +47,7 @@ def test_evaluate_writes_the_table(workspace, capsys):
     argv = [str(run / "checkpoint.npz"), "--configs", "ddim:2,dpm++2m:2", "--guidance", "1,2", "--n-per-digit", "2",
             "--data-dir", str(data), "--source", "idx", "--classifier-dir", str(classifier), "--out", str(out),
             "--device", DEVICE]
-    assert load_script("evaluate").main(argv) == 0
+    assert load_example("evaluate").main(argv) == 0
     printed = capsys.readouterr().out
     assert "real-vs-real" in printed and "| sampler | steps |" in printed
     with open(out / "evaluation.csv") as f:
@@ -87,5 +63,5 @@ def test_evaluate_writes_the_table(workspace, capsys):
 def test_bad_configs_are_named(workspace, capsys):
     _, _, run, _ = workspace
     with pytest.raises(SystemExit):
-        load_script("evaluate").main([str(run / "checkpoint.npz"), "--configs", "euler:10"])
+        load_example("evaluate").main([str(run / "checkpoint.npz"), "--configs", "euler:10"])
     assert "--configs: 'euler:10' is not SAMPLER:STEPS" in capsys.readouterr().err

@@ -1,5 +1,4 @@
 """The example scripts end to end on a small synthetic IDX data set, and the pictures they draw."""
-import importlib.util
 import os
 import re
 import subprocess
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import load_example, synthetic_digits
 from tinyddpm import set_device, viz
 from tinyddpm.backend import get_device
 from tinyddpm.checkpoint import load_checkpoint
@@ -27,16 +27,6 @@ def keep_device():
     set_device(DEVICE)
 
 
-def load_script(name):
-    """An example script as a module, so that main(argv) runs in this process (faster than a subprocess)."""
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))  # as when run as a script: the examples import their _cli helper
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_script(name, *args, cwd):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), *map(str, args)], cwd=cwd, env=env,
@@ -47,15 +37,10 @@ def run_script(name, *args, cwd):
 def data_dir(tmp_path_factory):
     """A folder with MNIST-named IDX files holding 48 synthetic 28x28 'digits' (a bar whose angle is the label)."""
     root = tmp_path_factory.mktemp("idx")
-    rng = np.random.default_rng(0)
-    labels = np.arange(48) % 10
-    yy, xx = np.mgrid[-1:1:28j, -1:1:28j]
-    angles = labels[:, None, None] * np.pi / 10 + rng.normal(0, 0.05, (48, 1, 1))
-    distance = np.abs(np.cos(angles) * yy - np.sin(angles) * xx)
-    images = np.where((distance < 0.15) & (np.hypot(xx, yy) < 0.8), 255, 0).astype(np.uint8)  # (48, 28, 28)
+    images, labels = synthetic_digits(48, seed=0)  # (48, 28, 28), (48,)
     images_name, labels_name = FILES["train"]
     write_idx(root / images_name, images)
-    write_idx(root / (labels_name + ".gz"), labels.astype(np.uint8))
+    write_idx(root / (labels_name + ".gz"), labels)
     return root
 
 
@@ -97,7 +82,7 @@ def test_sample_script(tiny_run, tmp_path):
 
 def test_sample_script_raw_weights_in_process(tiny_run, tmp_path, capsys):
     _, out = tiny_run
-    sample = load_script("sample")
+    sample = load_example("sample")
     assert sample.main([str(out / "checkpoint.npz"), "--steps", "2", "--digits", "1", "--n-per-digit", "1",
                         "--no-ema", "--out", str(tmp_path), "--device", DEVICE, "--no-progress"]) == 0
     assert (tmp_path / "dpm++2m_2steps_g2_seed0_raw.png").is_file()
@@ -109,7 +94,7 @@ def test_sample_script_raw_weights_in_process(tiny_run, tmp_path, capsys):
 def test_corrupt_checkpoint_through_the_scripts(data_dir, tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"\x00" * 100)
-    train_mnist, sample = load_script("train_mnist"), load_script("sample")
+    train_mnist, sample = load_example("train_mnist"), load_example("sample")
     assert train_mnist.main(["--resume", str(bad), "--data-dir", str(data_dir), "--source", "idx",
                              "--out", str(tmp_path / "out"), "--device", DEVICE, "--no-progress"]) == 2
     assert re.search(f"cannot resume: {re.escape(str(bad))}: not a readable .npz", capsys.readouterr().err)
@@ -118,7 +103,7 @@ def test_corrupt_checkpoint_through_the_scripts(data_dir, tmp_path, capsys):
 
 
 def test_stop_and_resume_through_the_script(data_dir, tmp_path, capsys):
-    train_mnist = load_script("train_mnist")
+    train_mnist = load_example("train_mnist")
     common = ["--data-dir", str(data_dir), "--source", "idx", "--out", str(tmp_path), "--device", DEVICE,
               "--no-progress", "--sample-every", "0"]
     assert train_mnist.main(["--preset", "tiny", "--until", "2", *common]) == 0

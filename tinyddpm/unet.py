@@ -211,7 +211,6 @@ def count_params(params: dict) -> int:
 # Forward and backward
 
 class UNetCache(NamedTuple):
-    cfg: UNetConfig
     time_lin1: object
     time_act: object
     time_lin2: object
@@ -283,13 +282,13 @@ def unet_forward(params, cfg: UNetConfig, x, t, labels=None, *, train=False, rng
     h, out_norm = groupnorm_forward(h, p["out.norm.g"], p["out.norm.b"], cfg.groups)
     h, out_act = silu_forward(h)
     out, conv_out = conv_forward(p, "conv_out", h)
-    return out, UNetCache(cfg, time_lin1, time_act, time_lin2, label, label_add, temb_act_cache,
+    return out, UNetCache(time_lin1, time_act, time_lin2, label, label_add, temb_act_cache,
                           conv_in, layers, out_norm, out_act, conv_out)
 
 
 def unet_backward(dout, cache: UNetCache):
     """(dx, grads): the gradient of the input image and a dict of parameter gradients keyed like ``params``."""
-    cfg, grads = cache.cfg, {}
+    grads = {}
     dh = conv_block_backward(dout, cache.conv_out, grads)
     dh = silu_backward(dh, cache.out_act)
     dh, grads["out.norm.g"], grads["out.norm.b"] = groupnorm_backward(dh, cache.out_norm)
