@@ -5,16 +5,9 @@ CuPy backend on a GPU machine: ``TINYDDPM_DEVICE=cuda pytest``.
 """
 import pytest
 
-from tinyddpm.backend import device_xp
-
 
 @pytest.fixture
 def torch():
     """PyTorch as an oracle; tests that use this fixture skip with a reason when it is absent."""
     return pytest.importorskip("torch", reason="PyTorch is not installed: oracle test skipped (pip install -e .[oracle])")
-
-
-@pytest.fixture
-def xp():
-    return device_xp()
 
