@@ -23,7 +23,7 @@ from tinyddpm.classifier import (
     softmax_cross_entropy_forward,
     train_classifier,
 )
-from tinyddpm.gradcheck import BLOCK_TOLERANCE, check_gradients
+from tinyddpm.gradcheck import BLOCK_STEP, BLOCK_TOLERANCE, check_gradients
 
 TINY = ClassifierConfig(image_size=8, channels=(2, 3, 4), features=5, num_classes=3)
 
@@ -137,7 +137,7 @@ def test_whole_classifier_gradcheck(n, seed):
         return (dx, *(grads[k] for k in keys))
 
     x = randn(np.random.default_rng(seed), n, 1, 8, 8)
-    errors = check_gradients(forward, backward, {"x": x, **params}, seed=seed, max_entries=4)
+    errors = check_gradients(forward, backward, {"x": x, **params}, seed=seed, max_entries=4, h=BLOCK_STEP)
     assert max(errors.values()) < BLOCK_TOLERANCE, errors
 
 

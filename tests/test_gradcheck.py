@@ -33,6 +33,18 @@ def test_relative_error_definition():
     assert np.isclose(gradcheck.relative_error([1.0], [3.0]), 0.5)
 
 
+def test_resolution_floor_forgives_round_off_only():
+    """An entry 1e-6 of its tensor's scale, off by round-off (1e-11 absolute), passes a block check;
+    the same entry with a wrong value, or a normal entry off by 1e-4 relative, still fails."""
+    scale = 0.1
+    tiny = 1e-6 * scale
+    assert gradcheck.relative_error([tiny], [tiny + 1e-11], scale) < 1e-5
+    assert gradcheck.relative_error([tiny], [tiny + 1e-11]) > 1e-5          # without the tensor's scale
+    assert gradcheck.relative_error([0.0], [1e-3 * scale], scale) == 1.0     # a dropped entry
+    assert gradcheck.relative_error([-tiny], [tiny], scale) > 1e-2           # a wrong sign
+    assert gradcheck.relative_error([0.05], [0.05 * (1 + 2e-4)], scale) > 1e-5
+
+
 def test_cli_checks_every_op_and_passes(capsys):
     assert gradcheck.main([]) == 0
     out = capsys.readouterr().out

@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 
 from helpers import ORACLE_TOLERANCE, oracle_error, randn
 from tinyddpm.backend import make_rng, to_device, to_numpy
-from tinyddpm.gradcheck import BLOCK_TOLERANCE, check_gradients
+from tinyddpm.gradcheck import BLOCK_STEP, BLOCK_TOLERANCE, check_gradients
 from tinyddpm.unet import (
     UNetConfig, count_params, init_params, known_zero_gradients, plan, unet_backward, unet_forward)
 
@@ -53,7 +53,7 @@ def test_whole_network_gradcheck(blocks, attention, conditional, heads, seed):
     t = to_device(rng.integers(0, 1000, size=2))
     labels = to_device(rng.integers(0, 4, size=2)) if conditional else None
     forward, backward = unet_check_fns(cfg, t, labels, seed)(params)
-    errors = check_gradients(forward, backward, {"x": x, **params}, seed=seed, max_entries=2,
+    errors = check_gradients(forward, backward, {"x": x, **params}, seed=seed, max_entries=2, h=BLOCK_STEP,
                              known_zero=known_zero_gradients(params))
     worst = max(errors, key=errors.get)
     assert errors[worst] < BLOCK_TOLERANCE, (worst, errors[worst])
