@@ -1,0 +1,138 @@
+"""What every lesson shares: where figures go, the fast mode the tests use, printed checks, a trained model.
+
+A lesson imports this module first (``from _common import ...``; Python puts the lesson's own folder on
+the path when it runs ``python lessons/NN_topic.py``).
+
+    out = output_dir(__file__)          # lessons/output/NN_topic/, created; TINYDDPM_LESSON_OUT moves it
+    if FAST: ...                        # --fast or TINYDDPM_LESSON_FAST=1: tiny sizes, same code paths
+    check("closed form == iterated", err < 1e-12, f"max error {err:.1e}")   # prints, exits 1 if false
+    params, config, schedule, where = trained_model()   # lessons 10-14 need a network that makes digits
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+LESSONS = Path(__file__).resolve().parent
+REPO = LESSONS.parent
+FAST = "--fast" in sys.argv[1:] or os.environ.get("TINYDDPM_LESSON_FAST", "") not in ("", "0")
+
+# The network examples/train_mnist.py writes (its CPU preset makes good digits in 10 minutes).
+EXAMPLE_CHECKPOINT = REPO / "runs" / "mnist" / "checkpoint.npz"
+
+_failures: list[str] = []
+
+
+def output_root() -> Path:
+    return Path(os.environ.get("TINYDDPM_LESSON_OUT", LESSONS / "output"))
+
+
+def output_dir(lesson_file) -> Path:
+    """The folder for a lesson's figures, named after the lesson (lessons/output/01_noise_schedules/)."""
+    path = output_root() / Path(lesson_file).stem
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def banner(title: str) -> None:
+    """The lesson's title, and a note when it runs in fast mode."""
+    print(f"\n=== {title} ===" + ("   [fast mode: tiny sizes]" if FAST else ""))
+
+
+def section(title: str) -> None:
+    print(f"\n--- {title}")
+
+
+def check(what: str, ok: bool, detail: str = "") -> bool:
+    """Print one verified claim; a false one is remembered and makes ``finish`` exit with status 1."""
+    print(f"  [{'ok' if ok else 'FAILED'}] {what}" + (f": {detail}" if detail else ""))
+    if not ok:
+        _failures.append(what)
+    return bool(ok)
+
+
+def saved(path) -> Path:
+    """Announce a figure (or GIF) the lesson wrote."""
+    path = Path(path)
+    print(f"  figure: {path}")
+    return path
+
+
+def finish(started: float) -> None:
+    """The lesson's last line: how long it took, and exit status 1 if any check failed."""
+    seconds = time.perf_counter() - started
+    if _failures:
+        print(f"\n{len(_failures)} check(s) FAILED: {', '.join(_failures)}  ({seconds:.1f} s)")
+        sys.exit(1)
+    print(f"\nAll checks passed in {seconds:.1f} s.")
+
+
+def relative_error(a, b) -> float:
+    """max |a - b| / max(|a| + |b|), the single number the lessons print when comparing two arrays."""
+    from tinyddpm.backend import to_numpy
+
+    a = np.asarray(to_numpy(a), dtype=np.float64)
+    b = np.asarray(to_numpy(b), dtype=np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a) + np.abs(b)), 1e-300))
+
+
+def mnist_digits(n: int, split: str = "train", seed: int = 0):
+    """n MNIST digits as float32 (n, 1, 28, 28) in [-1, 1] and their labels (n,), a seeded random subset."""
+    from tinyddpm.data import load_mnist, to_model_range
+
+    data = load_mnist(split)
+    pick = np.random.default_rng(seed).choice(len(data.labels), size=n, replace=False)
+    return to_model_range(data.images[pick]), data.labels[pick]
+
+
+# ---------------------------------------------------------------------------------------------------
+# A network that makes digits, for the sampling lessons
+
+LESSON_STEPS = 500       # ~60 s on 2 cores: blurry but recognisable digits
+FAST_STEPS = 6           # fast mode: the pipeline runs, the digits are noise
+
+
+def lesson_train_config():
+    """A small class-conditional U-Net that learns rough digits in about a minute on 2 CPU cores."""
+    from tinyddpm.train import preset
+    from tinyddpm.unet import UNetConfig
+
+    unet = UNetConfig(base_channels=16, channel_mults=(1, 2), blocks_per_level=1, attention_resolutions=(),
+                      heads=1, groups=8, dropout=0.0)
+    if FAST:
+        unet = UNetConfig(base_channels=8, channel_mults=(1, 2), blocks_per_level=1, attention_resolutions=(),
+                          heads=1, groups=4, dropout=0.0)
+    steps = FAST_STEPS if FAST else LESSON_STEPS
+    return preset("cpu", unet=unet, steps=steps, batch_size=32, lr=2e-3, warmup_steps=min(50, steps),
+                  ema_decay=0.99, log_every=min(10, steps), checkpoint_every=0, sample_every=0)
+
+
+def trained_model(prefer_example: bool = True):
+    """(params, TrainConfig, Schedule, where) of a class-conditional network that makes digits.
+
+    Uses the checkpoint examples/train_mnist.py writes when it exists (the best digits); otherwise trains
+    the small network of ``lesson_train_config`` once (about a minute) and caches it in
+    lessons/output/_model/, where the other lessons find it. Fast mode always trains its own tiny model;
+    TINYDDPM_LESSON_MODEL=own skips the example's checkpoint (what a fresh install sees).
+    """
+    from tinyddpm.train import CHECKPOINT_NAME, load_for_sampling, new_state, train
+
+    prefer_example = prefer_example and os.environ.get("TINYDDPM_LESSON_MODEL", "") != "own"
+    if prefer_example and not FAST and EXAMPLE_CHECKPOINT.exists():
+        params, config, schedule = load_for_sampling(EXAMPLE_CHECKPOINT)
+        return params, config, schedule, f"{EXAMPLE_CHECKPOINT} (examples/train_mnist.py)"
+    cache = output_root() / ("_model_fast" if FAST else "_model")
+    path = cache / CHECKPOINT_NAME
+    if not path.exists():
+        config = lesson_train_config()
+        print(f"  training a small lesson network ({config.steps} steps; cached in {cache}) ...")
+        from tinyddpm.data import load_mnist
+
+        data = load_mnist("train")
+        train(new_state(config, data.images, data.labels), cache, progress=not FAST)
+    params, config, schedule = load_for_sampling(path)
+    return params, config, schedule, f"{path} (the lessons' own {config.steps}-step network)"
