@@ -1,0 +1,422 @@
+"""Lesson 08: the ResBlock and the U-Net.
+
+What you will learn
+  - How the DDPM ResBlock is put together from the ops of the earlier lessons:
+        GroupNorm -> SiLU -> conv3x3, plus the time embedding (one shift per channel),
+        GroupNorm -> SiLU -> dropout -> conv3x3, plus a skip path (a 1x1 conv when the channels change).
+  - Why a freshly created block is the identity, and why its backward adds two gradients for x.
+  - How tinyddpm.unet.plan lays out the U-Net: levels going down that keep skips, a middle, levels
+    going up that concatenate the skips back, and the shape of every tensor on the way.
+  - Where the parameters sit, and that the hand-written backward of the whole network is right.
+
+Run it:
+    python lessons/08_resblock_and_unet.py          # ~15 s on one CPU core (+ once: the lessons' network, if none)
+    python lessons/08_resblock_and_unet.py --fast   # tiny sizes, the same code paths (what the tests run)
+
+Figures, written to lessons/output/08_resblock_and_unet/:
+    unet_diagram.png   the cpu preset's U-Net: a box per layer at the height of its resolution, skips as brackets
+    feature_maps.png   one noisy digit going through a trained network: a few channels at every level
+
+Try this
+  1. run:    set PRESET = "gpu" below and rerun. The table gets two ResBlocks per level and 64 base channels;
+             find which part now holds most of the parameters, and compare it with the cpu preset.
+  2. modify: in section 1's backward, write `dx = dx_main` instead of `dx = dx_main + dx_skip`. Predict which
+             checks fail and roughly how large the error becomes (hint: how much of dx flows through the skip?).
+  3. create: write a function that counts the multiply-adds of every convolution in plan(cfg) for one 28x28
+             image (a 3x3 conv from Ci to Co channels at size S costs 9 Ci Co S^2). Which level costs the most
+             compute, and is it the level that holds the most parameters?
+"""
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
+
+from _common import (FAST, banner, check, finish, mnist_digits, output_dir, relative_error, saved,  # noqa: E402
+                     section, trained_model)
+from tinyddpm.blocks import (attention_block_forward, conv_forward, downsample_forward, resblock_backward,  # noqa: E402
+                             resblock_forward, upsample_forward)
+from tinyddpm.diffusion import q_sample, x0_from_eps  # noqa: E402
+from tinyddpm.gradcheck import BLOCK_STEP, BLOCK_TOLERANCE, check_gradients, unet_case  # noqa: E402
+from tinyddpm.ops import (conv2d_backward, conv2d_forward, dropout_backward, dropout_forward,  # noqa: E402
+                          groupnorm_backward, groupnorm_forward, linear_backward, linear_forward, silu_backward,
+                          silu_forward, timestep_embedding_forward)
+from tinyddpm.train import PRESETS  # noqa: E402
+from tinyddpm.unet import count_params, init_params, plan, unet_forward  # noqa: E402
+
+started = time.perf_counter()
+out = output_dir(__file__)
+banner("Lesson 08: the ResBlock and the U-Net")
+
+PRESET = "cpu"           # the U-Net whose shapes and parameters the lesson tabulates (try "gpu")
+FEATURE_T = 100          # the noise level of the digit whose feature maps we draw
+BLOCK_ENTRIES = 4 if FAST else 16   # finite-difference entries per tensor in the ResBlock check
+UNET_ENTRIES = 1 if FAST else 3     # ... and in the whole-network check
+
+# ---------------------------------------------------------------------------------------------------
+section("1. The ResBlock, op by op")
+# Legend: N batch, Ci / Co channels in / out, H = W the spatial size, E the time-embedding width, G groups.
+#
+# The block of Ho et al. (2020), for an input x (N, Ci, H, W) and the activated time embedding
+# temb_act = silu(temb) (N, E) that the network computes once from t:
+#
+#     h   = conv1( silu( groupnorm1(x) ) )               (N, Co, H, W)   3x3 conv, Ci -> Co
+#     h   = h + (W_t temb_act + b_t)[:, :, None, None]   the same shift over every pixel of a channel
+#     h   = conv2( dropout( silu( groupnorm2(h) ) ) )    (N, Co, H, W)   3x3 conv, Co -> Co
+#     out = skip(x) + h                                  skip = 1x1 conv if Ci != Co, else the identity
+#
+# The time embedding enters as a per-channel bias: every channel learns how much to shift itself at each
+# noise level. The skip path lets the block learn a *correction* to x instead of a whole new function.
+#
+# Parameters live in one flat dict; the block reads the keys under its name, like "down.0.res.0.conv1.w".
+rng = np.random.default_rng(0)
+N, Ci, Co, S, E, G, DROPOUT = 2, 4, 8, 6, 16, 2, 0.3
+name = "demo"
+
+
+def block_params(c_in, c_out, rng):
+    """Random float64 parameters of one ResBlock under the prefix `name`, named as tinyddpm.blocks reads them."""
+    p = {f"{name}.norm1.g": 1 + 0.2 * rng.standard_normal(c_in), f"{name}.norm1.b": 0.2 * rng.standard_normal(c_in),
+         f"{name}.conv1.w": rng.standard_normal((c_out, c_in, 3, 3)) / np.sqrt(9 * c_in),
+         f"{name}.conv1.b": 0.1 * rng.standard_normal(c_out),
+         f"{name}.temb.w": rng.standard_normal((c_out, E)) / np.sqrt(E),
+         f"{name}.temb.b": 0.1 * rng.standard_normal(c_out),
+         f"{name}.norm2.g": 1 + 0.2 * rng.standard_normal(c_out), f"{name}.norm2.b": 0.2 * rng.standard_normal(c_out),
+         f"{name}.conv2.w": rng.standard_normal((c_out, c_out, 3, 3)) / np.sqrt(9 * c_out),
+         f"{name}.conv2.b": 0.1 * rng.standard_normal(c_out)}
+    if c_in != c_out:
+        p[f"{name}.skip.w"] = rng.standard_normal((c_out, c_in, 1, 1)) / np.sqrt(c_in)
+        p[f"{name}.skip.b"] = 0.1 * rng.standard_normal(c_out)
+    return p
+
+
+p = block_params(Ci, Co, rng)
+x = rng.standard_normal((N, Ci, S, S))
+temb_act = rng.standard_normal((N, E))
+
+# The forward, one op per line, keeping every op's cache for the backward. Dropout draws its mask from a
+# generator; a fresh generator with the same seed gives the same mask, so tinyddpm's block can be compared.
+h, c_norm1 = groupnorm_forward(x, p["demo.norm1.g"], p["demo.norm1.b"], G)      # (N, Ci, H, W)
+h, c_act1 = silu_forward(h)
+h, c_conv1 = conv2d_forward(h, p["demo.conv1.w"], p["demo.conv1.b"])          # (N, Co, H, W)
+e, c_temb = linear_forward(temb_act, p["demo.temb.w"], p["demo.temb.b"])      # (N, Co)
+h = h + e[:, :, None, None]                                                   # (N, Co, 1, 1) broadcast over H, W
+h, c_norm2 = groupnorm_forward(h, p["demo.norm2.g"], p["demo.norm2.b"], G)
+h, c_act2 = silu_forward(h)
+h, c_drop = dropout_forward(h, DROPOUT, np.random.default_rng(7), train=True)
+h, c_conv2 = conv2d_forward(h, p["demo.conv2.w"], p["demo.conv2.b"])
+s, c_skip = conv2d_forward(x, p["demo.skip.w"], p["demo.skip.b"])             # 1x1 conv: Ci -> Co
+y_mine = s + h                                                                # (N, Co, H, W)
+
+y_lib, cache = resblock_forward(p, name, x, temb_act, groups=G, dropout=DROPOUT, train=True,
+                                rng=np.random.default_rng(7))
+err = relative_error(y_mine, y_lib)
+check("ResBlock forward written op by op == tinyddpm.blocks.resblock_forward", err < 1e-12,
+      f"output {tuple(y_mine.shape)}, max relative error {err:.1e} (the same ops in the same order)")
+
+# The backward walks the forward in reverse. Every line undoes one forward line; the two places where one
+# value fed two consumers get their gradients *added*:
+#   - out = skip(x) + h: the upstream gradient goes unchanged to both terms;
+#   - x went into groupnorm1 *and* into the skip, so dx = dx_main + dx_skip;
+#   - e was broadcast over the H x W pixels, so its gradient sums dh over them: de = sum_{h,w} dh.
+dout = rng.standard_normal(y_mine.shape)
+g = {}
+dx_skip, g["demo.skip.w"], g["demo.skip.b"] = conv2d_backward(dout, c_skip)          # out = s + h: ds = dout
+dh, g["demo.conv2.w"], g["demo.conv2.b"] = conv2d_backward(dout, c_conv2)            # ... and dh = dout
+dh = dropout_backward(dh, c_drop)
+dh = silu_backward(dh, c_act2)
+dh, g["demo.norm2.g"], g["demo.norm2.b"] = groupnorm_backward(dh, c_norm2)
+de = dh.sum(axis=(2, 3))                                                             # (N, Co): undo the broadcast
+dtemb_mine, g["demo.temb.w"], g["demo.temb.b"] = linear_backward(de, c_temb)
+dh, g["demo.conv1.w"], g["demo.conv1.b"] = conv2d_backward(dh, c_conv1)              # h + e: dh passes through
+dh = silu_backward(dh, c_act1)
+dx_main, g["demo.norm1.g"], g["demo.norm1.b"] = groupnorm_backward(dh, c_norm1)
+dx = dx_main + dx_skip                                                               # x fed both paths
+
+grads_lib = {}
+dx_lib, dtemb_lib = resblock_backward(dout, cache, grads_lib)
+err = max([relative_error(dx, dx_lib), relative_error(dtemb_mine, dtemb_lib)]
+          + [relative_error(g[k], grads_lib[k]) for k in p])
+check("ResBlock backward written op by op == tinyddpm.blocks.resblock_backward", err < 1e-12,
+      f"dx, dtemb_act and {len(p)} parameter gradients, max relative error {err:.1e}")
+share = float(np.linalg.norm(dx_skip) / np.linalg.norm(dx))
+print(f"  the skip path carries {share:.0%} of the norm of dx: gradients reach x even if the main path is weak")
+
+# The finite-difference check: perturb one entry of x, temb_act or a parameter by +-h, +-2h, and compare the
+# change of sum(out * dout) with what the backward says. A block chains many ops, so the limit is 1e-5.
+keys = list(p)
+
+
+def block_fn(x, temb_act, *values):
+    return resblock_forward(dict(zip(keys, values)), name, x, temb_act, groups=G, dropout=DROPOUT, train=True,
+                            rng=np.random.default_rng(7))          # the same dropout mask on every call
+
+
+def block_grad(dy, cache):
+    grads = {}
+    dx, dtemb = resblock_backward(dy, cache, grads)
+    return (dx, dtemb, *(grads[k] for k in keys))
+
+
+errors = check_gradients(block_fn, block_grad, {"x": x, "temb_act": temb_act, **p}, h=BLOCK_STEP,
+                         max_entries=BLOCK_ENTRIES)
+worst = max(errors, key=errors.get)
+check(f"gradient check of the ResBlock ({len(errors)} tensors, {BLOCK_ENTRIES} entries each)",
+      errors[worst] < BLOCK_TOLERANCE, f"worst {worst}: {errors[worst]:.1e} (limit {BLOCK_TOLERANCE:.0e})")
+
+# A new block is the identity. tinyddpm.unet.init_params starts conv2 at zero (weights and bias), so
+# h = conv2(...) = 0 and out = skip(x) + 0 = x when Ci == Co. A deep stack of such blocks starts as a
+# clean pass-through that training bends little by little, instead of a tangle of random layers.
+p_same = block_params(Co, Co, rng)
+p_same["demo.conv2.w"][...] = 0.0
+p_same["demo.conv2.b"][...] = 0.0
+x_same = rng.standard_normal((N, Co, S, S))
+y_same, _ = resblock_forward(p_same, name, x_same, temb_act, groups=G)
+err = float(np.max(np.abs(y_same - x_same)))
+check("with conv2 at zero (its initial value) a ResBlock with Ci == Co returns its input", err == 0.0,
+      f"max |out - x| = {err:.1e}")
+
+# ---------------------------------------------------------------------------------------------------
+section(f"2. The U-Net of the {PRESET!r} preset, layer by layer")
+# The network (tinyddpm/unet.py), for x_t (N, 1, 28, 28), timesteps t (N,) and labels y (N,):
+#
+#     temb     = lin2( silu( lin1( sinusoidal(t) ) ) ) + label_table[y]       (N, E), E = 4 * base
+#     temb_act = silu(temb)                                                   read by every ResBlock
+#     h = conv_in(x_t)                                   -> skip 0
+#     down:   per level: ResBlock(s) [+ attention], then a stride-2 conv      each block's output -> a skip
+#     middle: ResBlock, attention, ResBlock              at the lowest resolution
+#     up:     per level: (concat the latest skip, ResBlock) x (blocks + 1) [+ attention], then upsample x2
+#     out = conv_out( silu( groupnorm(h) ) )             (N, 1, 28, 28), the predicted noise
+#
+# The skips are a stack: the down path pushes, the up path pops, so the finest skip (pushed first) is
+# concatenated last, at full resolution. tinyddpm.unet.plan(cfg) turns a UNetConfig into three lists of
+# Layers (kind, name, c_in, c_out, size, push_skip, pop_skip); parameters, forward and backward all follow it.
+# Here is the forward written straight from the plan, recording every layer's shapes on the way.
+
+
+def unet_forward_in_the_open(params, cfg, x, t, labels):
+    """The U-Net forward from plan(cfg), recording (layer name, kind, input shape, skip shape, output) per layer."""
+    e, _ = timestep_embedding_forward(t, cfg.base_channels, dtype=x.dtype)        # (N, base)
+    e, _ = linear_forward(e, params["time.lin1.w"], params["time.lin1.b"])        # (N, E)
+    e, _ = silu_forward(e)
+    temb, _ = linear_forward(e, params["time.lin2.w"], params["time.lin2.b"])     # (N, E)
+    if cfg.num_classes is not None:
+        temb = temb + params["label.table"][labels]                               # (N, E): a row per label
+    temb_act, _ = silu_forward(temb)
+    h, _ = conv_forward(params, "conv_in", x)                                     # (N, base, 28, 28)
+    skips = [h]
+    records = [("conv_in", "conv", x.shape, None, h)]
+    down, middle, up = plan(cfg)
+    for layer in down + middle + up:
+        h_in, skip_shape = h.shape, None
+        if layer.pop_skip:
+            skip = skips.pop()
+            skip_shape = skip.shape
+            h = np.concatenate([h, skip], axis=1)                                 # (N, C + C_skip, S, S)
+        if layer.kind == "res":
+            h, _ = resblock_forward(params, layer.name, h, temb_act, groups=cfg.groups)
+        elif layer.kind == "attn":
+            h, _ = attention_block_forward(params, layer.name, h, groups=cfg.groups, heads=cfg.heads)
+        elif layer.kind == "down":
+            h, _ = downsample_forward(params, layer.name, h)                      # stride 2: S -> S / 2
+        else:
+            h, _ = upsample_forward(params, layer.name, h)                        # nearest x2, conv: S -> 2 S
+        if layer.push_skip:
+            skips.append(h)
+        records.append((layer.name, layer.kind, h_in, skip_shape, h))
+    assert not skips, "every skip is used exactly once"
+    h, _ = groupnorm_forward(h, params["out.norm.g"], params["out.norm.b"], cfg.groups)
+    h, _ = silu_forward(h)
+    y, _ = conv_forward(params, "conv_out", h)                                    # (N, 1, 28, 28)
+    records.append(("conv_out", "conv", records[-1][4].shape, None, y))
+    return y, records
+
+
+cfg = PRESETS[PRESET].unet
+pushers = {"conv_in"} | {layer.name for layer in plan(cfg)[0] if layer.push_skip}   # layers whose output is a skip
+print(f"  {PRESET} preset: {cfg}")
+# The zero-initialised tensors (conv2 of every block, the attention output, conv_out) would make the output
+# exactly 0 and the comparison below meaningless, so they get small random values first.
+params = init_params(cfg, seed=0)
+for k, v in params.items():
+    if not np.any(v):
+        v += (0.05 * rng.standard_normal(v.shape)).astype(v.dtype)
+digit, label = mnist_digits(1, split="test", seed=3)
+t1 = np.array([FEATURE_T])
+y_open, records = unet_forward_in_the_open(params, cfg, digit, t1, label)
+y_ref, _ = unet_forward(params, cfg, digit, t1, label)
+err = relative_error(y_open, y_ref)
+check("the U-Net forward written from plan(cfg) == tinyddpm.unet.unet_forward", err < 1e-6,
+      f"output {tuple(y_open.shape)}, max relative error {err:.1e}")
+check("the output has the input's shape (one noise value per pixel)", y_open.shape == digit.shape,
+      f"{tuple(y_open.shape)} vs {tuple(digit.shape)}")
+
+print(f"\n  {'layer':<20}{'kind':<6}{'input':<18}{'+ skip':<18}{'output':<18}")
+pushed, stack = 0, []                                                       # the skips not yet used
+for lname, kind, shape_in, skip_shape, h in records:
+    skip_txt = "" if skip_shape is None else f"+ {tuple(skip_shape)}"
+    note = ""
+    if skip_shape is not None:
+        note = f"<- skip {stack.pop()}"
+    if lname in pushers:
+        stack.append(pushed)
+        note = f"-> skip {pushed}"
+        pushed += 1
+    print(f"  {lname:<20}{kind:<6}{str(tuple(shape_in)):<18}{skip_txt:<18}{str(tuple(h.shape)):<18}{note}")
+
+# ---------------------------------------------------------------------------------------------------
+section("3. Where the parameters are")
+# Counting by hand, for a layer from c_in to c_out channels (E = time-embedding width, k x k kernels):
+#     conv k x k   k^2 c_in c_out + c_out          linear d_in -> d_out   d_in d_out + d_out
+#     groupnorm    2 c (a scale and a shift per channel)
+#     ResBlock     norm1 + conv1 (3x3) + temb (E -> c_out) + norm2 + conv2 (3x3) [+ skip (1x1) if c_in != c_out]
+#     attention    norm + qkv (c -> 3c) + out (c -> c)          down / up: one 3x3 conv c -> c
+base, E_net, C_img = cfg.base_channels, cfg.time_dim, cfg.image_channels
+
+
+def layer_count(layer):
+    ci, co = layer.c_in, layer.c_out
+    if layer.kind == "res":
+        n = 2 * ci + (9 * ci * co + co) + (E_net * co + co) + 2 * co + (9 * co * co + co)
+        return n + (ci * co + co if ci != co else 0)
+    if layer.kind == "attn":
+        return 2 * ci + (3 * ci * ci + 3 * ci) + (ci * ci + ci)
+    return 9 * ci * co + co
+
+
+def part_of(param_name):
+    """'down.1.res.0.conv1.w' -> 'down.1'; 'mid.attn.qkv.w' -> 'mid'; 'time.lin1.w' -> 'time'; ..."""
+    first = param_name.split(".")[0]
+    if first in ("down", "up"):
+        return ".".join(param_name.split(".")[:2])
+    return {"conv_out": "out"}.get(first, first)          # out.norm and conv_out make up the output head
+
+
+formula = {"time": base * E_net + E_net + E_net * E_net + E_net, "conv_in": 9 * C_img * base + base}
+if cfg.num_classes is not None:
+    formula["label"] = (cfg.num_classes + 1) * E_net
+for layer in sum(plan(cfg), []):
+    formula[part_of(layer.name)] = formula.get(part_of(layer.name), 0) + layer_count(layer)
+formula["out"] = 2 * base + 9 * base * C_img + C_img
+counted, tensors = {}, {}
+for k, v in params.items():
+    counted[part_of(k)] = counted.get(part_of(k), 0) + v.size
+    tensors[part_of(k)] = tensors.get(part_of(k), 0) + 1
+total = count_params(params)
+print(f"  {'part':<10}{'tensors':>8}{'by formula':>12}{'counted':>10}{'share':>8}")
+for part in formula:
+    print(f"  {part:<10}{tensors.get(part, 0):>8}{formula[part]:>12,}{counted.get(part, 0):>10,}"
+          f"{counted.get(part, 0) / total:>8.1%}")
+print(f"  {'total':<10}{len(params):>8}{sum(formula.values()):>12,}{total:>10,}")
+mismatch = [part for part in set(formula) | set(counted) if formula.get(part) != counted.get(part)]
+check("the parameter count by formula matches init_params, part by part",
+      not mismatch and sum(formula.values()) == total,
+      f"{total:,} parameters" + (f"; mismatched parts {mismatch}" if mismatch else ""))
+
+# ---------------------------------------------------------------------------------------------------
+section("4. The whole network's backward, checked by finite differences")
+# tinyddpm.gradcheck.unet_case: a tiny U-Net (8x8 images, two levels, attention, dropout on, class labels) in
+# float64, with every zero-initialised tensor made random so that every path carries gradient. The image and
+# every one of the parameter tensors are checked at a few random entries each.
+case = unet_case(seed=0)
+tic = time.perf_counter()
+errors = check_gradients(case.forward, case.backward, case.arrays, h=case.h, max_entries=UNET_ENTRIES,
+                         known_zero=case.known_zero)
+worst = max(errors, key=errors.get)
+check(f"gradient check of the whole U-Net ({len(errors)} tensors, {UNET_ENTRIES} entries each)",
+      errors[worst] < BLOCK_TOLERANCE,
+      f"worst {worst}: {errors[worst]:.1e} (limit {BLOCK_TOLERANCE:.0e}), {time.perf_counter() - tic:.1f} s")
+
+# ---------------------------------------------------------------------------------------------------
+section("5. Pictures: the diagram, and a digit's feature maps at every level")
+# The diagram: columns in the order the layers run, rows by the resolution of each layer's output.
+# A skip is a bracket from the layer that pushed it to the ResBlock that concatenates it: both sit on
+# the same row, because concatenation needs equal sizes.
+colors = {"conv": "0.75", "res": "tab:blue", "attn": "tab:orange", "down": "tab:red", "up": "tab:green"}
+sizes = sorted({h.shape[-1] for *_, h in records}, reverse=True)           # 28, 14, 7
+fig, ax = plt.subplots(figsize=(0.8 * len(records) + 1.5, 1.6 * len(sizes) + 1.6))
+push_x, box_x, skip_no = [], {}, {}
+for i, (lname, kind, shape_in, skip_shape, h) in enumerate(records):
+    row = -1.6 * sizes.index(h.shape[-1])
+    ax.add_patch(Rectangle((i - 0.38, row - 0.3), 0.76, 0.6, facecolor=colors[kind], alpha=0.8, edgecolor="k"))
+    c_in = shape_in[1] if skip_shape is None else f"{shape_in[1]}+{skip_shape[1]}"
+    ax.text(i, row, f"{kind}\n{c_in}→{h.shape[1]}", ha="center", va="center", fontsize=7)
+    ax.text(i, row - 0.36, lname, ha="center", va="top", fontsize=5.5, color="0.3")          # the parameter prefix
+    box_x[lname] = (i, row)
+    if lname in pushers:
+        push_x.append(lname)
+    if skip_shape is not None:
+        src = push_x.pop()                                                   # the latest skip: a stack
+        (x0_, y0_), (x1_, _) = box_x[src], (i, row)
+        k = skip_no[y0_] = skip_no.get(y0_, 0) + 1
+        top = y0_ + 0.3 + 0.22 * k
+        ax.plot([x0_ + 0.1, x0_ + 0.1, x1_ - 0.1, x1_ - 0.1], [y0_ + 0.3, top, top, y0_ + 0.3], color="0.4", lw=1)
+ax.set_yticks([-1.6 * j for j in range(len(sizes))], [f"{s_}x{s_}" for s_ in sizes])
+ax.set_xticks([])
+ax.set_xlim(-0.8, len(records) - 0.2)
+ax.set_ylim(-1.6 * (len(sizes) - 1) - 0.65, 1.6)
+ax.set_ylabel("resolution of the layer's output")
+ax.set_title(f"U-Net of the {PRESET!r} preset ({total:,} parameters): each box is a layer with its channels in→out, "
+             "grey brackets are skip connections (concatenated)")
+ax.legend(handles=[Patch(color=c, label=k) for k, c in colors.items()], loc="upper center", ncol=5, fontsize=8,
+          bbox_to_anchor=(0.5, -0.02))
+for spine in ("top", "right", "bottom"):
+    ax.spines[spine].set_visible(False)
+fig.tight_layout()
+fig.savefig(out / "unet_diagram.png", dpi=100)
+plt.close(fig)
+saved(out / "unet_diagram.png")
+
+# Feature maps: a test digit noised to t = FEATURE_T goes through a trained network; for the layers where the
+# resolution changes (and the ends) we draw the channels that vary most over the image.
+net_params, net_config, schedule, where = trained_model()
+print(f"  trained network: {where}")
+ncfg = net_config.unet
+noise = np.random.default_rng(1).standard_normal(digit.shape).astype(digit.dtype)
+x_t = q_sample(schedule, digit, t1, noise)
+eps_hat, net_records = unet_forward_in_the_open(net_params, ncfg, x_t, t1, label if ncfg.num_classes else None)
+x0_hat = np.clip(x0_from_eps(schedule, x_t, t1, eps_hat), -1, 1)
+ends = {"conv_in", "conv_out"} | {layer.name for layer in sum(plan(ncfg), []) if layer.kind in ("down", "up")}
+ends |= {plan(ncfg)[1][-1].name, plan(ncfg)[2][-1].name}                    # end of the middle, last up block
+picked = [r for r in net_records if r[0] in ends]
+n_col = 6
+fig, axes = plt.subplots(len(picked) + 1, n_col, figsize=(1.3 * n_col + 1.2, 1.3 * (len(picked) + 1)))
+for a in axes.flat:
+    a.set_xticks([])
+    a.set_yticks([])
+for a, image, title in zip(axes[0], (digit, x_t, x0_hat), ("clean digit x0", f"input x_t, t = {FEATURE_T}",
+                                                             "predicted x0")):
+    a.imshow(image[0, 0], cmap="gray", vmin=-1, vmax=1)
+    a.set_title(title, fontsize=8)
+for r, (lname, kind, shape_in, skip_shape, h) in enumerate(picked, start=1):
+    fmap = h[0]                                                                # (C, S, S)
+    order = np.argsort(fmap.reshape(len(fmap), -1).std(axis=1))[::-1]         # most varied channels first
+    for c, ch in enumerate(order[:n_col]):
+        v = float(np.abs(fmap[ch]).max()) or 1.0
+        axes[r, c].imshow(fmap[ch], cmap="RdBu_r", vmin=-v, vmax=v)           # white is 0
+        axes[r, c].set_title(f"channel {ch}", fontsize=7)
+    what = "\n(predicted noise)" if lname == "conv_out" else ""
+    axes[r, 0].set_ylabel(f"{lname}\n{h.shape[1]} ch, {h.shape[2]}x{h.shape[3]}{what}", fontsize=8)
+for a in axes.flat:
+    if not a.images:
+        a.axis("off")
+fig.suptitle(f"A digit through the trained U-Net: the {n_col} most varied channels at every level\n"
+             "(red positive, blue negative; the last row is the predicted noise)", fontsize=9)
+fig.tight_layout()
+fig.savefig(out / "feature_maps.png", dpi=100)
+plt.close(fig)
+saved(out / "feature_maps.png")
+
+print("""
+Try this
+  1. run:    set PRESET = "gpu" at the top and rerun. The table gets two ResBlocks per level and 64 base
+             channels; find which part now holds most of the parameters, and compare with the cpu preset.
+  2. modify: in section 1's backward, write `dx = dx_main` instead of `dx = dx_main + dx_skip`. Predict which
+             checks fail and roughly how large the error becomes (how much of dx flows through the skip?).
+  3. create: write a function that counts the multiply-adds of every convolution in plan(cfg) for one 28x28
+             image (a 3x3 conv from Ci to Co channels at size S costs 9 Ci Co S^2). Which level costs the
+             most compute, and is it the level that holds the most parameters?""")
+finish(started)
