@@ -113,8 +113,11 @@ def plot_quality(rows, baseline, path: Path):
         ax_fid.plot([r["steps"] for r in line], [r["fid"] for r in line], "o-", label=label)
         ax_acc.plot([r["steps"] for r in line], [100 * r["accuracy"] for r in line], "o-", label=label)
     ax_fid.axhline(baseline["fid"], color="gray", ls="--", label=f"real vs real (n={baseline['n']})")
+    step_counts = sorted({r["steps"] for r in rows})
     for ax, title in ((ax_fid, "FID-MNIST (lower is better)"), (ax_acc, "conditional accuracy (%)")):
         ax.set_xscale("log")
+        ax.set_xticks(step_counts, [str(s) for s in step_counts])   # 10, 20, 50 rather than 10^1 ...
+        ax.minorticks_off()
         ax.set_xlabel("sampler steps (model calls per image, x2 with guidance)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
