@@ -295,7 +295,7 @@ print(f"  network: {where}")
 # the plain conditional prediction (classifier-free guidance, lesson 12, sharpens the digits at twice the
 # cost). How good the digits are is the network's doing: DDPM asks it for a prediction at every one of the
 # 1000 noise levels, so a briefly trained network's weak spots show as blur and grey backgrounds (the
-# lessons' own 400-step network); the checkpoint of examples/train_mnist.py draws cleaner ones.
+# lessons' own 360-step network); the checkpoint of examples/train_mnist.py draws cleaner ones.
 # Fast mode (for the tests, whose network is untrained noise anyway) runs the same loop on a 100-step schedule.
 if FAST:
     schedule = make_schedule(config.schedule, FAST_T)

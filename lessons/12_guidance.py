@@ -171,7 +171,7 @@ saved(out / "guidance_grid.png")
 section("5. Diversity and accuracy against w")
 # Accuracy: how often an MNIST classifier reads the digit we asked for. _common.judge() uses tinyddpm's
 # evaluation classifier (built from tinyddpm's own ops, 98.95% on the test digits) when examples/evaluate.py has
-# cached it, else trains a lighter one once (~20 s); fast mode uses a stand-in that only shows the pipeline runs.
+# cached it, else trains a lighter one once (~8 s); fast mode uses a stand-in that only shows the pipeline runs.
 judge_params, judge_name = judge()
 print(f"  judge: {judge_name}")
 # Diversity: for each digit, the mean distance between its NOISES samples, as an RMS per pixel

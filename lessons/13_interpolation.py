@@ -178,12 +178,13 @@ for i, digit in enumerate(digits):
     print(f"    digit {digit}: contrast in the middle third: lerp {contrast_lerp[i]:.3f}, "
           f"slerp {contrast_slerp[i]:.3f}; largest RMS change between neighbours: "
           f"lerp {jump_l:.3f}, slerp {jump_s:.3f}")
-if FAST:
-    print("  (fast mode: the network is barely trained, so the contrast is not checked)")
-else:
-    check("lerp's middle images are greyer than slerp's, for every digit", bool(np.all(contrast_lerp < contrast_slerp)),
-          f"contrast lerp {', '.join(f'{c:.2f}' for c in contrast_lerp)} vs slerp "
-          f"{', '.join(f'{c:.2f}' for c in contrast_slerp)}")
+# What the short noise does to the images depends on the network: a briefly trained one turns it into grey
+# smudges, while a well-trained one with guidance and clipping often still draws a crisp digit (with the
+# examples/train_mnist.py checkpoint, digit 5's lerp middle came out slightly *more* contrasted than slerp's).
+# So this is printed as an observation, not checked; the norms of section 1 are the claim that always holds.
+greyer = int(np.sum(contrast_lerp < contrast_slerp))
+print(f"  observation: lerp's middle third is greyer than slerp's for {greyer} of {len(digits)} digits "
+      f"(mean contrast lerp {contrast_lerp.mean():.2f}, slerp {contrast_slerp.mean():.2f})")
 saved(plot_sample_grid(out / "interpolation_strips.png", strips, row_labels=row_names,
                        col_labels=[f"{w:.2f}" for w in np.linspace(0, 1, K)],
                        title=f"DDIM (eta = 0, {SAMPLER_STEPS} steps) from interpolated noise; columns: weight w"))

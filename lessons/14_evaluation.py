@@ -92,7 +92,7 @@ check("frechet_distance of diagonal Gaussians == the closed form", err < 1e-12, 
 section("2. The features, and FID's bias at small n")
 # FID compares feature statistics, not pixels: the features are the 128 penultimate activations of an MNIST
 # classifier built from tinyddpm's ops (_common.judge(): the evaluation classifier of examples/evaluate.py when
-# it is cached, else a lighter one trained once here in ~20 s). Fast mode uses a stand-in trained for a few
+# it is cached, else a lighter one trained once here in ~8 s). Fast mode uses a stand-in trained for a few
 # seconds on 1,000 digits: the pipeline runs, the numbers are not the real ones.
 judge_params, judge_name = judge()
 print(f"  features: {judge_name}")

@@ -92,7 +92,7 @@ def mnist_digits(n: int, split: str = "train", seed: int = 0):
 # ---------------------------------------------------------------------------------------------------
 # A network that makes digits, for the sampling lessons
 
-LESSON_STEPS = 400       # ~60 s on 2 cores: rough digits, some still noise (examples/train_mnist.py: clean ones)
+LESSON_STEPS = 360       # ~55 s on 2 cores: rough digits, some still noise (examples/train_mnist.py: clean ones)
 FAST_STEPS = 6           # fast mode: the pipeline runs, the digits are noise
 
 
@@ -101,9 +101,10 @@ def lesson_train_config():
 
     Most of a U-Net's time goes to its 28 x 28 level, so this one keeps that level narrow (8 channels) and
     puts its width lower down (16 and 32 channels at 14 x 14 and 7 x 7): 161k parameters, ~150 ms per step
-    of 32 images. Min-SNR-5 loss weights (Hang et al. 2023) speed up early training. Measured (400 steps,
-    DPM-Solver++ 20 steps, 100 samples): 34% of digits read as the requested one at guidance 2.5, 21% at 1;
-    the CPU preset of examples/train_mnist.py (10 minutes) reaches 99%.
+    of 32 images. Min-SNR-5 loss weights (Hang et al. 2023) speed up early training. Measured at 400 steps
+    (DPM-Solver++ 20 steps, 100 samples): 34% of digits read as the requested one at guidance 2.5, 21% at 1;
+    the CPU preset of examples/train_mnist.py (10 minutes) reaches 99%. 360 steps keep lesson 12's first run,
+    which may have to train this network and a classifier, under two minutes.
     """
     from tinyddpm.train import preset
     from tinyddpm.unet import UNetConfig
@@ -145,14 +146,14 @@ def trained_model(prefer_example: bool = True):
 # ---------------------------------------------------------------------------------------------------
 # A classifier that reads digits, for the lessons that measure samples
 
-JUDGE_EPOCHS = 0.5       # ~20 s on 2 cores, ~98% test accuracy; the evaluation classifier trains 2 epochs
+JUDGE_EPOCHS = 0.25      # ~8 s on 2 cores, 93.9% test accuracy; the evaluation classifier trains 2 epochs
 
 
 def judge():
     """(classifier params, a sentence naming it) for reading generated digits (lessons 12 and 14).
 
     tinyddpm's evaluation classifier (tinyddpm.classifier, 2 epochs, cached in ~/.cache/tinyddpm/classifier by
-    examples/evaluate.py) when it exists. Otherwise a lighter one trained here for half an epoch and cached in
+    examples/evaluate.py) when it exists. Otherwise a lighter one trained here for a quarter of an epoch and cached in
     lessons/output/_judge/ (it stays out of the evaluation cache, whose numbers must not change). Fast mode
     trains a stand-in on 1,000 digits for a few steps: the pipeline runs, its readings mean little.
     """
