@@ -19,7 +19,7 @@ Figures (in lessons/output/01_noise_schedules/):
   schedules.png     alpha_bar_t, SNR_t in dB and sqrt(alpha_bar_t) against t, one line per schedule
   noised_strip.png  one digit noised at the same timesteps under each schedule (a row per schedule)
 
-Try this (printed again at the end):
+Try this:
   1. run:    set T = 100 at the top and rerun. Every check still passes; compare the crossing points as a
              fraction t / T with the T = 1000 table - the cosine and sigmoid ones barely move.
   2. modify: delete the clip np.minimum(..., 0.999) in the cosine derivation. Predict which checks fail,
@@ -36,7 +36,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _common import FAST, banner, check, finish, mnist_digits, output_dir, relative_error, saved, section  # noqa: E402
+from _common import (FAST, banner, check, finish, mnist_digits, output_dir, relative_error, saved, section,  # noqa: E402
+                     try_this)
 from tinyddpm.diffusion import (cosine_betas, linear_betas, make_schedule, q_sample,  # noqa: E402
                                 sigmoid_betas)
 
@@ -248,13 +249,5 @@ plt.close(fig)
 saved(path)
 
 # ---------------------------------------------------------------------------------------------------
-print("""
-Try this:
-  1. run:    set T = 100 at the top and rerun. Every check still passes; compare the crossing points as a
-             fraction t / T with the T = 1000 table - the cosine and sigmoid ones barely move.
-  2. modify: delete the clip np.minimum(..., 0.999) in the cosine derivation. Predict which checks fail,
-             then print abar_cos[-1] and its log SNR: why would a step with beta = 1 break sampling?
-  3. create: write your own schedule - e.g. Stable Diffusion's "scaled linear" betas,
-             np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, T) ** 2 - wrap it with tinyddpm.diffusion.Schedule(betas,
-             name="scaled linear") and add it to the crossing table and the figures.""")
+try_this(__doc__)
 finish(started)

@@ -21,7 +21,7 @@ Figures (in lessons/output/02_forward_diffusion/):
   closed_vs_iterated.png  per-pixel mean and variance of the step-by-step chains against the closed form,
                           and histograms of one pixel across chains against the closed-form density
 
-Try this (printed again at the end):
+Try this:
   1. run:    rerun with --fast (50 chains instead of 1000). The tolerances widen by sqrt(1000 / 50) ~ 4.5x,
              but the checks still pass: look at how much noisier the dots in closed_vs_iterated.png are.
   2. modify: in the line "chains += ..." of the chain loop, replace np.sqrt(betas[t]) by betas[t] (a forgotten
@@ -39,7 +39,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _common import FAST, banner, check, finish, mnist_digits, output_dir, relative_error, saved, section  # noqa: E402
+from _common import (FAST, banner, check, finish, mnist_digits, output_dir, relative_error, saved, section,  # noqa: E402
+                     try_this)
 from tinyddpm.diffusion import make_schedule, q_sample, x0_from_eps  # noqa: E402
 
 started = time.perf_counter()
@@ -246,14 +247,5 @@ for k, t in enumerate(t_all):
     print(f"  {t:>5} {b_k[k, 0, 0, 0] / a_k[k, 0, 0, 0]:>9.3g} {e32:>20.1e}")
 
 # ---------------------------------------------------------------------------------------------------
-print("""
-Try this:
-  1. run:    rerun with --fast (50 chains instead of 1000). The tolerances widen by sqrt(1000 / 50) ~ 4.5x,
-             but the checks still pass: look at how much noisier the dots in closed_vs_iterated.png are.
-  2. modify: in the line "chains += ..." of the chain loop, replace np.sqrt(betas[t]) by betas[t] (a forgotten
-             square root). Predict the variance at t = T-1 before you run it, then see which check fails.
-  3. create: do the same round trip for the v prediction, v = sqrt(abar) eps - sqrt(1 - abar) x0
-             (tinyddpm.diffusion.training_target(..., prediction="v") and x0_from_v): check that
-             x0_from_v(x_t, v) returns x0 at every t and that, unlike x0_from_eps, it stays accurate in
-             float32 at t = T-1. (Getting v through v_from_eps divides by sqrt(abar) again: try it.)""")
+try_this(__doc__)
 finish(started)

@@ -21,7 +21,7 @@ Figures (in lessons/output/03_linear_and_gradcheck/):
                    float64 and float32, two stencils, and the linear layer alone
   fit.png          the loss of gradient descent on a linear layer, down to the least-squares minimum
 
-Try this (printed again at the end):
+Try this:
   1. run:    change SEED at the top to 1, 2, 3 and rerun. The best h and the best error move a little; the
              slopes of the two branches of the V (about 2 and -1) and the ranking float64 << float32 do not.
   2. modify: in section 2, change dW = dy.T @ x to dW = dy.T @ x / len(x) (a mean where a sum belongs, a
@@ -38,7 +38,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _common import FAST, banner, check, finish, output_dir, relative_error, saved, section  # noqa: E402
+from _common import FAST, banner, check, finish, output_dir, relative_error, saved, section, try_this  # noqa: E402
 from tinyddpm.gradcheck import OP_TOLERANCE, check_gradients  # noqa: E402
 from tinyddpm.ops import (linear_backward, linear_forward, mse_loss_backward, mse_loss_forward,  # noqa: E402
                           silu_backward, silu_forward)
@@ -355,13 +355,5 @@ plt.close(fig)
 saved(path)
 
 # ---------------------------------------------------------------------------------------------------
-print("""
-Try this:
-  1. run:    change SEED at the top to 1, 2, 3 and rerun. The best h and the best error move a little; the
-             slopes of the two branches of the V (about 2 and -1) and the ranking float64 << float32 do not.
-  2. modify: in section 2, change dW = dy.T @ x to dW = dy.T @ x / len(x) (a mean where a sum belongs, a
-             common slip). Predict the relative error the check prints before you run it (hint: a = n / N).
-  3. create: write tanh_forward(x) -> (y, cache) and tanh_backward(dy, cache) = dy * (1 - y^2) in the same
-             style, prove them with check_gradients (< 1e-7), then chain linear -> tanh -> linear into a tiny
-             MLP with one forward and one backward and check the whole block (< 1e-5).""")
+try_this(__doc__)
 finish(started)

@@ -16,13 +16,14 @@ Figures (in lessons/output/04_conv2d/):
 - im2col.png    a digit patch, the im2col matrix made from it, and its rows seen as shifted copies
 - filters.png   digits and their Sobel-x, Sobel-y, edge-magnitude, Laplacian and blur responses
 
-Try this (also printed at the end)
-1. run:    rerun with --fast and compare the naive-loop vs im2col timing with the full run's; then raise
-           N_TIMING and watch the loop's time grow with the number of outputs while im2col barely moves.
-2. modify: flip the filter bank, bank = bank[:, :, ::-1, ::-1] (a mathematician's convolution); predict
-           which check fails, what happens to the Sobel panels, and why the Laplacian and blur do not change.
-3. create: write a 5 x 5 Gaussian blur kernel, apply it with stride 2 to a digit, and check that the
-           result equals the stride-1 result subsampled at [::2, ::2].
+Try this
+ 1. run:    python lessons/04_conv2d.py --fast, and compare the loop vs im2col timing with the full run;
+            then raise N_TIMING at the top and watch the loop's time grow with the number of outputs.
+ 2. modify: flip the filter bank, bank = bank[:, :, ::-1, ::-1] (a mathematician's convolution). Predict:
+            the ramp check fails with gx = -8a, red and blue swap in the Sobel panels, and the Laplacian
+            and blur panels do not change at all (why?).
+ 3. create: build a 5x5 Gaussian kernel exp(-(di^2 + dj^2) / 2) / sum, apply it with stride 2, padding 2,
+            and check that it equals the stride-1 result subsampled at [::2, ::2].
 """
 import time
 
@@ -31,7 +32,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import FAST, banner, check, finish, mnist_digits, output_dir, relative_error, saved, section  # noqa: E402
+from _common import (FAST, banner, check, finish, mnist_digits, output_dir, relative_error, saved, section,  # noqa: E402
+                     try_this)
 
 from tinyddpm.gradcheck import OP_TOLERANCE, check_gradients  # noqa: E402
 from tinyddpm.ops import conv2d_backward, conv2d_forward  # noqa: E402
@@ -326,13 +328,5 @@ plt.close(fig)
 saved(out / "filters.png")
 
 # ---------------------------------------------------------------------------------------------------
-print("""
-Try this
- 1. run:    python lessons/04_conv2d.py --fast, and compare the loop vs im2col timing with the full run;
-            then raise N_TIMING at the top and watch the loop's time grow with the number of outputs.
- 2. modify: flip the filter bank, bank = bank[:, :, ::-1, ::-1] (a mathematician's convolution). Predict:
-            the ramp check fails with gx = -8a, red and blue swap in the Sobel panels, and the Laplacian
-            and blur panels do not change at all (why?).
- 3. create: build a 5x5 Gaussian kernel exp(-(di^2 + dj^2) / 2) / sum, apply it with stride 2, padding 2,
-            and check that it equals the stride-1 result subsampled at [::2, ::2].""")
+try_this(__doc__)
 finish(started)

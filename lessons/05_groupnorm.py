@@ -15,13 +15,15 @@ Figures (in lessons/output/05_groupnorm/):
 - group_stats.png   per-group mean and std of conv features of MNIST digits, before and after GroupNorm
 - histograms.png    the activations of each group as histograms, before and after
 
-Try this (also printed at the end)
-1. run:    rerun with --fast: the batch-of-8 == batches-of-1 check still shows 0 difference and BatchNorm
-           still differs; neither depends on the sizes, which is the point.
-2. modify: set EPS = 1.0 at the top; predict the std after normalisation, sqrt(var / (var + 1)): near 1
-           for the loud groups, far below 1 for group 0 (std ~0.7 before). Check it in histograms.png.
-3. create: write BatchNorm's forward (statistics over N, H, W per channel) and its backward with the same
-           three-term formula, and gradient-check it with check_gradients.
+Try this
+ 1. run:    python lessons/05_groupnorm.py --fast. The batch-of-8 vs batches-of-1 check still passes at
+            0 difference and the BatchNorm contrast still fails to match: neither depends on the sizes.
+ 2. modify: set EPS = 1.0 at the top. Predict the std after normalisation, sqrt(var / (var + 1)): near 1
+            for the loud groups, far below 1 for group 0 (its features have std ~0.7). Check your guess
+            in histograms.png. (eps is a floor under the variance; the U-Net uses 1e-5.)
+ 3. create: write BatchNorm's forward (statistics over N, H, W per channel) and its backward with the
+            same three-term formula (the group is now a channel across the batch), and gradient-check it
+            with tinyddpm.gradcheck.check_gradients.
 """
 import time
 
@@ -30,7 +32,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import FAST, banner, check, finish, mnist_digits, output_dir, relative_error, saved, section  # noqa: E402
+from _common import (FAST, banner, check, finish, mnist_digits, output_dir, relative_error, saved, section,  # noqa: E402
+                     try_this)
 
 from tinyddpm.gradcheck import OP_TOLERANCE, check_gradients  # noqa: E402
 from tinyddpm.ops import conv2d_forward, groupnorm_backward, groupnorm_forward  # noqa: E402
@@ -248,14 +251,5 @@ plt.close(fig)
 saved(out / "histograms.png")
 
 # ---------------------------------------------------------------------------------------------------
-print("""
-Try this
- 1. run:    python lessons/05_groupnorm.py --fast. The batch-of-8 vs batches-of-1 check still passes at
-            0 difference and the BatchNorm contrast still fails to match: neither depends on the sizes.
- 2. modify: set EPS = 1.0 at the top. Predict the std after normalisation, sqrt(var / (var + 1)): near 1
-            for the loud groups, far below 1 for group 0 (its features have std ~0.7). Check your guess
-            in histograms.png. (eps is a floor under the variance; the U-Net uses 1e-5.)
- 3. create: write BatchNorm's forward (statistics over N, H, W per channel) and its backward with the
-            same three-term formula (the group is now a channel across the batch), and gradient-check it
-            with tinyddpm.gradcheck.check_gradients.""")
+try_this(__doc__)
 finish(started)

@@ -16,13 +16,16 @@ Figures (in lessons/output/06_silu_and_time_embedding/):
 - timestep_embedding.png  the embedding as an image: timestep t down, dimension across
 - similarity.png          the cosine-similarity matrix of all timesteps, and similarity vs |t - t'|
 
-Try this (also printed at the end)
-1. run:    rerun with --fast (fewer timesteps, a narrower embedding) and compare similarity.png: with
-           fewer frequencies the similarity curve is bumpier and far-apart timesteps look more alike.
-2. modify: set MAX_PERIOD = 100.0; predict how the slow columns of timestep_embedding.png change (they
-           now wiggle within 1000 steps) and what happens to the far-lag similarity.
-3. create: write a "learned" alternative, a lookup table with one row per timestep, and argue from the
-           rotation check below why the sinusoidal one generalises to timesteps never seen in training.
+Try this
+ 1. run:    python lessons/06_silu_and_time_embedding.py --fast (T = 200, dim 32) and compare
+            similarity.png with the full run: with 16 frequencies instead of 64 the curve is bumpier
+            and far-apart timesteps stay more alike.
+ 2. modify: set MAX_PERIOD = 100.0 at the top. Predict: the slow columns (the right side of the sine
+            half and of the cosine half of timestep_embedding.png) now wiggle within 1000 steps, so the
+            far-lag similarity drops towards 0 and distant timesteps can look alike by accident.
+ 3. create: a learned alternative is a table with one row per timestep (label_embedding_forward with
+            T rows). Write it, and use the rotation check above to argue why the sinusoidal embedding
+            still means something for a timestep the table never saw (t = 1000.5, say).
 """
 import time
 
@@ -31,7 +34,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import FAST, banner, check, finish, output_dir, relative_error, saved, section  # noqa: E402
+from _common import FAST, banner, check, finish, output_dir, relative_error, saved, section, try_this  # noqa: E402
 
 from tinyddpm.gradcheck import OP_TOLERANCE, check_gradients  # noqa: E402
 from tinyddpm.ops import (  # noqa: E402
@@ -275,15 +278,5 @@ plt.close(fig)
 saved(out / "similarity.png")
 
 # ---------------------------------------------------------------------------------------------------
-print("""
-Try this
- 1. run:    python lessons/06_silu_and_time_embedding.py --fast (T = 200, dim 32) and compare
-            similarity.png with the full run: with 16 frequencies instead of 64 the curve is bumpier
-            and far-apart timesteps stay more alike.
- 2. modify: set MAX_PERIOD = 100.0 at the top. Predict: the slow columns (the right side of the sine
-            half and of the cosine half of timestep_embedding.png) now wiggle within 1000 steps, so the
-            far-lag similarity drops towards 0 and distant timesteps can look alike by accident.
- 3. create: a learned alternative is a table with one row per timestep (label_embedding_forward with
-            T rows). Write it, and use the rotation check above to argue why the sinusoidal embedding
-            still means something for a timestep the table never saw (t = 1000.5, say).""")
+try_this(__doc__)
 finish(started)

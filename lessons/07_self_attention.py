@@ -16,13 +16,13 @@ Run it:  python lessons/07_self_attention.py       (a few seconds; --fast for th
 Figures (in lessons/output/07_self_attention/):
 - attention_maps.png   for three query pixels of a digit, where each of the two heads looks
 
-Try this (also printed at the end)
-1. run:    rerun with --fast (the digit at 14 x 14, L = 196) and compare attention_maps.png: the local head
-           now covers a larger share of the digit, because GAMMA is per pixel of the smaller map.
-2. modify: set GAMMA = 0.0 at the top; predict head 0's map (the same for every query, all fully inked
-           pixels equally bright) and what head 0 then outputs (one number at every pixel).
-3. create: add a third head (C = 12, heads = 3) that attends to the pixels in the query's row: score
-           -G (r_i - r_j)^2, from q = [2G r_i, -G] and k = [r_j, r_j^2] as head 0 does. Draw its map.
+Try this
+ 1. run:    python lessons/07_self_attention.py --fast: the digit is averaged down to 14 x 14 (L = 196).
+            Compare attention_maps.png: head 0's blob covers more of the digit, as GAMMA is per pixel.
+ 2. modify: set GAMMA = 0.0 at the top. Predict head 0's map: the same for every query (the distance
+            term is gone), all fully inked pixels equally bright, so head 0 outputs one number everywhere.
+ 3. create: add a third head (C = 12, heads = 3) that attends to the pixels in the query's row: score
+            -G (r_i - r_j)^2, made from q = [2G r_i, -G] and k = [r_j, r_j^2] as head 0 does. Draw its map.
 """
 import time
 
@@ -31,7 +31,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import FAST, banner, check, finish, mnist_digits, output_dir, relative_error, saved, section  # noqa: E402
+from _common import (FAST, banner, check, finish, mnist_digits, output_dir, relative_error, saved, section,  # noqa: E402
+                     try_this)
 
 from tinyddpm.gradcheck import OP_TOLERANCE, check_gradients  # noqa: E402
 from tinyddpm.ops import attention_backward, attention_forward, conv2d_forward  # noqa: E402
@@ -314,12 +315,5 @@ plt.close(fig)
 saved(out / "attention_maps.png")
 
 # ---------------------------------------------------------------------------------------------------
-print("""
-Try this
- 1. run:    python lessons/07_self_attention.py --fast: the digit is averaged down to 14 x 14 (L = 196).
-            Compare attention_maps.png: head 0's blob covers more of the digit, as GAMMA is per pixel.
- 2. modify: set GAMMA = 0.0 at the top. Predict head 0's map: the same for every query (the distance
-            term is gone), all fully inked pixels equally bright, so head 0 outputs one number everywhere.
- 3. create: add a third head (C = 12, heads = 3) that attends to the pixels in the query's row: score
-            -G (r_i - r_j)^2, made from q = [2G r_i, -G] and k = [r_j, r_j^2] as head 0 does. Draw its map.""")
+try_this(__doc__)
 finish(started)

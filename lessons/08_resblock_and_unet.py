@@ -18,13 +18,13 @@ Figures, written to lessons/output/08_resblock_and_unet/:
     feature_maps.png   one noisy digit going through a trained network: a few channels at every level
 
 Try this
-  1. run:    set PRESET = "gpu" below and rerun. The table gets two ResBlocks per level and 64 base channels;
-             find which part now holds most of the parameters, and compare it with the cpu preset.
+  1. run:    set PRESET = "gpu" at the top and rerun. The table gets two ResBlocks per level and 64 base
+             channels; find which part now holds most of the parameters, and compare with the cpu preset.
   2. modify: in section 1's backward, write `dx = dx_main` instead of `dx = dx_main + dx_skip`. Predict which
-             checks fail and roughly how large the error becomes (hint: how much of dx flows through the skip?).
+             checks fail and roughly how large the error becomes (how much of dx flows through the skip?).
   3. create: write a function that counts the multiply-adds of every convolution in plan(cfg) for one 28x28
-             image (a 3x3 conv from Ci to Co channels at size S costs 9 Ci Co S^2). Which level costs the most
-             compute, and is it the level that holds the most parameters?
+             image (a 3x3 conv from Ci to Co channels at size S costs 9 Ci Co S^2). Which level costs the
+             most compute, and is it the level that holds the most parameters?
 """
 import time
 
@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
 from _common import (FAST, banner, check, finish, mnist_digits, output_dir, relative_error, saved,  # noqa: E402
-                     section, trained_model)
+                     section, try_this, trained_model)
 from tinyddpm.blocks import (attention_block_forward, conv_forward, downsample_forward, resblock_backward,  # noqa: E402
                              resblock_forward, upsample_forward)
 from tinyddpm.diffusion import q_sample, x0_from_eps  # noqa: E402
@@ -410,13 +410,5 @@ fig.savefig(out / "feature_maps.png", dpi=100)
 plt.close(fig)
 saved(out / "feature_maps.png")
 
-print("""
-Try this
-  1. run:    set PRESET = "gpu" at the top and rerun. The table gets two ResBlocks per level and 64 base
-             channels; find which part now holds most of the parameters, and compare with the cpu preset.
-  2. modify: in section 1's backward, write `dx = dx_main` instead of `dx = dx_main + dx_skip`. Predict which
-             checks fail and roughly how large the error becomes (how much of dx flows through the skip?).
-  3. create: write a function that counts the multiply-adds of every convolution in plan(cfg) for one 28x28
-             image (a 3x3 conv from Ci to Co channels at size S costs 9 Ci Co S^2). Which level costs the
-             most compute, and is it the level that holds the most parameters?""")
+try_this(__doc__)
 finish(started)

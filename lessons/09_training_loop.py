@@ -36,7 +36,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _common import FAST, banner, check, finish, output_dir, relative_error, saved, section  # noqa: E402
+from _common import FAST, banner, check, finish, output_dir, relative_error, saved, section, try_this  # noqa: E402
 from tinyddpm.data import load_mnist, to_model_range  # noqa: E402
 from tinyddpm.diffusion import diffusion_loss, x0_from_eps  # noqa: E402
 from tinyddpm.gradcheck import BLOCK_STEP, BLOCK_TOLERANCE, OP_TOLERANCE, check_gradients  # noqa: E402
@@ -324,14 +324,5 @@ plot_sample_grid(out / "x0_predictions.png", grid, row_labels=[f"{r} #{i + 1}" f
                  title=f"Held-out digits noised to t, and x0 recovered by the EMA network ({RUN_STEPS} steps)")
 saved(out / "x0_predictions.png")
 
-print("""
-Try this
-  1. run:    set RUN_STEPS to twice its value and rerun. How much lower is the last 10%'s loss, and which
-             timesteps gained most in loss_per_timestep.png?
-  2. modify: in section 3's config, change ema_decay=0.99 to ema_decay=0.999. Predict the orange curve in
-             loss_curve.png and whether the EMA weights still beat the raw ones per timestep (how many steps
-             does a 0.999 average remember?).
-  3. create: train with prediction="x0" in the config (the network outputs x0 itself; see
-             tinyddpm.diffusion.training_target) and compare its per-timestep error in x0 space with this
-             lesson's noise-predicting network.""")
+try_this(__doc__)
 finish(started)

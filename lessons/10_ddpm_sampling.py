@@ -24,8 +24,8 @@ Figures, written to lessons/output/10_ddpm_sampling/:
     denoising.gif     the whole run, x_t beside the predicted x0
 
 Try this
-  1. run:    set VARIANCE = "fixed_large" below and rerun. The Gaussian check still passes; look at how the
-             digits and the late frames of trajectory.png change with the larger noise.
+  1. run:    set VARIANCE = "fixed_large" at the top and rerun. The Gaussian check still passes; look at how
+             the digits and the late frames of trajectory.png change with the larger noise.
   2. modify: in ddpm_in_the_open, add the noise at t = 0 too (remove both `if t > 0`). Predict what changes
              with VARIANCE = "fixed_small" (what is beta_tilde_0?) and with "fixed_large", and which check
              notices.
@@ -43,7 +43,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _common import FAST, banner, check, finish, output_dir, relative_error, saved, section, trained_model  # noqa: E402
+from _common import (FAST, banner, check, finish, output_dir, relative_error, saved, section, try_this,  # noqa: E402
+                     trained_model)
 from tinyddpm.diffusion import ddpm_sample, ddpm_step, make_schedule  # noqa: E402
 from tinyddpm.unet import unet_model  # noqa: E402
 from tinyddpm.viz import plot_sample_grid, save_denoising_gif, side_by_side  # noqa: E402
@@ -340,15 +341,5 @@ saved(out / "samples.png")
 save_denoising_gif(out / "denoising.gif", frames, captions=[f"t = {t}: x_t | x0_hat" for t in frame_t])
 saved(out / "denoising.gif")
 
-print("""
-Try this
-  1. run:    set VARIANCE = "fixed_large" at the top and rerun. The Gaussian check still passes; look at how
-             the digits and the late frames of trajectory.png change with the larger noise.
-  2. modify: in ddpm_in_the_open, add the noise at t = 0 too (remove both `if t > 0`). Predict what changes
-             with VARIANCE = "fixed_small" (what is beta_tilde_0?) and with "fixed_large", and which check
-             notices.
-  3. create: write a "skipping" DDPM that visits only every 10th timestep: build a new beta for each jump,
-             beta'_k = 1 - abar_{t_k} / abar_{t_{k-1}}, and reuse the posterior formulas with it. Compare its
-             100-step digits with the 1000-step ones, and with tinyddpm's ddim_sample(..., eta=1.0), which
-             takes the same jumps.""")
+try_this(__doc__)
 finish(started)

@@ -32,7 +32,7 @@ Try this
 """
 import time
 
-from _common import FAST, banner, check, finish, output_dir, relative_error, saved, section, trained_model
+from _common import FAST, banner, check, finish, output_dir, relative_error, saved, section, try_this, trained_model
 
 import matplotlib
 
@@ -242,14 +242,5 @@ saved(plot_sample_grid(out / "spacing_samples.png", np.stack(by_spacing), col_la
                        title=f"DDIM (eta = 0), {SPACING_STEPS} steps, one starting noise, three spacings"))
 
 # ---------------------------------------------------------------------------------------------------
-print("""
-Try this
-  1. run:    set STEP_COUNTS = (1, 2, 3, 5) and rerun. One step is x0_hat at t = 999: a blurry average
-             digit. Watch where the digits become recognisable.
-  2. modify: in ddim(), pass prev_timestep="next". 'linspace' with 5 steps calls the model at 999 749 500
-             250 0, but each step lands on t - 1000 // 5 (999 -> 799); with "next" it lands where the next
-             call is (749). Predict whether the 'linspace' row of spacing_samples.png improves, then look.
-  3. create: write ddim_inversion(x0, steps): run the eta = 0 update backwards (from t to the next larger
-             timestep, with eps_hat from the model at the current one) to find the noise x_T that DDIM maps
-             to a given real digit; sample from it and compare with the digit.""")
+try_this(__doc__)
 finish(started)

@@ -28,7 +28,8 @@ Try this
 """
 import time
 
-from _common import FAST, banner, check, finish, judge, output_dir, relative_error, saved, section, trained_model
+from _common import (FAST, banner, check, finish, judge, output_dir, relative_error, saved, section, try_this,
+                     trained_model)
 
 import matplotlib
 
@@ -210,12 +211,5 @@ plt.close(fig)
 saved(out / "diversity_accuracy.png")
 
 # ---------------------------------------------------------------------------------------------------
-print("""
-Try this
-  1. run:    add w = 15 to SCALES and rerun. Look at the strokes in guidance_grid.png: past some scale the
-             digits saturate (thick, blocky, all alike) while accuracy no longer improves.
-  2. modify: in the sampling section give every digit row its own noise (draw x_T for all images instead of
-             tiling NOISES). Predict what happens to the w = 0 panel, which now has identical rows.
-  3. create: guidance that grows over the run: a small class whose __call__(x_t, t, labels) picks
-             w = w_max * (1 - t / T) and mixes with cfg_combine; compare its grid with constant w.""")
+try_this(__doc__)
 finish(started)

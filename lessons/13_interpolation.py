@@ -30,7 +30,7 @@ Try this
 """
 import time
 
-from _common import FAST, banner, check, finish, output_dir, relative_error, saved, section, trained_model
+from _common import FAST, banner, check, finish, output_dir, relative_error, saved, section, try_this, trained_model
 
 import matplotlib
 
@@ -194,13 +194,5 @@ saved(save_denoising_gif(out / "slerp_morph.gif", frames, ncol=len(digits), capt
                          frame_ms=150, last_ms=150))
 
 # ---------------------------------------------------------------------------------------------------
-print("""
-Try this
-  1. run:    set SAMPLER_STEPS = 5 and rerun. Does the morph stay smooth with a coarse sampler? Compare the
-             neighbour distances printed in section 4.
-  2. modify: in section 4 replace slerp by lerp followed by rescaling each noise to norm sqrt(d)
-             (x * sqrt(d) / |x|). Predict: does the lerp row then look like the slerp row?
-  3. create: interpolate between two digits instead of two noises: keep one noise and mix the conditional
-             predictions for labels 3 and 8 with weights (1 - w, w) in a small model(x_t, t, labels) wrapper
-             (as GuidedModel mixes two predictions); draw the 3 -> 8 strip.""")
+try_this(__doc__)
 finish(started)

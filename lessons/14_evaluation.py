@@ -32,7 +32,8 @@ Try this
 """
 import time
 
-from _common import FAST, banner, check, finish, judge, mnist_digits, output_dir, relative_error, saved, section, trained_model
+from _common import (FAST, banner, check, finish, judge, mnist_digits, output_dir, relative_error, saved,
+                     section, try_this, trained_model)
 
 import matplotlib
 
@@ -223,14 +224,5 @@ plt.close(fig)
 saved(out / "fid_vs_n.png")
 
 # ---------------------------------------------------------------------------------------------------
-print("""
-Try this
-  1. run:    set K_NN = 1 and then K_NN = 10 and rerun. Watch precision and recall of the toy generators and
-             of the network: bigger balls forgive more, so both numbers rise, for good and bad generators alike.
-  2. modify: in my_precision_recall take the radius from column k - 1 instead of k of the sorted distances
-             (forgetting that column 0 is the point itself). Predict whether precision and recall go up or
-             down, then see the check against tinyddpm fail.
-  3. create: an "FID of a copycat": take n real training digits as the "generated" set and measure FID,
-             precision and recall against real test digits. Then add Gaussian pixel noise of growing std
-             and plot how each metric reacts.""")
+try_this(__doc__)
 finish(started)

@@ -6,6 +6,7 @@ the path when it runs ``python lessons/NN_topic.py``).
     out = output_dir(__file__)          # lessons/output/NN_topic/, created; TINYDDPM_LESSON_OUT moves it
     if FAST: ...                        # --fast or TINYDDPM_LESSON_FAST=1: tiny sizes, same code paths
     check("closed form == iterated", err < 1e-12, f"max error {err:.1e}")   # prints, exits 1 if false
+    try_this(__doc__)                   # prints the docstring's "Try this" section: the exercises
     params, config, schedule, where = trained_model()   # lessons 10-14 need a network that makes digits
 """
 from __future__ import annotations
@@ -184,3 +185,8 @@ def judge():
     save_checkpoint(path, config={"kind": "lessons.judge", "note": note},
                     params={k: to_numpy(v) for k, v in params.items()})
     return params, note
+
+
+def try_this(doc: str) -> None:
+    """Print the exercises: the "Try this" section at the end of the lesson's docstring (written once, there)."""
+    print("\n" + doc[doc.index("Try this"):].rstrip())
