@@ -36,8 +36,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _common import FAST, banner, check, finish, output_dir, relative_error, saved, section, try_this  # noqa: E402
-from tinyddpm.data import load_mnist, to_model_range  # noqa: E402
+from _common import FAST, banner, check, finish, mnist, output_dir, relative_error, saved, section, try_this  # noqa: E402
+from tinyddpm.data import to_model_range  # noqa: E402
 from tinyddpm.diffusion import diffusion_loss, x0_from_eps  # noqa: E402
 from tinyddpm.gradcheck import BLOCK_STEP, BLOCK_TOLERANCE, OP_TOLERANCE, check_gradients  # noqa: E402
 from tinyddpm.ops import mse_loss_backward, mse_loss_forward  # noqa: E402
@@ -55,8 +55,9 @@ N_EVAL = 8 if FAST else 32               # held-out digits per timestep bucket i
 STEPS_COMPARED = 3                       # steps of section 2, in the open and by train_step
 GRAD_ENTRIES = 2 if FAST else 4          # finite-difference entries per tensor
 
-data = load_mnist("train")
-images, labels = data.images[:N_TRAIN], data.labels[:N_TRAIN]
+data = mnist("train")                                            # the full MNIST, or the shipped 5,000-digit subset
+n_train = min(N_TRAIN, len(data) - N_EVAL)
+images, labels = data.images[:n_train], data.labels[:n_train]
 held_out = to_model_range(data.images[-N_EVAL:])                 # (N_EVAL, 1, 28, 28), never trained on
 held_out_labels = data.labels[-N_EVAL:]
 

