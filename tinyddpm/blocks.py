@@ -12,7 +12,7 @@ ResBlock (Ho et al. 2020, appendix B)::
 
     h = conv1(silu(groupnorm1(x)))                 # (N, Co, H, W)
     h = h + linear(temb_act)[:, :, None, None]     # time embedding, one value per channel
-    h = conv2(dropout(silu(groupnorm2(h))))        # conv2 starts at zero, so the block starts as identity
+    h = conv2(dropout(silu(groupnorm2(h))))        # conv2 starts at zero: the block starts as skip(x)
     out = skip(x) + h                              # skip: 1x1 conv when Ci != Co, else identity
 
 AttentionBlock::
@@ -20,6 +20,15 @@ AttentionBlock::
     out = x + attention(groupnorm(x))              # the output projection starts at zero
 
 Downsample is a 3x3 convolution with stride 2; Upsample is nearest-neighbour x2 followed by a 3x3 conv.
+
+Every forward returns (out, cache); every backward takes (dout, cache, grads), fills ``grads`` and
+returns the gradient of its input (ResBlock: also that of temb_act). The blocks check nothing
+themselves: each op they call checks its own arguments.
+
+Proof: tests/test_unet.py (test_whole_network_gradcheck: finite differences at sampled entries of
+every parameter of hypothesis-drawn tiny U-Nets, so through every block; test_matches_torch_twin: the
+PyTorch twin in tests/torch_twin.py); ``python -m tinyddpm.gradcheck --op unet``, row
+'unet (tiny, whole network)'.
 """
 from __future__ import annotations
 
@@ -51,7 +60,11 @@ class ResBlockCache(NamedTuple):
 
 
 def resblock_forward(p, name, x, temb_act, *, groups, dropout=0.0, train=False, rng=None):
-    """ResBlock on x (N, Ci, H, W) with the activated time embedding temb_act (N, E)."""
+    """ResBlock on x (N, Ci, H, W) with the activated time embedding temb_act (N, E).
+
+    Returns (out (N, Co, H, W), cache). Dropout is applied only when ``train`` is true and ``dropout``
+    > 0; then ``rng`` must be a Generator on x's backend.
+    """
     h, norm1 = groupnorm_forward(x, p[f"{name}.norm1.g"], p[f"{name}.norm1.b"], groups)
     h, act1 = silu_forward(h)
     h, conv1 = conv2d_forward(h, p[f"{name}.conv1.w"], p[f"{name}.conv1.b"])  # (N, Co, H, W)
@@ -100,7 +113,7 @@ class AttentionBlockCache(NamedTuple):
 
 
 def attention_block_forward(p, name, x, *, groups, heads):
-    """x + attention(groupnorm(x)) on x (N, C, H, W)."""
+    """x + attention(groupnorm(x)) on x (N, C, H, W). Returns (out (N, C, H, W), cache)."""
     h, norm = groupnorm_forward(x, p[f"{name}.norm.g"], p[f"{name}.norm.b"], groups)
     h, attn = attention_forward(h, p[f"{name}.qkv.w"], p[f"{name}.qkv.b"], p[f"{name}.out.w"], p[f"{name}.out.b"], heads)
     out, residual = add_forward(x, h)
@@ -108,6 +121,7 @@ def attention_block_forward(p, name, x, *, groups, heads):
 
 
 def attention_block_backward(dout, cache: AttentionBlockCache, grads):
+    """Gradient dx of an AttentionBlock; parameter gradients go into ``grads``."""
     name = cache.name
     dx_skip, dh = add_backward(dout, cache.residual)
     dh, dqkv_w, dqkv_b, dout_w, dout_b = attention_backward(dh, cache.attn)
@@ -124,26 +138,29 @@ class ConvCache(NamedTuple):
 
 
 def downsample_forward(p, name, x):
-    """3x3 convolution with stride 2: (N, C, H, W) -> (N, C, ceil(H/2), ceil(W/2))."""
+    """3x3 convolution with stride 2: (N, C, H, W) -> (N, C, ceil(H/2), ceil(W/2)). Returns (y, cache)."""
     y, conv = conv2d_forward(x, p[f"{name}.w"], p[f"{name}.b"], stride=2)
     return y, ConvCache(name, conv, None)
 
 
 def upsample_forward(p, name, x):
-    """Nearest-neighbour x2 then a 3x3 convolution: (N, C, H, W) -> (N, C, 2H, 2W)."""
+    """Nearest-neighbour x2 then a 3x3 convolution: (N, C, H, W) -> (N, C, 2H, 2W). Returns (y, cache)."""
     h, upsample = upsample_nearest2x_forward(x)
     y, conv = conv2d_forward(h, p[f"{name}.w"], p[f"{name}.b"])
     return y, ConvCache(name, conv, upsample)
 
 
 def conv_forward(p, name, x):
-    """A plain 'same' convolution with the weights under ``name`` (the U-Net's first and last conv)."""
+    """A plain 'same' convolution with the weights under ``name`` (the U-Net's first and last conv).
+
+    Returns (y, cache); the kernel size is read from the weight (3x3 in the U-Net).
+    """
     y, conv = conv2d_forward(x, p[f"{name}.w"], p[f"{name}.b"])
     return y, ConvCache(name, conv, None)
 
 
 def conv_block_backward(dy, cache: ConvCache, grads):
-    """Backward of downsample_forward, upsample_forward and conv_forward."""
+    """Gradient dx of downsample_forward, upsample_forward or conv_forward; dw and db go into ``grads``."""
     dx, grads[f"{cache.name}.w"], grads[f"{cache.name}.b"] = conv2d_backward(dy, cache.conv)
     if cache.upsample is not None:
         dx = upsample_nearest2x_backward(dx, cache.upsample)

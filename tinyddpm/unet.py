@@ -14,11 +14,18 @@ Legend: N batch, C channels, H W spatial size, E = 4 * base_channels the time-em
 
 Class conditioning adds a learned label embedding to temb; the table has one extra row, the null
 label ``num_classes``, which training substitutes for a share of labels so that the same network also
-predicts unconditionally (classifier-free guidance). The last conv of every block and the output conv
-start at zero, so at initialisation every block is the identity and the network predicts zero.
+predicts unconditionally (classifier-free guidance). The last conv of every ResBlock, the output
+projection of every attention block and the output conv start at zero, so at initialisation every
+ResBlock and attention block reduces to its skip path (the identity where the channels do not change)
+and the network predicts zero.
 
 ``unet_forward(params, config, x, t, labels)`` returns (out, cache); ``unet_backward(dout, cache)``
-returns a dict of gradients with the keys of ``params``.
+returns (dx, grads): the gradient of x and a dict of parameter gradients with the keys of ``params``.
+
+Proof: tests/test_unet.py (test_whole_network_gradcheck: finite differences at sampled entries of x
+and every parameter of hypothesis-drawn tiny U-Nets; test_matches_torch_twin: the PyTorch twin in
+tests/torch_twin.py, forward and every gradient); ``python -m tinyddpm.gradcheck --op unet``, row
+'unet (tiny, whole network)'.
 """
 from __future__ import annotations
 
@@ -148,11 +155,12 @@ def plan(cfg: UNetConfig):
 # Parameters
 
 def init_params(cfg: UNetConfig, seed: int = 0, dtype=np.float32) -> dict:
-    """A flat dict of parameters on the current device.
+    """A flat dict of parameters on the current device, in ``dtype``, drawn from NumPy's seeded generator.
 
     Weights are drawn from U(-a, a) with a = sqrt(3 / fan_avg) (variance 1 / fan_avg, as in Ho et al.),
-    biases and GroupNorm shifts start at 0, GroupNorm scales at 1; the last conv of each ResBlock, the
-    attention output projection and conv_out start at zero.
+    biases and GroupNorm shifts start at 0, GroupNorm scales at 1; the weights of the last conv of each
+    ResBlock, of the attention output projection and of conv_out start at zero; the label table (a
+    conditional network only) is drawn from N(0, 1).
     """
     rng = np.random.default_rng(seed)
     p = {}
@@ -204,6 +212,7 @@ def init_params(cfg: UNetConfig, seed: int = 0, dtype=np.float32) -> dict:
 
 
 def count_params(params: dict) -> int:
+    """The number of scalars in ``params``."""
     return int(sum(v.size for v in params.values()))
 
 

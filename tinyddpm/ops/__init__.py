@@ -1,9 +1,13 @@
-"""Hand-written ops: each file holds one op's math, forward and backward.
+"""Hand-written ops: each file holds one op's math, forward and backward, and names its proof.
 
 Convention: ``y, cache = op_forward(inputs..., hyper...)`` and
-``grads = op_backward(dy, cache)``, where ``grads`` lists the gradient of every array input of the
-forward in its order (None for an absent optional input; one array for a one-input op). Backward
-never writes into ``dy``.
+``grads = op_backward(dy, cache)``, where ``grads`` lists the gradient of every float array input of
+the forward in its order (None for an absent optional input; a single array, not a tuple, when there
+is one: silu, dropout, upsample, timestep_embedding's t, label_embedding's table; the losses' weights
+are constants and get none). Backward never
+writes into ``dy``. Argument checks live at the bottom of each file (``_check_conv2d`` and the like)
+and are called in one line at the top of the forward, so the forward reads math first. Every file's
+docstring ends with a "Proof:" line naming its tests and its rows of ``python -m tinyddpm.gradcheck``.
 """
 from .attention import attention_backward, attention_forward
 from .conv2d import conv2d_backward, conv2d_forward

@@ -1,8 +1,11 @@
-"""Input checks shared by the ops: each failure names the op, the argument and the shapes.
+"""Input checks shared by the ops: each failure is one line naming the op, the argument and the shapes.
 
-Ops call ``xp = float_inputs(op, x=x, w=w, b=b)`` first thing: it checks that every array is
-float32 or float64, that all share one dtype and one backend, and returns the array module.
-Shape rules specific to an op stay in that op's file, next to the math they protect.
+Each op file keeps its own rules in one small function at the bottom, ``_check_<op>(...)``, which the
+forward calls in its first line (``xp = _check_conv2d(x, w, b, stride, padding)``) so that the math
+reads first. Those functions are built from the helpers here: ``float_inputs`` (float32 or float64,
+one dtype, one backend; returns the array module), ``require_array``, ``require_ndim``, ``require``
+and ``describe`` for the shapes in a message. Integer hyper-parameters use ``tinyddpm.checks.is_int``
+(an int or NumPy integer, never a bool).
 """
 from __future__ import annotations
 
@@ -18,12 +21,17 @@ def describe(**arrays) -> str:
     return ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in arrays.items() if v is not None)
 
 
+def require_array(op: str, name: str, a) -> None:
+    """Raise a TypeError unless ``a`` is an array (has a dtype and a shape)."""
+    if not hasattr(a, "dtype") or not hasattr(a, "shape"):
+        raise TypeError(f"{op}: {name} must be a NumPy or CuPy array, got {type(a).__name__}")
+
+
 def float_inputs(op: str, **arrays):
     """Check dtype and backend of the named float arrays (None allowed) and return their xp."""
     present = {k: v for k, v in arrays.items() if v is not None}
     for name, a in present.items():
-        if not hasattr(a, "dtype") or not hasattr(a, "shape"):
-            raise TypeError(f"{op}: {name} must be a NumPy or CuPy array, got {type(a).__name__}")
+        require_array(op, name, a)
     xp = get_xp(*present.values(), op=op)
     for name, a in present.items():
         if np.dtype(a.dtype) not in FLOAT_DTYPES:

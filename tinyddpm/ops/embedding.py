@@ -36,6 +36,11 @@ Legend: N = batch, D = embedding width (dim), half = D // 2, K = number of class
    zeros of the other classes, so one Inf gradient becomes 0 * Inf = NaN in every row; ``xp.add.at`` is
    correct but a slow unbuffered loop in NumPy. (On CuPy bincount adds with atomics, so the order of the
    additions, and with it the last bit of a sum, can vary from run to run.)
+
+Proof: tests/test_embedding.py (test_timestep_gradcheck and test_label_gradcheck: finite differences
+over hypothesis-drawn batch, widths, periods and table sizes; test_timestep_matches_torch and
+test_label_matches_torch: the PyTorch oracle; test_label_repeated_labels_sum);
+``python -m tinyddpm.gradcheck --op embedding``, rows 'timestep_embedding' and 'label_embedding'.
 """
 from __future__ import annotations
 
@@ -46,12 +51,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import get_xp
-from ._checks import FLOAT_DTYPES, describe, float_inputs, require, require_ndim
-
-
-def _require_array(op, name, a):
-    if not hasattr(a, "dtype") or not hasattr(a, "shape"):
-        raise TypeError(f"{op}: {name} must be a NumPy or CuPy array, got {type(a).__name__}")
+from ..checks import is_int
+from ._checks import FLOAT_DTYPES, describe, float_inputs, require, require_array, require_ndim
 
 
 # ----------------------------------------------------------------------------- timestep embedding
@@ -67,23 +68,12 @@ def timestep_embedding_forward(t, dim, max_period=10000.0, dtype=None):
 
     See the module docstring for the frequencies and the dtype rule. Returns (emb, cache).
     """
-    op = "timestep_embedding"
-    _require_array(op, "t", t)
-    xp = get_xp(t, op=op)
-    t_dtype = np.dtype(t.dtype)
-    if not (t_dtype.kind in "iu" or t_dtype in FLOAT_DTYPES):
-        raise TypeError(f"{op}: t has dtype {t_dtype}; supported: integer, float32, float64 ({describe(t=t)})")
-    require_ndim(op, "t", t, 1, "(N,)")
-    require(op, isinstance(dim, (int, np.integer)) and not isinstance(dim, bool) and dim >= 2,
-            f"dim must be an integer >= 2, got {dim!r} for {describe(t=t)}")
-    require(op, isinstance(max_period, numbers.Real) and max_period > 0,
-            f"max_period must be a positive number, got {max_period!r}")
+    xp = _check_timestep_embedding(t, dim, max_period, dtype)
+    t_dtype = np.dtype(t.dtype)  # the dtype rule of the module docstring:
     if dtype is None:
         out_dtype = t_dtype if t_dtype.kind == "f" else np.dtype(np.float32)
     else:
         out_dtype = np.dtype(dtype)
-        if out_dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{op}: dtype {out_dtype} is not supported; choose float32 or float64 ({describe(t=t)})")
     work = np.float32 if (t_dtype == np.float32 and out_dtype == np.float32) else np.float64
 
     N, half = t.shape[0], int(dim) // 2
@@ -119,21 +109,8 @@ class LabelEmbeddingCache(NamedTuple):
 
 def label_embedding_forward(labels, table):
     """Rows of ``table`` (K, D) picked by integer ``labels`` (N,) in [0, K). Returns (emb (N, D), cache)."""
-    op = "label_embedding"
-    float_inputs(op, table=table)
-    _require_array(op, "labels", labels)
-    get_xp(labels, table, op=op)
-    if np.dtype(labels.dtype).kind not in "iu":
-        raise TypeError(f"{op}: labels must be an integer array, got {describe(labels=labels)} "
-                        f"(table {tuple(table.shape)})")
-    require_ndim(op, "labels", labels, 1, "(N,)")
-    require_ndim(op, "table", table, 2, "(num_classes, D)")
+    _check_label_embedding(labels, table)
     K = table.shape[0]
-    if labels.size:
-        lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= K:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"{op}: label {bad} is out of range [0, {K}) for table {tuple(table.shape)}")
     emb = table[labels]  # (N, D), a gather: reading repeated rows is fine, only scatter-writes are not
     return emb, LabelEmbeddingCache(labels, K)
 
@@ -147,3 +124,43 @@ def label_embedding_backward(demb, cache: LabelEmbeddingCache):
     flat = labels.astype(xp.int64)[:, None] * D + xp.arange(D)[None, :]           # (N, D) positions in (K*D)
     dtable = xp.bincount(flat.reshape(-1), weights=demb.reshape(-1), minlength=K * D)  # (K*D,) float64
     return dtable.reshape(K, D).astype(demb.dtype, copy=False)                    # (K, D)
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+def _check_timestep_embedding(t, dim, max_period, dtype):
+    """Raise, naming timestep_embedding and t's shape, unless t is an integer or float (N,) array, dim an
+    integer >= 2, max_period > 0 and dtype None, float32 or float64; return xp."""
+    op = "timestep_embedding"
+    require_array(op, "t", t)
+    xp = get_xp(t, op=op)
+    t_dtype = np.dtype(t.dtype)
+    if not (t_dtype.kind in "iu" or t_dtype in FLOAT_DTYPES):
+        raise TypeError(f"{op}: t has dtype {t_dtype}; supported: integer, float32, float64 ({describe(t=t)})")
+    require_ndim(op, "t", t, 1, "(N,)")
+    require(op, is_int(dim) and dim >= 2, f"dim must be an integer >= 2, got {dim!r} for {describe(t=t)}")
+    require(op, isinstance(max_period, numbers.Real) and max_period > 0,
+            f"max_period must be a positive number, got {max_period!r}")
+    if dtype is not None and np.dtype(dtype) not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: dtype {np.dtype(dtype)} is not supported; choose float32 or float64 "
+                        f"({describe(t=t)})")
+    return xp
+
+
+def _check_label_embedding(labels, table):
+    """Raise, naming label_embedding and the shapes, unless labels (N,) are integers in [0, K) of a float
+    table (K, D) on the same backend."""
+    op = "label_embedding"
+    float_inputs(op, table=table)
+    require_array(op, "labels", labels)
+    get_xp(labels, table, op=op)
+    if np.dtype(labels.dtype).kind not in "iu":
+        raise TypeError(f"{op}: labels must be an integer array, got {describe(labels=labels)} "
+                        f"(table {tuple(table.shape)})")
+    require_ndim(op, "labels", labels, 1, "(N,)")
+    require_ndim(op, "table", table, 2, "(num_classes, D)")
+    K = table.shape[0]
+    if labels.size:
+        lo, hi = int(labels.min()), int(labels.max())  # one pass each (on a GPU, one wait for the result)
+        require(op, lo >= 0 and hi < K,
+                f"label {lo if lo < 0 else hi} is out of range [0, {K}) for table {tuple(table.shape)}")

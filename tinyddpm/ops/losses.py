@@ -16,6 +16,10 @@ Backward, for an upstream scalar dL (a 0-d array or a Python float; 1.0 to start
     dL/dtarget     = -dL/dpred                      (d = pred - target)
 L1 is not differentiable at d = 0; there sign(0) = 0 is used, as torch does. NaN in d gives NaN
 in both the loss and the gradient.
+
+Proof: tests/test_losses.py (test_gradcheck: finite differences of both losses over hypothesis-drawn
+shapes, with and without weights; test_matches_torch: the PyTorch oracle; test_l1_gradient_at_zero_is_zero);
+``python -m tinyddpm.gradcheck --op loss``, rows 'mse_loss', 'mse_loss weighted' and 'l1_loss'.
 """
 from __future__ import annotations
 
@@ -29,16 +33,6 @@ class LossCache(NamedTuple):
     dloss_ddiff: object  # (N, ...) de/dd: 2 d for MSE, sign(d) for L1
     weights: object      # (N,) or None
     count: int           # N * M, the number of entries averaged
-
-
-def _check(op, pred, target, weights):
-    xp = float_inputs(op, pred=pred, target=target, weights=weights)
-    require(op, pred.ndim >= 1, f"pred must have a batch axis (N, ...), got {describe(pred=pred)}")
-    require(op, tuple(pred.shape) == tuple(target.shape),
-            f"pred and target must have the same shape: {describe(pred=pred, target=target)}")
-    require(op, weights is None or tuple(weights.shape) == (pred.shape[0],),
-            f"weights must be (N,) = ({pred.shape[0]},): {describe(pred=pred, weights=weights)}")
-    return xp
 
 
 def _per_sample_view(w, ndim):
@@ -55,11 +49,11 @@ def _reduce(xp, e, weights):
 
 
 def _backward(op, dloss, cache: LossCache):
+    """Gradients (dpred, dtarget) of either loss for the upstream scalar ``dloss``."""
     dloss_ddiff, weights, count = cache
     xp = get_xp(dloss_ddiff)
     dloss = xp.asarray(dloss, dtype=dloss_ddiff.dtype)
-    if dloss.ndim != 0:
-        raise ValueError(f"{op}: dloss must be a scalar (0-d array or float), got shape {tuple(dloss.shape)}")
+    require(op, dloss.ndim == 0, f"dloss must be a scalar (0-d array or float), got shape {tuple(dloss.shape)}")
     scale = dloss / count
     if weights is not None:
         scale = scale * _per_sample_view(weights, dloss_ddiff.ndim)  # (N, 1, ..., 1)
@@ -70,7 +64,7 @@ def _backward(op, dloss, cache: LossCache):
 
 def mse_loss_forward(pred, target, weights=None):
     """L = mean_n(w_n * mean_j (pred - target)^2), a 0-d array. Returns (loss, cache)."""
-    xp = _check("mse_loss", pred, target, weights)
+    xp = _check_loss("mse_loss", pred, target, weights)
     d = pred - target
     return _reduce(xp, d * d, weights), LossCache(2.0 * d, weights, int(d.size))
 
@@ -82,7 +76,7 @@ def mse_loss_backward(dloss, cache: LossCache):
 
 def l1_loss_forward(pred, target, weights=None):
     """L = mean_n(w_n * mean_j |pred - target|), a 0-d array. Returns (loss, cache)."""
-    xp = _check("l1_loss", pred, target, weights)
+    xp = _check_loss("l1_loss", pred, target, weights)
     d = pred - target
     return _reduce(xp, xp.abs(d), weights), LossCache(xp.sign(d), weights, int(d.size))
 
@@ -90,3 +84,17 @@ def l1_loss_forward(pred, target, weights=None):
 def l1_loss_backward(dloss, cache: LossCache):
     """Gradients (dpred, dtarget) of the (weighted) mean absolute error; sign(0) = 0 at the kink."""
     return _backward("l1_loss", dloss, cache)
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+def _check_loss(op, pred, target, weights):
+    """Raise, naming the loss and the shapes, unless pred (N, ...), target (pred's shape) and weights
+    (N,) or None fit; return xp."""
+    xp = float_inputs(op, pred=pred, target=target, weights=weights)
+    require(op, pred.ndim >= 1, f"pred must have a batch axis (N, ...), got {describe(pred=pred)}")
+    require(op, tuple(pred.shape) == tuple(target.shape),
+            f"pred and target must have the same shape: {describe(pred=pred, target=target)}")
+    require(op, weights is None or tuple(weights.shape) == (pred.shape[0],),
+            f"weights must be (N,) = ({pred.shape[0]},): {describe(pred=pred, weights=weights)}")
+    return xp

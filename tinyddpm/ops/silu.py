@@ -16,6 +16,10 @@ evaluating exp(-|x|) and choosing between two algebraically equal forms by sign.
 Backward, with ds/dx = s (1 - s):
     dy/dx = s + x * s * (1 - s) = s * (1 + x * (1 - s))
     dx    = dy * s * (1 + x * (1 - s))
+
+Proof: tests/test_silu.py (test_gradcheck: finite differences over hypothesis-drawn shapes and
+scales; test_matches_torch: the PyTorch oracle; test_large_inputs_no_overflow_warning);
+``python -m tinyddpm.gradcheck --op silu``, row 'silu'.
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ def sigmoid(x, xp):
 
 def silu_forward(x):
     """y = x * sigmoid(x), elementwise, any shape. Returns (y, cache)."""
-    xp = float_inputs("silu", x=x)
+    xp = float_inputs("silu", x=x)  # the only check: a float32 or float64 array
     s = sigmoid(x, xp)
     return x * s, SiLUCache(x, s)
 
