@@ -6,7 +6,7 @@
 
 One step = what training does per batch:
 
-    ours   tinyddpm.train.train_step on a state from new_state (random uint8 images, labels 0..9):
+    ours   tinyddpm.training.train_step on a state from new_state (random uint8 images, labels 0..9):
            batch draw, t and label dropout, noise, q_sample, unet_forward, diffusion_loss (MSE on eps),
            unet_backward, clip_grad_norm, AdamW (lr schedule, no decay on biases / norms), EMA update.
     torch  the same on the twin (tests/torch_twin.py), starting from the same float32 weights:
@@ -72,7 +72,7 @@ def set_threads(n: int) -> None:
 def make_config(args):
     from dataclasses import replace
 
-    from tinyddpm.train import PRESETS, preset
+    from tinyddpm.config import PRESETS, preset
 
     base = PRESETS[args.preset]
     return preset(args.preset, unet=replace(base.unet, dropout=0.0), batch_size=args.batch or base.batch_size)
@@ -88,8 +88,8 @@ def make_data(config):
 
 
 def make_ours(config, images, labels):
-    """(step, params): step() runs tinyddpm.train.train_step once and returns the loss as a float."""
-    from tinyddpm.train import new_state, train_step
+    """(step, params): step() runs tinyddpm.training.train_step once and returns the loss as a float."""
+    from tinyddpm import new_state, train_step
 
     state = new_state(config, images, labels)
 
@@ -109,12 +109,13 @@ def make_torch(config, params, images, labels):
     sys.path.insert(0, str(TESTS))
     from torch_twin import params_to_torch, torch_unet_forward
 
-    from tinyddpm.train import _no_decay, make_run_schedule
+    from tinyddpm.config import make_run_schedule
+    from tinyddpm.state import no_decay
 
     cfg, u = config, config.unet
     p = params_to_torch(params, dtype=torch.float32)
-    decay = [v for k, v in p.items() if not _no_decay(k)]
-    no_decay = [v for k, v in p.items() if _no_decay(k)]
+    decay = [v for k, v in p.items() if not no_decay(k)]
+    no_decay = [v for k, v in p.items() if no_decay(k)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg.lr, betas=cfg.betas, eps=1e-8)

@@ -35,7 +35,7 @@ from tinyddpm.classifier import features, load_or_train_classifier, predict_prob
 from tinyddpm.data import SOURCES, load_mnist, to_model_range
 from tinyddpm.diffusion import SAMPLERS
 from tinyddpm.metrics import real_baseline, sample_quality
-from tinyddpm.train import load_for_sampling, sample_digits
+from tinyddpm import load_for_sampling, sample_digits
 
 DEFAULT_CONFIGS = "ddpm:1000,ddim:50,ddim:20,ddim:10,dpm++2m:20,dpm++2m:10"
 COLUMNS = ["sampler", "steps", "guidance", "n", "fid", "precision", "recall", "accuracy", "inception_score",

@@ -23,7 +23,7 @@ from _cli import DefaultsFormatter
 from tinyddpm import backend, viz
 from tinyddpm.checkpoint import CheckpointError
 from tinyddpm.diffusion import SAMPLERS, Trajectory
-from tinyddpm.train import load_for_sampling, sample_digits
+from tinyddpm import load_for_sampling, sample_digits
 
 
 

@@ -33,8 +33,8 @@ from tinyddpm import backend
 from tinyddpm.checkpoint import CheckpointError
 from tinyddpm.data import SOURCES, load_mnist
 from tinyddpm.diffusion import SAMPLERS, Trajectory
-from tinyddpm.train import (CHECKPOINT_NAME, PRESETS, default_preset, new_state, preset, resume_state,
-                            sample_digits, train)
+from tinyddpm import PRESETS, default_preset, new_state, preset, resume_state, sample_digits, train
+from tinyddpm.checkpoint import CHECKPOINT_NAME
 from tinyddpm.unet import count_params
 from tinyddpm import viz
 

@@ -44,7 +44,7 @@ from tinyddpm.gradcheck import BLOCK_STEP, BLOCK_TOLERANCE, check_gradients, une
 from tinyddpm.ops import (conv2d_backward, conv2d_forward, dropout_backward, dropout_forward,  # noqa: E402
                           groupnorm_backward, groupnorm_forward, linear_backward, linear_forward, silu_backward,
                           silu_forward, timestep_embedding_forward)
-from tinyddpm.train import PRESETS  # noqa: E402
+from tinyddpm.config import PRESETS  # noqa: E402
 from tinyddpm.unet import count_params, init_params, plan, unet_forward  # noqa: E402
 
 started = time.perf_counter()

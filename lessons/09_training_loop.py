@@ -4,7 +4,7 @@ What you will learn
   - The DDPM objective L = E || eps - eps_theta( sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t ) ||^2, and
     its gradient with respect to the network's output.
   - One training step written in the open: draw t and eps, noise the batch, run the U-Net, take the loss
-    and its gradient, backpropagate, clip, AdamW, EMA; and that it is exactly tinyddpm.train.train_step.
+    and its gradient, backpropagate, clip, AdamW, EMA; and that it is exactly tinyddpm.training.train_step.
   - That the gradient reaching the weights is right, by finite differences of the loss itself.
   - What a short run on real MNIST looks like: the loss falls, the EMA weights lag and smooth the raw
     ones, small t are the hard ones for the noise prediction, and the x0 the network sees through the noise.
@@ -41,7 +41,7 @@ from tinyddpm.data import to_model_range  # noqa: E402
 from tinyddpm.diffusion import diffusion_loss, x0_from_eps  # noqa: E402
 from tinyddpm.gradcheck import BLOCK_STEP, BLOCK_TOLERANCE, OP_TOLERANCE, check_gradients  # noqa: E402
 from tinyddpm.ops import mse_loss_backward, mse_loss_forward  # noqa: E402
-from tinyddpm.train import new_state, preset, train_step  # noqa: E402
+from tinyddpm import new_state, preset, train_step  # noqa: E402
 from tinyddpm.unet import UNetConfig, unet_backward, unet_forward  # noqa: E402
 from tinyddpm.viz import plot_sample_grid, smooth_curve  # noqa: E402
 

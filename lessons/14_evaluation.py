@@ -44,7 +44,7 @@ from matplotlib.collections import EllipseCollection  # noqa: E402
 
 from tinyddpm import metrics  # noqa: E402
 from tinyddpm.classifier import features, predict_proba  # noqa: E402
-from tinyddpm.train import sample_digits  # noqa: E402
+from tinyddpm.sampling import sample_digits  # noqa: E402
 from tinyddpm.viz import plot_sample_grid  # noqa: E402
 
 started = time.perf_counter()

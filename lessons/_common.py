@@ -122,7 +122,7 @@ def lesson_train_config():
     the CPU preset of examples/train_mnist.py (10 minutes) reaches 99%. 360 steps keep lesson 12's first run,
     which may have to train this network and a classifier, under two minutes.
     """
-    from tinyddpm.train import preset
+    from tinyddpm.config import preset
     from tinyddpm.unet import UNetConfig
 
     unet = UNetConfig(base_channels=8, channel_mults=(1, 2, 4), blocks_per_level=1, attention_resolutions=(),
@@ -140,7 +140,8 @@ def trained_model(prefer_example: bool = True):
     lessons/output/_model/, where the other lessons find it. Fast mode always trains its own tiny model;
     TINYDDPM_LESSON_MODEL=own skips the example's checkpoint (what a fresh install sees).
     """
-    from tinyddpm.train import CHECKPOINT_NAME, load_for_sampling, new_state, train
+    from tinyddpm import load_for_sampling, new_state, train
+    from tinyddpm.checkpoint import CHECKPOINT_NAME
 
     prefer_example = prefer_example and os.environ.get("TINYDDPM_LESSON_MODEL", "") != "own"
     if prefer_example and not FAST and EXAMPLE_CHECKPOINT.exists():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from helpers import randn
-from tinyddpm import checkpoint
+from tinyddpm.checkpoint import npz as checkpoint
 from tinyddpm.backend import to_numpy
 from tinyddpm.checkpoint import (CheckpointError, generator_state, load_checkpoint, restore_generator,
                                  save_checkpoint)

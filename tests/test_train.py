@@ -6,11 +6,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from tinyddpm import train as train_module
+import tinyddpm.training as train_module
 from tinyddpm.backend import get_device, to_numpy
 from tinyddpm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from tinyddpm.train import (CHECKPOINT_NAME, PRESETS, TrainConfig, default_preset, load_for_sampling, new_state,
-                            preset, resume_state, sample_digits, train, train_step)
+from tinyddpm import (PRESETS, TrainConfig, default_preset, load_for_sampling, new_state, preset, resume_state,
+                      sample_digits, train, train_step)
+from tinyddpm.checkpoint import CHECKPOINT_NAME
 from tinyddpm.unet import UNetConfig
 
 TINY_UNET = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), attention_resolutions=(4,), heads=2,
@@ -143,6 +144,17 @@ def test_resume_on_other_data_names_the_file(trained):
 # --------------------------------------------------------------------------------------------
 # what a step does
 # --------------------------------------------------------------------------------------------
+
+def test_without_a_terminal_training_prints_log_lines(capsys):
+    images, labels = synthetic()
+    config = replace(TINY, steps=40, log_every=2, checkpoint_every=0)
+    train(new_state(config, images, labels), progress=True, log_lines=4)  # pytest's stdout is not a TTY
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("train: step")]
+    assert [int(re.match(r"train: step (\d+)/40", l).group(1)) for l in lines] == [10, 20, 30, 40], lines
+    assert all(re.search(r"loss \d+\.\d{4}  \d+ img/s  elapsed \d+ s  ETA \d+ s$", l) for l in lines), lines
+    train(new_state(config, images, labels), progress=False, log_lines=0)
+    assert "train: step" not in capsys.readouterr().out
+
 
 def test_step_draws_uniform_t_and_drops_labels(monkeypatch):
     images, labels = synthetic(n=64)

@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .backend import import_cupy, get_device, is_cupy_array, to_numpy
+from ..backend import get_device, import_cupy, is_cupy_array, to_numpy
 
 MAGIC = "tinyddpm checkpoint"
 FORMAT_VERSION = 1
@@ -75,24 +75,16 @@ class Checkpoint:
 # JSON pieces
 # --------------------------------------------------------------------------------------------
 
-def _json_default(value):
-    """Let json write NumPy scalars and small arrays (e.g. inside a bit generator's state)."""
-    if isinstance(value, np.ndarray):
-        return {"__ndarray__": value.tolist(), "dtype": str(value.dtype)}
-    if isinstance(value, np.generic):
-        return value.item()
+def _plain(value):
+    """NumPy scalars and small arrays (a bit generator's state holds some) as Python numbers and lists."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _json_hook(obj):
-    if "__ndarray__" in obj and "dtype" in obj:
-        return np.asarray(obj["__ndarray__"], dtype=obj["dtype"])
-    return obj
 
 
 def _encode_json(what: str, value) -> np.ndarray:
     try:
-        text = json.dumps(value, default=_json_default, sort_keys=True)
+        text = json.dumps(value, default=_plain, sort_keys=True)
     except (TypeError, ValueError) as e:
         raise TypeError(f"save_checkpoint: {what} must be JSON serialisable: {e}") from None
     return np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
@@ -100,7 +92,7 @@ def _encode_json(what: str, value) -> np.ndarray:
 
 def _decode_json(path, key: str, array):
     try:
-        return json.loads(np.asarray(array, dtype=np.uint8).tobytes().decode("utf-8"), object_hook=_json_hook)
+        return json.loads(np.asarray(array, dtype=np.uint8).tobytes().decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: {key} is not valid JSON ({e})") from None
 
@@ -115,13 +107,8 @@ def generator_state(rng) -> dict:
         return {"backend": "cupy"}
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"generator_state: expected a numpy or cupy Generator, got {type(rng).__name__}")
-
-    def plain(value):  # some bit generators (Philox, SFC64, MT19937) keep small arrays in their state
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value.tolist() if isinstance(value, (np.ndarray, np.generic)) else value
-
-    return {"backend": "numpy", "bit_generator": plain(rng.bit_generator.state)}
+    state = json.loads(json.dumps(rng.bit_generator.state, default=_plain))  # arrays in some states become lists
+    return {"backend": "numpy", "bit_generator": state}
 
 
 def restore_generator(state: dict, reseed: int | None = None):
@@ -166,12 +153,6 @@ def _part_arrays(what: str, prefix: str, part: dict, arrays: dict, manifest: dic
     manifest[prefix] = {"keys": keys, "scalars": scalars}
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_checkpoint(path, *, config: dict, params: dict, ema: dict | None = None,
                     optimizer_state: dict | None = None, step: int = 0, rng_state: dict | None = None,
                     extra: dict | None = None) -> Path:
@@ -199,13 +180,12 @@ def save_checkpoint(path, *, config: dict, params: dict, ema: dict | None = None
     arrays["meta/manifest"] = _encode_json("manifest", manifest)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # same folder: rename is atomic
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:  # a new file with the usual mode (umask applies), never an existing one
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private (0600); give it the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,145 @@
+"""Saving and resuming a training run, and loading its weights to sample: the run's state in one checkpoint.
+
+    save_state(state, "runs/mnist/checkpoint.npz")                       # atomic; see npz.py
+    state = resume_state("runs/mnist/checkpoint.npz", images, labels)    # continues bit for bit on the CPU
+    params, config, schedule = load_for_sampling("runs/mnist/checkpoint.npz")   # the EMA weights
+
+Exact resume. Everything a step depends on is state that the checkpoint stores: the weights, the EMA, the
+AdamW moments and step count, the two generators, and the batch iterator's (seed, epoch, position); the
+learning rate is a pure function of the step. So on the CPU a run stopped at step k and resumed gives the
+same losses and weights, bit for bit, as one that never stopped (tests/test_train.py checks it). A CuPy
+generator cannot export its state, so on the GPU the device generator is re-seeded from (seed, step) on
+resume: the t and label draws and the batches still match, the noise and dropout masks do not.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..backend import device_xp, get_device
+from ..config import TrainConfig, make_run_schedule
+from ..optim import EMA
+from ..state import TrainState, batches_for, optimizer_for, check_data, seed_for
+from ..unet import init_params
+from .npz import CheckpointError, generator_state, load_checkpoint, restore_generator, save_checkpoint
+
+CHECKPOINT_NAME = "checkpoint.npz"
+CHECKPOINT_KIND = "tinyddpm.train"   # meta/config["kind"] of a training checkpoint
+
+
+def save_state(state: TrainState, path) -> Path:
+    """Write the whole training state to ``path`` (atomically; see checkpoint.py). Flushes the losses first."""
+    state.flush_losses()
+    config = {"kind": CHECKPOINT_KIND, "train": state.config.to_dict()}
+    rng_state = {"host": generator_state(state.host_rng), "device": generator_state(state.device_rng),
+                 "batches": state.batches.state_dict()}
+    extra = {"losses": state.losses, "data_source": state.data_source, "device": get_device()}
+    return save_checkpoint(path, config=config, params=state.params, ema=state.ema.state_dict(),
+                           optimizer_state=state.optimizer.state_dict(), step=state.step,
+                           rng_state=rng_state, extra=extra)
+
+
+def read_train_config(ckpt, path) -> TrainConfig:
+    """The TrainConfig stored in a loaded checkpoint; CheckpointError naming ``path`` if there is none."""
+    config = ckpt.config if isinstance(ckpt.config, dict) else {}
+    if config.get("kind") != CHECKPOINT_KIND or not isinstance(config.get("train"), dict):
+        raise CheckpointError(f"{path}: a tinyddpm checkpoint, but not one written by tinyddpm.train "
+                              f"(its config has kind={config.get('kind')!r} and keys {sorted(config)[:8]})")
+    try:
+        train_config = TrainConfig.from_dict(config["train"])
+        train_config.validate()
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: the stored training config is not usable ({e})") from None
+    return train_config
+
+
+def _check_param_names(path, what: str, got: dict, expected: dict) -> None:
+    missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{path}: {what} do not match the stored U-Net config: "
+                              f"missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, ref in expected.items():
+        if tuple(got[name].shape) != tuple(ref.shape):
+            raise CheckpointError(f"{path}: {what} {name!r} has shape {tuple(got[name].shape)}, "
+                                  f"the stored U-Net config gives {tuple(ref.shape)}")
+
+
+def resume_state(path, images, labels=None, steps: int | None = None, data_source: str = "", **overrides) -> TrainState:
+    """The training state saved in ``path``, ready to continue on the same data (uint8 images, labels).
+
+    ``steps`` sets a new total (to train longer); ``overrides`` may change bookkeeping only
+    (log_every, checkpoint_every, sample_every). A missing file raises FileNotFoundError; a corrupt,
+    foreign or mismatching checkpoint a CheckpointError naming the file.
+    """
+    allowed = {"log_every", "checkpoint_every", "sample_every"}
+    if set(overrides) - allowed:
+        raise ValueError(f"resume_state: only {sorted(allowed)} and steps can change on resume, "
+                         f"got {sorted(set(overrides) - allowed)}")
+    path = Path(path)
+    ckpt = load_checkpoint(path)
+    config = read_train_config(ckpt, path)
+    if steps is not None:
+        overrides["steps"] = steps
+    config = replace(config, **overrides)
+    config.validate()
+    for what in ("ema", "optimizer_state", "rng_state", "extra"):
+        if getattr(ckpt, what) is None:
+            raise CheckpointError(f"{path}: has no {what}: it can be sampled from but not resumed")
+    check_data(config, images, labels)
+    reference = init_params(config.unet, seed=0, dtype=np.dtype(config.dtype))  # names and shapes only
+    _check_param_names(path, "params", ckpt.params, reference)
+    _check_param_names(path, "EMA weights", ckpt.ema_params, reference)
+    params = {name: ckpt.params[name] for name in reference}
+    if any(p.dtype != np.dtype(config.dtype) for p in params.values()):
+        raise CheckpointError(f"{path}: weights are not {config.dtype} as the stored config says")
+    state = TrainState(config=config, schedule=make_run_schedule(config), params=params,
+                       optimizer=optimizer_for(config, params),
+                       ema=EMA(params, decay=config.ema_decay, warmup=config.ema_warmup),
+                       batches=batches_for(config, images, labels), host_rng=None, device_rng=None,
+                       step=ckpt.step, data_source=data_source)
+    try:
+        state.optimizer.load_state_dict(ckpt.optimizer_state)
+        state.ema.load_state_dict(ckpt.ema)
+        rng_state = ckpt.rng_state
+        state.host_rng = restore_generator(rng_state["host"])
+        device_state = rng_state["device"]
+        if (device_state.get("backend") == "numpy") != (device_xp() is np):
+            state.device_rng = device_xp().random.default_rng(seed_for(config.seed, 2, ckpt.step))
+        else:
+            state.device_rng = restore_generator(device_state, reseed=seed_for(config.seed, 2, ckpt.step))
+        saved_batches = rng_state["batches"]
+        losses = ckpt.extra["losses"]
+    except (KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{path}: damaged training state ({type(e).__name__}: {e})") from None
+    except ValueError as e:
+        raise CheckpointError(f"{path}: does not match this run ({e})") from None
+    try:
+        state.batches.load_state_dict(saved_batches)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{path}: was trained on other data or batches than given now "
+                         f"({len(images)} images): {e}") from None
+    if state.optimizer.t != ckpt.step or len(losses) != ckpt.step:
+        raise CheckpointError(f"{path}: inconsistent: step {ckpt.step}, optimizer step {state.optimizer.t}, "
+                              f"{len(losses)} recorded losses")
+    if ckpt.step > config.steps:
+        raise ValueError(f"{path}: is at step {ckpt.step}, beyond the requested total of {config.steps} steps")
+    state.losses = [float(v) for v in losses]
+    return state
+
+
+def load_for_sampling(path, use_ema: bool = True):
+    """(params, TrainConfig, Schedule) from a training checkpoint: the EMA weights unless use_ema=False."""
+    path = Path(path)
+    ckpt = load_checkpoint(path)
+    config = read_train_config(ckpt, path)
+    reference = init_params(config.unet, seed=0, dtype=np.dtype(config.dtype))
+    if use_ema:
+        if ckpt.ema_params is None:
+            raise CheckpointError(f"{path}: holds no EMA weights; sample with the raw weights (--no-ema)")
+        params = ckpt.ema_params
+    else:
+        params = ckpt.params
+    _check_param_names(path, "EMA weights" if use_ema else "params", params, reference)
+    return {name: params[name] for name in reference}, config, make_run_schedule(config)
