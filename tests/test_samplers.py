@@ -7,13 +7,18 @@ and E[v | x_t] = a E[eps | x_t] - b E[x0 | x_t]. With this predictor every sampl
 a sampler's exact output distribution is Gaussian and can be computed without sampling (``_exact_output``):
 that measures its discretisation error, separately from the statistical error of a finite batch.
 """
+import inspect
+import re
+
 import numpy as np
 import pytest
 
 from tinyddpm.backend import device_xp, to_device, to_numpy
-from tinyddpm.diffusion import (Trajectory, clip_x0, ddim_sample, ddim_step, ddim_timesteps, ddpm_sample, ddpm_step,
+from tinyddpm.diffusion import (DDIMSampler, DDPMSampler, DPMSolverSampler, StepOutput, Trajectory, clip_x0,
+                                ddim_sample, ddim_step, ddim_timesteps, ddpm_sample, ddpm_step,
                                 dpm_solver_first_order_step, dpm_solver_sample, dpm_solver_timesteps, dynamic_threshold,
-                                interpolate_noise, lerp, make_schedule, sample, slerp, x0_from_eps)
+                                interpolate_noise, lerp, make_schedule, run_sampler, sample, slerp, x0_from_eps)
+from tinyddpm.diffusion import loop
 
 MU, S = 0.2, 0.6  # the data: every pixel N(0.2, 0.6^2), roughly an image pixel in [-1, 1]
 
@@ -463,3 +468,112 @@ def test_nan_propagates():
     for sampler, kw in ((ddpm_sample, {}), (ddim_sample, {"num_steps": 10}), (dpm_solver_sample, {"num_steps": 10})):
         x = to_numpy(sampler(model, schedule, (3, 1), seed=0, progress=False, **kw))
         assert np.isnan(x[1]).all() and np.isfinite(x[[0, 2]]).all()
+
+
+# ---- the one step shape and the one loop (loop.py) ----
+
+def _step_objects(schedule):
+    return {"ddpm": DDPMSampler(schedule, "fixed_large", clip="static"),
+            "ddim": DDIMSampler(schedule, 10, eta=0.5, spacing="linspace", clip="dynamic"),
+            "dpm": DPMSolverSampler(schedule, 10, final_sigma="sigma_min", lower_order_final=False, prediction="v")}
+
+
+def test_the_three_samplers_have_one_step_shape():
+    """step(model_output, t, x_t, rng) -> StepOutput(prev_sample, pred_x0) for every sampler; timesteps descending."""
+    schedule = make_schedule("cosine", 50)
+    shapes = set()
+    for name, sampler in _step_objects(schedule).items():
+        shapes.add(tuple(inspect.signature(sampler.step).parameters))
+        ts = list(sampler.timesteps)
+        assert all(isinstance(t, int) for t in ts) and ts == sorted(ts, reverse=True) and len(sampler) == len(ts)
+        x = to_device(np.random.default_rng(0).standard_normal((2, 1, 2, 2)))
+        out = sampler.step(gaussian_model(schedule)(x, device_xp().full(2, ts[0]), None), ts[0], x,
+                           device_xp().random.default_rng(0))
+        assert isinstance(out, StepOutput) and out.prev_sample.shape == out.pred_x0.shape == x.shape
+    assert shapes == {("model_output", "t", "x_t", "rng")}
+
+
+@pytest.mark.parametrize("method", ["ddpm", "ddim", "dpm"])
+def test_a_hand_written_loop_reproduces_the_sample_functions(method):
+    """The loop of loop.py's docstring, written out, gives the *_sample functions' samples bit for bit."""
+    schedule = make_schedule("cosine", 50)
+    sampler = _step_objects(schedule)[method]
+    prediction = sampler.prediction
+    model = gaussian_model(schedule, prediction=prediction)
+    xp = device_xp()
+    rng = xp.random.default_rng(4)
+    x = rng.standard_normal((3, 1, 2, 2), dtype=np.float64)
+    for t in sampler.timesteps:
+        x = sampler.step(model(x, xp.full(3, t), None), t, x, rng).prev_sample
+    kwargs = {"ddpm": dict(variance="fixed_large", clip="static"),
+              "ddim": dict(num_steps=10, eta=0.5, spacing="linspace", clip="dynamic"),
+              "dpm": dict(num_steps=10, final_sigma="sigma_min", lower_order_final=False)}[method]
+    fn = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpm": dpm_solver_sample}[method]
+    want = fn(model, schedule, (3, 1, 2, 2), prediction=prediction, seed=4, dtype=np.float64, progress=False,
+              **kwargs)
+    np.testing.assert_array_equal(to_numpy(x), to_numpy(want))
+    assert np.array_equal(to_numpy(run_sampler(model, sampler, (3, 1, 2, 2), seed=4, dtype=np.float64,
+                                               progress=False)), to_numpy(want))
+
+
+def test_dpm_solver_memory_is_reset_between_runs():
+    """The previous x0 estimate lives in the sampler: a second run with the same object is a fresh run."""
+    schedule = make_schedule("cosine", 100)
+    model = gaussian_model(schedule)
+    sampler = DPMSolverSampler(schedule, 8)
+    assert sampler.previous is None
+    a = to_numpy(run_sampler(model, sampler, (4, 1), seed=2, progress=False))
+    assert sampler.previous is not None and sampler.previous[0] == sampler.timesteps[-1]
+    b = to_numpy(run_sampler(model, sampler, (4, 1), seed=2, progress=False))
+    c = to_numpy(run_sampler(model, DPMSolverSampler(schedule, 8), (4, 1), seed=2, progress=False))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+    sampler.reset()
+    assert sampler.previous is None
+    # a hand-written loop that never calls reset() still starts first order (step 0 always is)
+    x_T = to_device(np.random.default_rng(3).standard_normal((4, 1)).astype(np.float32))
+    for _ in range(2):
+        x = x_T
+        for t in sampler.timesteps:
+            x = sampler.step(model(x, device_xp().full(4, t), None), t, x).prev_sample
+        np.testing.assert_array_equal(to_numpy(x), to_numpy(dpm_solver_sample(model, schedule, x_T=x_T, num_steps=8,
+                                                                               progress=False)))
+
+
+def test_step_objects_bad_input():
+    schedule = make_schedule("linear", 100)
+    x = to_device(np.zeros((2, 1)))
+    with pytest.raises(ValueError, match=r"DDIMSampler: t=7 is not one of this sampler's timesteps \(99 \.\. 9"):
+        DDIMSampler(schedule, 10).step(x, 7, x)
+    with pytest.raises(ValueError, match=r"this step adds noise \(std > 0\); pass rng"):
+        DDPMSampler(schedule).step(x, 50, x)
+    assert DDPMSampler(schedule).step(x, 0, x).prev_sample.shape == (2, 1)  # the last step draws nothing
+    with pytest.raises(ValueError, match=r"DPMSolverSampler: unknown prediction 'epsilon'"):
+        DPMSolverSampler(schedule, prediction="epsilon")
+    with pytest.raises(ValueError, match=r"DDPMSampler: unknown variance 'learned'"):
+        DDPMSampler(schedule, "learned")
+
+
+def test_progress_in_a_log_is_plain_lines(capsys):
+    """Off a terminal (capsys is not one) a run of >= 50 steps prints a line every 10% and one at the end;
+    a shorter run only the last line. No tqdm bar characters reach the log."""
+    schedule = make_schedule("linear", 100)
+    model = gaussian_model(schedule)
+    ddpm_sample(model, schedule, (1, 1), seed=0, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 10, lines
+    for k, line in enumerate(lines[:-1], start=1):
+        assert re.fullmatch(rf"DDPM: step {10 * k}/100, \d+\.\d s elapsed, ETA \d+ s", line), line
+    assert re.fullmatch(r"DDPM: 100 steps in \d+\.\d s", lines[-1])
+    dpm_solver_sample(model, schedule, (1, 1), 49, progress=True)
+    assert re.fullmatch(r"DPM-Solver\+\+\(2M\): 49 steps in \d+\.\d s\n", capsys.readouterr().err)
+    ddim_sample(model, schedule, (1, 1), 50, progress=False)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_progress_on_a_terminal_is_a_tqdm_bar(capsys, monkeypatch):
+    monkeypatch.setattr(loop, "_is_terminal", lambda stream: True)
+    schedule = make_schedule("linear", 100)
+    ddim_sample(gaussian_model(schedule), schedule, (1, 1), 60, progress=True)
+    err = capsys.readouterr().err
+    assert "DDIM" in err and "/60 [" in err and "elapsed" not in err and "steps in" not in err

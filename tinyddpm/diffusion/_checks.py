@@ -2,25 +2,21 @@
 
 The ops have their own checks (``tinyddpm/ops/_checks.py``) for dtypes and shapes of float tensors;
 these are about the diffusion-level arguments: option names, timesteps, labels and step counts.
+``check_choice`` is the shared one of ``tinyddpm/checks.py``, re-exported here.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..backend import to_numpy
+from ..checks import check_choice, is_int
 
-
-def check_choice(where: str, arg: str, value, allowed) -> str:
-    """Return ``value`` if it is one of ``allowed``, else a ValueError listing the allowed values."""
-    if value not in allowed:
-        options = ", ".join(repr(a) for a in allowed)
-        raise ValueError(f"{where}: unknown {arg} {value!r}; allowed values: {options}")
-    return value
+__all__ = ["check_choice", "check_labels", "check_steps", "check_timesteps"]
 
 
 def check_steps(where: str, num_steps, num_timesteps: int) -> int:
     """num_steps must be an integer in [1, T]: a sampler cannot take more steps than the schedule has."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
+    if not is_int(num_steps):
         raise ValueError(f"{where}: num_steps must be an integer, got {num_steps!r}")
     if not 1 <= int(num_steps) <= num_timesteps:
         raise ValueError(f"{where}: num_steps={num_steps} must be between 1 and the schedule's "
@@ -33,7 +29,7 @@ def check_timesteps(where: str, t, num_timesteps: int, batch: int | None = None)
 
     Returns the timesteps as a NumPy int64 array (or a Python int), for indexing the host tables.
     """
-    if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
+    if is_int(t):
         if not 0 <= int(t) < num_timesteps:
             raise ValueError(f"{where}: timestep t={int(t)} is outside [0, {num_timesteps})")
         return int(t)

@@ -22,6 +22,9 @@ diffusers pipeline.
 Clipping: the x0 estimate is clipped as asked; as in diffusers, the eps in the direction term stays the
 model's own unless use_clipped_model_output=True, which re-derives it from the clipped x0,
 eps = (x_t - sqrt(ab) x0_hat) / sqrt(1 - ab) (what GLIDE and guided-diffusion do).
+
+``ddim_step`` is the formula above; ``DDIMSampler.step`` reads the model's output and takes it (the step
+shape every sampler shares, loop.py); ``ddim_sample`` runs it over the listed timesteps.
 """
 from __future__ import annotations
 
@@ -29,11 +32,9 @@ import math
 
 import numpy as np
 
-from ..backend import device_xp, get_xp
 from ._checks import check_choice, check_steps
 from .forward_process import eps_from_x0
-from .loop import (Denoiser, Step, check_callback_every, make_generator, progress_bar, report,
-                   standard_normal, start_noise)
+from .loop import Sampler, Step, StepOutput, gaussian_sample, run_sampler
 from .schedules import Schedule
 from .timesteps import PREV_RULES, ddim_prev_timesteps, ddim_timesteps
 
@@ -63,6 +64,35 @@ def ddim_step(schedule: Schedule, t: int, t_prev: int, x0, eps, eta: float = 0.0
     return Step(math.sqrt(ab_prev) * x0 + direction * eps, sigma)
 
 
+class DDIMSampler(Sampler):
+    """DDIM as a step object: ``num_steps`` model calls at ddim_timesteps(...), each step to ``prev_timesteps[i]``."""
+
+    name = "DDIM"
+
+    def __init__(self, schedule: Schedule, num_steps: int = 50, *, eta: float = 0.0, spacing: str = "trailing",
+                 steps_offset: int = 0, set_alpha_to_one: bool = True, prev_timestep: str = "diffusers",
+                 use_clipped_model_output: bool = False, prediction: str = "eps", clip: str = "none",
+                 dynamic_percentile: float = 0.995, where: str = "DDIMSampler"):
+        T = schedule.num_timesteps
+        n = check_steps(where, num_steps, T)
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"{where}: eta must lie in [0, 1], got {eta}")
+        check_choice(where, "prev_timestep", prev_timestep, PREV_RULES)
+        timesteps = ddim_timesteps(T, n, spacing, steps_offset)
+        super().__init__(schedule, timesteps, prediction, clip, dynamic_percentile, where)
+        self.prev_timesteps = tuple(ddim_prev_timesteps(timesteps, T, prev_timestep).tolist())  # -1 or below: clean
+        self.eta, self.set_alpha_to_one = eta, set_alpha_to_one
+        self.use_clipped_model_output = use_clipped_model_output
+
+    def step(self, model_output, t: int, x_t, rng=None) -> StepOutput:
+        x0, eps = self.estimate(model_output, t, x_t)
+        if self.use_clipped_model_output:
+            eps = eps_from_x0(self.schedule, x_t, t, x0)
+        t_prev = self.prev_timesteps[self.index(t)]
+        mean, std = ddim_step(self.schedule, t, t_prev, x0, eps, self.eta, self.set_alpha_to_one)
+        return StepOutput(gaussian_sample(mean, std, rng), x0)
+
+
 def ddim_sample(model, schedule: Schedule, shape=None, num_steps: int = 50, *, eta: float = 0.0,
                 spacing: str = "trailing", steps_offset: int = 0, set_alpha_to_one: bool = True,
                 prev_timestep: str = "diffusers", use_clipped_model_output: bool = False, labels=None,
@@ -74,26 +104,9 @@ def ddim_sample(model, schedule: Schedule, shape=None, num_steps: int = 50, *, e
     prev_timestep: 'diffusers' (t - T // n) or 'next' (the next listed timestep).
     The other arguments are those of ddpm_sample (see the module docstrings of ddim.py and loop.py).
     """
-    where = "ddim_sample"
-    T = schedule.num_timesteps
-    n = check_steps(where, num_steps, T)
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"{where}: eta must lie in [0, 1], got {eta}")
-    check_choice(where, "prev_timestep", prev_timestep, PREV_RULES)
-    timesteps = ddim_timesteps(T, n, spacing, steps_offset)
-    targets = ddim_prev_timesteps(timesteps, T, prev_timestep).tolist()
-    callback_every = check_callback_every(where, callback_every)
-    xp = get_xp(x_T) if x_T is not None else device_xp()
-    rng = make_generator(seed, xp)
-    x = start_noise(shape, x_T, rng, dtype)
-    denoise = Denoiser(model, schedule, x, labels, prediction, clip, dynamic_percentile, where)
-    with progress_bar(n, progress, "DDIM") as bar:
-        for i, t in enumerate(timesteps.tolist()):
-            x0, eps, _ = denoise(x, t)
-            if use_clipped_model_output:
-                eps = eps_from_x0(schedule, x, t, x0)
-            mean, std = ddim_step(schedule, t, targets[i], x0, eps, eta, set_alpha_to_one)
-            x = mean + std * standard_normal(rng, x.shape, x.dtype, xp) if std > 0 else mean
-            report(callback, callback_every, i, n, t, x, x0)
-            bar.update(1)
-    return x
+    sampler = DDIMSampler(schedule, num_steps, eta=eta, spacing=spacing, steps_offset=steps_offset,
+                          set_alpha_to_one=set_alpha_to_one, prev_timestep=prev_timestep,
+                          use_clipped_model_output=use_clipped_model_output, prediction=prediction, clip=clip,
+                          dynamic_percentile=dynamic_percentile, where="ddim_sample")
+    return run_sampler(model, sampler, shape, labels=labels, x_T=x_T, seed=seed, dtype=dtype, callback=callback,
+                       callback_every=callback_every, progress=progress)

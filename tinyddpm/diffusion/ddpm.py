@@ -10,6 +10,9 @@ with the variance
     'fixed_large'   sigma_t^2 = beta_t                                                          (an upper bound)
 and no noise at the last step (t = 0): the sample is the mean there, x0_hat itself since coef1_0 = 1, coef2_0 = 0.
 Ho et al. found both variances give similar samples; 'fixed_small' is the usual choice with a trained model.
+
+``ddpm_step`` is that formula; ``DDPMSampler.step`` reads the model's output and takes it (the step shape
+every sampler shares, loop.py); ``ddpm_sample`` runs it over t = T-1, ..., 0.
 """
 from __future__ import annotations
 
@@ -17,10 +20,8 @@ import math
 
 import numpy as np
 
-from ..backend import device_xp, get_xp
 from ._checks import check_choice
-from .loop import (Denoiser, Step, check_callback_every, make_generator, progress_bar, report,
-                   standard_normal, start_noise)
+from .loop import Sampler, Step, StepOutput, gaussian_sample, run_sampler
 from .schedules import Schedule
 
 VARIANCES = ("fixed_small", "fixed_large")
@@ -38,6 +39,24 @@ def ddpm_step(schedule: Schedule, x_t, t: int, x0, variance: str = "fixed_small"
     return Step(mean, math.sqrt(var))
 
 
+class DDPMSampler(Sampler):
+    """DDPM's ancestral sampler as a step object: timesteps T-1, ..., 0, one draw of noise per step but the last."""
+
+    name = "DDPM"
+
+    def __init__(self, schedule: Schedule, variance: str = "fixed_small", *, prediction: str = "eps",
+                 clip: str = "none", dynamic_percentile: float = 0.995, where: str = "DDPMSampler"):
+        check_choice(where, "variance", variance, VARIANCES)
+        T = schedule.num_timesteps
+        super().__init__(schedule, range(T - 1, -1, -1), prediction, clip, dynamic_percentile, where)
+        self.variance = variance
+
+    def step(self, model_output, t: int, x_t, rng=None) -> StepOutput:
+        x0, _ = self.estimate(model_output, t, x_t)
+        mean, std = ddpm_step(self.schedule, x_t, t, x0, self.variance)
+        return StepOutput(gaussian_sample(mean, std, rng), x0)
+
+
 def ddpm_sample(model, schedule: Schedule, shape=None, *, labels=None, prediction: str = "eps",
                 variance: str = "fixed_small", clip: str = "none", dynamic_percentile: float = 0.995,
                 x_T=None, seed=None, dtype=np.float32, callback=None, callback_every: int = 1,
@@ -48,19 +67,7 @@ def ddpm_sample(model, schedule: Schedule, shape=None, *, labels=None, predictio
     variance: 'fixed_small' or 'fixed_large'. clip: 'none', 'static' or 'dynamic' (of the x0 estimate).
     seed: int, Generator or None. callback(i, t, x, x0) every callback_every steps. Returns x0, the samples.
     """
-    where = "ddpm_sample"
-    check_choice(where, "variance", variance, VARIANCES)
-    callback_every = check_callback_every(where, callback_every)
-    xp = get_xp(x_T) if x_T is not None else device_xp()
-    rng = make_generator(seed, xp)
-    x = start_noise(shape, x_T, rng, dtype)
-    denoise = Denoiser(model, schedule, x, labels, prediction, clip, dynamic_percentile, where)
-    T = schedule.num_timesteps
-    with progress_bar(T, progress, "DDPM") as bar:
-        for i, t in enumerate(range(T - 1, -1, -1)):
-            x0, _, _ = denoise(x, t)
-            mean, std = ddpm_step(schedule, x, t, x0, variance)
-            x = mean + std * standard_normal(rng, x.shape, x.dtype, xp) if std > 0 else mean
-            report(callback, callback_every, i, T, t, x, x0)
-            bar.update(1)
-    return x
+    sampler = DDPMSampler(schedule, variance, prediction=prediction, clip=clip,
+                          dynamic_percentile=dynamic_percentile, where="ddpm_sample")
+    return run_sampler(model, sampler, shape, labels=labels, x_T=x_T, seed=seed, dtype=dtype, callback=callback,
+                       callback_every=callback_every, progress=progress)

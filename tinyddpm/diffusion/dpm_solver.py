@@ -24,6 +24,10 @@ diffusers' default); step i goes to the next listed timestep, and the last one t
 The first step is first order (there is no previous estimate yet); so is the last one when final_sigma is
 'zero' (the second-order formula needs a finite lambda_t) or when lower_order_final and n < 15, which
 Lu et al. found steadier for very few steps. Every other step is second order.
+
+``dpm_solver_first_order_step`` and ``dpm_solver_second_order_step`` are the two updates;
+``DPMSolverSampler.step`` reads the model's output and takes one (the step shape every sampler shares,
+loop.py), keeping the previous x0 estimate m1 as its memory; ``dpm_solver_sample`` runs it.
 """
 from __future__ import annotations
 
@@ -31,9 +35,8 @@ import math
 
 import numpy as np
 
-from ..backend import device_xp, get_xp
 from ._checks import check_choice, check_steps
-from .loop import Denoiser, check_callback_every, make_generator, progress_bar, report, start_noise
+from .loop import Sampler, StepOutput, run_sampler
 from .schedules import Schedule
 from .timesteps import dpm_solver_timesteps
 
@@ -73,6 +76,48 @@ def dpm_solver_second_order_step(x, x0, x0_prev, alpha_bar_prev: float, alpha_ba
     return (sigma_t / sigma_s0) * x + alpha_t * (1.0 - math.exp(-h)) * d
 
 
+class DPMSolverSampler(Sampler):
+    """DPM-Solver++(2M) as a step object; it remembers the last step's (timestep, x0 estimate) for the next."""
+
+    name = "DPM-Solver++(2M)"
+
+    def __init__(self, schedule: Schedule, num_steps: int = 20, *, spacing: str = "linspace", steps_offset: int = 0,
+                 final_sigma: str = "zero", lower_order_final: bool = True, prediction: str = "eps",
+                 clip: str = "none", dynamic_percentile: float = 0.995, where: str = "DPMSolverSampler"):
+        T = schedule.num_timesteps
+        n = check_steps(where, num_steps, T)
+        check_choice(where, "final_sigma", final_sigma, FINAL_SIGMAS)
+        timesteps = dpm_solver_timesteps(T, n, spacing, steps_offset).tolist()
+        super().__init__(schedule, timesteps, prediction, clip, dynamic_percentile, where)
+        end = 1.0 if final_sigma == "zero" else float(schedule.alpha_bar[0])
+        self.targets = tuple(float(schedule.alpha_bar[t]) for t in timesteps[1:]) + (end,)  # alpha_bar step i goes to
+        self.final_sigma, self.lower_order_final = final_sigma, lower_order_final
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the previous x0 estimate: the next step is first order, as at the start of a run."""
+        self.previous = None  # (s1, m1): the timestep of the last step and its x0 estimate
+
+    def first_order(self, i: int) -> bool:
+        """Step i is first order at the start and, by final_sigma / lower_order_final, at the end."""
+        n = len(self.timesteps)
+        last = i == n - 1
+        return i == 0 or self.previous is None or (last and (self.final_sigma == "zero" or
+                                                             (self.lower_order_final and n < 15)))
+
+    def step(self, model_output, t: int, x_t, rng=None) -> StepOutput:
+        x0, _ = self.estimate(model_output, t, x_t)
+        i = self.index(t)
+        ab_s0, ab_t = float(self.schedule.alpha_bar[t]), self.targets[i]
+        if self.first_order(i):
+            x = dpm_solver_first_order_step(x_t, x0, ab_s0, ab_t)
+        else:
+            s1, m1 = self.previous
+            x = dpm_solver_second_order_step(x_t, x0, m1, float(self.schedule.alpha_bar[s1]), ab_s0, ab_t)
+        self.previous = (t, x0)
+        return StepOutput(x, x0)
+
+
 def dpm_solver_sample(model, schedule: Schedule, shape=None, num_steps: int = 20, *, spacing: str = "linspace",
                       steps_offset: int = 0, final_sigma: str = "zero", lower_order_final: bool = True,
                       labels=None, prediction: str = "eps", clip: str = "none", dynamic_percentile: float = 0.995,
@@ -83,29 +128,8 @@ def dpm_solver_sample(model, schedule: Schedule, shape=None, num_steps: int = 20
     spacing: 'linspace', 'leading' or 'trailing'. final_sigma: 'zero' or 'sigma_min'. The sampler is
     deterministic given x_T; the seed only draws x_T. Other arguments as ddpm_sample.
     """
-    where = "dpm_solver_sample"
-    T = schedule.num_timesteps
-    n = check_steps(where, num_steps, T)
-    check_choice(where, "final_sigma", final_sigma, FINAL_SIGMAS)
-    timesteps = dpm_solver_timesteps(T, n, spacing, steps_offset).tolist()
-    callback_every = check_callback_every(where, callback_every)
-    ab = schedule.alpha_bar
-    end = 1.0 if final_sigma == "zero" else float(ab[0])
-    targets = [float(ab[t]) for t in timesteps[1:]] + [end]  # alpha_bar each step goes to
-    xp = get_xp(x_T) if x_T is not None else device_xp()
-    x = start_noise(shape, x_T, make_generator(seed, xp), dtype)
-    denoise = Denoiser(model, schedule, x, labels, prediction, clip, dynamic_percentile, where)
-    x0_prev = None
-    with progress_bar(n, progress, "DPM-Solver++(2M)") as bar:
-        for i, t in enumerate(timesteps):
-            x0, _, _ = denoise(x, t)
-            last = i == n - 1
-            first_order = i == 0 or (last and (final_sigma == "zero" or (lower_order_final and n < 15)))
-            if first_order:
-                x = dpm_solver_first_order_step(x, x0, float(ab[t]), targets[i])
-            else:
-                x = dpm_solver_second_order_step(x, x0, x0_prev, float(ab[timesteps[i - 1]]), float(ab[t]), targets[i])
-            x0_prev = x0
-            report(callback, callback_every, i, n, t, x, x0)
-            bar.update(1)
-    return x
+    sampler = DPMSolverSampler(schedule, num_steps, spacing=spacing, steps_offset=steps_offset,
+                               final_sigma=final_sigma, lower_order_final=lower_order_final, prediction=prediction,
+                               clip=clip, dynamic_percentile=dynamic_percentile, where="dpm_solver_sample")
+    return run_sampler(model, sampler, shape, labels=labels, x_T=x_T, seed=seed, dtype=dtype, callback=callback,
+                       callback_every=callback_every, progress=progress)

@@ -17,9 +17,8 @@ and mixes them. At w = 1 (or 0) only the conditional (or unconditional) half is 
 """
 from __future__ import annotations
 
-import numpy as np
-
 from ..backend import get_xp
+from ..checks import is_int
 
 
 def cfg_combine(cond, uncond, scale: float):
@@ -37,7 +36,7 @@ class GuidedModel:
     def __init__(self, model, scale: float, null_label: int):
         if not callable(model):
             raise TypeError(f"GuidedModel: model must be callable as model(x_t, t, labels), got {type(model).__name__}")
-        if isinstance(null_label, bool) or not isinstance(null_label, (int, np.integer)):
+        if not is_int(null_label):
             raise ValueError(f"GuidedModel: null_label must be an int (the class id trained as 'no label'), "
                              f"got {null_label!r}")
         self.model, self.scale, self.null_label = model, float(scale), int(null_label)

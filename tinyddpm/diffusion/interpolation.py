@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_xp
+from ..checks import check_int
 from ..ops._checks import describe, float_inputs
 from ._checks import check_choice
 
@@ -64,7 +65,6 @@ def slerp(a, b, w, eps: float = 1e-6):
 def interpolate_noise(a, b, num: int, method: str = "slerp"):
     """A batch (num, *S) of noises going from a to b in num equal steps of the weight (both ends included)."""
     check_choice("interpolate_noise", "method", method, METHODS)
-    if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 2:
-        raise ValueError(f"interpolate_noise: num must be an integer >= 2, got {num!r}")
-    w = np.linspace(0.0, 1.0, int(num))
+    num = check_int("interpolate_noise", "num", num, minimum=2)
+    w = np.linspace(0.0, 1.0, num)
     return (slerp if method == "slerp" else lerp)(a, b, get_xp(a).asarray(w))

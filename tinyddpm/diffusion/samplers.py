@@ -1,12 +1,14 @@
 """One front door to the samplers: ``sample(model, schedule, shape, method=...)``.
 
-    method     file            model calls   randomness
-    'ddpm'     ddpm.py         T             fresh noise every step
-    'ddim'     ddim.py         num_steps     none at eta = 0 (only x_T), fresh noise for eta > 0
-    'dpm++2m'  dpm_solver.py   num_steps     none (only x_T)
+    method     file            step object        model calls   randomness
+    'ddpm'     ddpm.py         DDPMSampler        T             fresh noise every step
+    'ddim'     ddim.py         DDIMSampler        num_steps     none at eta = 0 (only x_T), fresh noise for eta > 0
+    'dpm++2m'  dpm_solver.py   DPMSolverSampler   num_steps     none (only x_T)
 
 Every keyword argument goes to the chosen sampler (``ddpm_sample``, ``ddim_sample``, ``dpm_solver_sample``);
 their docstrings and loop.py describe them. ``num_steps`` is ignored by 'ddpm', which always takes T steps.
+Each of those builds its step object and runs it with loop.py's ``run_sampler``; the step objects share one
+shape, ``step(model_output, t, x_t, rng) -> StepOutput(prev_sample, pred_x0)``, so their steps read side by side.
 """
 from __future__ import annotations
 
