@@ -35,6 +35,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .backend import get_xp, to_numpy
+from .checks import check_int
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -208,8 +209,7 @@ def lr_schedule(step: int, base_lr: float, warmup_steps: int = 0, total_steps: i
     A pure function of ``step``: a resumed run gets the same rates without any saved schedule state.
     """
     where = "lr_schedule"
-    if isinstance(step, bool) or int(step) != step or step < 0:
-        raise ValueError(f"{where}: step must be an integer >= 0, got {step!r}")
+    step = check_int(where, "step", step, minimum=0)
     if warmup_steps < 0:
         raise ValueError(f"{where}: warmup_steps must be >= 0, got {warmup_steps}")
     if total_steps is not None and total_steps <= warmup_steps:

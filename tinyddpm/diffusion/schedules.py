@@ -45,6 +45,7 @@ import math
 import numpy as np
 
 from ..backend import get_xp
+from ..checks import check_int
 from ._checks import check_choice, check_timesteps
 
 SCHEDULES = ("linear", "cosine", "sigmoid")
@@ -171,7 +172,6 @@ class Schedule:
 def make_schedule(name: str = "linear", num_timesteps: int = 1000, **kwargs) -> Schedule:
     """A Schedule by name: 'linear', 'cosine' or 'sigmoid'; kwargs go to the matching *_betas function."""
     check_choice("make_schedule", "schedule", name, SCHEDULES)
-    if isinstance(num_timesteps, bool) or not isinstance(num_timesteps, (int, np.integer)) or num_timesteps < 2:
-        raise ValueError(f"make_schedule: num_timesteps must be an integer >= 2, got {num_timesteps!r}")
+    num_timesteps = check_int("make_schedule", "num_timesteps", num_timesteps, minimum=2)
     maker = {"linear": linear_betas, "cosine": cosine_betas, "sigmoid": sigmoid_betas}[name]
-    return Schedule(maker(int(num_timesteps), **kwargs), name=name)
+    return Schedule(maker(num_timesteps, **kwargs), name=name)
