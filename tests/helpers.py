@@ -50,3 +50,34 @@ def load_example(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+class NoHostReads(np.ndarray):
+    """A NumPy array standing in for a GPU array: reading one of its values into Python raises.
+
+    On a GPU, ``int(a)``, ``float(a)``, ``bool(a)`` (an ``if`` on an array) or ``a.item()`` wait until the
+    GPU has finished everything queued so far. Results of ufuncs, reductions and NumPy functions on these
+    arrays stay NoHostReads. Use ``treat_as_device(monkeypatch)`` too, so that the library's value checks
+    (ops/_checks.values_on_host) take them for GPU arrays. NumPy's own internals may read values where
+    CuPy's do not (np.quantile does): use this only around code whose NumPy calls do not.
+    """
+
+    def _refuse(self, *args, **kwargs):
+        raise AssertionError("a value was read back to the host: on a GPU this waits for the GPU")
+
+    __int__ = __float__ = __bool__ = __index__ = item = tolist = _refuse
+
+    def __array_wrap__(self, array, context=None, return_scalar=False):
+        return super().__array_wrap__(array, context, False)  # reductions stay 0-d arrays, not scalars
+
+    def __array_function__(self, func, types, args, kwargs):
+        out = super().__array_function__(func, types, args, kwargs)
+        return out.view(NoHostReads) if type(out) is np.ndarray else out
+
+
+def treat_as_device(monkeypatch):
+    """Make the library's value checks take NoHostReads arrays for GPU arrays (as they take CuPy arrays)."""
+    import tinyddpm.ops._checks as checks
+
+    is_cupy_array = checks.is_cupy_array
+    monkeypatch.setattr(checks, "is_cupy_array", lambda a: isinstance(a, NoHostReads) or is_cupy_array(a))

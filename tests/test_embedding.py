@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from helpers import OP_TOLERANCE, ORACLE_TOLERANCE, oracle_error, randn, to_torch
+from helpers import OP_TOLERANCE, ORACLE_TOLERANCE, NoHostReads, oracle_error, randn, to_torch, treat_as_device
 from tinyddpm.backend import to_device, to_numpy
 from tinyddpm.gradcheck import check_gradients
+from tinyddpm.ops import embedding
+from tinyddpm.ops._checks import values_on_host
 from tinyddpm.ops.embedding import (label_embedding_backward, label_embedding_forward,
                                     timestep_embedding_backward, timestep_embedding_forward)
 
@@ -146,10 +148,14 @@ def test_label_matches_torch(torch):
 def test_label_bad_input_names_op_and_shapes():
     rng = np.random.default_rng(0)
     table = randn(rng, 10, 4)
-    with pytest.raises(ValueError, match=r"label_embedding.*label 10.*\[0, 10\).*\(10, 4\)"):
-        label_embedding_forward(to_device(np.array([3, 10, 2])), table)
-    with pytest.raises(ValueError, match=r"label_embedding.*label -1.*\[0, 10\).*\(10, 4\)"):
-        label_embedding_forward(to_device(np.array([-1, 12])), table)
+    for bad, label in (([3, 10, 2], "10"), ([-1, 12], "-1")):
+        labels = to_device(np.array(bad))
+        if values_on_host(labels):
+            with pytest.raises(ValueError, match=rf"label_embedding.*label {label}.*\[0, 10\).*\(10, 4\)"):
+                label_embedding_forward(labels, table)
+        else:  # CuPy labels are not read back to be checked: their out-of-range rows come out NaN
+            emb = to_numpy(label_embedding_forward(labels, table)[0])
+            assert np.array_equal(np.isnan(emb).all(axis=1), (np.array(bad) < 0) | (np.array(bad) >= 10))
     with pytest.raises(TypeError, match=r"label_embedding.*integer.*labels \(3,\) float64.*\(10, 4\)"):
         label_embedding_forward(to_device(np.array([1.0, 2.0, 3.0])), table)
     with pytest.raises(TypeError, match=r"label_embedding.*integer.*bool"):
@@ -160,6 +166,39 @@ def test_label_bad_input_names_op_and_shapes():
         label_embedding_forward(to_device(np.array([1])), randn(rng, 10))
     with pytest.raises(TypeError, match=r"label_embedding.*table.*int64"):
         label_embedding_forward(to_device(np.array([1])), np.zeros((3, 2), dtype=np.int64))
+
+
+def test_label_out_of_range_on_the_device_gives_nan_rows(monkeypatch):
+    """Device labels are not read back for a range check (a GPU wait per call): bad rows come out NaN instead."""
+    treat_as_device(monkeypatch)
+    table = np.arange(12.0).reshape(4, 3)
+    # negative labels: NumPy wraps them around as CuPy wraps every out-of-range index (NumPy raises for 4)
+    emb, _ = label_embedding_forward(np.array([2, -4, -1, 0]).view(NoHostReads), table)  # no AssertionError
+    emb = np.asarray(emb)
+    assert np.isnan(emb[[1, 2]]).all() and np.array_equal(emb[[0, 3]], table[[2, 0]])
+    emb32, _ = label_embedding_forward(np.array([-1]).view(NoHostReads), table.astype(np.float32))
+    assert emb32.dtype == np.float32 and np.isnan(np.asarray(emb32)).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_label_backward_add_at_equals_bincount(dtype):
+    """The GPU path's scatter-add (add.at: CuPy's bincount would wait for the GPU) sums exactly as bincount."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, size=64)  # many repeats
+    demb = rng.standard_normal((64, 7)).astype(dtype)
+    by_bincount = embedding._rows_sum_bincount(np, labels, demb, 6)
+    by_add_at = embedding._rows_sum_add_at(np, labels, demb, 6)
+    assert by_add_at.dtype == by_bincount.dtype == np.float64 and np.array_equal(by_add_at, by_bincount)
+    assert (by_add_at[5] == 0).all()  # a class that no label picked
+
+
+def test_timestep_frequencies_are_built_once():
+    t = np.array([0, 7, 999])
+    emb1, cache1 = timestep_embedding_forward(t, 16)
+    emb2, cache2 = timestep_embedding_forward(t, 16)
+    assert cache2.freqs is cache1.freqs and np.array_equal(emb1, emb2)
+    np.testing.assert_array_equal(cache1.freqs, np.exp(-math.log(10000.0) / 8 * np.arange(8)))
+    assert timestep_embedding_forward(t, 16, max_period=100.0)[1].freqs is not cache1.freqs
 
 
 def test_label_nan_propagates():

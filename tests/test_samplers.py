@@ -403,6 +403,8 @@ def test_interpolation():
     # parallel vectors fall back to lerp
     np.testing.assert_allclose(to_numpy(slerp(u, 2 * u, 0.5)), [4.5, 0.0], rtol=1e-12)
     assert interpolate_noise(a.astype(np.float32), b.astype(np.float32), 3, "lerp").dtype == np.float32
+    assert interpolate_noise(a.astype(np.float32), b.astype(np.float32), 3, "slerp").dtype == np.float32
+    assert slerp(a.astype(np.float32), b.astype(np.float32), 0.5).dtype == np.float32
     with pytest.raises(ValueError, match=r"interpolate_noise: unknown method 'cubic'.*'lerp', 'slerp'"):
         interpolate_noise(a, b, 3, "cubic")
     with pytest.raises(ValueError, match=r"slerp: a and b must have the same shape.*\(1, 8, 8\).*\(2,\)"):
@@ -577,3 +579,27 @@ def test_progress_on_a_terminal_is_a_tqdm_bar(capsys, monkeypatch):
     ddim_sample(gaussian_model(schedule), schedule, (1, 1), 60, progress=True)
     err = capsys.readouterr().err
     assert "DDIM" in err and "/60 [" in err and "elapsed" not in err and "steps in" not in err
+
+
+def test_sampling_reads_nothing_back_from_the_device(monkeypatch):
+    """A guided U-Net through the three samplers queues work only: no int(), float(), if or item() of an array
+    per step (each a GPU wait). Dynamic clipping is left out: NumPy's quantile reads values, CuPy's does not."""
+    from tinyddpm.diffusion import GuidedModel
+    from tinyddpm.unet import UNetConfig, init_params, unet_model
+
+    from helpers import NoHostReads, treat_as_device
+
+    if device_xp() is not np:
+        pytest.skip("the stand-in for GPU arrays is a NumPy subclass")
+    treat_as_device(monkeypatch)
+    cfg = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), attention_resolutions=(4,), heads=2,
+                     groups=4)
+    params = {k: v.view(NoHostReads) for k, v in init_params(cfg, seed=0).items()}
+    model = GuidedModel(unet_model(params, cfg), 2.0, cfg.null_label)
+    x_T = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32).view(NoHostReads)
+    labels = np.arange(4).view(NoHostReads)
+    schedule = make_schedule("cosine", 20)
+    for method, kw in (("ddpm", {"clip": "static"}), ("ddim", {"num_steps": 5, "eta": 0.5}),
+                       ("dpm++2m", {"num_steps": 5, "clip": "static"})):
+        x = sample(model, schedule, x_T=x_T, labels=labels, method=method, seed=0, progress=False, **kw)
+        assert isinstance(x, NoHostReads) and np.isfinite(np.asarray(x)).all()  # the stand-in went all the way

@@ -14,6 +14,8 @@ from tinyddpm import (PRESETS, TrainConfig, default_preset, load_for_sampling, n
 from tinyddpm.checkpoint import CHECKPOINT_NAME
 from tinyddpm.unet import UNetConfig
 
+from helpers import NoHostReads, treat_as_device
+
 TINY_UNET = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), attention_resolutions=(4,), heads=2,
                        groups=4, dropout=0.1)
 TINY = TrainConfig(unet=TINY_UNET, steps=6, batch_size=8, lr=1e-3, warmup_steps=2, lr_decay="cosine",
@@ -276,3 +278,19 @@ def test_bad_data_is_refused():
         new_state(TINY, images, labels + 5)
     with pytest.raises(ValueError, match="needs labels"):
         new_state(TINY, images, None)
+
+
+def test_step_reads_nothing_back_from_the_device(monkeypatch):
+    """train_step queues work and returns: no int(), float(), if or item() of an array (a GPU wait each)."""
+    if get_device() != "cpu":
+        pytest.skip("the stand-in for GPU arrays is a NumPy subclass")
+    treat_as_device(monkeypatch)
+    images, labels = synthetic()
+    state = new_state(replace(TINY, p_uncond=0.5, min_snr_gamma=5.0), images, labels)
+    state.batches.images = state.batches.images.view(NoHostReads)
+    state.batches.labels = state.batches.labels.view(NoHostReads)
+    for name in state.params:  # updated in place from here on, like the GPU arrays they stand for
+        state.params[name] = state.params[name].view(NoHostReads)
+    for _ in range(3):
+        train_step(state)  # raises AssertionError on a value read back to the host
+    assert len(state.flush_losses()) == 3  # the one read, every log_every steps

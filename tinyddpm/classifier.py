@@ -48,7 +48,7 @@ import numpy as np
 
 from .backend import device_xp, get_xp, to_numpy
 from .ops import conv2d_backward, conv2d_forward, linear_backward, linear_forward, silu_backward, silu_forward
-from .ops._checks import describe, float_inputs, require
+from .ops._checks import describe, float_inputs, nan_where_out_of_range, require, values_on_host
 
 CHECKPOINT_NAME = "classifier.npz"
 CONV_LAYERS = (("conv1", 1), ("conv2", 2), ("conv3", 2))  # (name, stride)
@@ -74,7 +74,8 @@ def softmax(z, xp=None):
 def softmax_cross_entropy_forward(logits, labels, reduction: str = "mean"):
     """L = -mean_n log softmax(logits)[n, labels[n]], a 0-d array. Returns (loss, cache).
 
-    logits (N, K) float32/float64; labels (N,) integers in [0, K). ``reduction="none"`` returns the
+    logits (N, K) float32/float64; labels (N,) integers in [0, K) (NumPy labels outside raise; CuPy labels
+    are not read back to check, their rows' losses come out NaN). ``reduction="none"`` returns the
     N per-row losses instead of their mean (as torch's cross_entropy does).
 
     logsumexp is evaluated as m + log1p(sum of exp(z_j - m) over every j but one argmax): the max
@@ -92,7 +93,7 @@ def softmax_cross_entropy_forward(logits, labels, reduction: str = "mean"):
     require(op, reduction in ("mean", "none"), f"reduction must be 'mean' or 'none', got {reduction!r}")
     N, K = logits.shape
     require(op, tuple(labels.shape) == (N,), f"labels must be (N,) = ({N},): {describe(logits=logits, labels=labels)}")
-    if int(labels.min()) < 0 or int(labels.max()) >= K:
+    if values_on_host(labels) and (int(labels.min()) < 0 or int(labels.max()) >= K):  # CuPy: NaN rows below
         raise ValueError(f"{op}: labels must lie in [0, {K}), got range [{int(labels.min())}, {int(labels.max())}] "
                          f"({describe(logits=logits, labels=labels)})")
     classes = xp.arange(K)[None, :]                                # (1, K)
@@ -102,6 +103,8 @@ def softmax_cross_entropy_forward(logits, labels, reduction: str = "mean"):
     log_p = shifted - xp.log1p(others)                             # (N, K) log softmax
     onehot = (labels[:, None] == classes).astype(logits.dtype)     # (N, K)
     per_row = -(onehot * log_p).sum(axis=1)                        # (N,) -log p[n, y_n]
+    if not values_on_host(labels):  # unchecked on a GPU (a wait per call): a label outside [0, K) gives NaN
+        per_row = nan_where_out_of_range(per_row, labels, K)
     loss = per_row.sum() / N if reduction == "mean" else per_row
     return xp.asarray(loss, dtype=logits.dtype), CrossEntropyCache(xp.exp(log_p), onehot, reduction == "mean")
 
@@ -294,6 +297,9 @@ def train_classifier(images, labels, *, cfg: ClassifierConfig | None = None, epo
     params = init_params(cfg, seed=seed, dtype=np.dtype(images.dtype))
     opt = AdamW(params, lr=lr, weight_decay=weight_decay, no_decay=lambda n: n.endswith(".b"))
     it = Batches(images, labels, batch_size=batch_size, seed=seed)
+    lo, hi = int(labels.min()), int(labels.max())  # checked once here: the loss does not read GPU labels back
+    if lo < 0 or hi >= cfg.num_classes:
+        raise ValueError(f"train_classifier: labels must lie in [0, {cfg.num_classes}), got range [{lo}, {hi}]")
     total = max(1, int(round(epochs * it.batches_per_epoch)))
     history = {"loss": [], "steps": total}
     start = time.perf_counter()

@@ -49,12 +49,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .backend import to_numpy
+
 
 def _finite_2d(where: str, name: str, a) -> np.ndarray:
     """a as a float64 (N, D) NumPy array, or a ValueError/TypeError naming ``where`` and the shape."""
-    if hasattr(a, "get") and type(a).__module__.split(".")[0] == "cupy":
-        a = a.get()  # metrics run on the host
-    a = np.asarray(a)
+    a = to_numpy(a)  # metrics run on the host (a CuPy array is copied there)
     if a.dtype.kind not in "fiu":
         raise TypeError(f"{where}: {name} must be a numeric array, got dtype {a.dtype} shape {a.shape}")
     if a.ndim != 2:
@@ -88,8 +88,8 @@ def _sqrt_psd(s: np.ndarray) -> np.ndarray:
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2}) for means (D,) and covariances (D, D)."""
     where = "frechet_distance"
-    mu1, mu2 = (np.atleast_1d(np.asarray(m, dtype=np.float64)) for m in (mu1, mu2))
-    s1, s2 = (np.atleast_2d(np.asarray(s, dtype=np.float64)) for s in (sigma1, sigma2))
+    mu1, mu2 = (np.atleast_1d(np.asarray(to_numpy(m), dtype=np.float64)) for m in (mu1, mu2))
+    s1, s2 = (np.atleast_2d(np.asarray(to_numpy(s), dtype=np.float64)) for s in (sigma1, sigma2))
     D = mu1.shape[0]
     if mu1.ndim != 1 or mu2.shape != (D,) or s1.shape != (D, D) or s2.shape != (D, D):
         raise ValueError(f"{where}: need mu1, mu2 (D,) and sigma1, sigma2 (D, D); got mu1 {mu1.shape}, "
@@ -188,7 +188,7 @@ def conditional_accuracy(predicted, requested) -> float:
     ``predicted`` is (N,) predicted labels or (N, K) probabilities (argmax taken); ``requested`` (N,) labels.
     """
     where = "conditional_accuracy"
-    predicted, requested = np.asarray(predicted), np.asarray(requested)
+    predicted, requested = to_numpy(predicted), to_numpy(requested)  # np.asarray refuses CuPy arrays
     if predicted.ndim == 2:
         predicted = _probabilities(where, predicted).argmax(axis=1)
     if predicted.ndim != 1 or requested.shape != predicted.shape or predicted.size == 0:

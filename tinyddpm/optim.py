@@ -243,8 +243,9 @@ def clip_grad_norm(grads: dict, max_norm: float):
     norms = [xp.linalg.norm(g.reshape(-1)) for g in grads.values()]   # one L2 norm per tensor
     total = xp.linalg.norm(xp.stack([xp.asarray(n) for n in norms]))  # sqrt(sum of squared norms)
     scale = xp.minimum(max_norm / (total + 1e-6), 1.0)                # min(1, max_norm / (total + 1e-6))
+    scales = {dt: scale.astype(dt) for dt in {g.dtype for g in grads.values()}}  # one cast per dtype, not per tensor
     for g in grads.values():
-        g *= scale.astype(g.dtype)
+        g *= scales[g.dtype]
     return xp.asarray(total)
 
 

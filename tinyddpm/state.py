@@ -95,7 +95,7 @@ def check_data(config: TrainConfig, images, labels) -> None:
 def batches_for(config: TrainConfig, images, labels) -> Batches:
     """The run's endless batches: images scaled to [-1, 1] on the device, shuffled by the run's seed."""
     x0 = to_device(to_model_range(images, dtype=np.dtype(config.dtype)))     # (N, 1, H, W) in [-1, 1]
-    y = None if config.unet.num_classes is None else to_device(np.asarray(labels, dtype=np.int64))
+    y = None if config.unet.num_classes is None else to_device(labels, dtype=np.int64)  # NumPy or CuPy labels
     return Batches(x0, y, config.batch_size, seed=seed_for(config.seed, 0) % 2**31)
 
 

@@ -24,10 +24,12 @@ def check_steps(where: str, num_steps, num_timesteps: int) -> int:
     return int(num_steps)
 
 
-def check_timesteps(where: str, t, num_timesteps: int, batch: int | None = None):
+def check_timesteps(where: str, t, num_timesteps: int, batch: int | None = None, read_values: bool = True):
     """t must be an int in [0, T) or an integer array of shape (batch,) with entries in [0, T).
 
     Returns the timesteps as a NumPy int64 array (or a Python int), for indexing the host tables.
+    ``read_values=False`` checks an array's dtype and shape only and returns it as it is: for timesteps on
+    a GPU, whose values would have to be copied to the host (a wait for the GPU) to be checked.
     """
     if is_int(t):
         if not 0 <= int(t) < num_timesteps:
@@ -35,12 +37,14 @@ def check_timesteps(where: str, t, num_timesteps: int, batch: int | None = None)
         return int(t)
     if not hasattr(t, "dtype") or not hasattr(t, "shape"):
         raise TypeError(f"{where}: t must be an int or an integer array (N,), got {type(t).__name__}")
-    t_host = to_numpy(t)
-    if not np.issubdtype(t_host.dtype, np.integer):
+    t_host = to_numpy(t) if read_values else t  # read_values=False: t stays where it is
+    if not np.issubdtype(np.dtype(t_host.dtype), np.integer):
         raise TypeError(f"{where}: t must hold integer timesteps, got dtype {t_host.dtype}")
     if t_host.ndim != 1 or (batch is not None and t_host.shape[0] != batch):
         want = f"({batch},)" if batch is not None else "(N,)"
         raise ValueError(f"{where}: t must have shape {want} (one timestep per sample), got {tuple(t_host.shape)}")
+    if not read_values:
+        return t
     if t_host.size and (t_host.min() < 0 or t_host.max() >= num_timesteps):
         raise ValueError(f"{where}: timesteps t of shape {tuple(t_host.shape)} have values outside "
                          f"[0, {num_timesteps}): min {t_host.min()}, max {t_host.max()}")

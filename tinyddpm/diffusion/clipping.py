@@ -29,6 +29,7 @@ def dynamic_threshold(x0, percentile: float = 0.995):
     n = x0.shape[0]
     flat = xp.abs(x0.reshape(n, -1))                       # (N, D)
     s = xp.quantile(flat, percentile, axis=1)              # (N,)
+    s = xp.where(xp.isnan(flat).any(axis=1), xp.nan, s)    # NaN rows: NumPy's quantile gives NaN, CuPy's need not
     s = xp.maximum(s, 1.0).astype(x0.dtype)                # NaN stays NaN under maximum
     s = s.reshape((n,) + (1,) * (x0.ndim - 1))             # (N, 1, ..., 1)
     return xp.clip(x0, -s, s) / s

@@ -52,11 +52,12 @@ def slerp(a, b, w, eps: float = 1e-6):
     af, bf = a.reshape(-1), b.reshape(-1)  # (D,)
     cos = float(xp.sum(af * bf) / (xp.sqrt(xp.sum(af * af)) * xp.sqrt(xp.sum(bf * bf))))
     theta = float(np.arccos(np.clip(cos, -1.0, 1.0)))  # NaN input gives NaN theta, and NaN out below
-    if np.sin(theta) < eps:
+    sin_theta = float(np.sin(theta))  # a Python float: a NumPy float64 scalar would make float32 weights float64
+    if sin_theta < eps:
         return lerp(a, b, w)
     w, scalar = _weights(w, xp, a.dtype)
-    ca = xp.sin((1.0 - w) * theta) / np.sin(theta)  # (K,)
-    cb = xp.sin(w * theta) / np.sin(theta)          # (K,)
+    ca = xp.sin((1.0 - w) * theta) / sin_theta  # (K,)
+    cb = xp.sin(w * theta) / sin_theta          # (K,)
     shape = (-1,) + (1,) * a.ndim
     out = ca.reshape(shape) * a[None] + cb.reshape(shape) * b[None]  # (K, *S)
     return out[0] if scalar else out

@@ -44,8 +44,9 @@ import math
 
 import numpy as np
 
-from ..backend import get_xp
+from ..backend import get_xp, is_cupy_array
 from ..checks import check_int
+from ..ops._checks import nan_where_out_of_range
 from ._checks import check_choice, check_timesteps
 
 SCHEDULES = ("linear", "cosine", "sigmoid")
@@ -148,8 +149,8 @@ class Schedule:
         return getattr(self, name)
 
     def array(self, name: str, xp=np, dtype=np.float64):
-        """The table ``name`` on the array module ``xp`` (numpy or cupy) in ``dtype``; cached per (xp, dtype)."""
-        key = (name, xp.__name__, np.dtype(dtype).str)
+        """The table ``name`` on the array module ``xp`` (numpy or cupy) in ``dtype``; cached per (xp, GPU, dtype)."""
+        key = (name, xp.__name__, None if xp is np else xp.cuda.get_device_id(), np.dtype(dtype).str)
         if key not in self._cache:
             self._cache[key] = xp.asarray(self._table(name), dtype=dtype)
         return self._cache[key]
@@ -159,13 +160,19 @@ class Schedule:
 
         t a Python int: a Python float. t an integer array (N,) with N = like.shape[0]: an array
         (N, 1, ..., 1) with like's number of dimensions, on like's array module, in like's dtype.
+        Timesteps outside [0, T) raise, except CuPy timesteps with a CuPy ``like``: those are gathered on
+        the GPU from the cached table without being read back, and an out-of-range one gives NaN.
         """
         table = self._table(name)
-        t_checked = check_timesteps(f"Schedule.gather({name!r})", t, self.num_timesteps, batch=like.shape[0])
+        where, xp, shape = f"Schedule.gather({name!r})", get_xp(like), (-1,) + (1,) * (like.ndim - 1)
+        if is_cupy_array(t) and xp is not np:  # timesteps on the GPU: gathered there, nothing read back
+            t = check_timesteps(where, t, self.num_timesteps, batch=like.shape[0], read_values=False)
+            values = nan_where_out_of_range(self.array(name, xp, like.dtype)[t], t, self.num_timesteps)  # (N,)
+            return values.reshape(shape)                                   # (N, 1, ..., 1); NaN where t is bad
+        t_checked = check_timesteps(where, t, self.num_timesteps, batch=like.shape[0])
         if isinstance(t_checked, int):
             return float(table[t_checked])
-        xp = get_xp(like)
-        values = table[t_checked].reshape((-1,) + (1,) * (like.ndim - 1))  # (N, 1, ..., 1)
+        values = table[t_checked].reshape(shape)  # (N, 1, ..., 1)
         return xp.asarray(values, dtype=like.dtype)
 
 

@@ -6,12 +6,19 @@ reads first. Those functions are built from the helpers here: ``float_inputs`` (
 one dtype, one backend; returns the array module), ``require_array``, ``require_ndim``, ``require``
 and ``describe`` for the shapes in a message. Integer hyper-parameters use ``tinyddpm.checks.is_int``
 (an int or NumPy integer, never a bool).
+
+Checks of array *values* (labels in [0, K), timesteps in [0, T)) run only where the values are on the host
+(``values_on_host``): on a GPU, ``int(labels.max())`` makes the program wait until the GPU has finished all
+the work queued so far, at every call, which would stall every training and sampling step. There the
+values are checked where they enter (train's check_data reads the whole label set once; sample_digits
+checks its digits), and an index that is out of range anyway gives NaN rows (``nan_where_out_of_range``)
+instead of the silently wrapped-around rows CuPy's indexing would give.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_xp
+from ..backend import get_xp, is_cupy_array
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -53,3 +60,21 @@ def require(op: str, condition: bool, message: str) -> None:
     """Raise a ValueError '<op>: <message>' unless ``condition`` holds."""
     if not condition:
         raise ValueError(f"{op}: {message}")
+
+
+def values_on_host(a) -> bool:
+    """True unless ``a`` is a CuPy array: its values can be read for a check without waiting for a GPU."""
+    return not is_cupy_array(a)
+
+
+def nan_where_out_of_range(values, index, size: int):
+    """``values`` (N, ...) with row n set to NaN where ``index[n]`` lies outside [0, size); no GPU wait.
+
+    For a gather ``values = table[index]`` whose range was not checked (a CuPy index: see the module
+    docstring): CuPy wraps an out-of-range index around, and NaN makes that visible downstream (a NaN
+    loss stops training) instead of silently using another row.
+    """
+    xp = get_xp(values, index)
+    inside = (index >= 0) & (index < size)  # (N,)
+    nan = xp.asarray(xp.nan, dtype=values.dtype)  # 0-d, values' dtype: the result keeps that dtype
+    return xp.where(inside.reshape((-1,) + (1,) * (values.ndim - 1)), values, nan)

@@ -34,8 +34,14 @@ Legend: N = batch, D = embedding width (dim), half = D // 2, K = number of class
    keeps a NaN or Inf gradient in the row it belongs to. The alternatives: a one-hot matmul
    onehot^T @ demb (onehot_{n,k} = [labels_n == k]) is a single GEMM, but multiplies every demb row by the
    zeros of the other classes, so one Inf gradient becomes 0 * Inf = NaN in every row; ``xp.add.at`` is
-   correct but a slow unbuffered loop in NumPy. (On CuPy bincount adds with atomics, so the order of the
-   additions, and with it the last bit of a sum, can vary from run to run.)
+   correct but a slow unbuffered loop in NumPy. On CuPy the same sum is one ``xp.add.at`` (atomic adds on the
+   GPU, in float64 like bincount): CuPy's bincount reads the min and max of its input back to the host, a
+   wait for the GPU at every call. (Atomic adds make the order of the additions, and with it the last bit
+   of a sum, vary from run to run.)
+
+   Labels outside [0, K) raise for NumPy labels. CuPy labels are not read back to check (a GPU wait at every
+   call; training checks its whole label set once, in check_data): their out-of-range rows come out NaN,
+   where CuPy's indexing would silently wrap them around (ops/_checks.py, nan_where_out_of_range).
 
 Proof: tests/test_embedding.py (test_timestep_gradcheck and test_label_gradcheck: finite differences
 over hypothesis-drawn batch, widths, periods and table sizes; test_timestep_matches_torch and
@@ -52,7 +58,8 @@ import numpy as np
 
 from ..backend import get_xp
 from ..checks import is_int
-from ._checks import FLOAT_DTYPES, describe, float_inputs, require, require_array, require_ndim
+from ._checks import (FLOAT_DTYPES, describe, float_inputs, nan_where_out_of_range, require, require_array,
+                      require_ndim, values_on_host)
 
 
 # ----------------------------------------------------------------------------- timestep embedding
@@ -77,8 +84,7 @@ def timestep_embedding_forward(t, dim, max_period=10000.0, dtype=None):
     work = np.float32 if (t_dtype == np.float32 and out_dtype == np.float32) else np.float64
 
     N, half = t.shape[0], int(dim) // 2
-    i = xp.arange(half, dtype=work)                               # (half,)
-    freqs = xp.exp((-math.log(max_period) / half) * i)            # (half,)
+    freqs = _frequencies(xp, half, max_period, work)              # (half,) f_i, built once per device and dtype
     args = t.astype(work)[:, None] * freqs[None, :]               # (N, half)
     parts = [xp.sin(args), xp.cos(args)]                          # (N, half) each
     if dim % 2:
@@ -100,6 +106,18 @@ def timestep_embedding_backward(demb, cache: TimestepEmbeddingCache):
     return dt.astype(dt_dtype, copy=False)
 
 
+_FREQUENCIES: dict = {}  # (module, GPU id, half, max_period, dtype) -> f (half,): a constant, not rebuilt per call
+
+
+def _frequencies(xp, half, max_period, work):
+    """f_i = exp(-ln(max_period) * i / half), i = 0 .. half-1, on xp in dtype ``work`` (cached, read-only)."""
+    key = (xp.__name__, None if xp is np else xp.cuda.get_device_id(), half, float(max_period), np.dtype(work).str)
+    if key not in _FREQUENCIES:
+        i = xp.arange(half, dtype=work)                            # (half,)
+        _FREQUENCIES[key] = xp.exp((-math.log(max_period) / half) * i)
+    return _FREQUENCIES[key]
+
+
 # ----------------------------------------------------------------------------- label embedding
 
 class LabelEmbeddingCache(NamedTuple):
@@ -112,6 +130,8 @@ def label_embedding_forward(labels, table):
     _check_label_embedding(labels, table)
     K = table.shape[0]
     emb = table[labels]  # (N, D), a gather: reading repeated rows is fine, only scatter-writes are not
+    if not values_on_host(labels):  # CuPy labels were not range-checked (see the docstring): bad rows become NaN
+        emb = nan_where_out_of_range(emb, labels, K)
     return emb, LabelEmbeddingCache(labels, K)
 
 
@@ -119,11 +139,24 @@ def label_embedding_backward(demb, cache: LabelEmbeddingCache):
     """Gradient dtable (K, D) of emb = table[labels]; repeated labels sum their rows."""
     labels, K = cache
     xp = get_xp(demb, labels, op="label_embedding")
-    D = demb.shape[1]
     # in the forward pass this was: emb = table[labels], so now we have (a scatter-add, see the docstring):
+    rows_sum = _rows_sum_bincount if xp is np else _rows_sum_add_at  # CuPy's bincount would wait for the GPU
+    return rows_sum(xp, labels, demb, K).astype(demb.dtype, copy=False)          # (K, D)
+
+
+def _rows_sum_bincount(xp, labels, demb, K):
+    """dtable (K, D) float64: dtable[k] = sum of the rows demb[n] with labels[n] = k, as one bincount."""
+    D = demb.shape[1]
     flat = labels.astype(xp.int64)[:, None] * D + xp.arange(D)[None, :]           # (N, D) positions in (K*D)
     dtable = xp.bincount(flat.reshape(-1), weights=demb.reshape(-1), minlength=K * D)  # (K*D,) float64
-    return dtable.reshape(K, D).astype(demb.dtype, copy=False)                    # (K, D)
+    return dtable.reshape(K, D)
+
+
+def _rows_sum_add_at(xp, labels, demb, K):
+    """The same sum as one ``add.at`` (the GPU path: no value is read back to the host)."""
+    dtable = xp.zeros((K, demb.shape[1]), dtype=xp.float64)                       # (K, D)
+    xp.add.at(dtable, labels, demb.astype(xp.float64))                            # dtable[labels[n]] += demb[n]
+    return dtable
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -148,8 +181,8 @@ def _check_timestep_embedding(t, dim, max_period, dtype):
 
 
 def _check_label_embedding(labels, table):
-    """Raise, naming label_embedding and the shapes, unless labels (N,) are integers in [0, K) of a float
-    table (K, D) on the same backend."""
+    """Raise, naming label_embedding and the shapes, unless labels (N,) are integers in [0, K) (that range
+    checked for NumPy labels only) of a float table (K, D) on the same backend."""
     op = "label_embedding"
     float_inputs(op, table=table)
     require_array(op, "labels", labels)
@@ -160,7 +193,7 @@ def _check_label_embedding(labels, table):
     require_ndim(op, "labels", labels, 1, "(N,)")
     require_ndim(op, "table", table, 2, "(num_classes, D)")
     K = table.shape[0]
-    if labels.size:
-        lo, hi = int(labels.min()), int(labels.max())  # one pass each (on a GPU, one wait for the result)
+    if labels.size and values_on_host(labels):  # CuPy labels: NaN rows in the forward instead (see the docstring)
+        lo, hi = int(labels.min()), int(labels.max())
         require(op, lo >= 0 and hi < K,
                 f"label {lo if lo < 0 else hi} is out of range [0, {K}) for table {tuple(table.shape)}")
