@@ -162,13 +162,15 @@ def test_step_draws_uniform_t_and_drops_labels(monkeypatch):
     images, labels = synthetic(n=64)
     config = replace(TINY, batch_size=64, p_uncond=0.5, num_timesteps=50, steps=20)
     seen = []
-    original = train_module.unet_forward
+    import tinyddpm.parallel as parallel_module  # where train_step's forward is called from
+
+    original = parallel_module.unet_forward
 
     def spy(params, cfg, x, t, y, **kw):
         seen.append((to_numpy(t).copy(), to_numpy(y).copy()))
         return original(params, cfg, x, t, y, **kw)
 
-    monkeypatch.setattr(train_module, "unet_forward", spy)
+    monkeypatch.setattr(parallel_module, "unet_forward", spy)
     state = new_state(config, images, labels)
     for _ in range(8):
         train_step(state)
@@ -180,6 +182,25 @@ def test_step_draws_uniform_t_and_drops_labels(monkeypatch):
     first_batch = labels[state.batches.permutation(0)[:64]]           # the labels kept are the true ones
     kept = ~null[:64]
     assert np.array_equal(y[:64][kept], first_batch[kept])
+
+
+def test_a_step_split_over_cores_matches_one_shard_and_repeats_exactly(monkeypatch):
+    images, labels = synthetic()
+    config = replace(TINY, unet=replace(TINY_UNET, dropout=0.0), dtype="float64", steps=3)
+    runs = {}
+    for shards in ("1", "2", "3", "2"):
+        monkeypatch.setenv("TINYDDPM_SHARDS", shards)
+        state = new_state(config, images, labels)
+        losses = [float(train_step(state)) for _ in range(3)]
+        runs.setdefault(shards, []).append((losses, as_host(state.params)))
+    (one_losses, one_params), = runs["1"]
+    for shards in ("2", "3"):
+        losses, params = runs[shards][0]
+        assert np.allclose(losses, one_losses, rtol=1e-12, atol=0)
+        assert all(np.allclose(params[k], one_params[k], rtol=1e-10, atol=1e-12) for k in params)
+    (first, p1), (second, p2) = runs["2"]   # the same shard count: bit for bit (exact resume relies on it)
+    assert first == second
+    assert_dicts_equal(p1, p2)
 
 
 def test_losses_stay_on_device_until_flushed():

@@ -40,9 +40,9 @@ from .backend import device_xp
 from .checkpoint.run import CHECKPOINT_NAME, save_state
 from .diffusion import diffusion_loss, q_sample
 from .optim import clip_grad_norm, lr_schedule
+from .parallel import shards_for, unet_loss_and_grads
 from .sampling import write_preview
 from .state import TrainState
-from .unet import unet_backward, unet_forward
 
 
 def train_step(state: TrainState):
@@ -58,11 +58,13 @@ def train_step(state: TrainState):
     noise = state.device_rng.standard_normal(x0.shape, dtype=x0.dtype)    # eps ~ N(0, I)
     x_t = q_sample(state.schedule, x0, t_host, noise)                     # sqrt(ab) x0 + sqrt(1 - ab) eps
 
-    out, cache = unet_forward(state.params, cfg.unet, x_t, t, labels, train=True, rng=state.device_rng)
-    loss, dout = diffusion_loss(state.schedule, out, x0, t_host, noise, cfg.prediction, cfg.loss,
-                                cfg.min_snr_gamma)
-    _, grads = unet_backward(dout, cache)                                 # dL/dtheta; dx is not needed
-    del cache
+    def loss_fn(out):                                                     # L and dL/dout on the whole batch
+        return diffusion_loss(state.schedule, out, x0, t_host, noise, cfg.prediction, cfg.loss, cfg.min_snr_gamma)
+
+    # out = unet(x_t, t, y'), L = loss_fn(out), g = dL/dtheta by unet_backward; on the CPU the batch is cut
+    # into one shard per core, run in parallel, and the shards' gradients summed (parallel.py)
+    loss, grads = unet_loss_and_grads(state.params, cfg.unet, x_t, t, labels, loss_fn, rng=state.device_rng,
+                                      shards=shards_for(cfg.unet, B))
     clip_grad_norm(grads, cfg.grad_clip)                                  # g <- g min(1, clip / ||g||)
     total = cfg.steps if cfg.lr_decay == "cosine" and cfg.steps > cfg.warmup_steps else None  # else: warmup only
     lr = lr_schedule(state.optimizer.t, cfg.lr, cfg.warmup_steps, total, cfg.min_lr)

@@ -1,0 +1,115 @@
+"""Data parallelism inside one process: the batch cut into shards, each shard's U-Net forward and backward on a
+core of its own, the gradients summed.
+
+Why. NumPy runs im2col's copies and every elementwise pass (GroupNorm, SiLU, the residual adds) on one core;
+only BLAS uses the others. Give each core a shard of the batch instead, with BLAS held to one thread while the
+shards run (shards x BLAS threads = cores), and every pass runs on every core. NumPy releases the GIL inside its
+loops and BLAS calls, so plain Python threads are enough.
+
+Why it is exact. The U-Net treats the samples of a batch independently (GroupNorm normalises within a sample,
+attention mixes the pixels of one sample), so for a batch split into shards s = 1..S
+
+    out       = concat(unet(x_1), ..., unet(x_S))                   the same outputs, row for row
+    L, dL/dout  computed once on the whole batch                    (the loss's mean is over all of it)
+    dL/dtheta = sum_s backward(dL/dout_s, cache_s)                  theta is shared: its gradient adds up
+
+Determinism. Each shard runs single-threaded and the gradients are summed in shard order, so a step is the same
+bit for bit on every run with the same shard count (exact resume holds). Another shard count sums in another
+order: results differ by float round-off (about 1e-7 relative in float32). Dropout masks are drawn from one
+stream for the whole batch, so a network with dropout runs as one shard; so does anything on CuPy (the GPU is
+already parallel).
+
+The shard count is the number of threads BLAS was started with: all cores by default, fewer when
+OPENBLAS_NUM_THREADS / OMP_NUM_THREADS say so. TINYDDPM_SHARDS overrides it (1 turns sharding off).
+Holding BLAS to one thread uses threadpoolctl; without it, one shard.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+
+import numpy as np
+
+from .backend import device_xp
+from .unet import unet_backward, unet_forward
+
+
+@lru_cache(maxsize=1)
+def _blas_controller():
+    """threadpoolctl's handle on the BLAS library NumPy uses, or None (not installed, or no BLAS found)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    controller = ThreadpoolController().select(user_api="blas")
+    return controller if controller.lib_controllers else None
+
+
+def default_shards() -> int:
+    """TINYDDPM_SHARDS if set, else the number of BLAS threads NumPy runs with (1 without threadpoolctl)."""
+    if os.environ.get("TINYDDPM_SHARDS"):
+        return max(1, int(os.environ["TINYDDPM_SHARDS"]))
+    controller = _blas_controller()
+    if controller is None:
+        return 1
+    return max(1, max(lib.num_threads for lib in controller.lib_controllers))
+
+
+@lru_cache(maxsize=4)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tinyddpm-shard")
+
+
+def shard_slices(batch: int, shards: int) -> list:
+    """``shards`` contiguous slices covering 0..batch, sizes differing by at most one (no empty shard)."""
+    shards = max(1, min(shards, batch))
+    bounds = np.linspace(0, batch, shards + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def run_sharded(fn, items: list) -> list:
+    """[fn(item) for item in items], one thread each, with BLAS held to one thread meanwhile."""
+    if len(items) == 1:
+        return [fn(items[0])]
+    controller = _blas_controller()
+    with controller.limit(limits=1) if controller is not None else contextlib.nullcontext():
+        return list(_pool(len(items)).map(fn, items))
+
+
+def shards_for(config, batch: int) -> int:
+    """How many shards a training step of ``config`` at this batch size uses (see the module docstring)."""
+    if device_xp() is not np or config.dropout > 0 or _blas_controller() is None:
+        return 1
+    return min(default_shards(), batch)
+
+
+def unet_loss_and_grads(params: dict, config, x, t, labels, loss_fn, *, rng=None, shards: int = 1):
+    """(loss, grads): the U-Net's forward on x_t, ``loss, dout = loss_fn(out)`` on the whole batch, the backward.
+
+    With ``shards`` > 1 the forward and backward run on contiguous shards of the batch in parallel threads and
+    the gradients are summed (the module docstring says why that is exact). train=True: dropout uses ``rng``.
+    """
+    parts = shard_slices(x.shape[0], shards)
+
+    def forward(part):
+        return unet_forward(params, config, x[part], t[part], None if labels is None else labels[part],
+                            train=True, rng=rng)
+
+    results = run_sharded(forward, parts)                                  # [(out_s, cache_s)]
+    out = results[0][0] if len(parts) == 1 else device_xp().concatenate([o for o, _ in results])  # (B, C, H, W)
+    loss, dout = loss_fn(out)
+    caches = [cache for _, cache in results]
+    del results
+
+    def backward(part_and_cache):
+        part, cache = part_and_cache
+        return unet_backward(dout[part], cache)[1]                         # dL/dtheta of this shard; dx unused
+
+    shard_grads = run_sharded(backward, list(zip(parts, caches)))
+    del caches
+    grads = shard_grads[0]
+    for more in shard_grads[1:]:                                           # summed in shard order: deterministic
+        grads = {name: g + more[name] for name, g in grads.items()}
+    return loss, grads
