@@ -13,6 +13,8 @@ attention mixes the pixels of one sample), so for a batch split into shards s = 
     L, dL/dout  computed once on the whole batch                    (the loss's mean is over all of it)
     dL/dtheta = sum_s backward(dL/dout_s, cache_s)                  theta is shared: its gradient adds up
 
+Sampling uses the same split for the model's forward passes (unet_forward_in_shards, behind unet_model).
+
 Determinism. Each shard runs single-threaded and the gradients are summed in shard order, so a step is the same
 bit for bit on every run with the same shard count (exact resume holds). Another shard count sums in another
 order: results differ by float round-off (about 1e-7 relative in float32). Dropout masks are drawn from one
@@ -76,6 +78,22 @@ def run_sharded(fn, items: list) -> list:
     controller = _blas_controller()
     with controller.limit(limits=1) if controller is not None else contextlib.nullcontext():
         return list(_pool(len(items)).map(fn, items))
+
+
+def unet_forward_in_shards(params: dict, config, x, t, labels=None, shards: int | None = None):
+    """unet_forward in eval mode (no cache kept) with the batch cut into ``shards`` run in parallel threads.
+
+    shards None: one per core on the CPU (default_shards), one on CuPy. The outputs are concatenated in order.
+    """
+    if shards is None:
+        shards = 1 if device_xp() is not np or _blas_controller() is None else default_shards()
+    parts = shard_slices(x.shape[0], shards)
+
+    def forward(part):
+        return unet_forward(params, config, x[part], t[part], None if labels is None else labels[part])[0]
+
+    outs = run_sharded(forward, parts)
+    return outs[0] if len(outs) == 1 else device_xp().concatenate(outs)     # (N, C, H, W)
 
 
 def shards_for(config, batch: int) -> int:

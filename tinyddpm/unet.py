@@ -332,12 +332,17 @@ def unet_backward(dout, cache: UNetCache):
     return dx, grads
 
 
-def unet_model(params, cfg: UNetConfig):
-    """The network as a sampler-ready callable ``model(x_t, t, labels) -> prediction`` (eval mode)."""
+def unet_model(params, cfg: UNetConfig, shards: int | None = None):
+    """The network as a sampler-ready callable ``model(x_t, t, labels) -> prediction`` (eval mode).
+
+    On the CPU each call cuts the batch into ``shards`` run on parallel cores (None: one per core; 1: off);
+    see tinyddpm/parallel.py. The samples are the same up to float round-off, and repeat exactly for a
+    given shard count.
+    """
+    from .parallel import unet_forward_in_shards  # parallel.py builds on this module: imported on use
 
     def model(x, t, labels=None):
-        out, _ = unet_forward(params, cfg, x, t, labels)
-        return out
+        return unet_forward_in_shards(params, cfg, x, t, labels, shards)
 
     return model
 
