@@ -90,7 +90,8 @@ def unet_forward_in_shards(params: dict, config, x, t, labels=None, shards: int 
     parts = shard_slices(x.shape[0], shards)
 
     def forward(part):
-        return unet_forward(params, config, x[part], t[part], None if labels is None else labels[part])[0]
+        return unet_forward(params, config, x[part], t[part], None if labels is None else labels[part],
+                            keep_cache=False)[0]
 
     outs = run_sharded(forward, parts)
     return outs[0] if len(outs) == 1 else device_xp().concatenate(outs)     # (N, C, H, W)

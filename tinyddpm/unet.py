@@ -247,11 +247,13 @@ def _check_inputs(cfg, params, x, t, labels):
         raise TypeError(f"unet: x is {x.dtype} but the parameters are {params['conv_in.w'].dtype}")
 
 
-def unet_forward(params, cfg: UNetConfig, x, t, labels=None, *, train=False, rng=None):
+def unet_forward(params, cfg: UNetConfig, x, t, labels=None, *, train=False, rng=None, keep_cache=True):
     """Predict from x (N, C, H, W) at timesteps t (N,) with optional labels (N,). Returns (out, cache).
 
     For a conditional network, ``labels=None`` means the null label for the whole batch.
     ``train=True`` turns dropout on and needs ``rng``, a Generator of the device.
+    ``keep_cache=False`` (sampling: no backward follows) lets each block's cache go as soon as the block is
+    done and returns (out, None): the memory of one block's intermediates instead of the whole network's.
     """
     _check_inputs(cfg, params, x, t, labels)
     p = params
@@ -287,10 +289,12 @@ def unet_forward(params, cfg: UNetConfig, x, t, labels=None, *, train=False, rng
             h, cache = upsample_forward(p, layer.name, h)
         if layer.push_skip:
             skips.append(h)
-        layers.append((layer, cache, concat))
+        layers.append((layer, cache, concat) if keep_cache else None)
     h, out_norm = groupnorm_forward(h, p["out.norm.g"], p["out.norm.b"], cfg.groups)
     h, out_act = silu_forward(h)
     out, conv_out = conv_forward(p, "conv_out", h)
+    if not keep_cache:
+        return out, None
     return out, UNetCache(time_lin1, time_act, time_lin2, label, label_add, temb_act_cache,
                           conv_in, layers, out_norm, out_act, conv_out)
 
