@@ -16,6 +16,8 @@ import random
 
 import numpy as np
 
+from .checks import check_int
+
 DEVICES = ("cpu", "cuda")
 _device: str | None = None  # resolved lazily from TINYDDPM_DEVICE on first use
 
@@ -107,6 +109,7 @@ def seed_everything(seed: int):
     that passes the returned generator along is repeatable on each backend. The global seeds are
     set too, for user code that calls ``np.random`` directly.
     """
+    seed = _check_seed("seed_everything", seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     xp = device_xp()
@@ -116,5 +119,10 @@ def seed_everything(seed: int):
 
 
 def make_rng(seed=None):
-    """A random Generator on the current device (``numpy``/``cupy`` ``random.default_rng``)."""
-    return device_xp().random.default_rng(seed)
+    """A random Generator on the current device (``numpy``/``cupy`` ``random.default_rng``); seed None: fresh entropy."""
+    return device_xp().random.default_rng(None if seed is None else _check_seed("make_rng", seed))
+
+
+def _check_seed(where: str, seed) -> int:
+    """A seed is an integer >= 0 (NumPy's and CuPy's generators refuse negative ones with a bare message)."""
+    return check_int(where, "seed", seed, minimum=0)

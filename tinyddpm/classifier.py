@@ -323,29 +323,76 @@ def default_cache_dir() -> Path:
     return Path(root) / "classifier" if root else Path.home() / ".cache" / "tinyddpm" / "classifier"
 
 
+def load_classifier(path, where: str = "load_classifier"):
+    """(params, config) of a classifier cache written by load_or_train_classifier.
+
+    Anything else -- a corrupt file, another kind of checkpoint, weights missing or of shapes that do not
+    chain into the network, NaN or inf -- raises a CheckpointError naming the file (delete it, or pass
+    retrain=True to load_or_train_classifier, to train a new one).
+    """
+    from .checkpoint import CheckpointError, load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    config = ckpt.config if isinstance(ckpt.config, dict) else {}
+    fix = "delete it to train a new classifier"
+    if config.get("kind") != "tinyddpm.classifier":
+        raise CheckpointError(f"{where}: {path} is not a classifier checkpoint (config kind {config.get('kind')!r}, "
+                              f"a classifier cache has 'tinyddpm.classifier'); {fix}")
+    problem = _weights_problem(ckpt.params)
+    if problem:
+        raise CheckpointError(f"{where}: {path} does not hold classifier weights ({problem}); {fix}")
+    for name, a in ckpt.params.items():
+        bad = int((~get_xp(a).isfinite(a)).sum())
+        if bad:
+            raise CheckpointError(f"{where}: {path}: the classifier weights {name!r} hold {bad} NaN or infinite "
+                                  f"values; {fix}")
+    return ckpt.params, config
+
+
+def _weights_problem(params: dict) -> str:
+    """What keeps ``params`` from being the network of init_params (names, ranks, chained sizes), or ''."""
+    names = [name for name, _ in CONV_LAYERS] + ["fc1", "fc2"]
+    wanted = {f"{n}.{p}" for n in names for p in "wb"}
+    missing, extra = sorted(wanted - set(params)), sorted(set(params) - wanted)
+    if missing or extra:
+        return f"missing {missing[:4]}, unexpected {extra[:4]}"
+    shapes = {k: tuple(v.shape) for k, v in params.items()}
+    c_in = 1
+    for name in names:
+        w, b = shapes[f"{name}.w"], shapes[f"{name}.b"]
+        conv = not name.startswith("fc")
+        rank_ok = len(w) == (4 if conv else 2) and len(b) == 1 and b[0] == w[0]
+        if not rank_ok or (conv and (w[1] != c_in or w[2:] != (3, 3))) or (name == "fc2" and w[1] != c_in):
+            return f"{name}.w {w} and {name}.b {b} do not follow a layer of {c_in} outputs"
+        c_in = w[0]
+    return ""
+
+
 def load_or_train_classifier(cache_dir=None, *, epochs: float = 2.0, seed: int = 0, data_dir=None,
-                             source: str = "auto", retrain: bool = False, verbose: bool = True):
+                             source: str = "auto", retrain: bool = False, verbose: bool = True,
+                             train_data=None, test_data=None):
     """The trained MNIST classifier: loaded from ``cache_dir/classifier.npz``, or trained once and saved there.
 
     Returns (params, info): params on the current device (float32), info the saved config dict
     (architecture, training settings, "test_accuracy" on the held-out MNIST test split,
-    "data_source", "train_seconds"). ``cache_dir`` defaults to default_cache_dir().
+    "data_source", "train_seconds"). ``cache_dir`` defaults to default_cache_dir(). A cache that is not
+    a usable classifier raises a CheckpointError naming it (load_classifier). To train, the splits are
+    read with load_mnist(split, data_dir, source) unless given as ``train_data`` / ``test_data`` (MNISTData).
     """
-    from .checkpoint import load_checkpoint, save_checkpoint
+    from .checkpoint import save_checkpoint
     from .data import load_mnist, to_model_range
 
     path = Path(cache_dir or default_cache_dir()).expanduser() / CHECKPOINT_NAME
     if path.is_file() and not retrain:
-        ckpt = load_checkpoint(path)
-        if ckpt.config.get("kind") != "tinyddpm.classifier":
-            raise ValueError(f"load_or_train_classifier: {path} is not a classifier checkpoint "
-                             f"(config kind {ckpt.config.get('kind')!r}); delete it or pass retrain=True")
+        params, config = load_classifier(path, where="load_or_train_classifier")
         if verbose:
-            print(f"tinyddpm.classifier: loaded {path} (test accuracy {ckpt.config['test_accuracy']:.4f})", flush=True)
-        return ckpt.params, ckpt.config
+            accuracy_ = config.get("test_accuracy")
+            shown = f"{accuracy_:.4f}" if isinstance(accuracy_, (int, float)) else "not recorded"
+            print(f"tinyddpm.classifier: loaded {path} (test accuracy {shown})", flush=True)
+        return params, config
 
-    train = load_mnist("train", data_dir=data_dir, source=source)
-    test = load_mnist("test", data_dir=data_dir, source=source)
+    train = train_data if train_data is not None else load_mnist("train", data_dir=data_dir, source=source)
+    test = test_data if test_data is not None else load_mnist("test", data_dir=data_dir, source=source)
     cfg = ClassifierConfig(image_size=int(train.images.shape[-1]))
     params, history = train_classifier(to_model_range(train.images), train.labels, cfg=cfg, epochs=epochs,
                                        seed=seed, verbose=verbose)

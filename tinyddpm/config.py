@@ -10,10 +10,13 @@ checkpoint stores and back.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import asdict, dataclass, field, replace
+from numbers import Real
 
 from .backend import get_device
-from .diffusion import LOSSES, PREDICTIONS, SAMPLERS, SCHEDULES, Schedule, make_schedule
+from .checks import is_int
+from .diffusion import LOSSES, PREDICTIONS, SAMPLERS, SCHEDULES, Schedule, make_schedule, max_steps
 from .unet import UNetConfig
 
 LR_DECAYS = ("constant", "cosine")
@@ -55,7 +58,19 @@ class TrainConfig:
     final_per_digit: int = 10           # samples per digit in samples.png
 
     def validate(self) -> None:
+        """A ValueError listing every field that is wrong (counts must be integers, real numbers finite)."""
         self.unet.validate()
+        ints = {"num_timesteps": 2, "steps": 1, "batch_size": 1, "warmup_steps": 0, "log_every": 1,
+                "checkpoint_every": 0, "sample_every": 0, "sample_steps": 1, "seed": 0, "preview_per_digit": 1,
+                "final_per_digit": 1}   # field: minimum
+        reals = ("lr", "min_lr", "p_uncond", "grad_clip", "ema_decay", "weight_decay", "guidance")
+        problems = [f"{name} must be an integer >= {low}, got {getattr(self, name)!r}"
+                    for name, low in ints.items() if not is_int(getattr(self, name)) or getattr(self, name) < low]
+        problems += [f"{name} must be a finite number, got {getattr(self, name)!r}"
+                     for name in reals if not _finite(getattr(self, name))]
+        if problems:   # the checks below compare these fields: only once they are numbers
+            raise ValueError("TrainConfig: " + "; ".join(problems))
+        most = max_steps(self.sampler, self.num_timesteps) if self.sampler in SAMPLERS else self.num_timesteps
         checks = [
             (self.schedule in SCHEDULES, f"schedule must be one of {tuple(SCHEDULES)}, got {self.schedule!r}"),
             (self.prediction in PREDICTIONS, f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}"),
@@ -63,23 +78,20 @@ class TrainConfig:
             (self.lr_decay in LR_DECAYS, f"lr_decay must be one of {LR_DECAYS}, got {self.lr_decay!r}"),
             (self.sampler in SAMPLERS, f"sampler must be one of {tuple(SAMPLERS)}, got {self.sampler!r}"),
             (self.dtype in ("float32", "float64"), f"dtype must be 'float32' or 'float64', got {self.dtype!r}"),
-            (self.num_timesteps >= 2, f"num_timesteps must be >= 2, got {self.num_timesteps}"),
-            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (self.min_lr >= 0, f"min_lr must be >= 0, got {self.min_lr}"),
             (0.0 <= self.p_uncond < 1.0, f"p_uncond must lie in [0, 1), got {self.p_uncond}"),
             (self.p_uncond == 0.0 or self.unet.num_classes is not None,
              "p_uncond > 0 needs a conditional network (unet.num_classes set)"),
-            (self.min_snr_gamma is None or self.min_snr_gamma > 0,
+            (self.min_snr_gamma is None or (_finite(self.min_snr_gamma) and self.min_snr_gamma > 0),
              f"min_snr_gamma must be None or > 0, got {self.min_snr_gamma}"),
+            (len(self.betas) == 2 and all(_finite(b) and 0 <= b < 1 for b in self.betas),
+             f"betas must be two numbers in [0, 1), got {self.betas}"),
             (self.grad_clip > 0, f"grad_clip must be > 0, got {self.grad_clip}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (0.0 <= self.ema_decay <= 1.0, f"ema_decay must lie in [0, 1], got {self.ema_decay}"),
-            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
-            (self.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {self.checkpoint_every}"),
-            (self.sample_every >= 0, f"sample_every must be >= 0, got {self.sample_every}"),
-            (self.sample_steps >= 1, f"sample_steps must be >= 1, got {self.sample_steps}"),
-            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+            (self.sample_steps <= most, f"sample_steps must be at most {most} for sampler {self.sampler!r} "
+                                        f"with num_timesteps={self.num_timesteps}, got {self.sample_steps}"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:
@@ -130,6 +142,11 @@ PRESETS = {
         ema_decay=0.9995, log_every=50, checkpoint_every=2000, sample_every=2000,
         sample_steps=25, guidance=2.0, preview_per_digit=2, final_per_digit=10),
 }
+
+
+def _finite(value) -> bool:
+    """A real number (not a bool) that is neither NaN nor infinite."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def preset(name: str, **overrides) -> TrainConfig:

@@ -50,6 +50,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import to_numpy
+from .checks import check_int
 
 
 def _finite_2d(where: str, name: str, a) -> np.ndarray:
@@ -177,6 +178,8 @@ def precision_recall(real, fake, k: int = 3, chunk: int = 1024) -> tuple:
 
 def _probabilities(where: str, probs) -> np.ndarray:
     p = _finite_2d(where, "probs", probs)
+    if p.size == 0:
+        raise ValueError(f"{where}: probs must hold at least one row of one class, got shape {p.shape}")
     if p.min() < 0 or not np.allclose(p.sum(axis=1), 1.0, atol=1e-4):
         raise ValueError(f"{where}: probs {p.shape} must be non-negative rows summing to 1 (softmax outputs)")
     return p
@@ -236,6 +239,7 @@ def real_baseline(real_features, n: int, seed: int = 0, k: int = 3) -> dict:
     The numbers a perfect generator would get with n samples: quote model metrics next to them.
     """
     f = _finite_2d("real_baseline", "real_features", real_features)
+    seed = check_int("real_baseline", "seed", seed, minimum=0)
     if not 2 <= n <= f.shape[0] // 2:
         raise ValueError(f"real_baseline: n must be in [2, N/2] = [2, {f.shape[0] // 2}], got {n} (features {f.shape})")
     order = np.random.default_rng(seed).permutation(f.shape[0])

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from .backend import device_xp
-from .diffusion import GuidedModel, Schedule, sample
+from .checks import check_choice, check_int, check_real
+from .diffusion import SAMPLERS, GuidedModel, Schedule, sample
 from .unet import UNetConfig, unet_model
 
 
@@ -28,9 +29,16 @@ def sample_digits(params: dict, unet_config: UNetConfig, schedule: Schedule, dig
     With ``guidance`` != 1 the conditional and unconditional predictions are mixed (GuidedModel);
     an unconditional network ignores ``digits`` except for the count. ``clip='static'`` clips every x0
     estimate to [-1, 1], which a briefly trained model needs (without it some samples stay noise).
+    Samples holding NaN or inf raise a FloatingPointError saying how many values and with which settings.
     """
+    where = "sample_digits"
+    check_choice(where, "sampler", sampler, tuple(SAMPLERS))
+    n_per_digit = check_int(where, "n_per_digit", n_per_digit, minimum=1)
+    guidance = check_real(where, "guidance", guidance)
     xp = device_xp()
-    digits = [int(d) for d in digits]
+    digits = [check_int(where, "each digit", d) for d in digits]
+    if not digits:
+        raise ValueError(f"{where}: digits is empty; ask for at least one digit")
     labels_host = np.repeat(np.asarray(digits, dtype=np.int64), n_per_digit)  # (N,) d0 d0 .. d1 d1 ..
     model = unet_model(params, unet_config)
     labels = None
@@ -48,9 +56,16 @@ def sample_digits(params: dict, unet_config: UNetConfig, schedule: Schedule, dig
         # DDIM's direction to x_t must use the eps implied by the *clipped* x0; with the raw model eps
         # (the diffusers default) a short-trained model's digits come out grey and smeared.
         extra["use_clipped_model_output"] = True
-    return sample(model, schedule, shape, method=sampler, num_steps=steps, labels=labels, prediction=prediction,
-                  clip=clip, seed=seed, dtype=dtype, callback=callback, callback_every=callback_every,
-                  progress=progress, **extra)
+    x = sample(model, schedule, shape, method=sampler, num_steps=steps, labels=labels, prediction=prediction,
+               clip=clip, seed=seed, dtype=dtype, callback=callback, callback_every=callback_every,
+               progress=progress, **extra)
+    bad = int((~xp.isfinite(x)).sum())   # one read-back per batch, at the end: NaN is never drawn as a picture
+    if bad:
+        calls = schedule.num_timesteps if sampler == "ddpm" else steps
+        raise FloatingPointError(f"{where}: {bad} of {x.size} sample values are NaN or infinite ({sampler}, {calls} "
+                                 f"steps, guidance {guidance:g}): the weights or these settings make the sampler "
+                                 "diverge")
+    return x
 
 
 def write_preview(state, path) -> Path:

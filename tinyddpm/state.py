@@ -78,6 +78,8 @@ def check_data(config: TrainConfig, images, labels) -> None:
     if getattr(images, "dtype", None) != np.uint8 or len(shape) != 3:
         raise TypeError(f"train: images must be uint8 (N, H, W), got {getattr(images, 'dtype', type(images).__name__)} "
                         f"{shape}")
+    if shape[0] == 0:
+        raise ValueError(f"train: no images to train on (images {shape})")
     if shape[1:] != (u.image_size, u.image_size) or u.image_channels != 1:
         raise ValueError(f"train: images {shape} do not fit the U-Net's image_size {u.image_size} "
                          f"(and image_channels must be 1, got {u.image_channels})")

@@ -23,6 +23,14 @@ The file is written atomically: into a temporary file in the same directory, flu
 then renamed over the old checkpoint with os.replace. A crash mid-write leaves the previous
 checkpoint intact; a reader never sees half a file.
 
+Temporary files left by a killed write. The temporary file is ``.<name>.<pid>.<host>.<hex>.tmp``: the
+writer's process id, 8 hex digits of a hash of its machine's name, 8 random hex digits. Each save first
+removes the temporary files of the same checkpoint name in its folder that no one can still be writing:
+those of this machine whose process is no longer alive, and any not modified for 24 hours (no write takes
+that long: this catches a process id reused since, and files of other machines sharing the folder, whose
+processes cannot be seen from here). A file of a live process, including this one, is never touched. On
+Windows, where asking whether a process is alive would signal it, only the 24-hour rule applies.
+
 Random state: a NumPy Generator's state is a dict of integers, stored as JSON, so a CPU run resumes
 bit-identically. CuPy's generators keep their state in GPU memory with no way to export it, so on the
 GPU ``generator_state`` records only the backend and ``restore_generator`` returns a *re-seeded*
@@ -31,9 +39,13 @@ repeatable, but its noise differs from that of an uninterrupted run.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import secrets
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,15 +192,18 @@ def save_checkpoint(path, *, config: dict, params: dict, ema: dict | None = None
     arrays["meta/manifest"] = _encode_json("manifest", manifest)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # same folder: rename is atomic
+    remove_stale_temporaries(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{_HOST}.{secrets.token_hex(4)}.tmp")  # same folder: atomic rename
     try:
         with open(tmp, "xb") as f:  # a new file with the usual mode (umask applies), never an existing one
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None:  # a full disk, a read-only folder: name the checkpoint
+            raise OSError(e.errno, f"cannot write the checkpoint: {e.strerror or e}", str(path)) from e
         raise
     try:  # make the rename itself durable (POSIX); harmless to skip where directories cannot be opened
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -199,6 +214,53 @@ def save_checkpoint(path, *, config: dict, params: dict, ema: dict | None = None
     except OSError:
         pass
     return path
+
+
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]   # this machine, in temporary file names
+STALE_SECONDS = 24 * 3600   # a temporary file unmodified this long is stale whoever wrote it
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (signal 0 checks without sending anything)."""
+    if pid <= 0:
+        return True  # 0 and negative ids name process groups: never treat them as dead
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # another user's process, or an id this system cannot ask about: keep its file
+    return True
+
+
+def remove_stale_temporaries(path) -> list:
+    """Remove the temporary files of checkpoint ``path`` left by killed writes; return the paths removed.
+
+    See the module docstring for the rule: this machine's files whose process is dead, anyone's unmodified
+    for 24 hours; never a live process's. Best effort: a file that cannot be removed is left alone.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.(?:([0-9a-f]{{8}})\.)?[0-9a-f]+\.tmp$")
+    removed = []
+    try:
+        candidates = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for candidate in candidates:
+        match = pattern.match(candidate.name)
+        if match is None:
+            continue
+        pid, host = int(match.group(1)), match.group(2)   # no host: written before hosts were recorded
+        try:
+            age = now - candidate.lstat().st_mtime
+            ours = host in (None, _HOST) and os.name != "nt"
+            if age > STALE_SECONDS or (ours and pid != os.getpid() and not _pid_alive(pid)):
+                candidate.unlink()
+                removed.append(candidate)
+        except OSError:
+            continue
+    return removed
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,6 +288,11 @@ def load_checkpoint(path, device: str | None = None) -> Checkpoint:
         raise FileNotFoundError(f"load_checkpoint: no file at {path}")
     xp = _device_module(device)
     size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head.startswith((b"PK", b"\x93NUMPY")):   # a zip archive (.npz) or a single .npy array
+        shown = f"it begins with {head.hex(' ')}" if head else "the file is empty"
+        raise CheckpointError(f"{path}: not a readable .npz checkpoint ({size} bytes, not a zip archive: {shown})")
     try:
         npz = np.load(path, allow_pickle=False)
     except Exception as e:  # empty file, random bytes, a truncated zip, a pickle: all land here
@@ -289,4 +356,4 @@ def load_checkpoint(path, device: str | None = None) -> Checkpoint:
 
 
 __all__ = ["Checkpoint", "CheckpointError", "FORMAT_VERSION", "generator_state", "load_checkpoint",
-           "restore_generator", "save_checkpoint"]
+           "remove_stale_temporaries", "restore_generator", "save_checkpoint"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backend import device_xp, get_device
+from ..backend import device_xp, get_device, get_xp
 from ..config import TrainConfig, make_run_schedule
 from ..optim import EMA
 from ..state import TrainState, batches_for, optimizer_for, check_data, seed_for
@@ -30,8 +30,18 @@ CHECKPOINT_KIND = "tinyddpm.train"   # meta/config["kind"] of a training checkpo
 
 
 def save_state(state: TrainState, path) -> Path:
-    """Write the whole training state to ``path`` (atomically; see checkpoint.py). Flushes the losses first."""
+    """Write the whole training state to ``path`` (atomically; see npz.py). Flushes the losses first.
+
+    A non-finite loss (flush_losses) or non-finite weights raise a FloatingPointError before anything is
+    written: the last checkpoint stays the last good one.
+    """
     state.flush_losses()
+    for what, arrays in (("weights", state.params), ("EMA weights", state.ema.params)):
+        bad = _not_finite(arrays)
+        if bad:
+            name, count, size = bad[0]
+            raise FloatingPointError(f"save_state: the {what} {name!r} hold {count} NaN or infinite values of "
+                                     f"{size} at step {state.step}; not saving over the last checkpoint")
     config = {"kind": CHECKPOINT_KIND, "train": state.config.to_dict()}
     rng_state = {"host": generator_state(state.host_rng), "device": generator_state(state.device_rng),
                  "batches": state.batches.state_dict()}
@@ -53,6 +63,26 @@ def read_train_config(ckpt, path) -> TrainConfig:
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: the stored training config is not usable ({e})") from None
     return train_config
+
+
+def _not_finite(arrays: dict) -> list:
+    """[(name, count, size)] of the float arrays holding NaN or inf (one read-back per array)."""
+    bad = []
+    for name, a in arrays.items():
+        if hasattr(a, "dtype") and np.dtype(a.dtype).kind == "f":
+            count = int((~get_xp(a).isfinite(a)).sum())
+            if count:
+                bad.append((name, count, int(a.size)))
+    return bad
+
+
+def _check_finite(path, what: str, arrays: dict) -> None:
+    """CheckpointError naming ``path`` and the first tensor of ``arrays`` that holds NaN or inf."""
+    bad = _not_finite(arrays)
+    if bad:
+        (name, count, size), more = bad[0], (f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else "")
+        raise CheckpointError(f"{path}: the {what} {name!r} hold {count} NaN or infinite values of {size}{more}: "
+                              "a diverged run; these weights cannot be used")
 
 
 def _check_param_names(path, what: str, got: dict, expected: dict) -> None:
@@ -92,6 +122,9 @@ def resume_state(path, images, labels=None, steps: int | None = None, data_sourc
     _check_param_names(path, "params", ckpt.params, reference)
     _check_param_names(path, "EMA weights", ckpt.ema_params, reference)
     params = {name: ckpt.params[name] for name in reference}
+    _check_finite(path, "weights", params)
+    _check_finite(path, "EMA weights", ckpt.ema_params)
+    _check_finite(path, "optimizer moments", {k: v for k, v in ckpt.optimizer_state.items() if hasattr(v, "dtype")})
     if any(p.dtype != np.dtype(config.dtype) for p in params.values()):
         raise CheckpointError(f"{path}: weights are not {config.dtype} as the stored config says")
     state = TrainState(config=config, schedule=make_run_schedule(config), params=params,
@@ -130,7 +163,11 @@ def resume_state(path, images, labels=None, steps: int | None = None, data_sourc
 
 
 def load_for_sampling(path, use_ema: bool = True):
-    """(params, TrainConfig, Schedule) from a training checkpoint: the EMA weights unless use_ema=False."""
+    """(params, TrainConfig, Schedule) from a training checkpoint: the EMA weights unless use_ema=False.
+
+    A missing file raises FileNotFoundError; a corrupt or foreign checkpoint, or weights holding NaN or inf,
+    a CheckpointError naming the file (and the first tensor that is not finite).
+    """
     path = Path(path)
     ckpt = load_checkpoint(path)
     config = read_train_config(ckpt, path)
@@ -141,5 +178,8 @@ def load_for_sampling(path, use_ema: bool = True):
         params = ckpt.ema_params
     else:
         params = ckpt.params
-    _check_param_names(path, "EMA weights" if use_ema else "params", params, reference)
-    return {name: params[name] for name in reference}, config, make_run_schedule(config)
+    what = "EMA weights" if use_ema else "params"
+    _check_param_names(path, what, params, reference)
+    params = {name: params[name] for name in reference}
+    _check_finite(path, what if use_ema else "weights", params)
+    return params, config, make_run_schedule(config)

@@ -14,13 +14,21 @@ from ..checks import check_choice, is_int
 __all__ = ["check_choice", "check_labels", "check_steps", "check_timesteps"]
 
 
-def check_steps(where: str, num_steps, num_timesteps: int) -> int:
-    """num_steps must be an integer in [1, T]: a sampler cannot take more steps than the schedule has."""
+def check_steps(where: str, num_steps, num_timesteps: int, maximum: int | None = None, why: str = "") -> int:
+    """num_steps must be an integer in [1, maximum]: by default maximum = T (no more steps than timesteps).
+
+    A sampler whose time grid needs more points than its steps passes its own ``maximum`` and ``why``
+    (DPM-Solver's default grid holds n + 1 points, so it takes at most T - 1 steps; timesteps.py).
+    """
     if not is_int(num_steps):
         raise ValueError(f"{where}: num_steps must be an integer, got {num_steps!r}")
-    if not 1 <= int(num_steps) <= num_timesteps:
-        raise ValueError(f"{where}: num_steps={num_steps} must be between 1 and the schedule's "
-                         f"T={num_timesteps} (a sampler cannot take more steps than there are timesteps)")
+    if maximum is None:
+        maximum, limit = num_timesteps, f"the schedule's T={num_timesteps}"
+    else:
+        limit = f"{maximum} for the schedule's T={num_timesteps}"
+    if not 1 <= int(num_steps) <= maximum:
+        reason = why or "a sampler cannot take more steps than there are timesteps"
+        raise ValueError(f"{where}: num_steps={num_steps} must be between 1 and {limit} ({reason})")
     return int(num_steps)
 
 

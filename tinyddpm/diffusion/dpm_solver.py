@@ -35,10 +35,10 @@ import math
 
 import numpy as np
 
-from ._checks import check_choice, check_steps
+from ._checks import check_choice
 from .loop import Sampler, StepOutput, run_sampler
 from .schedules import Schedule
-from .timesteps import dpm_solver_timesteps
+from .timesteps import check_dpm_solver_steps, dpm_solver_timesteps
 
 FINAL_SIGMAS = ("zero", "sigma_min")
 
@@ -85,7 +85,7 @@ class DPMSolverSampler(Sampler):
                  final_sigma: str = "zero", lower_order_final: bool = True, prediction: str = "eps",
                  clip: str = "none", dynamic_percentile: float = 0.995, where: str = "DPMSolverSampler"):
         T = schedule.num_timesteps
-        n = check_steps(where, num_steps, T)
+        n = check_dpm_solver_steps(where, num_steps, T, spacing)   # at most T - 1 for 'linspace' (timesteps.py)
         check_choice(where, "final_sigma", final_sigma, FINAL_SIGMAS)
         timesteps = dpm_solver_timesteps(T, n, spacing, steps_offset).tolist()
         super().__init__(schedule, timesteps, prediction, clip, dynamic_percentile, where)

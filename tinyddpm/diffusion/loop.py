@@ -164,6 +164,8 @@ def make_generator(seed, xp):
         return seed
     if seed is not None and not is_int(seed):
         raise TypeError(f"sampler: seed must be an int, a Generator or None, got {type(seed).__name__}")
+    if seed is not None and seed < 0:
+        raise ValueError(f"sampler: seed must be >= 0 (NumPy and CuPy seeds are non-negative), got {seed}")
     return xp.random.default_rng(None if seed is None else int(seed))
 
 

@@ -17,6 +17,7 @@ from .ddim import ddim_sample
 from .ddpm import ddpm_sample
 from .dpm_solver import dpm_solver_sample
 from .schedules import Schedule
+from .timesteps import dpm_solver_max_steps
 
 SAMPLERS = {"ddpm": ddpm_sample, "ddim": ddim_sample, "dpm++2m": dpm_solver_sample}
 
@@ -27,3 +28,12 @@ def sample(model, schedule: Schedule, shape=None, method: str = "ddim", num_step
     if method != "ddpm" and num_steps is not None:
         kwargs["num_steps"] = num_steps
     return SAMPLERS[method](model, schedule, shape, **kwargs)
+
+
+def max_steps(method: str, num_timesteps: int) -> int:
+    """The most num_steps ``sample(method=...)`` accepts with its default spacing on T timesteps.
+
+    T for 'ddim'; T - 1 for 'dpm++2m' (its grid holds n + 1 points, timesteps.py); 'ddpm' takes T whatever is asked.
+    """
+    check_choice("max_steps", "method", method, tuple(SAMPLERS))
+    return dpm_solver_max_steps(num_timesteps, "linspace") if method == "dpm++2m" else num_timesteps

@@ -21,6 +21,10 @@ DPM-Solver (diffusers' DPMSolverMultistepScheduler.set_timesteps), n timesteps, 
     leading    arange(n + 1) * (T // (n + 1)), reversed, last dropped, plus k   T=1000, n=10: 900 810 ... 90 (+ k)
     trailing   as for DDIM
     and each step goes to the next listed timestep; the last one goes to the clean data (sigma = 0).
+    With 'linspace' and 'leading' the n model calls and the clean end are n + 1 distinct points of the T
+    timesteps 0 .. T-1, so DPM-Solver takes at most n = T - 1 steps there (n = T would need T + 1 points:
+    round(linspace(0, T - 1, T + 1)) repeats one, and T // (T + 1) = 0); 'trailing' takes up to T
+    (``dpm_solver_max_steps``). DDIM's lists hold n points and take up to n = T with every spacing.
 
 One difference from diffusers: for some n (61 of T = 1000, for example) floating-point round-off makes
 ``arange(T, 0, -T / n)`` one entry longer, and diffusers' 'trailing' list then ends in -1; only the first
@@ -78,11 +82,16 @@ def ddim_prev_timesteps(timesteps, num_timesteps: int, rule: str = "diffusers") 
     return np.concatenate([ts[1:], [-1]])
 
 
+def dpm_solver_max_steps(num_timesteps: int, spacing: str = "linspace") -> int:
+    """The most steps DPM-Solver can take on T timesteps: T - 1 ('linspace', 'leading': n + 1 grid points), T ('trailing')."""
+    check_choice("dpm_solver_max_steps", "spacing", spacing, SPACINGS)
+    return num_timesteps if spacing == "trailing" else num_timesteps - 1
+
+
 def dpm_solver_timesteps(num_timesteps: int, num_steps: int, spacing: str = "linspace",
                          steps_offset: int = 0) -> np.ndarray:
     """The n timesteps (int64, descending) DPM-Solver evaluates the model at, as diffusers' DPMSolverMultistep."""
-    check_choice("dpm_solver_timesteps", "spacing", spacing, SPACINGS)
-    n = check_steps("dpm_solver_timesteps", num_steps, num_timesteps)
+    n = check_dpm_solver_steps("dpm_solver_timesteps", num_steps, num_timesteps, spacing)
     T = num_timesteps
     if spacing == "linspace":
         ts = np.linspace(0, T - 1, n + 1).round()[::-1][:-1]
@@ -91,3 +100,11 @@ def dpm_solver_timesteps(num_timesteps: int, num_steps: int, spacing: str = "lin
     else:
         ts = _trailing(T, n)
     return _finish("dpm_solver_timesteps", ts, T, spacing, steps_offset)
+
+
+def check_dpm_solver_steps(where: str, num_steps, num_timesteps: int, spacing: str = "linspace") -> int:
+    """num_steps for DPM-Solver with ``spacing``: an integer in [1, dpm_solver_max_steps(T, spacing)]."""
+    check_choice(where, "spacing", spacing, SPACINGS)
+    why = ("DPM-Solver's grid holds the n model calls and the clean end, n + 1 distinct timesteps of T"
+           if spacing != "trailing" else "")
+    return check_steps(where, num_steps, num_timesteps, dpm_solver_max_steps(num_timesteps, spacing), why)
