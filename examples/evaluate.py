@@ -16,6 +16,10 @@ with the MNIST classifier of tinyddpm.classifier (trained once and cached):
 The real-vs-real baseline (two disjoint sets of real test digits, as many as there are samples) is
 printed first: it is what a perfect generator would score with this many samples. The table is
 written as Markdown and CSV next to a plot of quality against steps.
+
+The options, the checkpoint, the classifier cache, the test digits, the device and --out are checked before
+the first model call; what the user can fix ends in one line and exit status 2 (the rule: examples/_cli.py;
+--debug shows the traceback too).
 """
 from __future__ import annotations
 
@@ -27,19 +31,24 @@ from pathlib import Path
 
 import numpy as np
 
-from _cli import DefaultsFormatter
+from _cli import (Parser, UserError, blame, check_out_dir, choose_device, current_device, integer, numbers,
+                  run)
 
 from tinyddpm import backend
 from tinyddpm.checkpoint import CheckpointError
-from tinyddpm.classifier import features, load_or_train_classifier, predict_proba
-from tinyddpm.data import SOURCES, load_mnist, to_model_range
-from tinyddpm.diffusion import SAMPLERS
+from tinyddpm.classifier import BATCH_SIZE as CLASSIFIER_BATCH
+from tinyddpm.classifier import (CHECKPOINT_NAME, default_cache_dir, features, load_classifier,
+                                 load_or_train_classifier, predict_proba)
+from tinyddpm.data import SOURCES, DownloadError, FallbackUnavailable, load_mnist, to_model_range
+from tinyddpm.diffusion import SAMPLERS, max_steps
 from tinyddpm.metrics import real_baseline, sample_quality
 from tinyddpm import load_for_sampling, sample_digits
 
+PROG = "evaluate.py"
 DEFAULT_CONFIGS = "ddpm:1000,ddim:50,ddim:20,ddim:10,dpm++2m:20,dpm++2m:10"
 COLUMNS = ["sampler", "steps", "guidance", "n", "fid", "precision", "recall", "accuracy", "inception_score",
            "seconds_per_image"]
+MIN_TEST_DIGITS = 8   # the real-vs-real baseline compares two halves with k-NN (k = 3): more than 3 each
 
 
 def parse_configs(text: str):
@@ -53,22 +62,15 @@ def parse_configs(text: str):
     return configs
 
 
-def parse_floats(text: str):
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
-
-
 def build_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=DefaultsFormatter)
+    parser = Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path, help="a checkpoint.npz written by examples/train_mnist.py")
     parser.add_argument("--configs", type=parse_configs, default=DEFAULT_CONFIGS,
                         help=f"SAMPLER:STEPS list (default {DEFAULT_CONFIGS})")
-    parser.add_argument("--guidance", type=parse_floats, default=None,
+    parser.add_argument("--guidance", type=numbers, default=None,
                         help="guidance scales, e.g. 1,2.5 (default: the training run's)")
-    parser.add_argument("--n-per-digit", type=int, default=50, help="samples of each digit per row of the table")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the starting noise")
+    parser.add_argument("--n-per-digit", type=integer(2), default=50, help="samples of each digit per row of the table")
+    parser.add_argument("--seed", type=integer(0), default=0, help="seed of the starting noise")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: 'evaluation' next to the checkpoint)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
@@ -79,6 +81,27 @@ def build_parser():
     parser.add_argument("--device", choices=backend.DEVICES, default=None, help="default: the current device")
     return parser
 
+
+def load_split(split: str, args):
+    with blame(f"cannot load the MNIST {split} split", ValueError, OSError, FallbackUnavailable, DownloadError):
+        return load_mnist(split, data_dir=args.data_dir, source=args.source)
+
+
+def load_judge(args, test):
+    """The classifier: the cache, checked, or (without one) trained now on the checked train split."""
+    cache_dir = Path(args.classifier_dir).expanduser() if args.classifier_dir else default_cache_dir()
+    cache = cache_dir / CHECKPOINT_NAME
+    if cache.is_file():
+        with blame("the classifier cache (--classifier-dir)", CheckpointError):
+            params, info = load_classifier(cache, where="")
+        print(f"tinyddpm.classifier: loaded {cache}", flush=True)
+        return params, info
+    check_out_dir("--classifier-dir" if args.classifier_dir else "the classifier cache folder", cache_dir)
+    train = load_split("train", args)
+    if len(train) < CLASSIFIER_BATCH:
+        raise UserError(f"no classifier in {cache_dir}, and the MNIST train split holds {len(train)} digits: training "
+                        f"one needs at least {CLASSIFIER_BATCH} (one batch)")
+    return load_or_train_classifier(cache_dir, train_data=train, test_data=test)
 
 def write_outputs(rows, baseline, out: Path):
     out.mkdir(parents=True, exist_ok=True)
@@ -125,28 +148,34 @@ def plot_quality(rows, baseline, path: Path):
     fig.savefig(path, format="png")
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.device:
-        backend.set_device(args.device)
-    try:
-        params, config, schedule = load_for_sampling(args.checkpoint, use_ema=not args.no_ema)
-    except (CheckpointError, FileNotFoundError) as e:
-        print(f"evaluate.py: {e}", file=sys.stderr)
-        return 2
-    if args.n_per_digit < 2:
-        print("evaluate.py: --n-per-digit must be at least 2", file=sys.stderr)
-        return 2
+def work(args) -> int:
     out = args.out or args.checkpoint.parent / "evaluation"
+    check_out_dir("--out" if args.out else "the output folder (--out)", out)
+    if args.device:
+        choose_device(args.device)
+    else:
+        current_device()   # TINYDDPM_DEVICE, checked now rather than at the first array
+    params, config, schedule = load_for_sampling(args.checkpoint, use_ema=not args.no_ema)   # one line if unusable
+    T = schedule.num_timesteps
+    for sampler, steps in args.configs:
+        if sampler != "ddpm" and steps > max_steps(sampler, T):
+            raise UserError(f"--configs {sampler}:{steps}: {sampler} takes at most {max_steps(sampler, T)} steps on "
+                            f"this checkpoint's T={T} timesteps")
     guidances = args.guidance or [config.guidance]
-    classifier, info = load_or_train_classifier(args.classifier_dir, data_dir=args.data_dir, source=args.source)
+    test = load_split("test", args)
+    if len(test) < MIN_TEST_DIGITS:
+        raise UserError(f"the MNIST test split holds {len(test)} digits; the real-vs-real baseline needs at least "
+                        f"{MIN_TEST_DIGITS}")
+    classifier, info = load_judge(args, test)
+    out.mkdir(parents=True, exist_ok=True)
     n = 10 * args.n_per_digit
-    test = load_mnist("test", data_dir=args.data_dir, source=args.source)
     real = to_model_range(test.images[: 2 * n])                           # (<= 2n, 1, 28, 28)
     real_features = features(classifier, real)                            # (<= 2n, D)
     baseline = real_baseline(real_features, min(n, len(real) // 2), seed=args.seed)
     reference = real_features[:n]
-    print(f"classifier test accuracy {info.get('test_accuracy', float('nan')):.4f}; {n} samples per row; "
+    accuracy = info.get("test_accuracy")
+    shown = f"{accuracy:.4f}" if isinstance(accuracy, (int, float)) else "not recorded"
+    print(f"classifier test accuracy {shown}; {n} samples per row; "
           f"real-vs-real: FID {baseline['fid']:.2f}, precision {baseline['precision']:.3f}, "
           f"recall {baseline['recall']:.3f} (n={baseline['n']})", flush=True)
 
@@ -173,6 +202,10 @@ def main(argv=None) -> int:
     for name in ("evaluation.md", "evaluation.csv", "quality_vs_steps.png"):
         print(f"wrote {out / name}")
     return 0
+
+
+def main(argv=None) -> int:
+    return run(PROG, work, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -224,3 +224,75 @@ def test_resume_is_bit_identical(tmp_path, k):
         assert np.array_equal(params3[name], params[name])
         assert np.array_equal(ema3.params[name], ema.params[name])
         assert np.array_equal(opt3.m[name], opt.m[name]) and np.array_equal(opt3.v[name], opt.v[name])
+
+
+# --------------------------------------------------------------------------------------------
+# what a killed or failed write leaves behind, and what the next save does with it
+# --------------------------------------------------------------------------------------------
+
+def dead_pid() -> int:
+    """The id of a process that has just exited (and been reaped): no process has it now."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_next_save_removes_stale_temporaries_of_dead_writers_only(tmp_path):
+    import os
+    import time
+
+    path = tmp_path / "checkpoint.npz"
+    host, dead = checkpoint._HOST, dead_pid()
+    names = {
+        "dead writer": f".checkpoint.npz.{dead}.{host}.0badc0de.tmp",
+        "dead writer, old format": f".checkpoint.npz.{dead}.0badc0de.tmp",
+        "live writer (this process)": f".checkpoint.npz.{os.getpid()}.{host}.1234abcd.tmp",
+        "another machine, fresh": f".checkpoint.npz.{dead}.ffffffff.1234abcd.tmp",
+        "another machine, a day old": f".checkpoint.npz.{dead}.eeeeeeee.1234abcd.tmp",
+        "another checkpoint's": f".other.npz.{dead}.{host}.0badc0de.tmp",
+        "not a temporary": "notes.txt",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"PK\x03\x04 half a checkpoint")
+    day_old = time.time() - checkpoint.STALE_SECONDS - 60
+    os.utime(tmp_path / names["another machine, a day old"], (day_old, day_old))
+    save_checkpoint(path, config={}, params={"w": np.ones(2)})
+    left = set(files_in(tmp_path))
+    removed = {case for case, name in names.items() if name not in left}
+    assert removed == {"dead writer", "dead writer, old format", "another machine, a day old"}
+    assert "checkpoint.npz" in left and load_checkpoint(path).params["w"].tolist() == [1.0, 1.0]
+    assert checkpoint.remove_stale_temporaries(path) == []   # nothing stale is left
+
+
+def test_a_full_disk_names_the_checkpoint_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import errno
+
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, config={"version": "old"}, params={"w": np.zeros(3)})
+
+    def full(f, **arrays):
+        f.write(b"PK\x03\x04 partial")
+        raise OSError(errno.ENOSPC, "No space left on device")   # as a write() on a full disk: no file name
+
+    monkeypatch.setattr(checkpoint.np, "savez", full)
+    with pytest.raises(OSError) as raised:
+        save_checkpoint(path, config={"version": "new"}, params={"w": np.ones(3)})
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(path)
+    assert "cannot write the checkpoint: No space left on device" in str(raised.value)
+    monkeypatch.undo()
+    assert files_in(tmp_path) == ["checkpoint.npz"] and load_checkpoint(path).config == {"version": "old"}
+
+
+def test_random_bytes_are_not_called_pickled_data(tmp_path):
+    planted = b"\x80\x04\x95 a pickle stream"
+    for name, data in (("random.npz", np.random.default_rng(1).bytes(300)), ("planted.npz", planted)):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(CheckpointError) as raised:
+            load_checkpoint(path)
+        message = str(raised.value)
+        assert message.startswith(f"{path}: not a readable .npz checkpoint") and "not a zip archive" in message
+        assert "pickle" not in message

@@ -65,3 +65,36 @@ def test_bad_configs_are_named(workspace, capsys):
     with pytest.raises(SystemExit):
         load_example("evaluate").main([str(run / "checkpoint.npz"), "--configs", "euler:10"])
     assert "--configs: 'euler:10' is not SAMPLER:STEPS" in capsys.readouterr().err
+
+
+def test_a_classifier_cache_that_is_not_one_is_named(tmp_path):
+    import re
+
+    from tinyddpm.checkpoint import CheckpointError
+    from tinyddpm.classifier import load_classifier
+
+    cfg = ClassifierConfig()
+    params = init_params(cfg)
+    kind = {"kind": "tinyddpm.classifier", **asdict(cfg)}
+    good = save_checkpoint(tmp_path / "good" / CHECKPOINT_NAME, params=params, config=kind)
+    assert set(load_classifier(good)[0]) == set(params)
+    cases = {
+        "random bytes": (None, "not a readable .npz checkpoint"),
+        "a training checkpoint": (dict(params=params, config={"kind": "tinyddpm.train"}),
+                                  "is not a classifier checkpoint \\(config kind 'tinyddpm.train'"),
+        "missing weights": (dict(params={k: v for k, v in params.items() if k != "fc2.b"}, config=kind),
+                            "does not hold classifier weights \\(missing \\['fc2.b'\\]"),
+        "wrong shapes": (dict(params=dict(params, **{"conv2.w": params["conv2.w"][:, :3]}), config=kind),
+                         "does not hold classifier weights \\(conv2.w"),
+        "NaN weights": (dict(params=dict(params, **{"fc1.b": params["fc1.b"] * np.nan}), config=kind),
+                        "the classifier weights 'fc1.b' hold 128 NaN"),
+    }
+    for case, (parts, message) in cases.items():
+        path = tmp_path / case.replace(" ", "_") / CHECKPOINT_NAME
+        if parts is None:
+            path.parent.mkdir()
+            path.write_bytes(np.random.default_rng(0).bytes(1000))
+        else:
+            save_checkpoint(path, **parts)
+        with pytest.raises(CheckpointError, match=re.escape(str(path)) + ".*" + message):
+            load_classifier(path)

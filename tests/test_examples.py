@@ -109,8 +109,8 @@ def test_stop_and_resume_through_the_script(data_dir, tmp_path, capsys):
     assert train_mnist.main(["--preset", "tiny", "--until", "2", *common]) == 0
     assert "stopped at step 2 of 4" in capsys.readouterr().out
     assert not (tmp_path / "samples.png").exists() and load_checkpoint(tmp_path / "checkpoint.npz").step == 2
-    with pytest.raises(SystemExit, match="--batch-size cannot change on --resume"):
-        train_mnist.main(["--resume", "--batch-size", "4", *common])
+    assert train_mnist.main(["--resume", "--batch-size", "4", *common]) == 2
+    assert "--batch-size cannot change on --resume" in capsys.readouterr().err
     assert train_mnist.main(["--resume", *common]) == 0
     assert "resuming" in capsys.readouterr().out
     ckpt = load_checkpoint(tmp_path / "checkpoint.npz")

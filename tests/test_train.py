@@ -10,7 +10,7 @@ import tinyddpm.training as train_module
 from tinyddpm.backend import get_device, to_numpy
 from tinyddpm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tinyddpm import (PRESETS, TrainConfig, default_preset, load_for_sampling, new_state, preset, resume_state,
-                      sample_digits, train, train_step)
+                      sample_digits, save_state, train, train_step)
 from tinyddpm.checkpoint import CHECKPOINT_NAME
 from tinyddpm.unet import UNetConfig
 
@@ -143,6 +143,50 @@ def test_resume_on_other_data_names_the_file(trained):
         resume_state(path, images[:30], labels[:30])
 
 
+def with_nan(ckpt, part: str, name: str):
+    """The checkpoint's ``part`` ('params', 'ema' or 'optimizer_state') with entry ``name`` set to NaN."""
+    arrays = dict(getattr(ckpt, part))
+    arrays[name] = arrays[name] * np.nan
+    return arrays
+
+
+@pytest.mark.parametrize("part, name, what", [
+    ("params", "conv_in.w", "the weights 'conv_in.w'"),
+    ("ema", "avg/conv_out.b", "the EMA weights 'conv_out.b'"),
+    ("optimizer_state", "m/conv_in.b", "the optimizer moments 'm/conv_in.b'"),
+])
+def test_checkpoint_with_nan_is_refused_naming_the_tensor(trained, tmp_path, part, name, what):
+    path, images, labels = trained
+    ckpt = load_checkpoint(path)
+    parts = {"params": ckpt.params, "ema": ckpt.ema, "optimizer_state": ckpt.optimizer_state}
+    parts[part] = with_nan(ckpt, part, name)
+    bad = tmp_path / "nan.npz"
+    save_checkpoint(bad, config=ckpt.config, step=ckpt.step, rng_state=ckpt.rng_state, extra=ckpt.extra, **parts)
+    with pytest.raises(CheckpointError, match=re.escape(f"{bad}: {what} hold") + ".*NaN or infinite"):
+        resume_state(bad, images, labels)
+    use_ema = part == "ema"
+    if part != "optimizer_state":   # sampling reads one set of weights: the other set is not checked
+        with pytest.raises(CheckpointError, match=re.escape(str(bad)) + ".*NaN or infinite"):
+            load_for_sampling(bad, use_ema=use_ema)
+        load_for_sampling(bad, use_ema=not use_ema)
+
+
+def test_nan_weights_are_never_saved_over_the_last_checkpoint(trained):
+    path, images, labels = trained
+    state = resume_state(path, images, labels, steps=4)
+    before = path.read_bytes()
+    state.params["conv_out.b"][...] = np.inf
+    with pytest.raises(FloatingPointError, match="save_state: the weights 'conv_out.b' hold .* at step 2; not saving"):
+        save_state(state, path)
+    assert path.read_bytes() == before
+
+
+def test_resume_beyond_the_requested_total_is_refused(trained):
+    path, images, labels = trained
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ": is at step 2, beyond the requested total of 1"):
+        resume_state(path, images, labels, steps=1)
+
+
 # --------------------------------------------------------------------------------------------
 # what a step does
 # --------------------------------------------------------------------------------------------
@@ -254,6 +298,24 @@ def test_load_for_sampling_uses_ema_by_default(trained):
     assert np.array_equal(to_numpy(x), to_numpy(again))
     with pytest.raises(ValueError, match="digits \\[12\\]"):
         sample_digits(ema, config.unet, schedule, [12], 1, steps=2)
+    for kwargs, message in [({"n_per_digit": 0}, "sample_digits: n_per_digit must be an integer >= 1, got 0"),
+                            ({"digits": []}, "sample_digits: digits is empty"),
+                            ({"guidance": float("nan")}, "sample_digits: guidance must be a finite number, got nan"),
+                            ({"sampler": "euler"}, "sample_digits: unknown sampler 'euler'"),
+                            ({"seed": -1}, "sampler: seed must be >= 0"),
+                            ({"steps": 1000}, "num_steps=1000 must be between 1 and 999 for the schedule's T=1000")]:
+        args = dict({"digits": [1], "n_per_digit": 1, "steps": 2}, **kwargs)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            sample_digits(ema, config.unet, schedule, **args)
+
+
+def test_samples_with_nan_are_refused_not_drawn(trained):
+    path, _, _ = trained
+    ema, config, schedule = load_for_sampling(path)
+    ema["conv_out.b"] = ema["conv_out.b"] * np.nan   # the network outputs NaN everywhere
+    with pytest.raises(FloatingPointError, match=r"sample_digits: 128 of 128 sample values are NaN or infinite "
+                                                 r"\(ddim, 3 steps, guidance 2\)"):
+        sample_digits(ema, config.unet, schedule, [0, 1], 1, sampler="ddim", steps=3, guidance=2.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,6 +351,25 @@ def test_bad_config_is_refused(field, value, message):
         replace(TINY, **{field: value}).validate()
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("steps", 0, "steps must be an integer >= 1, got 0"),
+    ("steps", 2.5, "steps must be an integer >= 1, got 2.5"),
+    ("batch_size", True, "batch_size must be an integer >= 1, got True"),
+    ("seed", -1, "seed must be an integer >= 0, got -1"),
+    ("final_per_digit", 0, "final_per_digit must be an integer >= 1"),
+    ("preview_per_digit", -1, "preview_per_digit must be an integer >= 1"),
+    ("lr", float("nan"), "lr must be a finite number, got nan"),
+    ("guidance", float("inf"), "guidance must be a finite number, got inf"),
+    ("ema_decay", float("nan"), "ema_decay must be a finite number"),
+    ("sample_steps", 1000, "sample_steps must be at most 999 for sampler 'dpm\\+\\+2m'"),
+    ("betas", (0.9, float("nan")), "betas must be two numbers in \\[0, 1\\)"),
+])
+def test_config_counts_are_integers_and_numbers_finite(field, value, message):
+    with pytest.raises(ValueError, match=f"TrainConfig: .*{message}"):
+        replace(TINY, **{field: value}).validate()
+    replace(TINY, sampler="ddim", sample_steps=1000).validate()   # DDIM takes up to T steps, DPM-Solver T - 1
+
+
 def test_bad_data_is_refused():
     images, labels = synthetic()
     with pytest.raises(ValueError, match=r"images \(40, 8, 8\) do not fit the U-Net's image_size 28"):
@@ -299,6 +380,8 @@ def test_bad_data_is_refused():
         new_state(TINY, images, labels + 5)
     with pytest.raises(ValueError, match="needs labels"):
         new_state(TINY, images, None)
+    with pytest.raises(ValueError, match=r"train: no images to train on \(images \(0, 8, 8\)\)"):
+        new_state(TINY, images[:0], labels[:0])
 
 
 def test_step_reads_nothing_back_from_the_device(monkeypatch):

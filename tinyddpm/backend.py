@@ -119,7 +119,7 @@ def seed_everything(seed: int):
 
 
 def make_rng(seed=None):
-    """A random Generator on the current device (``numpy``/``cupy`` ``random.default_rng``); seed None: fresh entropy."""
+    """A random Generator on the current device (``numpy``/``cupy`` ``random.default_rng``); None: fresh entropy."""
     return device_xp().random.default_rng(None if seed is None else _check_seed("make_rng", seed))
 
 

@@ -51,6 +51,7 @@ from .ops import conv2d_backward, conv2d_forward, linear_backward, linear_forwar
 from .ops._checks import describe, float_inputs, nan_where_out_of_range, require, values_on_host
 
 CHECKPOINT_NAME = "classifier.npz"
+BATCH_SIZE = 128   # images per training step: the training split must hold at least this many
 CONV_LAYERS = (("conv1", 1), ("conv2", 2), ("conv3", 2))  # (name, stride)
 
 
@@ -279,7 +280,7 @@ def accuracy(params: dict, images, labels, batch_size: int = 500) -> float:
 # --------------------------------------------------------------------------------------------
 
 def train_classifier(images, labels, *, cfg: ClassifierConfig | None = None, epochs: float = 2.0,
-                     batch_size: int = 128, lr: float = 2e-3, weight_decay: float = 1e-4, seed: int = 0,
+                     batch_size: int = BATCH_SIZE, lr: float = 2e-3, weight_decay: float = 1e-4, seed: int = 0,
                      log_every: int = 100, verbose: bool = True):
     """Train on images (N, 1, 28, 28) float32 in [-1, 1] and int labels (N,) with AdamW; returns (params, history).
 
@@ -334,17 +335,17 @@ def load_classifier(path, where: str = "load_classifier"):
 
     ckpt = load_checkpoint(path)
     config = ckpt.config if isinstance(ckpt.config, dict) else {}
-    fix = "delete it to train a new classifier"
+    fix, where = "delete it to train a new classifier", f"{where}: " if where else ""
     if config.get("kind") != "tinyddpm.classifier":
-        raise CheckpointError(f"{where}: {path} is not a classifier checkpoint (config kind {config.get('kind')!r}, "
+        raise CheckpointError(f"{where}{path} is not a classifier checkpoint (config kind {config.get('kind')!r}, "
                               f"a classifier cache has 'tinyddpm.classifier'); {fix}")
     problem = _weights_problem(ckpt.params)
     if problem:
-        raise CheckpointError(f"{where}: {path} does not hold classifier weights ({problem}); {fix}")
+        raise CheckpointError(f"{where}{path} does not hold classifier weights ({problem}); {fix}")
     for name, a in ckpt.params.items():
         bad = int((~get_xp(a).isfinite(a)).sum())
         if bad:
-            raise CheckpointError(f"{where}: {path}: the classifier weights {name!r} hold {bad} NaN or infinite "
+            raise CheckpointError(f"{where}{path}: the classifier weights {name!r} hold {bad} NaN or infinite "
                                   f"values; {fix}")
     return ckpt.params, config
 
@@ -398,7 +399,7 @@ def load_or_train_classifier(cache_dir=None, *, epochs: float = 2.0, seed: int =
                                        seed=seed, verbose=verbose)
     test_accuracy = accuracy(params, to_model_range(test.images), test.labels)
     config = {"kind": "tinyddpm.classifier", **asdict(cfg), "channels": list(cfg.channels),
-              "epochs": epochs, "batch_size": 128, "seed": seed, "steps": history["steps"],
+              "epochs": epochs, "batch_size": BATCH_SIZE, "seed": seed, "steps": history["steps"],
               "train_seconds": round(history["seconds"], 1), "test_accuracy": test_accuracy,
               "test_size": len(test), "data_source": train.source, "test_source": test.source}
     save_checkpoint(path, config=config, params=params, step=history["steps"],

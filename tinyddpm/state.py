@@ -55,7 +55,8 @@ class TrainState:
     def flush_losses(self) -> list:
         """Copy the losses still on the device to the host (one transfer); return the ones just copied.
 
-        A NaN or infinite loss stops training here with a FloatingPointError naming the step.
+        A NaN or infinite loss stops training here with a FloatingPointError naming the step; since save_state
+        flushes first, the weights that produced it are never saved over the last checkpoint.
         """
         if not self.pending:
             return []
@@ -65,8 +66,8 @@ class TrainState:
         self.pending.clear()
         for i, v in enumerate(values):
             if not math.isfinite(v):
-                raise FloatingPointError(f"train: the loss is {v} at step {first + i} (config lr={self.config.lr}, "
-                                         f"grad_clip={self.config.grad_clip}); the last checkpoint is unaffected")
+                raise FloatingPointError(f"train: the loss is {v} at step {first + i} (config lr={self.config.lr:g}, "
+                                         f"grad_clip={self.config.grad_clip:g}); stopped without saving these weights")
         self.losses.extend(values)
         return values
 

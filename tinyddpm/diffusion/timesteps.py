@@ -83,7 +83,7 @@ def ddim_prev_timesteps(timesteps, num_timesteps: int, rule: str = "diffusers") 
 
 
 def dpm_solver_max_steps(num_timesteps: int, spacing: str = "linspace") -> int:
-    """The most steps DPM-Solver can take on T timesteps: T - 1 ('linspace', 'leading': n + 1 grid points), T ('trailing')."""
+    """The most steps DPM-Solver takes on T timesteps: T - 1 ('linspace', 'leading': n + 1 points), T ('trailing')."""
     check_choice("dpm_solver_max_steps", "spacing", spacing, SPACINGS)
     return num_timesteps if spacing == "trailing" else num_timesteps - 1
 
