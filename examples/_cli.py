@@ -40,10 +40,9 @@ import os
 import shutil
 import sys
 import traceback
-from contextlib import contextmanager, nullcontext
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-
-import numpy as np
 
 from tinyddpm import backend
 from tinyddpm.checkpoint import CheckpointError
@@ -219,8 +218,11 @@ def run(prog: str, work, args) -> int:
     """``work(args)``'s status, with errors reported by the rule of this module's docstring."""
     debug = getattr(args, "debug", False) or os.environ.get("TINYDDPM_DEBUG", "") not in ("", "0")
     try:
-        # NumPy's overflow/invalid warnings say again, in several lines, what the finite checks report in one
-        with (nullcontext() if debug else np.errstate(all="ignore")):
+        with warnings.catch_warnings():
+            if not debug:   # NumPy's overflow / invalid-value warnings (from any thread) say again, in several
+                # lines, what the finite checks of the loss and the samples report in one
+                warnings.filterwarnings("ignore", message="(overflow|invalid value|divide by zero) encountered",
+                                        category=RuntimeWarning)
             return work(args)
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted", file=sys.stderr)

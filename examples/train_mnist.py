@@ -131,9 +131,9 @@ def checkpoint_bytes(state) -> int:
 
 
 def last_checkpoint(path: Path) -> str:
-    """Where the last good checkpoint is, for a message."""
+    """Where the last checkpoint is (whole, with finite weights: nothing else is ever saved), for a message."""
     try:
-        return f"the last good checkpoint is {path} (step {load_checkpoint(path).step})"
+        return f"the last checkpoint is {path} (step {load_checkpoint(path).step})"
     except (OSError, ValueError):
         return "no checkpoint was written"
 
@@ -207,7 +207,10 @@ def work(args) -> int:
         print(f"stopped at step {state.step} of {cfg.steps}; continue with: python examples/train_mnist.py "
               f"--out {out} --resume")
     else:
-        paths += final_pictures(state, out, settings, progress=not args.no_progress)
+        try:
+            paths += final_pictures(state, out, settings, progress=not args.no_progress)
+        except FloatingPointError as e:   # the checkpoint is saved: other settings may sample it (sample.py)
+            raise FloatingPointError(f"the final samples: {e}; {last_checkpoint(ckpt)}") from e
     loss = f"loss (mean of the last 50 steps) {np.mean(state.losses[-50:]):.4f}; " if state.losses else ""
     print(f"{loss}wall time {time.perf_counter() - wall:.0f} s")
     for path in paths:

@@ -260,7 +260,7 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_one(ws, tmp_path):
     done = run_script("train_mnist", *train_args(ws, out, "--sample-every", "0"), cwd=tmp_path,
                       fault="enospc-at-second-save")
     assert_one_line(done, 2, f"{out / CHECKPOINT_NAME}: cannot write the checkpoint: No space left on device",
-                    f"the last good checkpoint is {out / CHECKPOINT_NAME} (step 2)")
+                    f"the last checkpoint is {out / CHECKPOINT_NAME} (step 2)")
     assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT_NAME]   # no temporary file, no pictures
     assert load_checkpoint(out / CHECKPOINT_NAME).step == 2
 
@@ -299,20 +299,30 @@ def test_samples_that_come_out_nan_are_not_drawn(ws, tmp_path):
     assert not (tmp_path / "s").exists() or list((tmp_path / "s").iterdir()) == []
 
 
+def test_a_preview_that_comes_out_nan_stops_training(ws, tmp_path):
+    out = tmp_path / "run"
+    done = run_script("train_mnist", *train_args(ws, out), cwd=tmp_path, fault="nan-samples")
+    assert_one_line(done, 1, "train_mnist.py: error: train: the preview at step 2: sample_digits: 7840 of 7840 "
+                             "sample values are NaN or infinite",
+                    f"the last checkpoint is {out / CHECKPOINT_NAME} (step 2)")
+    assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT_NAME]   # the preview was not drawn
+
+
 # --------------------------------------------------------------------------------------------
 # runs that train
 # --------------------------------------------------------------------------------------------
 
 def test_a_nan_loss_stops_with_its_step_and_keeps_the_last_good_checkpoint(ws, tmp_path):
     out = tmp_path / "run"
-    done = run_script("train_mnist", *train_args(ws, out, "--lr", "1e6", "--steps", "6", "--sample-every", "0"),
-                      cwd=tmp_path)
+    # the first update, at lr 1e20 / 2 (warmup), makes weights whose activations overflow float32 at step 2
+    done = run_script("train_mnist", *train_args(ws, out, "--lr", "1e20", "--steps", "4", "--sample-every", "0",
+                                                 "--checkpoint-every", "1", "--log-every", "1"), cwd=tmp_path)
     line = assert_one_line(done, 1, "train_mnist.py: error: train: the loss is ",
                            "stopped without saving these weights",
-                           f"the last good checkpoint is {out / CHECKPOINT_NAME} (step ")
-    nan_step = int(line.split(" at step ")[1].split()[0])
+                           f"the last checkpoint is {out / CHECKPOINT_NAME} (step ")
+    assert " at step 2 (config lr=1e+20" in line and f"{out / CHECKPOINT_NAME} (step 1)" in line
     ckpt = load_checkpoint(out / CHECKPOINT_NAME)
-    assert ckpt.step < nan_step and all(np.isfinite(v).all() for v in ckpt.params.values())
+    assert ckpt.step == 1 and all(np.isfinite(v).all() for v in ckpt.params.values())
     assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT_NAME]   # no loss curve, no samples
 
 

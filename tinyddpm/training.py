@@ -117,7 +117,10 @@ def train(state: TrainState, out_dir=None, *, until: int | None = None, progress
             if ckpt_path is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < until:
                 save_state(state, ckpt_path)
             if out_dir is not None and cfg.sample_every and step % cfg.sample_every == 0 and step < cfg.steps:
-                write_preview(state, out_dir / "previews" / f"step_{step:06d}.png")
+                try:
+                    write_preview(state, out_dir / "previews" / f"step_{step:06d}.png")
+                except FloatingPointError as e:   # finite weights whose samples are not: say where it happened
+                    raise FloatingPointError(f"train: the preview at step {step}: {e}") from e
         state.flush_losses()
         if ckpt_path is not None:
             save_state(state, ckpt_path)
