@@ -19,9 +19,11 @@ checkpoint (a sampler's step count, --until, --resume), the device, the data, an
                         (ENAMETOOLONG, ELOOP): also when it strikes mid-run, at a checkpoint or a picture;
                         the checkpoint is written atomically, so the last one is whole
 
-A library call whose ValueError can only mean the user's input is wrong -- the data files
-(load_mnist), the checkpoint and the run's settings (resume_state, new_state) -- is wrapped in
-``blame(...)``, which turns those errors, and only there, into a UserError.
+A library call whose errors can only mean the user's input is wrong is wrapped in ``blame(...)``, which
+turns those errors, and only there, into a UserError: set_device (RuntimeError: no CuPy, no GPU; ValueError:
+an unknown TINYDDPM_DEVICE), load_mnist (ValueError: a corrupt data file; FallbackUnavailable and
+DownloadError: no source has the digits), resume_state, preset and new_state (ValueError: the checkpoint,
+or the options against each other and against the data), load_classifier (CheckpointError).
 
 Status 1, one line: the computation went non-finite (FloatingPointError: a NaN training loss, which
 names its step, or samples holding NaN). The input passed every check, so this is a failed run rather
