@@ -100,45 +100,47 @@ def make_ours(config, images, labels):
     return step, state.params
 
 
-def make_torch(config, params, images, labels):
-    """step() for the twin: the same work as train_step, with torch.nn.functional and torch.optim."""
+def make_torch(config, params, images, labels, device="cpu", sync=True):
+    """step() for the twin on ``device``: the same work as train_step, with torch.nn.functional and torch.optim.
+
+    step() returns the loss as a float (sync=True, which waits for the device) or as a 0-d tensor (sync=False).
+    benchmarks/gpu_suite.py uses it on CUDA.
+    """
     import numpy as np
     import torch
     import torch.nn.functional as F
 
-    sys.path.insert(0, str(TESTS))
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))
     from torch_twin import params_to_torch, torch_unet_forward
 
     from tinyddpm.config import make_run_schedule
     from tinyddpm.state import no_decay
 
     cfg, u = config, config.unet
-    p = params_to_torch(params, dtype=torch.float32)
-    decay = [v for k, v in p.items() if not no_decay(k)]
-    no_decay = [v for k, v in p.items() if no_decay(k)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=cfg.betas, eps=1e-8)
+    p = params_to_torch(params, dtype=torch.float32, device=device)
+    groups = [{"params": [v for k, v in p.items() if not no_decay(k)], "weight_decay": cfg.weight_decay},
+              {"params": [v for k, v in p.items() if no_decay(k)], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=1e-8)
     plist = list(p.values())
     ema = [v.detach().clone() for v in plist]
-    x0_all = torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0)[:, None]   # (N, 1, H, W) in [-1, 1]
-    y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    schedule = make_run_schedule(cfg)
-    sqrt_ab = torch.tensor(np.sqrt(schedule.alpha_bar), dtype=torch.float32)
-    sqrt_1mab = torch.tensor(np.sqrt(1.0 - schedule.alpha_bar), dtype=torch.float32)
-    gen = torch.Generator().manual_seed(0)
+    x0_all = torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0)[:, None].to(device)   # (N, 1, H, W) in [-1, 1]
+    y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+    ab = make_run_schedule(cfg).alpha_bar
+    sqrt_ab = torch.tensor(np.sqrt(ab), dtype=torch.float32, device=device)
+    sqrt_1mab = torch.tensor(np.sqrt(1.0 - ab), dtype=torch.float32, device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
     B, N, updates = cfg.batch_size, x0_all.shape[0], [0]
 
     def step():
-        idx = torch.randint(N, (B,), generator=gen)
-        x0, y = x0_all[idx], y_all[idx]                                            # (B, 1, H, W), (B,)
-        t = torch.randint(cfg.num_timesteps, (B,), generator=gen)
+        idx = torch.randint(N, (B,), generator=gen, device=device)
+        x0, y = x0_all[idx], y_all[idx]                                              # (B, 1, H, W), (B,)
+        t = torch.randint(cfg.num_timesteps, (B,), generator=gen, device=device)
         if cfg.p_uncond > 0:
-            y = torch.where(torch.rand(B, generator=gen) < cfg.p_uncond, u.null_label, y)
-        noise = torch.randn(x0.shape, generator=gen)
+            y = torch.where(torch.rand(B, generator=gen, device=device) < cfg.p_uncond, u.null_label, y)
+        noise = torch.randn(x0.shape, generator=gen, device=device)
         x_t = sqrt_ab[t].view(B, 1, 1, 1) * x0 + sqrt_1mab[t].view(B, 1, 1, 1) * noise
-        out = torch_unet_forward(p, u, x_t, t, y)
-        loss = F.mse_loss(out, noise)
+        loss = F.mse_loss(torch_unet_forward(p, u, x_t, t, y), noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(plist, cfg.grad_clip)
@@ -146,9 +148,9 @@ def make_torch(config, params, images, labels):
         n = updates[0]
         d = min(cfg.ema_decay, (1.0 + n) / (10.0 + n)) if cfg.ema_warmup else cfg.ema_decay
         with torch.no_grad():
-            torch._foreach_lerp_(ema, plist, 1.0 - d)                              # e <- d e + (1 - d) p
+            torch._foreach_lerp_(ema, plist, 1.0 - d)                                # e <- d e + (1 - d) p
         updates[0] += 1
-        return float(loss.item())
+        return float(loss.item()) if sync else loss
 
     return step
 

@@ -937,55 +937,13 @@ def random_digits(config, batches: int = 4):
 
 
 def make_torch_step(torch, config, params, images, labels, device):
-    """step() for the PyTorch twin (tests/torch_twin.py) on ``device``: the work of train_step in torch.
+    """step() for the PyTorch twin on ``device``: bench_train_step.py's twin of train_step, returning the loss
+    tensor without waiting for the device."""
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_train_step import make_torch
 
-    As in benchmarks/bench_train_step.py: batch, t and label dropout, noise, x_t, the twin's forward,
-    MSE on eps, backward, clip_grad_norm_, AdamW (same lr, betas, decay groups), EMA with _foreach_lerp_."""
-    import torch.nn.functional as F
-
-    if str(REPO / "tests") not in sys.path:
-        sys.path.insert(0, str(REPO / "tests"))
-    from torch_twin import params_to_torch, torch_unet_forward
-
-    from tinyddpm.config import make_run_schedule
-    from tinyddpm.state import no_decay
-
-    cfg, u = config, config.unet
-    p = params_to_torch(params, dtype=torch.float32, device=device)
-    groups = [{"params": [v for k, v in p.items() if not no_decay(k)], "weight_decay": cfg.weight_decay},
-              {"params": [v for k, v in p.items() if no_decay(k)], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=1e-8)
-    plist = list(p.values())
-    ema = [v.detach().clone() for v in plist]
-    x0_all = torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0)[:, None].to(device)   # (N, 1, H, W)
-    y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
-    ab = make_run_schedule(cfg).alpha_bar
-    sqrt_ab = torch.tensor(np.sqrt(ab), dtype=torch.float32, device=device)
-    sqrt_1mab = torch.tensor(np.sqrt(1.0 - ab), dtype=torch.float32, device=device)
-    gen = torch.Generator(device=device).manual_seed(0)
-    B, N, updates = cfg.batch_size, x0_all.shape[0], [0]
-
-    def step():
-        idx = torch.randint(N, (B,), generator=gen, device=device)
-        x0, y = x0_all[idx], y_all[idx]                                              # (B, 1, H, W), (B,)
-        t = torch.randint(cfg.num_timesteps, (B,), generator=gen, device=device)
-        if cfg.p_uncond > 0:
-            y = torch.where(torch.rand(B, generator=gen, device=device) < cfg.p_uncond, u.null_label, y)
-        noise = torch.randn(x0.shape, generator=gen, device=device)
-        x_t = sqrt_ab[t].view(B, 1, 1, 1) * x0 + sqrt_1mab[t].view(B, 1, 1, 1) * noise
-        loss = F.mse_loss(torch_unet_forward(p, u, x_t, t, y), noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(plist, cfg.grad_clip)
-        opt.step()
-        n = updates[0]
-        d = min(cfg.ema_decay, (1.0 + n) / (10.0 + n)) if cfg.ema_warmup else cfg.ema_decay
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, plist, 1.0 - d)                                # e <- d e + (1 - d) p
-        updates[0] += 1
-        return loss
-
-    return step
+    return make_torch(config, params, images, labels, device=device, sync=False)
 
 
 def step_ms(step, sync, warmup: int, steps: int) -> float:
