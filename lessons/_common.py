@@ -22,7 +22,7 @@ LESSONS = Path(__file__).resolve().parent
 REPO = LESSONS.parent
 FAST = "--fast" in sys.argv[1:] or os.environ.get("TINYDDPM_LESSON_FAST", "") not in ("", "0")
 
-# The network examples/train_mnist.py writes (its CPU preset makes good digits in 10 minutes).
+# The network examples/train_mnist.py writes (its CPU preset makes good digits in about 6 minutes).
 EXAMPLE_CHECKPOINT = REPO / "runs" / "mnist" / "checkpoint.npz"
 
 _failures: list[str] = []
@@ -119,7 +119,7 @@ def lesson_train_config():
     puts its width lower down (16 and 32 channels at 14 x 14 and 7 x 7): 161k parameters, ~150 ms per step
     of 32 images. Min-SNR-5 loss weights (Hang et al. 2023) speed up early training. Measured at 400 steps
     (DPM-Solver++ 20 steps, 100 samples): 34% of digits read as the requested one at guidance 2.5, 21% at 1;
-    the CPU preset of examples/train_mnist.py (10 minutes) reaches 99%. 360 steps keep lesson 12's first run,
+    the CPU preset of examples/train_mnist.py (about 6 minutes) reaches 99%. 360 steps keep lesson 12's first run,
     which may have to train this network and a classifier, under two minutes.
     """
     from tinyddpm.config import preset

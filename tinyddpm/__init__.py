@@ -5,7 +5,7 @@ Train and sample in a few lines:
     import tinyddpm as td
 
     data = td.load_mnist("train", source="subset")          # 5,000 real digits shipped with tinyddpm
-    config = td.preset("tiny", steps=40)                     # or "cpu" (~11 min on 2 cores), "gpu"
+    config = td.preset("tiny", steps=40)                     # or "cpu" (~6 min on 2 cores), "gpu"
     state = td.train(td.new_state(config, data.images, data.labels), "runs/quickstart")
     x = td.sample_digits(state.ema.params, config.unet, state.schedule, digits=range(10), n_per_digit=2)
 
