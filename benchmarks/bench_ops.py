@@ -11,17 +11,27 @@ For every shape the script first checks that our output and input gradient agree
 several repeats each, so that noise from other programs on the machine hits both sides alike.
 It prints a Markdown table: op, shape, ours ms, torch ms, ratio = ours / torch (below 1: we win).
 
-An op whose module is missing is skipped with a note. The exit status is 1 if any check failed.
+The exit status is 1 if any check failed.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
+from functools import partial
+from typing import NamedTuple
 
 OPS = ("conv2d", "groupnorm", "silu", "attention", "upsample")
 CHECK_TOLERANCE = 1e-3  # float32 outputs and gradients vs torch, relative to the largest entry
+# the MNIST U-Net's shapes: conv2d (C, H, Co, stride) with 3x3 kernels and padding 1; (C, H) for the others
+CONV_SHAPES = ((32, 28, 32, 1), (64, 28, 64, 1), (64, 14, 128, 1), (128, 14, 128, 1), (128, 7, 128, 1),
+               (64, 28, 64, 2), (128, 14, 128, 2))
+NORM_SHAPES = ((32, 28), (64, 28), (128, 14), (128, 7))   # groupnorm (8 groups) and silu
+ATTN_SHAPES = ((128, 14), (128, 7))                        # 4 heads
+UPSAMPLE_SHAPES = ((128, 7), (128, 14))
+GROUPS, HEADS = 8, 4
 
 
 def parse_args(argv=None):
@@ -52,147 +62,141 @@ def set_threads(n: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# One case = an op at one shape: our forward+backward, torch's, and the arrays that must agree.
-# Each builder returns (label, ours, theirs, check) or raises ImportError if the op is not written yet.
-# ours() / theirs() run forward + backward once and return (y, dx) for the check.
+# One case = an op at one shape: float32 host arrays (inputs and 'dy'), and forward + backward on each
+# side, returning (y, dx). benchmarks/gpu_suite.py runs the same cases on a GPU.
 # --------------------------------------------------------------------------------------------------
 
-def _torch_leaf(torch, a):
-    return torch.from_numpy(a.copy()).requires_grad_()
+class OpCase(NamedTuple):
+    """One op at one shape: host float32 arrays (inputs and 'dy'), and fwd + bwd on each side -> (y, dx)."""
+
+    op: str
+    detail: str
+    shape: str
+    arrays: dict
+    ours: object     # ours(a: {name: xp array}) -> (y, dx)
+    theirs: object   # theirs(t: {name: torch tensor}, F) -> (y, dx)
+
+def _conv_ours(a, stride):
+    from tinyddpm.ops import conv2d_backward, conv2d_forward
+
+    y, cache = conv2d_forward(a["x"], a["w"], a["b"], stride=stride)
+    return y, conv2d_backward(a["dy"], cache)[0]
 
 
-def conv2d_cases(np, torch, rng, batch, quick):
-    from tinyddpm.ops.conv2d import conv2d_backward, conv2d_forward
-    F = torch.nn.functional
-    #        C,   H,  Co, stride  (3x3 kernels, padding 1)
-    shapes = [(32, 28, 32, 1), (64, 28, 64, 1), (64, 14, 128, 1), (128, 14, 128, 1), (128, 7, 128, 1),
-              (64, 28, 64, 2), (128, 14, 128, 2)]
-    for C, H, Co, s in shapes[1:2] if quick else shapes:
-        x = rng.standard_normal((batch, C, H, H), dtype=np.float32)
-        w = (rng.standard_normal((Co, C, 3, 3), dtype=np.float32) / np.sqrt(9 * C)).astype(np.float32)
-        b = rng.standard_normal(Co, dtype=np.float32)
+def _conv_torch(t, F, stride):
+    y = F.conv2d(t["x"], t["w"], t["b"], stride=stride, padding=1)
+    y.backward(t["dy"])
+    return y, t["x"].grad
+
+
+def _groupnorm_ours(a):
+    from tinyddpm.ops import groupnorm_backward, groupnorm_forward
+
+    y, cache = groupnorm_forward(a["x"], a["g"], a["b"], GROUPS)
+    return y, groupnorm_backward(a["dy"], cache)[0]
+
+
+def _groupnorm_torch(t, F):
+    y = F.group_norm(t["x"], GROUPS, t["g"], t["b"], eps=1e-5)
+    y.backward(t["dy"])
+    return y, t["x"].grad
+
+
+def _silu_ours(a):
+    from tinyddpm.ops import silu_backward, silu_forward
+
+    y, cache = silu_forward(a["x"])
+    return y, silu_backward(a["dy"], cache)
+
+
+def _silu_torch(t, F):
+    y = F.silu(t["x"])
+    y.backward(t["dy"])
+    return y, t["x"].grad
+
+
+def _attention_ours(a):
+    from tinyddpm.ops import attention_backward, attention_forward
+
+    y, cache = attention_forward(a["x"], a["w_qkv"], a["b_qkv"], a["w_out"], a["b_out"], HEADS)
+    return y, attention_backward(a["dy"], cache)[0]
+
+
+def _attention_torch(t, F):
+    N, C, H, W = t["x"].shape
+    L, d = H * W, C // HEADS
+    qkv = F.conv2d(t["x"], t["w_qkv"][:, :, None, None], t["b_qkv"])     # (N, 3C, H, W), a 1x1 conv
+    q, k, v = qkv.reshape(N, 3, HEADS, d, L).permute(1, 0, 2, 4, 3)       # each (N, heads, L, d)
+    o = F.scaled_dot_product_attention(q, k, v)                           # (N, heads, L, d)
+    y = F.conv2d(o.permute(0, 1, 3, 2).reshape(N, C, H, W), t["w_out"][:, :, None, None], t["b_out"])
+    y.backward(t["dy"])
+    return y, t["x"].grad
+
+
+def _upsample_ours(a):
+    from tinyddpm.ops import upsample_nearest2x_backward, upsample_nearest2x_forward
+
+    y, cache = upsample_nearest2x_forward(a["x"])
+    return y, upsample_nearest2x_backward(a["dy"], cache)
+
+
+def _upsample_torch(t, F):
+    y = F.interpolate(t["x"], scale_factor=2, mode="nearest")
+    y.backward(t["dy"])
+    return y, t["x"].grad
+
+
+def op_cases(batch: int, quick: bool) -> list:
+    """The ops at the U-Net's shapes, float32 host arrays drawn from one seed (quick: one shape per op)."""
+    import numpy as np  # here, not at import: main() sets the thread variables before NumPy loads
+
+    rng = np.random.default_rng(0)
+
+    def randn(*shape, scale=1.0):
+        return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+    def pick(shapes):
+        return shapes[1:2] if quick and len(shapes) > 1 else shapes
+
+    cases = []
+    for C, H, Co, s in pick(CONV_SHAPES):
         Ho = (H - 1) // s + 1
-        dy = rng.standard_normal((batch, Co, Ho, Ho), dtype=np.float32)
-        tx, tw, tb, tdy = _torch_leaf(torch, x), _torch_leaf(torch, w), _torch_leaf(torch, b), torch.from_numpy(dy)
+        arrays = {"x": randn(batch, C, H, H), "w": randn(Co, C, 3, 3, scale=1 / math.sqrt(9 * C)), "b": randn(Co),
+                  "dy": randn(batch, Co, Ho, Ho)}
+        cases.append(OpCase("conv2d", f"3x3 s{s}", f"({batch},{C},{H},{H})->{Co}", arrays,
+                            partial(_conv_ours, stride=s), partial(_conv_torch, stride=s)))
+    for C, H in pick(NORM_SHAPES):
+        arrays = {"x": randn(batch, C, H, H), "g": 1 + randn(C, scale=0.1), "b": randn(C, scale=0.1),
+                  "dy": randn(batch, C, H, H)}
+        cases.append(OpCase("groupnorm", f"G={GROUPS}", f"({batch},{C},{H},{H})", arrays, _groupnorm_ours,
+                            _groupnorm_torch))
+    for C, H in pick(NORM_SHAPES):
+        arrays = {"x": randn(batch, C, H, H), "dy": randn(batch, C, H, H)}
+        cases.append(OpCase("silu", "", f"({batch},{C},{H},{H})", arrays, _silu_ours, _silu_torch))
+    for C, H in pick(ATTN_SHAPES):
+        arrays = {"x": randn(batch, C, H, H), "w_qkv": randn(3 * C, C, scale=1 / math.sqrt(C)),
+                  "b_qkv": randn(3 * C, scale=0.1), "w_out": randn(C, C, scale=1 / math.sqrt(C)),
+                  "b_out": randn(C, scale=0.1), "dy": randn(batch, C, H, H)}
+        cases.append(OpCase("attention", f"heads={HEADS}", f"({batch},{C},{H},{H})", arrays, _attention_ours,
+                            _attention_torch))
+    for C, H in (UPSAMPLE_SHAPES[:1] if quick else UPSAMPLE_SHAPES):
+        arrays = {"x": randn(batch, C, H, H), "dy": randn(batch, C, 2 * H, 2 * H)}
+        cases.append(OpCase("upsample", "nearest 2x", f"({batch},{C},{H},{H})", arrays, _upsample_ours,
+                            _upsample_torch))
+    return cases
 
-        def ours(x=x, w=w, b=b, dy=dy, s=s):
-            y, cache = conv2d_forward(x, w, b, stride=s)
-            return y, conv2d_backward(dy, cache)[0]
 
-        def theirs(tx=tx, tw=tw, tb=tb, tdy=tdy, s=s):
-            tx.grad = tw.grad = tb.grad = None
-            y = F.conv2d(tx, tw, tb, stride=s, padding=1)
-            y.backward(tdy)
-            return y, tx.grad
-
-        yield f"3x3 s{s}", f"({batch},{C},{H},{H})->{Co}", ours, theirs
-
-
-def groupnorm_cases(np, torch, rng, batch, quick):
-    from tinyddpm.ops.groupnorm import groupnorm_backward, groupnorm_forward
+def torch_runner(case: OpCase, torch, device="cpu"):
+    """theirs() for ``case`` with torch on ``device``: the arrays as leaf tensors (gradients cleared each call)."""
     F = torch.nn.functional
-    groups = 8
-    shapes = [(32, 28), (64, 28), (128, 14), (128, 7)]
-    for C, H in shapes[1:2] if quick else shapes:
-        x = rng.standard_normal((batch, C, H, H), dtype=np.float32)
-        g = (1 + 0.1 * rng.standard_normal(C)).astype(np.float32)
-        be = (0.1 * rng.standard_normal(C)).astype(np.float32)
-        dy = rng.standard_normal(x.shape, dtype=np.float32)
-        tx, tg, tbe, tdy = _torch_leaf(torch, x), _torch_leaf(torch, g), _torch_leaf(torch, be), torch.from_numpy(dy)
+    t = {k: torch.from_numpy(v).to(device).requires_grad_(k != "dy") for k, v in case.arrays.items()}
 
-        def ours(x=x, g=g, be=be, dy=dy):
-            y, cache = groupnorm_forward(x, g, be, groups)
-            return y, groupnorm_backward(dy, cache)[0]
+    def theirs():
+        for v in t.values():
+            v.grad = None
+        return case.theirs(t, F)
 
-        def theirs(tx=tx, tg=tg, tbe=tbe, tdy=tdy):
-            tx.grad = tg.grad = tbe.grad = None
-            y = F.group_norm(tx, groups, tg, tbe, eps=1e-5)
-            y.backward(tdy)
-            return y, tx.grad
-
-        yield f"G={groups}", f"({batch},{C},{H},{H})", ours, theirs
-
-
-def silu_cases(np, torch, rng, batch, quick):
-    from tinyddpm.ops.silu import silu_backward, silu_forward
-    F = torch.nn.functional
-    shapes = [(32, 28), (64, 28), (128, 14), (128, 7)]
-    for C, H in shapes[1:2] if quick else shapes:
-        x = rng.standard_normal((batch, C, H, H), dtype=np.float32)
-        dy = rng.standard_normal(x.shape, dtype=np.float32)
-        tx, tdy = _torch_leaf(torch, x), torch.from_numpy(dy)
-
-        def ours(x=x, dy=dy):
-            y, cache = silu_forward(x)
-            return y, silu_backward(dy, cache)
-
-        def theirs(tx=tx, tdy=tdy):
-            tx.grad = None
-            y = F.silu(tx)
-            y.backward(tdy)
-            return y, tx.grad
-
-        yield "", f"({batch},{C},{H},{H})", ours, theirs
-
-
-def attention_cases(np, torch, rng, batch, quick):
-    from tinyddpm.ops.attention import attention_backward, attention_forward
-    F = torch.nn.functional
-    heads = 4
-    shapes = [(128, 14), (128, 7)]
-    for C, H in shapes[1:] if quick else shapes:
-        x = rng.standard_normal((batch, C, H, H), dtype=np.float32)
-        w_qkv = (rng.standard_normal((3 * C, C)) / np.sqrt(C)).astype(np.float32)
-        b_qkv = (0.1 * rng.standard_normal(3 * C)).astype(np.float32)
-        w_out = (rng.standard_normal((C, C)) / np.sqrt(C)).astype(np.float32)
-        b_out = (0.1 * rng.standard_normal(C)).astype(np.float32)
-        dy = rng.standard_normal(x.shape, dtype=np.float32)
-        t = {k: _torch_leaf(torch, v) for k, v in dict(x=x, w_qkv=w_qkv, b_qkv=b_qkv, w_out=w_out, b_out=b_out).items()}
-        tdy = torch.from_numpy(dy)
-
-        def ours(x=x, w_qkv=w_qkv, b_qkv=b_qkv, w_out=w_out, b_out=b_out, dy=dy):
-            y, cache = attention_forward(x, w_qkv, b_qkv, w_out, b_out, heads)
-            return y, attention_backward(dy, cache)[0]
-
-        def theirs(t=t, tdy=tdy, C=C, H=H):
-            for v in t.values():
-                v.grad = None
-            N, L, d = t["x"].shape[0], H * H, C // heads
-            qkv = F.conv2d(t["x"], t["w_qkv"][:, :, None, None], t["b_qkv"])  # (N, 3C, H, W), a 1x1 conv
-            q, k, v = qkv.reshape(N, 3, heads, d, L).permute(1, 0, 2, 4, 3)   # each (N, heads, L, d)
-            o = F.scaled_dot_product_attention(q, k, v)                         # (N, heads, L, d)
-            o = o.permute(0, 1, 3, 2).reshape(N, C, H, H)
-            y = F.conv2d(o, t["w_out"][:, :, None, None], t["b_out"])
-            y.backward(tdy)
-            return y, t["x"].grad
-
-        yield f"heads={heads}", f"({batch},{C},{H},{H})", ours, theirs
-
-
-def upsample_cases(np, torch, rng, batch, quick):
-    from tinyddpm.ops.upsample import upsample_nearest2x_backward, upsample_nearest2x_forward
-    F = torch.nn.functional
-    shapes = [(128, 7), (128, 14)]
-    for C, H in shapes[:1] if quick else shapes:
-        x = rng.standard_normal((batch, C, H, H), dtype=np.float32)
-        dy = rng.standard_normal((batch, C, 2 * H, 2 * H), dtype=np.float32)
-        tx, tdy = _torch_leaf(torch, x), torch.from_numpy(dy)
-
-        def ours(x=x, dy=dy):
-            y, cache = upsample_nearest2x_forward(x)
-            return y, upsample_nearest2x_backward(dy, cache)
-
-        def theirs(tx=tx, tdy=tdy):
-            tx.grad = None
-            y = F.interpolate(tx, scale_factor=2, mode="nearest")
-            y.backward(tdy)
-            return y, tx.grad
-
-        yield "nearest 2x", f"({batch},{C},{H},{H})", ours, theirs
-
-
-BUILDERS = {"conv2d": conv2d_cases, "groupnorm": groupnorm_cases, "silu": silu_cases,
-            "attention": attention_cases, "upsample": upsample_cases}
+    return theirs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -220,18 +224,14 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(True)
-    rng = np.random.default_rng(0)
     print(f"# tinyddpm ops vs torch {torch.__version__} (CPU), NumPy {np.__version__}, float32, "
           f"{args.threads} thread(s), batch {args.batch}, best of {args.rounds} x {args.repeats} (fwd + bwd)\n")
     rows, notes, failed = [], [], False
+    cases = op_cases(args.batch, args.quick)
     for op in args.ops:
-        try:
-            cases = list(BUILDERS[op](np, torch, rng, args.batch, args.quick))
-        except ImportError as e:
-            notes.append(f"{op}: skipped, its module does not import yet ({e})")
-            continue
-        for detail, shape, ours, theirs in cases:
-            name = f"{op} {detail}".strip()
+        for case in (c for c in cases if c.op == op):
+            name, shape = f"{op} {case.detail}".strip(), case.shape
+            ours, theirs = partial(case.ours, case.arrays), torch_runner(case, torch)
             (y, dx), (ty, tdx) = ours(), theirs()  # validate before timing (also warms both up)
             err = max(rel_err(np, y, ty), rel_err(np, dx, tdx))
             if not err < CHECK_TOLERANCE:

@@ -95,14 +95,8 @@ PARITY_UNET_BATCH = 4       # the whole U-Net: the 'tiny' preset's network (28x2
 PARITY_TRAIN_BATCH = 8      # one training step of the 'tiny' preset, dropout 0
 
 # ---- part c: timings --------------------------------------------------------------------------------
-TORCH_CHECK_TOL = 1e-3      # float32 outputs and input gradients vs torch before timing (as bench_ops.py)
-# the shapes of bench_ops.py (batch OP_BATCH): conv2d (C, H, Co, stride) with 3x3 kernels, padding 1
-CONV_SHAPES = ((32, 28, 32, 1), (64, 28, 64, 1), (64, 14, 128, 1), (128, 14, 128, 1), (128, 7, 128, 1),
-               (64, 28, 64, 2), (128, 14, 128, 2))
-NORM_SHAPES = ((32, 28), (64, 28), (128, 14), (128, 7))   # (C, H) for groupnorm (8 groups) and silu
-ATTN_SHAPES = ((128, 14), (128, 7))                        # (C, H), 4 heads
-UPSAMPLE_SHAPES = ((128, 7), (128, 14))
-GROUPS, HEADS = 8, 4
+# every op and shape of bench_ops.py (its op_cases, at batch OP_BATCH), checked against torch with its
+# CHECK_TOLERANCE (1e-3 of the largest entry, float32) before timing
 SAMPLERS_TIMED = (("ddpm", None), ("ddim", 50), ("dpm++2m", 20))   # None: the schedule's T
 
 
@@ -664,126 +658,6 @@ def part_b_parity(suite, res, cap):
 # part c: timings beside PyTorch
 # ======================================================================================================
 
-@dataclass
-class OpCase:
-    """One op at one shape: host float32 arrays (inputs and 'dy'), and fwd + bwd on each side -> (y, dx)."""
-
-    op: str
-    detail: str
-    shape: str
-    arrays: dict
-    ours: object     # ours(a: {name: xp array}) -> (y, dx)
-    theirs: object   # theirs(t: {name: torch tensor}, F) -> (y, dx)
-
-
-def _conv_ours(a, stride):
-    from tinyddpm.ops import conv2d_backward, conv2d_forward
-
-    y, cache = conv2d_forward(a["x"], a["w"], a["b"], stride=stride)
-    return y, conv2d_backward(a["dy"], cache)[0]
-
-
-def _conv_torch(t, F, stride):
-    y = F.conv2d(t["x"], t["w"], t["b"], stride=stride, padding=1)
-    y.backward(t["dy"])
-    return y, t["x"].grad
-
-
-def _groupnorm_ours(a):
-    from tinyddpm.ops import groupnorm_backward, groupnorm_forward
-
-    y, cache = groupnorm_forward(a["x"], a["g"], a["b"], GROUPS)
-    return y, groupnorm_backward(a["dy"], cache)[0]
-
-
-def _groupnorm_torch(t, F):
-    y = F.group_norm(t["x"], GROUPS, t["g"], t["b"], eps=1e-5)
-    y.backward(t["dy"])
-    return y, t["x"].grad
-
-
-def _silu_ours(a):
-    from tinyddpm.ops import silu_backward, silu_forward
-
-    y, cache = silu_forward(a["x"])
-    return y, silu_backward(a["dy"], cache)
-
-
-def _silu_torch(t, F):
-    y = F.silu(t["x"])
-    y.backward(t["dy"])
-    return y, t["x"].grad
-
-
-def _attention_ours(a):
-    from tinyddpm.ops import attention_backward, attention_forward
-
-    y, cache = attention_forward(a["x"], a["w_qkv"], a["b_qkv"], a["w_out"], a["b_out"], HEADS)
-    return y, attention_backward(a["dy"], cache)[0]
-
-
-def _attention_torch(t, F):
-    N, C, H, W = t["x"].shape
-    L, d = H * W, C // HEADS
-    qkv = F.conv2d(t["x"], t["w_qkv"][:, :, None, None], t["b_qkv"])     # (N, 3C, H, W), a 1x1 conv
-    q, k, v = qkv.reshape(N, 3, HEADS, d, L).permute(1, 0, 2, 4, 3)       # each (N, heads, L, d)
-    o = F.scaled_dot_product_attention(q, k, v)                           # (N, heads, L, d)
-    y = F.conv2d(o.permute(0, 1, 3, 2).reshape(N, C, H, W), t["w_out"][:, :, None, None], t["b_out"])
-    y.backward(t["dy"])
-    return y, t["x"].grad
-
-
-def _upsample_ours(a):
-    from tinyddpm.ops import upsample_nearest2x_backward, upsample_nearest2x_forward
-
-    y, cache = upsample_nearest2x_forward(a["x"])
-    return y, upsample_nearest2x_backward(a["dy"], cache)
-
-
-def _upsample_torch(t, F):
-    y = F.interpolate(t["x"], scale_factor=2, mode="nearest")
-    y.backward(t["dy"])
-    return y, t["x"].grad
-
-
-def op_cases(batch: int, quick: bool) -> list:
-    """The ops and shapes of bench_ops.py, float32 (quick: one shape per op)."""
-    rng = np.random.default_rng(0)
-
-    def randn(*shape, scale=1.0):
-        return (scale * rng.standard_normal(shape)).astype(np.float32)
-
-    def pick(shapes):
-        return shapes[1:2] if quick and len(shapes) > 1 else shapes
-
-    cases = []
-    for C, H, Co, s in pick(CONV_SHAPES):
-        Ho = (H - 1) // s + 1
-        arrays = {"x": randn(batch, C, H, H), "w": randn(Co, C, 3, 3, scale=1 / math.sqrt(9 * C)), "b": randn(Co),
-                  "dy": randn(batch, Co, Ho, Ho)}
-        cases.append(OpCase("conv2d", f"3x3 s{s}", f"({batch},{C},{H},{H})->{Co}", arrays,
-                            partial(_conv_ours, stride=s), partial(_conv_torch, stride=s)))
-    for C, H in pick(NORM_SHAPES):
-        arrays = {"x": randn(batch, C, H, H), "g": 1 + randn(C, scale=0.1), "b": randn(C, scale=0.1),
-                  "dy": randn(batch, C, H, H)}
-        cases.append(OpCase("groupnorm", f"G={GROUPS}", f"({batch},{C},{H},{H})", arrays, _groupnorm_ours,
-                            _groupnorm_torch))
-    for C, H in pick(NORM_SHAPES):
-        arrays = {"x": randn(batch, C, H, H), "dy": randn(batch, C, H, H)}
-        cases.append(OpCase("silu", "", f"({batch},{C},{H},{H})", arrays, _silu_ours, _silu_torch))
-    for C, H in pick(ATTN_SHAPES):
-        arrays = {"x": randn(batch, C, H, H), "w_qkv": randn(3 * C, C, scale=1 / math.sqrt(C)),
-                  "b_qkv": randn(3 * C, scale=0.1), "w_out": randn(C, C, scale=1 / math.sqrt(C)),
-                  "b_out": randn(C, scale=0.1), "dy": randn(batch, C, H, H)}
-        cases.append(OpCase("attention", f"heads={HEADS}", f"({batch},{C},{H},{H})", arrays, _attention_ours,
-                            _attention_torch))
-    for C, H in (UPSAMPLE_SHAPES[:1] if quick else UPSAMPLE_SHAPES):
-        arrays = {"x": randn(batch, C, H, H), "dy": randn(batch, C, 2 * H, 2 * H)}
-        cases.append(OpCase("upsample", "nearest 2x", f"({batch},{C},{H},{H})", arrays, _upsample_ours,
-                            _upsample_torch))
-    return cases
-
-
 class Peers:
     """The two sides of part c: ours on the device under test, torch on its GPU (CPU in the dry run) or absent."""
 
@@ -892,7 +766,7 @@ def median_ms(fn, sync, repeats: int, inner: int) -> float:
 def time_ops(suite, peers, res):
     """Every op of bench_ops.py: validate against torch, then time both sides, then their peak memory."""
     sz, rows = suite.sizes, res.setdefault("ops", [])
-    for case in op_cases(sz.op_batch, sz.op_quick):
+    for case in bench_ops().op_cases(sz.op_batch, sz.op_quick):
         row = {"op": f"{case.op} {case.detail}".strip(), "shape": case.shape}
         rows.append(row)
         try:
@@ -911,16 +785,10 @@ def time_op(suite, peers, case, row):
         ours = partial(case.ours, {k: xp.asarray(v) for k, v in case.arrays.items()})
         y, dx = ours()
         if torch is not None:
-            t = {k: torch.from_numpy(v).to(peers.device).requires_grad_(k != "dy") for k, v in case.arrays.items()}
-
-            def theirs():
-                for v in t.values():
-                    v.grad = None
-                return case.theirs(t, peers.F)
-
+            theirs = bench_ops().torch_runner(case, torch, peers.device)
             ty, tdx = theirs()
             row["check_err"] = max(_rel_err(y, ty.detach().cpu().numpy()), _rel_err(dx, tdx.cpu().numpy()))
-            row["check_ok"] = row["check_err"] < TORCH_CHECK_TOL
+            row["check_ok"] = row["check_err"] < bench_ops().CHECK_TOLERANCE
         row["ours_ms"] = median_ms(ours, suite.sync, sz.op_repeats, sz.op_inner)
         if torch is not None:
             row["torch_ms"] = median_ms(theirs, peers.sync_torch, sz.op_repeats, sz.op_inner)
@@ -936,11 +804,19 @@ def random_digits(config, batches: int = 4):
     return rng.integers(0, 256, size=(n, size, size), dtype=np.uint8), rng.integers(0, 10, size=n)
 
 
+def bench_ops():
+    """benchmarks/bench_ops.py as a module: the op cases and the torch runner shared with it."""
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+    import bench_ops as module
+
+    return module
+
+
 def make_torch_step(torch, config, params, images, labels, device):
     """step() for the PyTorch twin on ``device``: bench_train_step.py's twin of train_step, returning the loss
     tensor without waiting for the device."""
-    if str(REPO / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(REPO / "benchmarks"))
+    bench_ops()  # puts benchmarks/ on the path
     from bench_train_step import make_torch
 
     return make_torch(config, params, images, labels, device=device, sync=False)
