@@ -26,7 +26,7 @@ from .forward_process import (LOSSES, PREDICTIONS, convert_prediction, diffusion
                               x0_from_v)
 from .guidance import GuidedModel, cfg_combine
 from .interpolation import interpolate_noise, lerp, slerp
-from .loop import Denoiser, ModelCall, Sampler, Step, StepOutput, Trajectory, run_sampler
+from .loop import ModelCall, Sampler, Step, StepOutput, Trajectory, run_sampler
 from .samplers import SAMPLERS, max_steps, sample
 from .schedules import (ARRAY_NAMES, SCHEDULES, Schedule, betas_from_alpha_bar, cosine_betas, linear_betas,
                         make_schedule, sigmoid_betas)
@@ -35,7 +35,7 @@ from .timesteps import (PREV_RULES, SPACINGS, ddim_prev_timesteps, ddim_timestep
 
 __all__ = [
     "ARRAY_NAMES", "CLIP_MODES", "FINAL_SIGMAS", "LOSSES", "PREDICTIONS", "PREV_RULES", "SAMPLERS", "SCHEDULES",
-    "SPACINGS", "VARIANCES", "DDIMSampler", "DDPMSampler", "DPMSolverSampler", "Denoiser", "GuidedModel",
+    "SPACINGS", "VARIANCES", "DDIMSampler", "DDPMSampler", "DPMSolverSampler", "GuidedModel",
     "ModelCall", "Sampler", "Schedule", "Step", "StepOutput", "Trajectory", "betas_from_alpha_bar",
     "cfg_combine", "clip_x0", "convert_prediction", "cosine_betas", "ddim_prev_timesteps", "ddim_sample",
     "ddim_sigma", "ddim_step", "ddim_timesteps", "ddpm_sample", "ddpm_step", "diffusion_loss",

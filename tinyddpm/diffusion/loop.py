@@ -217,24 +217,6 @@ class ModelCall:
         return out
 
 
-class Denoiser:
-    """The model turned into (x0, eps) estimates at one timestep: ModelCall, then ``estimate``.
-
-    For loops written by hand around ddpm_step / ddim_step; the samplers take the raw output instead.
-    """
-
-    def __init__(self, model: Callable, schedule: Schedule, x_T, labels=None, prediction: str = "eps",
-                 clip: str = "none", dynamic_percentile: float = 0.995, where: str = "sampler"):
-        check_choice(where, "prediction", prediction, PREDICTIONS)
-        check_choice(where, "clip", clip, CLIP_MODES)
-        self.output = ModelCall(model, x_T, labels, where)  # output(x_t, t): the raw, checked model output
-        self.schedule, self.prediction, self.clip, self.percentile = schedule, prediction, clip, dynamic_percentile
-
-    def __call__(self, x_t, t: int):
-        """(x0, eps, x0_unclipped): the clipped x0 estimate, and eps and x0 as the model implies them."""
-        return estimate(self.schedule, x_t, t, self.output(x_t, t), self.prediction, self.clip, self.percentile)
-
-
 class LogLines:
     """A stand-in for a tqdm bar in a log: a plain line about every 10% of a run of >= 50 steps, one at the end."""
 
