@@ -248,7 +248,8 @@ def test_next_save_removes_stale_temporaries_of_dead_writers_only(tmp_path):
     host, dead = checkpoint._HOST, dead_pid()
     names = {
         "dead writer": f".checkpoint.npz.{dead}.{host}.0badc0de.tmp",
-        "dead writer, old format": f".checkpoint.npz.{dead}.0badc0de.tmp",
+        "earlier release, fresh": ".checkpoint.npz.k3j_9ab2.tmp",       # mkstemp's random name: writer unknown
+        "earlier release, a day old": ".checkpoint.npz.q8z_01cd.tmp",
         "live writer (this process)": f".checkpoint.npz.{os.getpid()}.{host}.1234abcd.tmp",
         "another machine, fresh": f".checkpoint.npz.{dead}.ffffffff.1234abcd.tmp",
         "another machine, a day old": f".checkpoint.npz.{dead}.eeeeeeee.1234abcd.tmp",
@@ -258,11 +259,12 @@ def test_next_save_removes_stale_temporaries_of_dead_writers_only(tmp_path):
     for name in names.values():
         (tmp_path / name).write_bytes(b"PK\x03\x04 half a checkpoint")
     day_old = time.time() - checkpoint.STALE_SECONDS - 60
-    os.utime(tmp_path / names["another machine, a day old"], (day_old, day_old))
+    for case in ("another machine, a day old", "earlier release, a day old"):
+        os.utime(tmp_path / names[case], (day_old, day_old))
     save_checkpoint(path, config={}, params={"w": np.ones(2)})
     left = set(files_in(tmp_path))
     removed = {case for case, name in names.items() if name not in left}
-    assert removed == {"dead writer", "dead writer, old format", "another machine, a day old"}
+    assert removed == {"dead writer", "another machine, a day old", "earlier release, a day old"}
     assert "checkpoint.npz" in left and load_checkpoint(path).params["w"].tolist() == [1.0, 1.0]
     assert checkpoint.remove_stale_temporaries(path) == []   # nothing stale is left
 

@@ -27,8 +27,8 @@ Temporary files left by a killed write. The temporary file is ``.<name>.<pid>.<h
 writer's process id, 8 hex digits of a hash of its machine's name, 8 random hex digits. Each save first
 removes the temporary files of the same checkpoint name in its folder that no one can still be writing:
 those of this machine whose process is no longer alive, and any not modified for 24 hours (no write takes
-that long: this catches a process id reused since, and files of other machines sharing the folder, whose
-processes cannot be seen from here). A file of a live process, including this one, is never touched. On
+that long: this catches a process id reused since, files of other machines sharing the folder, whose
+processes cannot be seen from here, and the randomly named temporary files of earlier tinyddpm releases). A file of a live process, including this one, is never touched. On
 Windows, where asking whether a process is alive would signal it, only the 24-hour rule applies.
 
 Random state: a NumPy Generator's state is a dict of integers, stored as JSON, so a CPU run resumes
@@ -237,25 +237,26 @@ def remove_stale_temporaries(path) -> list:
     """Remove the temporary files of checkpoint ``path`` left by killed writes; return the paths removed.
 
     See the module docstring for the rule: this machine's files whose process is dead, anyone's unmodified
-    for 24 hours; never a live process's. Best effort: a file that cannot be removed is left alone.
+    for 24 hours (also the randomly named ones of tinyddpm releases before the writer's id was recorded);
+    never a live process's. Best effort: a file that cannot be removed is left alone.
     """
     path = Path(path)
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.(?:([0-9a-f]{{8}})\.)?[0-9a-f]+\.tmp$")
+    prefix = f".{path.name}."
+    writer = re.compile(rf"^{re.escape(prefix)}(\d+)\.([0-9a-f]{{8}})\.[0-9a-f]+\.tmp$")   # pid, host
     removed = []
     try:
-        candidates = list(path.parent.iterdir())
+        candidates = [c for c in path.parent.iterdir() if c.name.startswith(prefix) and c.name.endswith(".tmp")]
     except OSError:
         return removed
     now = time.time()
     for candidate in candidates:
-        match = pattern.match(candidate.name)
-        if match is None:
-            continue
-        pid, host = int(match.group(1)), match.group(2)   # no host: written before hosts were recorded
+        match = writer.match(candidate.name)
         try:
-            age = now - candidate.lstat().st_mtime
-            ours = host in (None, _HOST) and os.name != "nt"
-            if age > STALE_SECONDS or (ours and pid != os.getpid() and not _pid_alive(pid)):
+            stale = now - candidate.lstat().st_mtime > STALE_SECONDS
+            if match is not None and match.group(2) == _HOST and os.name != "nt":
+                pid = int(match.group(1))
+                stale = stale or (pid != os.getpid() and not _pid_alive(pid))
+            if stale:
                 candidate.unlink()
                 removed.append(candidate)
         except OSError:
