@@ -64,6 +64,11 @@ def device_xp():
     return import_cupy() if get_device() == "cuda" else np
 
 
+def array_home(xp) -> tuple:
+    """Where ``xp``'s arrays live, as a cache key: ('numpy', None) or ('cupy', the current GPU's id)."""
+    return (xp.__name__, None if xp is np else xp.cuda.get_device_id())
+
+
 def is_cupy_array(x) -> bool:
     # Checked by type name so that CuPy is never imported just to ask.
     return type(x).__module__.split(".")[0] == "cupy"
@@ -109,7 +114,7 @@ def seed_everything(seed: int):
     that passes the returned generator along is repeatable on each backend. The global seeds are
     set too, for user code that calls ``np.random`` directly.
     """
-    seed = _check_seed("seed_everything", seed)
+    seed = check_int("seed_everything", "seed", seed, minimum=0)  # the generators refuse negative seeds tersely
     random.seed(seed)
     np.random.seed(seed % 2**32)
     xp = device_xp()
@@ -120,9 +125,5 @@ def seed_everything(seed: int):
 
 def make_rng(seed=None):
     """A random Generator on the current device (``numpy``/``cupy`` ``random.default_rng``); None: fresh entropy."""
-    return device_xp().random.default_rng(None if seed is None else _check_seed("make_rng", seed))
+    return device_xp().random.default_rng(None if seed is None else check_int("make_rng", "seed", seed, minimum=0))
 
-
-def _check_seed(where: str, seed) -> int:
-    """A seed is an integer >= 0 (NumPy's and CuPy's generators refuse negative ones with a bare message)."""
-    return check_int(where, "seed", seed, minimum=0)

@@ -44,7 +44,7 @@ import math
 
 import numpy as np
 
-from ..backend import get_xp, is_cupy_array
+from ..backend import array_home, get_xp, is_cupy_array
 from ..checks import check_int
 from ..ops._checks import nan_where_out_of_range
 from ._checks import check_choice, check_timesteps
@@ -150,7 +150,7 @@ class Schedule:
 
     def array(self, name: str, xp=np, dtype=np.float64):
         """The table ``name`` on the array module ``xp`` (numpy or cupy) in ``dtype``; cached per (xp, GPU, dtype)."""
-        key = (name, xp.__name__, None if xp is np else xp.cuda.get_device_id(), np.dtype(dtype).str)
+        key = (name, array_home(xp), np.dtype(dtype).str)
         if key not in self._cache:
             self._cache[key] = xp.asarray(self._table(name), dtype=dtype)
         return self._cache[key]

@@ -56,7 +56,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..backend import get_xp
+from ..backend import array_home, get_xp
 from ..checks import is_int
 from ._checks import (FLOAT_DTYPES, describe, float_inputs, nan_where_out_of_range, require, require_array,
                       require_ndim, values_on_host)
@@ -106,12 +106,12 @@ def timestep_embedding_backward(demb, cache: TimestepEmbeddingCache):
     return dt.astype(dt_dtype, copy=False)
 
 
-_FREQUENCIES: dict = {}  # (module, GPU id, half, max_period, dtype) -> f (half,): a constant, not rebuilt per call
+_FREQUENCIES: dict = {}  # (array_home, half, max_period, dtype) -> f (half,): a constant, not rebuilt per call
 
 
 def _frequencies(xp, half, max_period, work):
     """f_i = exp(-ln(max_period) * i / half), i = 0 .. half-1, on xp in dtype ``work`` (cached, read-only)."""
-    key = (xp.__name__, None if xp is np else xp.cuda.get_device_id(), half, float(max_period), np.dtype(work).str)
+    key = (array_home(xp), half, float(max_period), np.dtype(work).str)
     if key not in _FREQUENCIES:
         i = xp.arange(half, dtype=work)                            # (half,)
         _FREQUENCIES[key] = xp.exp((-math.log(max_period) / half) * i)
