@@ -19,6 +19,11 @@ def is_int(value) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
+def is_real(value) -> bool:
+    """True for a finite real number (Python or NumPy); False for bool, NaN and infinities."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
 def check_int(where: str, name: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
     """``value`` as a Python int if it is an integer in [minimum, maximum]; else a ValueError naming it."""
     if not is_int(value):
@@ -35,7 +40,7 @@ def check_int(where: str, name: str, value, minimum: int | None = None, maximum:
 def check_real(where: str, name: str, value, minimum: float | None = None, below: float | None = None,
                maximum: float | None = None) -> float:
     """``value`` as a float if it is a finite real number with minimum <= value (< below) (<= maximum)."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
+    if not is_real(value):
         raise ValueError(f"{where}: {name} must be a finite number, got {value!r}")
     value = float(value)
     bounds = [(minimum is None or value >= minimum, f">= {minimum}"),

@@ -10,12 +10,10 @@ checkpoint stores and back.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import asdict, dataclass, field, replace
-from numbers import Real
 
 from .backend import get_device
-from .checks import is_int
+from .checks import is_int, is_real
 from .diffusion import LOSSES, PREDICTIONS, SAMPLERS, SCHEDULES, Schedule, make_schedule, max_steps
 from .unet import UNetConfig
 
@@ -67,7 +65,7 @@ class TrainConfig:
         problems = [f"{name} must be an integer >= {low}, got {getattr(self, name)!r}"
                     for name, low in ints.items() if not is_int(getattr(self, name)) or getattr(self, name) < low]
         problems += [f"{name} must be a finite number, got {getattr(self, name)!r}"
-                     for name in reals if not _finite(getattr(self, name))]
+                     for name in reals if not is_real(getattr(self, name))]
         if problems:   # the checks below compare these fields: only once they are numbers
             raise ValueError("TrainConfig: " + "; ".join(problems))
         most = max_steps(self.sampler, self.num_timesteps) if self.sampler in SAMPLERS else self.num_timesteps
@@ -83,9 +81,9 @@ class TrainConfig:
             (0.0 <= self.p_uncond < 1.0, f"p_uncond must lie in [0, 1), got {self.p_uncond}"),
             (self.p_uncond == 0.0 or self.unet.num_classes is not None,
              "p_uncond > 0 needs a conditional network (unet.num_classes set)"),
-            (self.min_snr_gamma is None or (_finite(self.min_snr_gamma) and self.min_snr_gamma > 0),
+            (self.min_snr_gamma is None or (is_real(self.min_snr_gamma) and self.min_snr_gamma > 0),
              f"min_snr_gamma must be None or > 0, got {self.min_snr_gamma}"),
-            (len(self.betas) == 2 and all(_finite(b) and 0 <= b < 1 for b in self.betas),
+            (len(self.betas) == 2 and all(is_real(b) and 0 <= b < 1 for b in self.betas),
              f"betas must be two numbers in [0, 1), got {self.betas}"),
             (self.grad_clip > 0, f"grad_clip must be > 0, got {self.grad_clip}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
@@ -142,11 +140,6 @@ PRESETS = {
         ema_decay=0.9995, log_every=50, checkpoint_every=2000, sample_every=2000,
         sample_steps=25, guidance=2.0, preview_per_digit=2, final_per_digit=10),
 }
-
-
-def _finite(value) -> bool:
-    """A real number (not a bool) that is neither NaN nor infinite."""
-    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def preset(name: str, **overrides) -> TrainConfig:
