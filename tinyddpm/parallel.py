@@ -80,7 +80,7 @@ def run_sharded(fn, items: list) -> list:
         return list(_pool(len(items)).map(fn, items))
 
 
-def unet_forward_in_shards(params: dict, config, x, t, labels=None, shards: int | None = None):
+def unet_forward_in_shards(params: dict, unet_config, x, t, labels=None, shards: int | None = None):
     """unet_forward in eval mode (no cache kept) with the batch cut into ``shards`` run in parallel threads.
 
     shards None: one per core on the CPU (default_shards), one on CuPy. The outputs are concatenated in order.
@@ -90,21 +90,21 @@ def unet_forward_in_shards(params: dict, config, x, t, labels=None, shards: int 
     parts = shard_slices(x.shape[0], shards)
 
     def forward(part):
-        return unet_forward(params, config, x[part], t[part], None if labels is None else labels[part],
+        return unet_forward(params, unet_config, x[part], t[part], None if labels is None else labels[part],
                             keep_cache=False)[0]
 
     outs = run_sharded(forward, parts)
     return outs[0] if len(outs) == 1 else device_xp().concatenate(outs)     # (N, C, H, W)
 
 
-def shards_for(config, batch: int) -> int:
-    """How many shards a training step of ``config`` at this batch size uses (see the module docstring)."""
-    if device_xp() is not np or config.dropout > 0 or _blas_controller() is None:
+def shards_for(unet_config, batch: int) -> int:
+    """How many shards a training step of this network at this batch size uses (see the module docstring)."""
+    if device_xp() is not np or unet_config.dropout > 0 or _blas_controller() is None:
         return 1
     return min(default_shards(), batch)
 
 
-def unet_loss_and_grads(params: dict, config, x, t, labels, loss_fn, *, rng=None, shards: int = 1):
+def unet_loss_and_grads(params: dict, unet_config, x, t, labels, loss_fn, *, rng=None, shards: int = 1):
     """(loss, grads): the U-Net's forward on x_t, ``loss, dout = loss_fn(out)`` on the whole batch, the backward.
 
     With ``shards`` > 1 the forward and backward run on contiguous shards of the batch in parallel threads and
@@ -113,7 +113,7 @@ def unet_loss_and_grads(params: dict, config, x, t, labels, loss_fn, *, rng=None
     parts = shard_slices(x.shape[0], shards)
 
     def forward(part):
-        return unet_forward(params, config, x[part], t[part], None if labels is None else labels[part],
+        return unet_forward(params, unet_config, x[part], t[part], None if labels is None else labels[part],
                             train=True, rng=rng)
 
     results = run_sharded(forward, parts)                                  # [(out_s, cache_s)]
