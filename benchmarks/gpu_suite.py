@@ -74,11 +74,14 @@ FIRST_TESTS = ("test_cupy_parity.py", "test_backend.py", "test_linear.py", "test
                "test_dropout.py", "test_losses.py", "test_unet.py", "test_gradcheck.py", "test_optim.py",
                "test_forward_process.py", "test_schedules.py", "test_samplers.py", "test_guidance.py",
                "test_train.py", "test_checkpoint.py", "test_classifier.py", "test_metrics.py")
+PYTEST_WORKERS = 8   # pytest-xdist processes for part a (each holds its own CuPy context, ~0.5 GB)
 DRY_TESTS = ("test_backend.py", "test_cupy_parity.py", "test_skip.py")   # a few seconds on the CPU
 # At the cap pytest gets SIGINT, prints its summary and writes the XML. A test may swallow one (examples/
 # train_mnist.py turns Ctrl-C into a clean stop and tests call its main() in-process), so SIGINT is repeated
-# every PYTEST_SIGINT_EVERY_S until PYTEST_GRACE_S have passed; then SIGKILL.
-PYTEST_GRACE_S, PYTEST_SIGINT_EVERY_S = 20, 4
+# every PYTEST_SIGINT_EVERY_S until PYTEST_GRACE_S have passed; then SIGKILL. With xdist the signal reaches
+# only the controller (no test runs there to swallow it), which needs ~7 s to stop its workers and write the
+# XML, and a second SIGINT meanwhile kills it before it writes: one SIGINT, then the grace.
+PYTEST_GRACE_S, PYTEST_SIGINT_EVERY_S = 30, 4
 
 # ---- part b: parity ---------------------------------------------------------------------------------
 # Error = max |gpu - cpu| / max |cpu| per tensor (each tensor's own scale).
@@ -376,14 +379,17 @@ def part_a_tests(suite, res, cap):
     files = test_files(suite)
     xml, log = suite.out / "pytest_a.xml", suite.out / "pytest_a.log"
     xml.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+    workers = pytest_workers(suite)
+    spread = ["-n", str(workers), "--dist", "loadfile"] if workers > 1 else []
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", *spread,
            "--continue-on-collection-errors",   # one module that fails to import must not stop all the others
            "-o", "junit_family=xunit1", f"--junitxml={xml}", "--durations=8", *files]
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, TINYDDPM_DEVICE=suite.gpu, MPLBACKEND="Agg", PYTHONPATH=path)
     env.pop(FAIL_HOOK, None)
-    res.update(device=suite.gpu, files=len(files), log=log.name,
+    res.update(device=suite.gpu, files=len(files), log=log.name, workers=workers,
                command=f"TINYDDPM_DEVICE={suite.gpu} python -m pytest -q -p no:cacheprovider -m 'not slow' "
+                       f"{' '.join(spread)}{' ' if spread else ''}"
                        f"--junitxml={xml.name} <{len(files)} files: tests/ without {', '.join(EXCLUDED_TESTS)}>"
                if not suite.dry else f"TINYDDPM_DEVICE=cpu python -m pytest -q {' '.join(files)}")
     with open(log, "w") as f:
@@ -393,7 +399,7 @@ def part_a_tests(suite, res, cap):
             res["stopped_at_cap"] = False
         except subprocess.TimeoutExpired:
             res["stopped_at_cap"] = True
-            rc = stop_pytest(proc)
+            rc = stop_pytest(proc, every=PYTEST_SIGINT_EVERY_S if workers == 1 else PYTEST_GRACE_S)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -408,13 +414,23 @@ def part_a_tests(suite, res, cap):
                             and res.get("passed", 0) > 0)
 
 
-def stop_pytest(proc) -> int:
-    """SIGINT every PYTEST_SIGINT_EVERY_S until pytest exits, SIGKILL after PYTEST_GRACE_S; its exit code."""
+def pytest_workers(suite) -> int:
+    """How many pytest processes share the GPU. The tests are small and launch-bound (28% of the suite
+    took the whole 130 s cap serially on the H200), so with pytest-xdist installed, PYTEST_WORKERS processes
+    (at most the CPU count), one test file each at a time; without xdist, or in the dry run, one."""
+    import importlib.util
+    if suite.dry or importlib.util.find_spec("xdist") is None:
+        return 1
+    return max(1, min(PYTEST_WORKERS, os.cpu_count() or 1))
+
+
+def stop_pytest(proc, every: float = PYTEST_SIGINT_EVERY_S) -> int:
+    """SIGINT every `every` seconds until pytest exits, SIGKILL after PYTEST_GRACE_S; its exit code."""
     deadline = time.monotonic() + PYTEST_GRACE_S
     while time.monotonic() < deadline:
         proc.send_signal(signal.SIGINT)
         try:
-            return proc.wait(timeout=PYTEST_SIGINT_EVERY_S)
+            return proc.wait(timeout=min(every, max(0.1, deadline - time.monotonic())))
         except subprocess.TimeoutExpired:
             continue
     proc.kill()

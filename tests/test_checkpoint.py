@@ -210,7 +210,7 @@ def test_resume_is_bit_identical(tmp_path, k):
                     rng_state={"noise": generator_state(rng2), "batches": it2.state_dict()}, extra={"losses": first})
     del params2, opt2, ema2, it2, rng2
 
-    ck = load_checkpoint(tmp_path / "ckpt.npz")
+    ck = load_checkpoint(tmp_path / "ckpt.npz", device="cpu")   # the toy run is NumPy, also on a GPU machine
     params3, opt3, ema3, it3, _ = fresh(99, params=ck.params)  # other seeds: everything must come from the file
     opt3.load_state_dict(ck.optimizer_state)
     ema3.load_state_dict(ck.ema)

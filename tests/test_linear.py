@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from helpers import OP_TOLERANCE, ORACLE_TOLERANCE, oracle_error, randn, to_torch
-from tinyddpm.backend import to_numpy
+from tinyddpm.backend import to_device, to_numpy
 from tinyddpm.gradcheck import check_gradients
 from tinyddpm.ops import linear_backward, linear_forward
 
@@ -47,7 +47,7 @@ def test_bad_input_names_op_and_shapes():
     with pytest.raises(ValueError, match=r"linear.*\(2, 3\).*\(4, 5\)"):
         linear_forward(randn(rng, 2, 3), randn(rng, 4, 5))
     with pytest.raises(TypeError, match="linear.*int64"):
-        linear_forward(np.ones((2, 3), dtype=np.int64), randn(rng, 4, 3))
+        linear_forward(to_device(np.ones((2, 3), dtype=np.int64)), randn(rng, 4, 3))  # same device: the dtype is the fault
     with pytest.raises(TypeError, match="linear.*mix dtypes"):
         linear_forward(randn(rng, 2, 3, dtype=np.float32), randn(rng, 4, 3))
 
