@@ -222,7 +222,7 @@ section("4. Running the reparameterisation backwards: x0 from (x_t, eps)")
 #     x0 = (x_t - b eps) / a
 #
 # This is how a network that predicts the noise eps gives an estimate of the clean image (the samplers
-# of lessons 10-12 do exactly this). tinyddpm calls it x0_from_eps.
+# of lessons 12-15 do exactly this). tinyddpm calls it x0_from_eps.
 t_all = np.array(record_t)                                          # (K,) timesteps
 K = len(t_all)
 x0_k = np.repeat(x0[None], K, axis=0)                              # (K, 1, 28, 28) the same digit K times

@@ -7,7 +7,7 @@ the path when it runs ``python lessons/NN_topic.py``).
     if FAST: ...                        # --fast or TINYDDPM_LESSON_FAST=1: tiny sizes, same code paths
     check("closed form == iterated", err < 1e-12, f"max error {err:.1e}")   # prints, exits 1 if false
     try_this(__doc__)                   # prints the docstring's "Try this" section: the exercises
-    params, config, schedule, where = trained_model()   # lessons 10-14 need a network that makes digits
+    params, config, schedule, where = trained_model()   # lessons 12-19 need a network that makes digits
 """
 from __future__ import annotations
 
@@ -119,7 +119,7 @@ def lesson_train_config():
     puts its width lower down (16 and 32 channels at 14 x 14 and 7 x 7): 161k parameters, ~150 ms per step
     of 32 images. Min-SNR-5 loss weights (Hang et al. 2023) speed up early training. Measured at 400 steps
     (DPM-Solver++ 20 steps, 100 samples): 34% of digits read as the requested one at guidance 2.5, 21% at 1;
-    the CPU preset of examples/train_mnist.py (about 6 minutes) reaches 99%. 360 steps keep lesson 12's first run,
+    the CPU preset of examples/train_mnist.py (about 6 minutes) reaches 99%. 360 steps keep lesson 15's first run,
     which may have to train this network and a classifier, under two minutes.
     """
     from tinyddpm.config import preset
@@ -165,7 +165,7 @@ JUDGE_EPOCHS = 0.25      # ~8 s on 2 cores, 93.9% test accuracy; the evaluation 
 
 
 def judge():
-    """(classifier params, a sentence naming it) for reading generated digits (lessons 12 and 14).
+    """(classifier params, a sentence naming it) for reading generated digits (lessons 15 and 19).
 
     tinyddpm's evaluation classifier (tinyddpm.classifier, 2 epochs, cached in ~/.cache/tinyddpm/classifier by
     examples/evaluate.py) when it exists. Otherwise a lighter one trained here for a quarter of an epoch and cached in

@@ -1,4 +1,4 @@
-"""Lesson 09: the training loop.
+"""Lesson 10: the training loop.
 
 What you will learn
   - The DDPM objective L = E || eps - eps_theta( sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t ) ||^2, and
@@ -10,8 +10,8 @@ What you will learn
     ones, small t are the hard ones for the noise prediction, and the x0 the network sees through the noise.
 
 Run it:
-    python lessons/09_training_loop.py          # about a minute on one CPU core, most of it the 250-step run
-    python lessons/09_training_loop.py --fast   # tiny sizes, the same code paths (what the tests run)
+    python lessons/10_training_loop.py          # about a minute on one CPU core, most of it the 250-step run
+    python lessons/10_training_loop.py --fast   # tiny sizes, the same code paths (what the tests run)
 
 Figures, written to lessons/output/09_training_loop/:
     loss_curve.png        the loss of every step and its running mean; one weight, raw and EMA
@@ -47,7 +47,7 @@ from tinyddpm.viz import plot_sample_grid, smooth_curve  # noqa: E402
 
 started = time.perf_counter()
 out = output_dir(__file__)
-banner("Lesson 09: the training loop")
+banner("Lesson 10: the training loop")
 
 RUN_STEPS = 40 if FAST else 250          # optimizer steps of the short run in section 3
 N_TRAIN = 2_000 if FAST else 10_000      # MNIST training digits the run draws its batches from
@@ -72,7 +72,7 @@ section("1. The objective and its gradient")
 #     dL/dout_nj = 2 (out_nj - eps_nj) / (B M)
 # Why predicting the noise is enough: from x_t and a guess of eps we get a guess of x0,
 #     x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t),
-# and that is all a sampler needs (lesson 10).
+# and that is all a sampler needs (lesson 12).
 rng = np.random.default_rng(0)
 run_unet = UNetConfig(base_channels=8, channel_mults=(1, 2), blocks_per_level=1, attention_resolutions=(14,),
                       heads=2, groups=4, dropout=0.1)
@@ -102,7 +102,7 @@ section(f"2. One training step in the open, {STEPS_COMPARED} times, against trai
 # the dropout masks). train_step draws from them in a fixed order, and so do we, in float64:
 #
 #   1. a batch x0 (B, 1, 28, 28) in [-1, 1] with labels y (B,)
-#   2. t ~ U{0..T-1}; then 10% of the labels become the "null" label (classifier-free guidance, lesson 12)
+#   2. t ~ U{0..T-1}; then 10% of the labels become the "null" label (classifier-free guidance, lesson 15)
 #   3. eps ~ N(0, I) and x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
 #   4. out = unet(x_t, t, y) with dropout on; L and dL/dout as above; unet_backward gives every dL/dtheta
 #   5. clip: if the global norm ||g|| = sqrt(sum over all tensors of sum g^2) exceeds c, scale g by c / ||g||

@@ -1,4 +1,4 @@
-"""Lesson 14: measuring samples: FID, precision and recall.
+"""Lesson 19: measuring samples: FID, precision and recall.
 
 What you will learn
   - the Frechet distance between two Gaussians, ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), derived in
@@ -11,9 +11,9 @@ What you will learn
     tinyddpm's MNIST classifier, next to the real-vs-real baseline at the same n.
 
 Run it
-  python lessons/14_evaluation.py          # about a minute on 2 CPU cores (once more if the network or the
+  python lessons/19_evaluation.py          # about a minute on 2 CPU cores (once more if the network or the
                                            # classifier has to be trained first)
-  python lessons/14_evaluation.py --fast   # tiny sizes, the same code paths (what the tests run)
+  python lessons/19_evaluation.py --fast   # tiny sizes, the same code paths (what the tests run)
 
 Figures (in lessons/output/14_evaluation/)
   toy_precision_recall.png  2-D point clouds: the real k-NN balls, and which generated points fall inside
@@ -49,7 +49,7 @@ from tinyddpm.viz import plot_sample_grid  # noqa: E402
 
 started = time.perf_counter()
 out = output_dir(__file__)
-banner("Lesson 14: FID, precision and recall")
+banner("Lesson 19: FID, precision and recall")
 K_NN = 3
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Lesson 12: classifier-free guidance, trading diversity for fidelity with one number.
+"""Lesson 15: classifier-free guidance, trading diversity for fidelity with one number.
 
 What you will learn
   - the guidance rule eps = eps_uncond + w (eps_cond - eps_uncond), derived and checked against
@@ -9,9 +9,9 @@ What you will learn
     measured as accuracy (by tinyddpm's MNIST classifier) and diversity (mean pairwise distance).
 
 Run it
-  python lessons/12_guidance.py          # about a minute on 2 CPU cores (once more if the network or the
+  python lessons/15_guidance.py          # about a minute on 2 CPU cores (once more if the network or the
                                          # classifier has to be trained first)
-  python lessons/12_guidance.py --fast   # tiny sizes, the same code paths (what the tests run)
+  python lessons/15_guidance.py --fast   # tiny sizes, the same code paths (what the tests run)
 
 Figures (in lessons/output/12_guidance/)
   toy_tilt.png            1-D toy: the guided density p(x) p(y | x)^w for several w
@@ -44,7 +44,7 @@ from tinyddpm.viz import tile_images  # noqa: E402
 
 started = time.perf_counter()
 out = output_dir(__file__)
-banner("Lesson 12: classifier-free guidance")
+banner("Lesson 15: classifier-free guidance")
 
 # ---------------------------------------------------------------------------------------------------
 section("1. The rule")

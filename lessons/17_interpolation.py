@@ -1,4 +1,4 @@
-"""Lesson 13: interpolating starting noise, and why slerp beats lerp.
+"""Lesson 17: interpolating starting noise, and why slerp beats lerp.
 
 What you will learn
   - where Gaussian noise lives: in d dimensions, N(0, I) draws sit on a thin shell of radius ~sqrt(d)
@@ -10,9 +10,9 @@ What you will learn
   - a morph from one digit to another: a deterministic sampler (DDIM, eta = 0) run on interpolated noise.
 
 Run it
-  python lessons/13_interpolation.py          # about a minute on 2 CPU cores (plus ~1 min once if no network
+  python lessons/17_interpolation.py          # about a minute on 2 CPU cores (plus ~1 min once if no network
                                               # exists yet)
-  python lessons/13_interpolation.py --fast   # tiny sizes, the same code paths (what the tests run)
+  python lessons/17_interpolation.py --fast   # tiny sizes, the same code paths (what the tests run)
 
 Figures (in lessons/output/13_interpolation/)
   noise_norm.png            the norm along the lerp and slerp paths, and the norms of fresh noise and midpoints
@@ -44,7 +44,7 @@ from tinyddpm.viz import plot_sample_grid, save_denoising_gif  # noqa: E402
 
 started = time.perf_counter()
 out = output_dir(__file__)
-banner("Lesson 13: interpolating noise (lerp vs slerp)")
+banner("Lesson 17: interpolating noise (lerp vs slerp)")
 
 # ---------------------------------------------------------------------------------------------------
 section("1. Gaussian noise lives on a shell")
@@ -143,7 +143,7 @@ saved(out / "noise_norm.png")
 # ---------------------------------------------------------------------------------------------------
 section("4. Sampling from interpolated noise")
 # A deterministic sampler is a fixed map noise -> image, so a smooth path of noises gives a smooth path of
-# images. DDIM with eta = 0 (lesson 11), classifier-free guidance at the config's scale (lesson 12).
+# images. DDIM with eta = 0 (lesson 13), classifier-free guidance at the config's scale (lesson 15).
 params, config, schedule, where = trained_model()
 print(f"  network: {where}")
 guided = GuidedModel(unet_model(params, config.unet), config.guidance, config.unet.null_label)

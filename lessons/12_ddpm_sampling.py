@@ -1,4 +1,4 @@
-"""Lesson 10: DDPM sampling.
+"""Lesson 12: DDPM sampling.
 
 What you will learn
   - The posterior of one step back when the data is known,
@@ -12,9 +12,9 @@ What you will learn
   - What 1000 steps of it look like with a trained network: x_t and the predicted x0 along the way.
 
 Run it:
-    python lessons/10_ddpm_sampling.py          # 1-1.5 minutes on one CPU core: 1000 network calls (plus, once,
+    python lessons/12_ddpm_sampling.py          # 1-1.5 minutes on one CPU core: 1000 network calls (plus, once,
                                                 # the lessons' network if none exists)
-    python lessons/10_ddpm_sampling.py --fast   # tiny sizes, the same code paths (what the tests run)
+    python lessons/12_ddpm_sampling.py --fast   # tiny sizes, the same code paths (what the tests run)
 
 Figures, written to lessons/output/10_ddpm_sampling/:
     posterior.png     pairs (x_t, x_{t-1}) drawn forward at t = 1: the posterior mean, and the spread around it
@@ -51,7 +51,7 @@ from tinyddpm.viz import plot_sample_grid, save_denoising_gif, side_by_side  # n
 
 started = time.perf_counter()
 out = output_dir(__file__)
-banner("Lesson 10: DDPM sampling")
+banner("Lesson 12: DDPM sampling")
 
 VARIANCE = "fixed_small"                      # sigma_t^2 = beta_tilde_t; "fixed_large": sigma_t^2 = beta_t
 N_DRAWS = 200_000 if FAST else 1_000_000      # Monte Carlo pairs per timestep in section 2
@@ -293,7 +293,7 @@ section("6. Sampling digits with a trained network")
 params, config, schedule, where = trained_model()
 print(f"  network: {where}")
 # One network call per step makes this the slow part: 1000 calls for a batch of one digit per label, with
-# the plain conditional prediction (classifier-free guidance, lesson 12, sharpens the digits at twice the
+# the plain conditional prediction (classifier-free guidance, lesson 15, sharpens the digits at twice the
 # cost). How good the digits are is the network's doing: DDPM asks it for a prediction at every one of the
 # 1000 noise levels, so a briefly trained network's weak spots show as blur and grey backgrounds (the
 # lessons' own 360-step network); the checkpoint of examples/train_mnist.py draws cleaner ones.

@@ -1,4 +1,4 @@
-"""Lesson 11: DDIM, sampling in 10 steps instead of 1000.
+"""Lesson 13: DDIM, sampling in 10 steps instead of 1000.
 
 What you will learn
   - the DDIM update x_{t'} = sqrt(abar_{t'}) x0_hat + sqrt(1 - abar_{t'} - sigma^2) eps_hat + sigma z, derived
@@ -10,8 +10,8 @@ What you will learn
     (the 'linspace', 'leading' and 'trailing' spacings of tinyddpm.diffusion.SPACINGS).
 
 Run it
-  python lessons/11_ddim.py            # about a minute on 2 CPU cores (plus ~1 min once if no network exists yet)
-  python lessons/11_ddim.py --fast     # tiny sizes, the same code paths (what the tests run)
+  python lessons/13_ddim.py            # about a minute on 2 CPU cores (plus ~1 min once if no network exists yet)
+  python lessons/13_ddim.py --fast     # tiny sizes, the same code paths (what the tests run)
 
 Figures (in lessons/output/11_ddim/)
   steps_grid.png        one row per step count, the same starting noise in every row
@@ -47,7 +47,7 @@ from tinyddpm.viz import plot_sample_grid  # noqa: E402
 
 started = time.perf_counter()
 out = output_dir(__file__)
-banner("Lesson 11: DDIM")
+banner("Lesson 13: DDIM")
 
 # ---------------------------------------------------------------------------------------------------
 section("1. One DDIM step, derived")
@@ -131,7 +131,7 @@ check("eta = 1, t' = t - 1: DDIM's mean and std == DDPM's (ddpm_step, fixed_smal
 section("3. A trained network, and eta = 0 as a deterministic map")
 params, config, schedule, where = trained_model()
 print(f"  network: {where}")
-# The samplers call model(x_t, t, labels). We sample digits with classifier-free guidance (lesson 12) at the
+# The samplers call model(x_t, t, labels). We sample digits with classifier-free guidance (lesson 15) at the
 # scale its training config samples with (config.guidance), clip x0_hat to the data range [-1, 1], and
 # re-derive eps_hat from the clipped x0_hat (use_clipped_model_output) so the two estimates stay consistent,
 # as tinyddpm's sample_digits does for DDIM.
