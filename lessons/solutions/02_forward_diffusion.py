@@ -35,8 +35,8 @@ images, labels = mnist_digits(8, seed=1)                 # the lesson's digit: t
 x0 = images[0].astype(np.float64)                        # (1, 28, 28)
 
 # ---------------------------------------------------------------------------------------------------
-# One run of the step-by-step chains serves exercises 1 and 2. M = 1000 chains of the right process; the first 50
-# of them are 50 independent chains too, which is what --fast changes in the lesson's section 3. Next to them, with the same
+# One run of the step-by-step chains serves exercises 1 and 2: M = 1000 chains of the right process, whose first
+# 50 are 50 independent chains too (what --fast changes in the lesson's section 3), and next to them, with the same
 # noise, 1000 chains of the process with the forgotten square root (exercise 2). Fast mode follows every 8th
 # pixel: the pixels do not interact, so fewer of them only means fewer comparisons.
 M_BIG, M_SMALL = 1000, 50
