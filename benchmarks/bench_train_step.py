@@ -40,6 +40,7 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 MEM_TAG = "MEMORY "
+GOAL_RATIO = 1.25   # a training step within 1.25x of PyTorch's time on the same cores (issue 12)
 
 
 def parse_args(argv=None):
@@ -292,6 +293,9 @@ def main(argv=None) -> int:
           f"each side in its own process; peak RSS = the whole process's peak.")
     for note in notes:
         print(f"\nnote: {note}")
+    ratio = med_ours / med_torch   # the figure the speed goal is judged by: medians, not the best steps
+    print(f"\nratio: ours / torch = {ratio:.2f}x (median of {args.steps} steps, {args.threads} thread(s)); "
+          f"goal <= {GOAL_RATIO:.2f}x: {'met' if ratio <= GOAL_RATIO else 'not met'}")
     return 1 if failed else 0
 
 
