@@ -216,8 +216,11 @@ def classify(e: BaseException):
     return None
 
 
-def run(prog: str, work, args) -> int:
-    """``work(args)``'s status, with errors reported by the rule of this module's docstring."""
+def run(prog: str, work, args, speak: bool = True) -> int:
+    """``work(args)``'s status, with errors reported by the rule of this module's docstring.
+
+    ``speak=False``: the one-line messages are not printed (ranks > 0 of an MPI run: rank 0 speaks for all).
+    """
     debug = getattr(args, "debug", False) or os.environ.get("TINYDDPM_DEBUG", "") not in ("", "0")
     try:
         with warnings.catch_warnings():
@@ -227,14 +230,16 @@ def run(prog: str, work, args) -> int:
                                         category=RuntimeWarning)
             return work(args)
     except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted", file=sys.stderr)
+        if speak:
+            print(f"\n{prog}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
         verdict = classify(e)
         if verdict is None:
             raise   # a bug of ours: Python's traceback
-        if debug:
-            traceback.print_exc()
         status, message = verdict
-        print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
+        if speak:
+            if debug:
+                traceback.print_exc()
+            print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
         return status

@@ -4,6 +4,7 @@
     python examples/train_mnist.py --device cuda        # GPU (CuPy): the 'gpu' preset, full quality
     python examples/train_mnist.py --preset tiny        # a smoke test of a few seconds
     python examples/train_mnist.py --resume             # continue runs/mnist/checkpoint.npz
+    mpiexec -n 2 python examples/train_mnist.py         # one model, 2 processes (pip install -e ".[mpi]")
 
 Without --device it uses the GPU when CuPy finds one, else the CPU, and picks the matching preset.
 It writes into --out (default runs/mnist):
@@ -21,18 +22,30 @@ Sample again later, with other samplers or digits: python examples/sample.py run
 Every option, the data, the device and --out are checked before the first step; what the user can fix ends
 in one line and exit status 2, a loss that turns NaN in one line naming the step and the last good
 checkpoint, status 1 (the rule: examples/_cli.py; --debug shows the traceback too).
+
+Under mpiexec -n N (tinyddpm/distributed.py) the N processes train one model: each takes 1/N of every batch (the
+batch size stays the run's, and must be a multiple of N), the gradients are summed every step, and rank 0 alone
+prints and writes. Every rank makes the checks above and the ranks compare outcomes before the first step: a
+failure on any rank, or ranks that disagree on the options or the data, end every rank with one line from rank 0.
+Unless a thread count is set (OMP_NUM_THREADS, ...), the ranks of a machine share its cores. A checkpoint resumes
+with any N that divides the batch.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 
-from _cli import Parser, UserError, blame, check_out_dir, choose_device, classify, describe, integer, number, run
+from _cli import (Parser, UserError, blame, check_out_dir, choose_device, classify, describe, integer, number, one_line,
+                  run)
 
-from tinyddpm import backend
+from tinyddpm import backend, distributed
 from tinyddpm.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from tinyddpm.data import SOURCES, DownloadError, FallbackUnavailable, load_mnist
 from tinyddpm.diffusion import SAMPLERS, Trajectory, max_steps
@@ -45,6 +58,7 @@ PROG = "train_mnist.py"
 RUN_OPTIONS = {"preset": "preset", "batch_size": "batch-size", "lr": "lr", "seed": "seed"}
 GIF_PER_DIGIT = 4
 PICTURE_BYTES = 20_000_000   # room for samples.png, denoising.gif, loss.png and the previews, generously
+DEBUG = os.environ.get("TINYDDPM_DEBUG", "") not in ("", "0")   # or --debug: tracebacks too
 
 
 def parse_args(argv=None):
@@ -165,40 +179,100 @@ def final_pictures(state, out: Path, settings: dict, progress: bool) -> list:
     return paths
 
 
-def work(args) -> int:
-    wall = time.perf_counter()
+def check_options(args, dp=None):
+    """(out, device): the options that need no data, --out (on the rank that writes), and the device."""
     if args.resume is not None:
         given = [f"--{flag}" for key, flag in RUN_OPTIONS.items() if getattr(args, key) is not None]
         if given:
             raise UserError(f"{', '.join(given)} cannot change on --resume: a resumed run keeps the checkpoint's "
                             "configuration (only --steps and the intervals may change)")
-    out = check_out_dir("--out", args.out)          # before anything is loaded: a bad --out wastes nothing
+    out = Path(args.out).expanduser()
+    if dp is None or dp.root:
+        out = check_out_dir("--out", args.out)      # before anything is loaded: a bad --out wastes nothing
     device = choose_device(args.device)
-    data = load_data(args)
+    if dp is not None and device == "cuda":
+        dp.use_gpu()                                # GPU (local rank mod GPUs), before any array is made
+    return out, device
+
+
+def build_run(args, data, out, dp=None):
+    """(state, final sampling settings): the run's state, checked against the data, the processes and the disk."""
     state = build_state(args, data)
+    if dp is not None:
+        check_processes(args, state, dp)
     settings = final_settings(state, args)
+    if dp is None or dp.root:
+        check_out_dir("--out", out, need_bytes=checkpoint_bytes(state) + PICTURE_BYTES)
+    return state, settings
+
+
+def check_processes(args, state, dp) -> None:
+    """UserError unless the batch splits into dp.size equal, non-empty shares."""
+    batch, n = state.config.batch_size, dp.size
+    if args.batch_size is not None:
+        what = f"--batch-size {batch}"
+    elif args.resume is not None:
+        what = f"the checkpoint's batch size {batch}"
+    else:
+        what = f"the {config_name(args)} preset's batch size {batch}"
+    if batch < n:
+        raise UserError(f"mpiexec -n {n}: {what} is smaller than the {n} processes (each takes an equal share of "
+                        "every batch, at least one image)")
+    if batch % n:
+        raise UserError(f"mpiexec -n {n}: {what} does not split into {n} equal shares; use a batch size that is "
+                        f"a multiple of {n}")
+
+
+def work(args, dp=None) -> int:
+    """The run: every check, then training, then the final pictures. ``dp``: this process is one rank of N."""
+    wall = time.perf_counter()
+    if dp is None:
+        out, device = check_options(args)
+        data = load_data(args)
+        state, settings = build_run(args, data, out)
+    else:   # each stage on every rank, then the ranks compare outcomes (together) before any goes on
+        out, device = together(dp, check_options, args, dp)
+        data = together(dp, lambda: load_data(args) if dp.root else None)   # rank 0 first: it may download them,
+        data = together(dp, lambda: data if dp.root else load_data(args))   # the others then read its files
+        state, settings = together(dp, build_run, args, data, out, dp)
+        with blame("", distributed.RanksDisagree):      # options or data that differ between ranks: on every rank
+            dp.check_same_run(state)
+    return train_and_draw(args, state, settings, out, device, wall, dp)
+
+
+def train_and_draw(args, state, settings, out, device, wall, dp=None) -> int:
     cfg = state.config
-    check_out_dir("--out", out, need_bytes=checkpoint_bytes(state) + PICTURE_BYTES)
-    out.mkdir(parents=True, exist_ok=True)
-    u = cfg.unet
-    print(f"device {device}; U-Net base {u.base_channels}, mults {u.channel_mults}, {u.blocks_per_level} block(s) "
-          f"per level, attention at {u.attention_resolutions or 'none'}: {count_params(state.params):,} parameters")
-    print(f"{cfg.steps} steps of {cfg.batch_size} images, lr {cfg.lr:g} ({cfg.warmup_steps} warmup, {cfg.lr_decay}), "
-          f"EMA {cfg.ema_decay}, p_uncond {cfg.p_uncond}; writing to {out}")
+    speaks = dp is None or dp.root
+    if speaks:
+        out.mkdir(parents=True, exist_ok=True)
+        u = cfg.unet
+        print(f"device {device}; U-Net base {u.base_channels}, mults {u.channel_mults}, {u.blocks_per_level} block(s) "
+              f"per level, attention at {u.attention_resolutions or 'none'}: {count_params(state.params):,} parameters")
+        print(f"{cfg.steps} steps of {cfg.batch_size} images, lr {cfg.lr:g} ({cfg.warmup_steps} warmup, {cfg.lr_decay}), "
+              f"EMA {cfg.ema_decay}, p_uncond {cfg.p_uncond}; writing to {out}")
+    if dp is not None and dp.root:
+        print(f"data parallel: {dp.size} processes ({dp.local_size} on this machine), each {cfg.batch_size // dp.size} "
+              f"images of every batch, gradients summed through {'NCCL or MPI' if device == 'cuda' else 'MPI'}; "
+              f"{describe_threads(dp)}; rank 0 writes")
     ckpt = out / CHECKPOINT_NAME
     try:
-        train(state, out, until=args.until, progress=not args.no_progress)
+        train(state, out, until=args.until, progress=not args.no_progress, dp=dp)
     except KeyboardInterrupt:
         last = ckpt if ckpt.exists() else "not written yet"
-        print(f"\ninterrupted at step {state.step}; the last checkpoint is {last} (continue with --resume)",
-              file=sys.stderr)
+        if speaks:
+            print(f"\ninterrupted at step {state.step}; the last checkpoint is {last} (continue with --resume)",
+                  file=sys.stderr)
         return 130
     except FloatingPointError as e:   # a non-finite loss or weights: nothing was saved over the last checkpoint
-        raise FloatingPointError(f"{e}; {last_checkpoint(ckpt)}") from e
+        raise FloatingPointError(f"{e}; {last_checkpoint(ckpt) if speaks else 'rank 0 says where'}") from e
     except OSError as e:              # a full disk, a folder made read-only: the checkpoint is written atomically
         if classify(e) is None:
             raise
-        raise UserError(f"{describe(e)}; {last_checkpoint(ckpt)}") from e
+        raise UserError(f"{describe(e)}; {last_checkpoint(ckpt) if speaks else 'rank 0 says where'}") from e
+    if not speaks:
+        return 0                      # the final pictures are rank 0's
+    if dp is not None:
+        dp.done = True                # no collective left: the other ranks need not wait for what follows
     paths = [ckpt]
     if state.losses:
         paths.append(viz.plot_loss_curve(out / "loss.png", state.losses,
@@ -218,8 +292,101 @@ def work(args) -> int:
     return 0
 
 
+def describe_threads(dp) -> str:
+    if dp.threads is None:
+        return "BLAS threads as the environment sets them"
+    return f"{dp.threads} BLAS thread{'s' if dp.threads > 1 else ''} each"
+
+
+# --------------------------------------------------------------------------------------------
+# mpiexec -n N: the ranks agree before they train
+
+
+class Stopped(Exception):
+    """A stage failed on some rank: raised on every rank, with the status all exit with and the message rank 0 prints."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def together(dp, fn, *args):
+    """fn(*args) on this rank; then every rank learns whether any failed, and if one did, all raise Stopped.
+
+    So no rank goes on to a collective (an Allreduce, a broadcast) that a failed rank will never join: that would
+    hang. The first failing rank's message is the one rank 0 prints (naming that rank if it is not 0); a bug shows
+    its traceback on its own rank.
+    """
+    failure, value = None, None
+    try:
+        value = fn(*args)
+    except SystemExit as e:   # --help (status 0): the help is printed by rank 0; nothing is wrong
+        failure = (e.code if isinstance(e.code, int) else 2, "")
+    except Exception as e:
+        verdict = classify(e)
+        if verdict is None or DEBUG:
+            traceback.print_exc()
+        failure = verdict or (1, f"a bug: {type(e).__name__}: {e} (its traceback is on that rank's stderr)")
+    first = dp.first_failure(failure)
+    if first is None:
+        return value
+    rank, (status, message) = first
+    raise Stopped(status, message if rank == 0 or not message else f"rank {rank}: {message}")
+
+
+def parse_quietly(argv):
+    """parse_args with argparse's one-line message kept as a UserError (rank 0 prints it, once for all ranks)."""
+    text = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(text):
+            return parse_args(argv)
+    except SystemExit as e:
+        if e.code in (0, None):
+            raise
+        raise UserError(text.getvalue().strip().removeprefix(f"{PROG}: error: ")) from None
+
+
+def main_on_ranks(argv, dp) -> int:
+    """This process is rank dp.rank of an MPI run: the same checks and training as one process, in step with the others.
+
+    A failure that every rank sees alike ends each with the same status and one line from rank 0; one the others
+    cannot know of (a bug on one rank, Ctrl-C) ends them all at once (MPI_Abort) rather than leave them waiting.
+    """
+    global DEBUG
+    DEBUG = "--debug" in (sys.argv[1:] if argv is None else argv) or DEBUG
+    if not dp.root:
+        sys.stdout = open(os.devnull, "w")    # rank 0 speaks for all; a traceback still reaches stderr
+    dp.share_cores()
+    try:
+        args = together(dp, parse_quietly, argv)
+        status = run(PROG, lambda a: work(a, dp), args, speak=dp.root)
+    except Stopped as e:
+        if dp.root and e.message:
+            print(f"{PROG}: error: {one_line(e.message)}", file=sys.stderr, flush=True)
+        return e.status
+    except BaseException:   # a bug of ours on this rank: its traceback, then no rank is left waiting for this one
+        if dp.failed_together or dp.done:
+            raise
+        traceback.print_exc()
+        sys.stderr.flush()
+        dp.abort(1)
+        raise
+    if status != 0 and not (dp.failed_together or dp.done):
+        sys.stderr.flush()
+        dp.abort(status)
+    return status
+
+
 def main(argv=None) -> int:
-    return run(PROG, work, parse_args(argv))
+    try:
+        dp = distributed.connect()       # None for one process (mpi4py is then not imported)
+    except distributed.LaunchError as e:
+        if distributed.launched_rank() == 0:
+            print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    if dp is None:
+        return run(PROG, work, parse_args(argv))
+    return main_on_ranks(argv, dp)
 
 
 if __name__ == "__main__":
