@@ -2,6 +2,7 @@
 
     python examples/evaluate.py runs/mnist/checkpoint.npz
     python examples/evaluate.py runs/mnist/checkpoint.npz --configs ddim:50,dpm++2m:20 --guidance 1,2.5 --n-per-digit 100
+    python examples/evaluate.py runs/mnist/checkpoint.npz --configs dpm++2m:20 --guidance 0,1,2.5 --classifier-guidance 1,4
 
 For every (sampler, steps, guidance) it draws ``n_per_digit`` samples of each digit and measures them
 with the MNIST classifier of tinyddpm.classifier (trained once and cached):
@@ -12,6 +13,12 @@ with the MNIST classifier of tinyddpm.classifier (trained once and cached):
     recall      share of real digits inside the manifold of the samples (diversity)
     accuracy    share of samples the classifier labels as the digit that was asked for
     IS          classifier-based Inception Score (10 at most for MNIST)
+
+--classifier-guidance adds rows steered by the noise-conditional classifier p(y | x_t, t) instead (classifier
+guidance, tinyddpm/noisy_classifier.py, cached in ~/.cache/tinyddpm/noisy_classifier or trained there once):
+one row per scale s, with the network at the classifier-free scale --classifier-base (default 0: the
+unconditional network, steered by the classifier alone), from the same starting noise as the other rows.
+Their seconds per image include the classifier's forward and backward pass at every step.
 
 The real-vs-real baseline (two disjoint sets of real test digits, as many as there are samples) is
 printed first: it is what a perfect generator would score with this many samples. The table is
@@ -31,8 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from _cli import (Parser, UserError, blame, check_out_dir, choose_device, current_device, integer, numbers,
-                  run)
+from _cli import (Parser, UserError, blame, check_out_dir, choose_device, current_device, integer, number,
+                  numbers, run)
+from sample import classifier_guided_digits, load_guide
 
 from tinyddpm import backend
 from tinyddpm.checkpoint import CheckpointError
@@ -46,7 +54,7 @@ from tinyddpm import load_for_sampling, sample_digits
 
 PROG = "evaluate.py"
 DEFAULT_CONFIGS = "ddpm:1000,ddim:50,ddim:20,ddim:10,dpm++2m:20,dpm++2m:10"
-COLUMNS = ["sampler", "steps", "guidance", "n", "fid", "precision", "recall", "accuracy", "inception_score",
+COLUMNS = ["sampler", "steps", "guidance", "classifier_scale", "n", "fid", "precision", "recall", "accuracy", "inception_score",
            "seconds_per_image"]
 MIN_TEST_DIGITS = 8   # the real-vs-real baseline compares two halves with k-NN (k = 3): more than 3 each
 
@@ -60,6 +68,15 @@ def parse_configs(text: str):
             raise argparse.ArgumentTypeError(f"--configs: {item!r} is not SAMPLER:STEPS with SAMPLER in {sorted(SAMPLERS)}")
         configs.append((name, int(steps)))
     return configs
+
+
+def scales(text: str) -> list:
+    """An argparse type: classifier-guidance scales >= 0 separated by commas, e.g. 1,4."""
+    values = numbers(text)
+    negative = [v for v in values if v < 0]
+    if negative:
+        raise argparse.ArgumentTypeError(f"scales must be >= 0, got {negative[0]:g} in {text!r}")
+    return values
 
 
 def build_parser():
@@ -79,6 +96,13 @@ def build_parser():
     parser.add_argument("--classifier-dir", default=None,
                         help="where the classifier is cached (default ~/.cache/tinyddpm/classifier)")
     parser.add_argument("--device", choices=backend.DEVICES, default=None, help="default: the current device")
+    parser.add_argument("--classifier-guidance", type=scales, default=[], metavar="S,...",
+                        help="also rows with classifier guidance at these scales, e.g. 1,4 (default: none)")
+    parser.add_argument("--classifier-base", type=number(), default=0.0, metavar="W",
+                        help="classifier-free scale of the network under classifier guidance (0: unconditional)")
+    parser.add_argument("--noisy-classifier-dir", default=None,
+                        help="where the noise-conditional classifier is cached (default "
+                             "~/.cache/tinyddpm/noisy_classifier)")
     return parser
 
 
@@ -111,10 +135,11 @@ def write_outputs(rows, baseline, out: Path):
         writer.writerows(rows)
     lines = [f"Real-vs-real baseline ({baseline['n']} vs {baseline['n']} test digits): FID {baseline['fid']:.2f}, "
              f"precision {baseline['precision']:.3f}, recall {baseline['recall']:.3f}", "",
-             "| sampler | steps | guidance | n | FID-MNIST | precision | recall | accuracy | IS | s/image |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| sampler | steps | guidance | classifier | n | FID-MNIST | precision | recall | accuracy | IS | s/image |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['sampler']} | {r['steps']} | {r['guidance']:g} | {r['n']} | {r['fid']:.2f} | "
+        cg = f"{r['classifier_scale']:g}" if r["classifier_scale"] else "-"
+        lines.append(f"| {r['sampler']} | {r['steps']} | {r['guidance']:g} | {cg} | {r['n']} | {r['fid']:.2f} | "
                      f"{r['precision']:.3f} | {r['recall']:.3f} | {r['accuracy']:.3f} | {r['inception_score']:.2f} | "
                      f"{r['seconds_per_image']:.3f} |")
     (out / "evaluation.md").write_text("\n".join(lines) + "\n")
@@ -130,9 +155,10 @@ def plot_quality(rows, baseline, path: Path):
     fig = Figure(figsize=(10, 4), layout="constrained")
     FigureCanvasAgg(fig)
     ax_fid, ax_acc = fig.subplots(1, 2)
-    for key in sorted({(r["sampler"], r["guidance"]) for r in rows}):
-        line = sorted((r for r in rows if (r["sampler"], r["guidance"]) == key), key=lambda r: r["steps"])
-        label = f"{key[0]}, guidance {key[1]:g}"
+    kind = lambda r: (r["sampler"], r["guidance"], r["classifier_scale"])   # noqa: E731  one line per kind
+    for key in sorted({kind(r) for r in rows}):
+        line = sorted((r for r in rows if kind(r) == key), key=lambda r: r["steps"])
+        label = f"{key[0]}, guidance {key[1]:g}" + (f", classifier {key[2]:g}" if key[2] else "")
         ax_fid.plot([r["steps"] for r in line], [r["fid"] for r in line], "o-", label=label)
         ax_acc.plot([r["steps"] for r in line], [100 * r["accuracy"] for r in line], "o-", label=label)
     ax_fid.axhline(baseline["fid"], color="gray", ls="--", label=f"real vs real (n={baseline['n']})")
@@ -162,11 +188,15 @@ def work(args) -> int:
             raise UserError(f"--configs {sampler}:{steps}: {sampler} takes at most {max_steps(sampler, T)} steps on "
                             f"this checkpoint's T={T} timesteps")
     guidances = args.guidance or [config.guidance]
+    if args.classifier_guidance and config.unet.num_classes is None and args.classifier_base != 0.0:
+        raise UserError(f"--classifier-base {args.classifier_base:g}: this checkpoint's network is unconditional; "
+                        "classifier guidance runs it as it is (leave --classifier-base at 0)")
     test = load_split("test", args)
     if len(test) < MIN_TEST_DIGITS:
         raise UserError(f"the MNIST test split holds {len(test)} digits; the real-vs-real baseline needs at least "
                         f"{MIN_TEST_DIGITS}")
     classifier, info = load_judge(args, test)
+    guide = load_guide(args, schedule, config.unet)[0] if args.classifier_guidance else None
     out.mkdir(parents=True, exist_ok=True)
     n = 10 * args.n_per_digit
     real = to_model_range(test.images[: 2 * n])                           # (<= 2n, 1, 28, 28)
@@ -181,21 +211,28 @@ def work(args) -> int:
 
     rows = []
     requested = np.repeat(np.arange(10), args.n_per_digit)                # (n,) 0 0 .. 1 1 ..
+    settings = [(g, 0.0) for g in guidances] + [(args.classifier_base, s) for s in args.classifier_guidance]
     for sampler, steps in args.configs:
-        for guidance in guidances:
+        for guidance, cg in settings:
             start = time.perf_counter()
-            x = sample_digits(params, config.unet, schedule, range(10), args.n_per_digit, sampler=sampler,
-                              steps=steps, guidance=guidance, prediction=config.prediction, seed=args.seed,
-                              progress=True)
+            if cg:   # classifier guidance at scale cg on the network at classifier-free scale `guidance`
+                x = classifier_guided_digits(params, config, schedule, range(10), args.n_per_digit, guide, cg,
+                                             sampler=sampler, steps=steps, guidance=guidance, seed=args.seed,
+                                             progress=True)
+            else:
+                x = sample_digits(params, config.unet, schedule, range(10), args.n_per_digit, sampler=sampler,
+                                  steps=steps, guidance=guidance, prediction=config.prediction, seed=args.seed,
+                                  progress=True)
             x = backend.to_numpy(x)
             seconds = (time.perf_counter() - start) / len(x)
             q = sample_quality(features(classifier, x), reference, predict_proba(classifier, x), requested)
             row = {"sampler": sampler, "steps": steps if sampler != "ddpm" else schedule.T, "guidance": guidance,
-                   "n": len(x), "fid": q["fid"], "precision": q["precision"], "recall": q["recall"],
+                   "classifier_scale": cg, "n": len(x), "fid": q["fid"], "precision": q["precision"], "recall": q["recall"],
                    "accuracy": q["accuracy"], "inception_score": q["inception_score"],
                    "seconds_per_image": seconds}
             rows.append(row)
-            print(f"{sampler} {row['steps']} steps, guidance {guidance:g}: FID {q['fid']:.2f}, precision "
+            steering = f"guidance {guidance:g}" + (f", classifier guidance {cg:g}" if cg else "")
+            print(f"{sampler} {row['steps']} steps, {steering}: FID {q['fid']:.2f}, precision "
                   f"{q['precision']:.3f}, recall {q['recall']:.3f}, accuracy {q['accuracy']:.3f}, "
                   f"{seconds:.3f} s/image", flush=True)
     print(write_outputs(rows, baseline, out))

@@ -3,12 +3,17 @@
     python examples/sample.py runs/mnist/checkpoint.npz
     python examples/sample.py runs/mnist/checkpoint.npz --sampler ddim --steps 50 --guidance 3 --digits 0,3,7
     python examples/sample.py runs/mnist/checkpoint.npz --sampler ddpm --n-per-digit 4 --no-ema
+    python examples/sample.py runs/mnist/checkpoint.npz --classifier-guidance 4
 
 Samplers: 'dpm++2m' (DPM-Solver++(2M), good in 10-25 steps), 'ddim' (deterministic, 25-100 steps),
 'ddpm' (the original ancestral sampler, always all T steps: slow). --guidance is the classifier-free
 guidance scale w: 0 unconditional, 1 plain conditional, 2-4 sharper and more typical digits.
 By default the EMA weights are used; --no-ema samples with the raw weights of the last step.
-Writes OUT/<sampler>_<steps>steps_g<guidance>_seed<seed>.png and .gif (OUT defaults to a folder
+--classifier-guidance s steers the network with the gradient of a noise-conditional classifier
+p(y | x_t, t) instead (tinyddpm/noisy_classifier.py, Dhariwal & Nichol's classifier guidance): the network
+then runs unconditionally (--guidance 0) unless --guidance is given; the classifier is read from its cache
+(--noisy-classifier-dir), or trained there once on MNIST (a few minutes on a CPU).
+Writes OUT/<sampler>_<steps>steps_g<guidance>[_cg<s>]_seed<seed>.png and .gif (OUT defaults to a folder
 'samples' next to the checkpoint) and prints their paths.
 
 The options, the checkpoint (its weights must be finite), the device and OUT are checked before the first
@@ -22,10 +27,15 @@ import sys
 import time
 from pathlib import Path
 
-from _cli import Parser, UserError, check_out_dir, choose_device, integer, number, run
+import numpy as np
+from _cli import Parser, UserError, blame, check_out_dir, choose_device, integer, number, run
 
-from tinyddpm import backend, viz
-from tinyddpm.diffusion import SAMPLERS, Trajectory, max_steps
+from tinyddpm import backend, noisy_classifier, viz
+from tinyddpm.checkpoint import CheckpointError
+from tinyddpm.data import SOURCES, DownloadError, FallbackUnavailable, load_mnist
+from tinyddpm.diffusion import SAMPLERS, GuidedModel, Trajectory, max_steps, sample
+from tinyddpm.diffusion.guidance import ClassifierGuidedModel
+from tinyddpm.unet import unet_model
 from tinyddpm import load_for_sampling, sample_digits
 
 PROG = "sample.py"
@@ -39,6 +49,14 @@ def parse_digits(text: str) -> list:
     if not digits or any(not 0 <= d <= 9 for d in digits):
         raise argparse.ArgumentTypeError(f"--digits must list digits 0..9, got {text!r}")
     return digits
+
+
+def scale(text: str) -> float:
+    """An argparse type: a classifier-guidance scale, a finite number >= 0."""
+    value = number()(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 (0: no classifier guidance), got {text!r}")
+    return value
 
 
 def parse_args(argv=None):
@@ -57,7 +75,81 @@ def parse_args(argv=None):
     p.add_argument("--frames", type=integer(1), default=30, help="about this many frames in the GIF")
     p.add_argument("--gif-per-digit", type=integer(1), default=4, help="samples of each digit shown in the GIF")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--classifier-guidance", type=scale, default=None, metavar="S",
+                   help="classifier guidance at scale S with the noise-conditional classifier (then --guidance "
+                        "defaults to 0, the unconditional network)")
+    p.add_argument("--noisy-classifier-dir", default=None,
+                   help="where the noise-conditional classifier is cached (default ~/.cache/tinyddpm/noisy_classifier)")
+    p.add_argument("--data-dir", default=None, help="folder of the MNIST IDX files (to train that classifier)")
+    p.add_argument("--source", choices=SOURCES, default="auto", help="where the digits come from (to train it)")
     return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------------------------
+# classifier guidance (examples/evaluate.py uses these two as well)
+# --------------------------------------------------------------------------------------------
+
+def load_guide(args, schedule, unet_config):
+    """The noise-conditional classifier for ``schedule``: its cache, checked, or (without one) trained now.
+
+    ``args`` needs noisy_classifier_dir, data_dir and source. Returns (params, info).
+    """
+    flag = "--noisy-classifier-dir"
+    cache_dir = Path(args.noisy_classifier_dir).expanduser() if args.noisy_classifier_dir \
+        else noisy_classifier.default_cache_dir()
+    path = cache_dir / noisy_classifier.cache_name(schedule)
+    if path.is_file():
+        with blame(f"the noisy classifier cache ({flag})", CheckpointError):
+            params, info = noisy_classifier.load_noisy_classifier(path, schedule, where="")
+        print(f"tinyddpm.noisy_classifier: loaded {path}", flush=True)
+    else:
+        check_out_dir(flag if args.noisy_classifier_dir else "the noisy classifier cache folder", cache_dir)
+        with blame("cannot load MNIST to train the noisy classifier", ValueError, OSError, FallbackUnavailable,
+                   DownloadError):
+            train, test = (load_mnist(split, data_dir=args.data_dir, source=args.source) for split in ("train", "test"))
+        if len(train) < noisy_classifier.BATCH_SIZE:
+            raise UserError(f"no noisy classifier in {cache_dir}, and the MNIST train split holds {len(train)} digits: "
+                            f"training one needs at least {noisy_classifier.BATCH_SIZE} (one batch)")
+        params, info = noisy_classifier.load_or_train_noisy_classifier(schedule, cache_dir, train_data=train,
+                                                                       test_data=test)
+    size, classes = params["conv1.w"].shape[1], params["fc2.w"].shape[0]
+    if unet_config.image_channels != size or unet_config.image_size != info.get("image_size") or \
+            classes < (unet_config.num_classes or 10):
+        raise UserError(f"{path}: the noisy classifier reads {info.get('image_size')}x{info.get('image_size')} "
+                        f"images of {size} channel(s) in {classes} classes; this checkpoint draws "
+                        f"{unet_config.image_size}x{unet_config.image_size} images of {unet_config.image_channels} "
+                        f"channel(s) in {unet_config.num_classes or 10} classes")
+    return params, info
+
+
+def classifier_guided_digits(params, config, schedule, digits, n_per_digit, guide, scale, *, sampler="dpm++2m",
+                             steps=20, guidance=0.0, seed=0, callback=None, callback_every=1, progress=False):
+    """Like tinyddpm.sample_digits, with classifier guidance on top: (len(digits) * n_per_digit, C, H, W).
+
+    The network runs at classifier-free scale ``guidance`` (0: unconditional, 1: conditional) and its
+    prediction is corrected by the noise-conditional classifier ``guide`` at ``scale``
+    (ClassifierGuidedModel). The starting noise for a seed is the one sample_digits draws.
+    """
+    xp = backend.device_xp()
+    labels = xp.asarray(np.repeat(np.asarray(digits, dtype=np.int64), n_per_digit))   # (N,) d0 d0 .. d1 d1 ..
+    net = unet_model(params, config.unet)
+    if config.unet.num_classes is None:
+        base = lambda x, t, labels: net(x, t, None)     # noqa: E731  an unconditional network reads no labels
+    else:
+        base = GuidedModel(net, guidance, config.unet.null_label)
+    model = ClassifierGuidedModel(base, noisy_classifier.gradient_fn(guide), schedule, scale,
+                                  prediction=config.prediction)
+    u = config.unet
+    extra = {"use_clipped_model_output": True} if sampler == "ddim" else {}   # as sample_digits does for DDIM
+    x = sample(model, schedule, (len(labels), u.image_channels, u.image_size, u.image_size), method=sampler,
+               num_steps=steps, labels=labels, prediction=config.prediction, clip="static", seed=seed,
+               dtype=params["conv_in.w"].dtype, callback=callback, callback_every=callback_every, progress=progress,
+               **extra)
+    bad = int((~xp.isfinite(x)).sum())   # one read-back per batch, at the end
+    if bad:
+        raise FloatingPointError(f"classifier guidance: {bad} of {x.size} sample values are NaN or infinite "
+                                 f"({sampler}, {steps} steps, guidance {guidance:g}, classifier scale {scale:g})")
+    return x
 
 
 def work(args) -> int:
@@ -70,30 +162,40 @@ def work(args) -> int:
     if args.sampler != "ddpm" and args.steps > max_steps(args.sampler, T):
         raise UserError(f"--steps {args.steps}: {args.sampler} takes at most {max_steps(args.sampler, T)} steps on "
                         f"this checkpoint's T={T} timesteps")
-    guidance = config.guidance if args.guidance is None else args.guidance
+    cg = args.classifier_guidance
+    default_guidance = config.guidance if cg is None else 0.0   # classifier guidance: the unconditional network
+    guidance = default_guidance if args.guidance is None else args.guidance
+    guide = None if cg is None else load_guide(args, schedule, config.unet)[0]
     num_steps = T if args.sampler == "ddpm" else args.steps
     out.mkdir(parents=True, exist_ok=True)
     trajectory = Trajectory()
     start = time.perf_counter()
-    x = sample_digits(params, config.unet, schedule, args.digits, args.n_per_digit, sampler=args.sampler,
-                      steps=num_steps, guidance=guidance, prediction=config.prediction, seed=args.seed,
-                      callback=trajectory, callback_every=max(1, num_steps // args.frames),
-                      progress=not args.no_progress)
+    every = max(1, num_steps // args.frames)
+    if guide is None:
+        x = sample_digits(params, config.unet, schedule, args.digits, args.n_per_digit, sampler=args.sampler,
+                          steps=num_steps, guidance=guidance, prediction=config.prediction, seed=args.seed,
+                          callback=trajectory, callback_every=every, progress=not args.no_progress)
+    else:
+        x = classifier_guided_digits(params, config, schedule, args.digits, args.n_per_digit, guide, cg,
+                                     sampler=args.sampler, steps=num_steps, guidance=guidance, seed=args.seed,
+                                     callback=trajectory, callback_every=every, progress=not args.no_progress)
     seconds = time.perf_counter() - start
 
-    stem = f"{args.sampler}_{num_steps}steps_g{guidance:g}_seed{args.seed}" + ("_raw" if args.no_ema else "")
+    cg_part = "" if cg is None else f"_cg{cg:g}"
+    stem = f"{args.sampler}_{num_steps}steps_g{guidance:g}{cg_part}_seed{args.seed}" + ("_raw" if args.no_ema else "")
     shape = (len(args.digits), args.n_per_digit) + tuple(x.shape[1:])   # (digits, n, C, H, W)
     weights = "raw weights" if args.no_ema else "EMA weights"
+    steering = f"guidance {guidance:g}" + ("" if cg is None else f", classifier guidance {cg:g}")
     png = viz.plot_sample_grid(out / f"{stem}.png", backend.to_numpy(x).reshape(shape),
                                row_labels=[str(d) for d in args.digits],
-                               title=f"{args.sampler}, {num_steps} steps, guidance {guidance:g}, {weights}")
+                               title=f"{args.sampler}, {num_steps} steps, {steering}, {weights}")
     k = min(args.n_per_digit, args.gif_per_digit)
     frames = [viz.side_by_side(x_t.reshape(shape)[:, :k], x0.reshape(shape)[:, :k])  # x_t left, predicted x0 right
               for x_t, x0 in zip(trajectory.x, trajectory.x0)]
     captions = [f"step {i + 1}/{num_steps}, t = {t}.  Left: x_t.  Right: predicted x0."
                 for i, t in zip(trajectory.steps, trajectory.timesteps)]
     gif = viz.save_denoising_gif(out / f"{stem}.gif", frames, captions=captions, scale=2)
-    print(f"sampled {len(x)} digits with {args.sampler} ({num_steps} steps, guidance {guidance:g}, {weights}) "
+    print(f"sampled {len(x)} digits with {args.sampler} ({num_steps} steps, {steering}, {weights}) "
           f"in {seconds:.1f} s")
     print(f"wrote {png}")
     print(f"wrote {gif}")

@@ -14,11 +14,34 @@ functions of each other (forward_process.py), and an affine map commutes with a 
 ``GuidedModel`` wraps a conditional model into a guided one with the sampler's signature model(x_t, t, labels):
 it stacks the batch twice, [x_t; x_t] with labels [labels; null_label], evaluates both halves in one call,
 and mixes them. At w = 1 (or 0) only the conditional (or unconditional) half is evaluated.
+
+Classifier guidance (Dhariwal & Nichol 2021): a separate classifier p_phi(y | x_t, t), trained on noisy images,
+steers the same samplers through its gradient. The noise prediction is a scaled score,
+eps(x_t, t) = -b grad_x log p_t(x_t) with b = sqrt(1 - alpha_bar_t), and the score of the tilted density
+p_t(x) p_phi(y | x, t)^s is grad log p_t(x) + s grad_x log p_phi(y | x, t). So
+
+    eps_hat = eps_theta(x_t, t, y) - s b grad_x log p_phi(y | x_t, t)          (s >= 0, the scale)
+
+s = 0 leaves the model as it is; larger s samples (roughly, as for classifier-free guidance) p(x) p(y | x)^s.
+The model under the gradient may be conditional or not: with a GuidedModel at w = 0 underneath, it is the
+unconditional network steered by the classifier alone (the paper's unconditional ImageNet model).
+
+A model that predicts x0 or v is corrected in its own kind. At fixed x_t, with a = sqrt(alpha_bar_t), the
+conversions x0 = (x_t - b eps) / a and v = (eps - b x_t) / a are affine in eps, so moving eps by
+delta = -s b g (g = grad_x log p_phi) moves the others by exactly
+
+    x0_hat = x0 - (b / a) delta = x0 + s (b^2 / a) g          v_hat = v + delta / a = v - s (b / a) g
+
+added directly rather than converted to eps and back (a is small at the noisiest steps, where
+(eps - b x_t) / a would lose the digits that x_t and eps share).
 """
 from __future__ import annotations
 
 from ..backend import get_xp
-from ..checks import is_int
+from ..checks import check_real, is_int
+from ._checks import check_choice
+from .forward_process import PREDICTIONS
+from .schedules import Schedule
 
 
 def cfg_combine(cond, uncond, scale: float):
@@ -62,3 +85,68 @@ class GuidedModel:
         labels2 = xp.concatenate([labels, null], axis=0)  # (2N,)
         out = self.model(x2, t2, labels2)
         return cfg_combine(out[:n], out[n:], self.scale)
+
+
+class ClassifierGuidedModel:
+    """model(x_t, t, labels) corrected by a classifier's input gradient at scale ``scale`` (classifier guidance).
+
+        grad = noisy_classifier.gradient_fn(classifier_params)   # grad(x_t, t, labels) -> grad_x log p(y | x_t, t)
+        guided = ClassifierGuidedModel(GuidedModel(model, 0.0, null_label), grad, schedule, scale=4.0)
+        x = ddim_sample(guided, schedule, (16, 1, 28, 28), labels=np.arange(16) % 10)
+
+    ``prediction`` is what ``model`` returns ('eps', 'x0' or 'v'); the output is the same kind, corrected as in
+    the module docstring, so the sampler is told the same ``prediction`` as without guidance. ``schedule`` must
+    be the one the model and the classifier were trained with (it gives a = sqrt(alpha_bar_t), b = sqrt(1 - alpha_bar_t)).
+    """
+
+    def __init__(self, model, grad_log_prob, schedule: Schedule, scale: float, prediction: str = "eps"):
+        _check_classifier_guided_model(model, grad_log_prob, schedule, scale, prediction)
+        self.model, self.grad_log_prob, self.schedule = model, grad_log_prob, schedule
+        self.scale, self.prediction = float(scale), prediction
+
+    def __repr__(self) -> str:
+        return f"ClassifierGuidedModel(scale={self.scale}, prediction={self.prediction!r})"
+
+    def __call__(self, x_t, t, labels):
+        if self.scale == 0.0:
+            return self.model(x_t, t, labels)
+        _check_guided_call(x_t, t, labels)
+        out = self.model(x_t, t, labels)                                        # the prediction to correct
+        g = self.grad_log_prob(x_t, t, labels)                                  # (N, C, H, W) grad_x log p(y | x_t, t)
+        if not hasattr(g, "shape") or tuple(g.shape) != tuple(x_t.shape):
+            got = tuple(g.shape) if hasattr(g, "shape") else type(g).__name__
+            raise ValueError(f"ClassifierGuidedModel: grad_log_prob returned {got} for x_t of shape "
+                             f"{tuple(x_t.shape)}; it must return grad_x log p(y | x_t, t) of x_t's shape")
+        b = self.schedule.gather("sqrt_one_minus_alpha_bar", t, x_t)            # (N, 1, 1, 1)
+        if self.prediction == "eps":
+            coef = -self.scale * b                                              # eps_hat = eps - s b g
+        else:
+            a = self.schedule.gather("sqrt_alpha_bar", t, x_t)                  # (N, 1, 1, 1)
+            coef = self.scale * b * b / a if self.prediction == "x0" else -self.scale * b / a
+        return out + coef * g.astype(out.dtype, copy=False)
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+def _check_classifier_guided_model(model, grad_log_prob, schedule, scale, prediction):
+    """Raise, naming ClassifierGuidedModel, unless both callables are callable, schedule is a Schedule, scale a
+    finite number >= 0 and prediction one of PREDICTIONS."""
+    where = "ClassifierGuidedModel"
+    for name, value in (("model", model), ("grad_log_prob", grad_log_prob)):
+        if not callable(value):
+            raise TypeError(f"{where}: {name} must be callable as {name}(x_t, t, labels), got {type(value).__name__}")
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"{where}: schedule must be a Schedule (make_schedule), got {type(schedule).__name__}")
+    check_real(where, "scale", scale, minimum=0.0)
+    check_choice(where, "prediction", prediction, PREDICTIONS)
+
+
+def _check_guided_call(x_t, t, labels):
+    """labels (N,) are required: the classifier's gradient is that of log p(labels | x_t, t)."""
+    if labels is None:
+        raise ValueError("ClassifierGuidedModel: labels are required (shape (N,)): the guidance is the gradient "
+                         "of log p(labels | x_t, t)")
+    n = x_t.shape[0]
+    if tuple(labels.shape) != (n,) or tuple(t.shape) != (n,):
+        raise ValueError(f"ClassifierGuidedModel: labels and t must have shape ({n},) for x_t {tuple(x_t.shape)}, "
+                         f"got labels {tuple(labels.shape)}, t {tuple(t.shape)}")
