@@ -138,7 +138,7 @@ def run_fingerprint(state) -> dict:
         return g.bit_generator.state if isinstance(g, np.random.Generator) else None
 
     return {"configuration": state.config.to_dict(), "device": get_device(),
-            "data": digest(state.batches.images, state.batches.labels),
+            "data": f"{len(state.batches.images)} images, SHA-256 {digest(state.batches.images, state.batches.labels)}",
             "step": state.step, "optimizer step": state.optimizer.t, "EMA updates": state.ema.num_updates,
             "batch order": state.batches.state_dict(), "timestep generator": generator(state.host_rng),
             "noise generator": generator(state.device_rng),
