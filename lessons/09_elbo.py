@@ -12,7 +12,7 @@ What you will learn
   - That on Gaussian data every term is known in closed form: the bound is checked against its Monte-Carlo
     estimates and against the exact log-likelihood it bounds.
   - The weight lambda_t that turns each KL term into a weighted squared error on the noise,
-        L_{t-1} = lambda_t E || eps - eps_theta(x_t, t) ||^2,   lambda_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - abar_t)),
+        L_{t-1} = lambda_t E || eps - eps_theta(x_t, t) ||^2,  lambda_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - abar_t)),
     plotted against t; why Ho et al. (2020) drop it (L_simple), and Min-SNR weighting (Hang et al. 2023), the
     truncation of L_simple's weight that the lessons' own network trains with.
 
@@ -78,9 +78,10 @@ section("1. The bound, and why it splits into one term per step")
 # Its likelihood of a data point, log p_theta(x_0) = log int p_theta(x_{0:T}) dx_{1:T}, is an integral over every
 # path: hopeless. Multiply and divide by the forward process q(x_{1:T} | x_0) = prod_t q(x_t | x_{t-1}) and use
 # Jensen's inequality (log E[.] >= E[log .]):
-#     log p_theta(x_0) = log E_q[ p_theta(x_{0:T}) / q(x_{1:T} | x_0) ]  >=  E_q[ log p_theta(x_{0:T}) / q(x_{1:T} | x_0) ] = ELBO
-# Now turn each forward factor around. For t >= 2 the forward chain is Markov, so q(x_t | x_{t-1}) = q(x_t | x_{t-1}, x_0),
-# and Bayes' rule gives
+#     log p_theta(x_0) = log E_q[ p_theta(x_{0:T}) / q(x_{1:T} | x_0) ]
+#                     >= E_q[ log p_theta(x_{0:T}) / q(x_{1:T} | x_0) ]  =  ELBO
+# Now turn each forward factor around. For t >= 2 the forward chain is Markov, so q(x_t | x_{t-1}) = q(x_t | x_{t-1},
+# x_0), and Bayes' rule gives
 #     q(x_t | x_{t-1}, x_0) = q(x_{t-1} | x_t, x_0) q(x_t | x_0) / q(x_{t-1} | x_0).
 # The ratios q(x_t | x_0) / q(x_{t-1} | x_0) multiply over t = 2..T to q(x_T | x_0) / q(x_1 | x_0) (a telescope),
 # and the q(x_1 | x_0) cancels the t = 1 factor. What is left, for every single path x_{0:T}:
@@ -93,8 +94,9 @@ section("1. The bound, and why it splits into one term per step")
 # and the model's step p_theta(x_{t-1} | x_t) = N(mu_theta(x_t, t), sigma_t^2).
 #
 # The toy, where every density is known: scalar data x_0 ~ N(MU, S^2), and the model that uses the best possible noise
-# prediction for such data (lesson 12, section 5), eps_theta(x_t, t) = b (x_t - a MU) / (a^2 S^2 + b^2) with a = sqrt(abar_t),
-# b = sqrt(1 - abar_t), and mu_theta = (x_t - beta_t / b * eps_theta) / sqrt(alpha_t) (section 4 derives this form).
+# prediction for such data (lesson 12, section 5), eps_theta(x_t, t) = b (x_t - a MU) / (a^2 S^2 + b^2) with a =
+# sqrt(abar_t), b = sqrt(1 - abar_t), and mu_theta = (x_t - beta_t / b * eps_theta) / sqrt(alpha_t) (section 4 derives
+# this form).
 
 
 def tables(schedule_name, sigma2):
@@ -142,8 +144,8 @@ for t in range(1, T + 1):
     x[:, t] = np.sqrt(tb["alpha"][t]) * x[:, t - 1] + np.sqrt(tb["beta"][t]) * rng.standard_normal(N_TRAJ)
 ts = np.arange(2, T + 1)                                       # the steps with a KL term
 x0 = x[:, :1]                                                  # (N, 1)
-log_q_forward = log_normal(x[:, 1:], np.sqrt(tb["alpha"][1:]) * x[:, :-1], tb["beta"][1:])      # (N, T) log q(x_t | x_{t-1})
-log_p_steps = log_normal(x[:, :-1], A[1:] * x[:, 1:] + c[1:], tb["sig2"][1:])                  # (N, T) log p(x_{t-1} | x_t)
+log_q_forward = log_normal(x[:, 1:], np.sqrt(tb["alpha"][1:]) * x[:, :-1], tb["beta"][1:])  # (N, T) log q(x_t | x_t-1)
+log_p_steps = log_normal(x[:, :-1], A[1:] * x[:, 1:] + c[1:], tb["sig2"][1:])              # (N, T) log p(x_t-1 | x_t)
 log_pT = log_normal(x[:, T], 0.0, 1.0)
 direct = log_q_forward.sum(axis=1) - log_pT - log_p_steps.sum(axis=1)                          # (N,) per path
 post_mean = tb["coef1"][ts] * x0 + tb["coef2"][ts] * x[:, ts]                                  # (N, T - 1)
@@ -192,10 +194,11 @@ section("3. The bound on the toy: three estimates, and the likelihood it bounds"
 # Every term of section 1 has a closed form for the toy, given x_0:
 #   L_T: KL( N(sqrt(abar_T) x_0, 1 - abar_T) || N(0, 1) ).
 #   L_{t-1}: the KL of section 2 between N(mu_tilde, beta_tilde_t) and N(A_t x_t + c_t, sigma_t^2). Its mean difference
-#     d = coef1 x_0 + coef2 x_t - A_t x_t - c_t is linear in x_t ~ N(a x_0, b^2), so E[d^2] = (mean of d)^2 + (coef2 - A_t)^2 b^2.
+#     d = coef1 x_0 + coef2 x_t - A_t x_t - c_t is linear in x_t ~ N(a x_0, b^2),
+#     so E[d^2] = (mean of d)^2 + (coef2 - A_t)^2 b^2.
 #   L_0: -E log N(x_0; A_1 x_1 + c_1, beta_1) with x_1 ~ N(a_1 x_0, b_1^2), the same kind of expectation.
-# And the model's own likelihood is exact too: the reverse chain is linear-Gaussian, so x_0 under p_theta is Gaussian with
-# mean and variance from the recursion m <- A_t m + c_t, v <- A_t^2 v + sigma_t^2, started at x_T ~ N(0, 1).
+# And the model's own likelihood is exact too: the reverse chain is linear-Gaussian, so x_0 under p_theta is Gaussian
+# with mean and variance from the recursion m <- A_t m + c_t, v <- A_t^2 v + sigma_t^2, started at x_T ~ N(0, 1).
 
 
 def bound_terms(x0_values, tb, A, c):
@@ -206,7 +209,8 @@ def bound_terms(x0_values, tb, A, c):
     a, b = np.sqrt(ab[ts]), np.sqrt(1 - ab[ts])
     d_mean = tb["coef1"][ts] * x0v + (tb["coef2"][ts] - A[ts]) * a * x0v - c[ts]                  # (N, T - 1)
     d2 = d_mean**2 + ((tb["coef2"][ts] - A[ts]) * b) ** 2
-    L_steps = 0.5 * np.log(tb["sig2"][ts] / tb["beta_tilde"][ts]) + (tb["beta_tilde"][ts] + d2) / (2 * tb["sig2"][ts]) - 0.5
+    v1, v2 = tb["beta_tilde"][ts], tb["sig2"][ts]                                   # posterior and model variances
+    L_steps = 0.5 * np.log(v2 / v1) + (v1 + d2) / (2 * v2) - 0.5                    # kl_gauss with E[d^2] inside
     a1, b1 = np.sqrt(ab[1]), np.sqrt(1 - ab[1])
     e2 = (x0v[:, 0] - A[1] * a1 * x0v[:, 0] - c[1]) ** 2 + (A[1] * b1) ** 2
     L_0 = 0.5 * np.log(2 * np.pi * tb["sig2"][1]) + e2 / (2 * tb["sig2"][1])
@@ -234,31 +238,35 @@ z_direct = abs(direct.mean() - neg_elbo.mean()) / se_direct
 z_kl = abs((kl_form - neg_elbo).mean()) / ((kl_form - neg_elbo).std() / np.sqrt(N_TRAJ))
 check("the direct and the KL-form Monte-Carlo estimates agree with the closed-form bound", max(z_direct, z_kl) < 5,
       f"{z_direct:.1f} and {z_kl:.1f} standard errors")
-# What the closed-form KL buys. Training takes one random t per image, so what matters is the noise of one step's term.
-# Given (x_t, x_0), the log ratio of the sampled x_{t-1} is the KL plus a zero-mean term (mu_tilde - mu_theta) z / sigma_t;
-# replacing it by its average (the KL) can only remove variance, at every t. (Summed over a whole path it need not: there
-# the direct terms' noise partly cancels from step to step, and here the direct sum is the quieter one.)
+# What the closed-form KL buys. Training takes one random t per image, so what matters is the noise of one step's
+# term. Given (x_t, x_0), the log ratio of the sampled x_{t-1} is the KL plus a zero-mean term (mu_tilde - mu_theta) z
+# / sigma_t; replacing it by its average (the KL) can only remove variance, at every t. (Summed over a whole path it
+# need not: there the direct terms' noise partly cancels from step to step, and here the direct sum is the quieter
+# one.)
 one_step_direct = step_terms.var(axis=0)                                          # (T - 1,) per t, over the paths
 one_step_kl = kl_gauss(post_mean, tb["beta_tilde"][ts], A[ts] * x[:, ts] + c[ts], tb["sig2"][ts]).var(axis=0)
 print(f"  one step's term, variance over the paths: KL form / direct = {np.median(one_step_kl / one_step_direct):.1e} "
       f"(median over t); whole path: direct {direct.std():.2f}, KL form {kl_form.std():.2f} (standard deviations)")
 check("for every single t the closed-form KL is a less noisy estimate of L_(t-1) than the sampled log ratio",
-      bool(np.all(one_step_kl < one_step_direct)), f"largest ratio of variances {np.max(one_step_kl / one_step_direct):.2f}")
+      bool(np.all(one_step_kl < one_step_direct)),
+      f"largest ratio of variances {np.max(one_step_kl / one_step_direct):.2f}")
 
 log_lik, m_end, v_end = model_log_likelihood(x[:, 0], tb, A, c)
 gap = log_lik + neg_elbo                                                         # log p_theta(x_0) - ELBO >= 0
 data_entropy = 0.5 * np.log(2 * np.pi * np.e * S**2)                          # H(p_data) of N(MU, S^2)
-cross_entropy = 0.5 * np.log(2 * np.pi * v_end) + (S**2 + (MU - m_end) ** 2) / (2 * v_end)   # E_data[-log p_theta], exact
+cross_entropy = 0.5 * np.log(2 * np.pi * v_end) + (S**2 + (MU - m_end) ** 2) / (2 * v_end)   # E_data[-log p_theta]
 print(f"  p_theta(x_0) = N({m_end:.4f}, {np.sqrt(v_end):.4f}^2) (data: N({MU}, {S}^2)); mean -log p_theta(x_0) = "
-      f"{-log_lik.mean():.4f}, data entropy {data_entropy:.4f}; gap log p - ELBO from {gap.min():.4f} to {gap.max():.4f}")
+      f"{-log_lik.mean():.4f}, data entropy {data_entropy:.4f}; gap log p - ELBO from {gap.min():.4f} to "
+      f"{gap.max():.4f}")
 check("ELBO <= log p_theta(x_0) for every data point (Jensen), with exact values on both sides", gap.min() >= 0,
       f"smallest gap {gap.min():.2e}")
 check("... and on average -log p_theta(x_0) (exact: a cross-entropy) >= the data's own entropy",
       cross_entropy >= data_entropy, f"{cross_entropy:.5f} >= {data_entropy:.5f}")
 # The prior term has no parameter and almost nothing in it: abar_T is tiny, so q(x_T | x_0) is already almost N(0, 1).
-# (L_0 is negative: the decoder is a density with a small variance, beta_1, and densities can exceed 1. Ho et al.'s discrete
-# decoder gives a probability of the observed 8-bit pixel value instead, so their L_0 is >= 0.)
-print(f"  the terms on average: L_T {L_T.mean():.2e}, sum of L_(t-1) {L_steps.sum(axis=1).mean():.4f}, L_0 {L_0.mean():.4f}")
+# (L_0 is negative: the decoder is a density with a small variance, beta_1, and densities can exceed 1. Ho et al.'s
+# discrete decoder gives a probability of the observed 8-bit pixel value instead, so their L_0 is >= 0.)
+print(f"  the terms on average: L_T {L_T.mean():.2e}, sum of L_(t-1) {L_steps.sum(axis=1).mean():.4f}, "
+      f"L_0 {L_0.mean():.4f}")
 check("L_T is negligible and has nothing to train: training drops it", L_T.max() < 1e-3,
       f"largest L_T {L_T.max():.1e} nats (abar_T = {tb['abar'][T]:.1e})")
 
@@ -289,13 +297,13 @@ section("4. The weight lambda_t: each KL term is a weighted squared error on the
 # So if the network predicts the noise, mu_theta = ( x_t - beta_t / sqrt(1 - abar_t) * eps_theta ) / sqrt(alpha_t), and
 #     mu_tilde - mu_theta = beta_t / (sqrt(alpha_t) sqrt(1 - abar_t)) (eps_theta - eps)
 #     L_{t-1} = lambda_t E || eps - eps_theta ||^2,       lambda_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - abar_t)).
-# With sigma_t^2 = beta_tilde_t this simplifies to lambda_t = beta_t / (2 alpha_t (1 - abar_{t-1})), and, measured on the x_0
-# error instead (||eps - eps_theta||^2 = SNR_t ||x_0 - x0_theta||^2), to (SNR_{t-1} - SNR_t) / 2: the bound weighs each
-# step by how much signal-to-noise that step removes.
+# With sigma_t^2 = beta_tilde_t this simplifies to lambda_t = beta_t / (2 alpha_t (1 - abar_{t-1})), and, measured on
+# the x_0 error instead (||eps - eps_theta||^2 = SNR_t ||x_0 - x0_theta||^2), to (SNR_{t-1} - SNR_t) / 2: the bound
+# weighs each step by how much signal-to-noise that step removes.
 tb_small = tables(SCHEDULE, "beta_tilde")
 b_, al_, ab_, abp_ = tb_small["beta"][ts], tb_small["alpha"][ts], tb_small["abar"][ts], tb_small["abar_prev"][ts]
 lam = b_**2 / (2 * tb_small["beta_tilde"][ts] * al_ * (1 - ab_))                           # (T - 1,)
-eps_demo, eps_hat_demo, xt_demo = rng.standard_normal((3, 5, len(ts)))                     # any noise and any prediction
+eps_demo, eps_hat_demo, xt_demo = rng.standard_normal((3, 5, len(ts)))                 # any noise, any prediction
 x0_demo = (xt_demo - np.sqrt(1 - ab_) * eps_demo) / np.sqrt(ab_)
 mu_tilde = tb_small["coef1"][ts] * x0_demo + tb_small["coef2"][ts] * xt_demo
 mu_theta = (xt_demo - b_ / np.sqrt(1 - ab_) * eps_hat_demo) / np.sqrt(al_)
@@ -309,11 +317,13 @@ err = max(relative_error(lam, b_ / (2 * al_ * (1 - abp_))), relative_error(lam *
 check("lambda_t == beta_t / (2 alpha_t (1 - abar_{t-1})), and lambda_t SNR_t == (SNR_{t-1} - SNR_t) / 2", err < 1e-9,
       f"max relative error {err:.1e}")
 print(f"  lambda_t: {lam[0]:.3f} at t = 2, {lam[8]:.4f} at t = 10, {lam[98]:.4f} at t = 100, {lam[-1]:.4f} at t = {T} "
-      f"(falls {lam[0] / lam[-1]:.0f}x); the first 1% of steps hold {lam[:T // 100].sum() / lam.sum():.0%} of the weight")
+      f"(falls {lam[0] / lam[-1]:.0f}x); the first 1% of steps hold {lam[:T // 100].sum() / lam.sum():.0%} "
+      "of the weight")
 lowest = int(ts[np.argmin(lam)])
 check("lambda_t is largest at the nearly clean end: the bound cares most about the last denoising steps",
       lam[0] > 20 * lam.min() and lam[0] == lam.max(),
-      f"{lam[0]:.3f} at t = 2, lowest {lam.min():.4f} at t = {lowest}, then beta_t's growth lifts it to {lam[-1]:.4f} at t = {T}")
+      f"{lam[0]:.3f} at t = 2, lowest {lam.min():.4f} at t = {lowest}, then beta_t's growth lifts it to "
+      f"{lam[-1]:.4f} at t = {T}")
 
 fig, ax = plt.subplots(figsize=(8, 4.5))
 for name, style in (("linear", "-"), ("cosine", "--")):
@@ -342,8 +352,9 @@ section("5. L_simple drops lambda_t; Min-SNR truncates it; what the trained netw
 # noise is an easy task, and turns up the noisy ones, where the model has to invent structure. They found it gives
 # better samples; the true bound gives better log-likelihoods (Nichol & Dhariwal 2021 later mixed the two).
 #
-# In x_0 terms (||eps error||^2 = SNR_t ||x_0 error||^2) L_simple weighs the x_0 error by SNR_t, which is ~10^4 at the clean
-# end: the nearly clean steps still dominate their gradient. Min-SNR-gamma (Hang et al. 2023) caps that weight at gamma,
+# In x_0 terms (||eps error||^2 = SNR_t ||x_0 error||^2) L_simple weighs the x_0 error by SNR_t, which is ~10^4 at the
+# clean end: the nearly clean steps still dominate their gradient. Min-SNR-gamma (Hang et al. 2023) caps that weight
+# at gamma,
 #     x_0 weight min(SNR_t, gamma)      i.e. on the eps error:  w_t = min(SNR_t, gamma) / SNR_t,
 # the same as L_simple wherever SNR_t <= gamma (the noisy steps) and a constant gamma, like a plain x_0 loss, beyond.
 # They report faster convergence. tinyddpm.diffusion.min_snr_weights computes w_t; diffusion_loss(min_snr_gamma=...)
@@ -359,7 +370,8 @@ err = max(err, relative_error(loss_w, loss_mine))
 check("min_snr_weights == min(SNR, gamma) / SNR, and diffusion_loss(min_snr_gamma) == mean_n w_n mean_j (out - eps)^2",
       err < 1e-12, f"max relative error {err:.1e}")
 own_gamma, example_gamma = lesson_train_config().min_snr_gamma, PRESETS["cpu"].min_snr_gamma
-check("what each network trains with: the lessons' own network Min-SNR-5, examples/train_mnist.py's 'cpu' preset L_simple",
+check("what each network trains with: the lessons' own network Min-SNR-5, examples/train_mnist.py's 'cpu' preset "
+      "L_simple",
       own_gamma == GAMMA and example_gamma is None,
       f"_common.lesson_train_config().min_snr_gamma = {own_gamma}, PRESETS['cpu'].min_snr_gamma = {example_gamma}")
 
@@ -397,9 +409,10 @@ check("on this network's errors the bound puts more of the loss on the first 1% 
       f"{shares[names[0]]:.1%} > {shares[names[1]]:.1%} > {shares[names[2]]:.1%}")
 print(f"  its noise error: {mse[0]:.3f} at t = 1, {mse[len(mse) // 2]:.3f} at t = {probe[len(probe) // 2]}, "
       f"{mse[-1]:.4f} at t = {T_net} (1.0 = no better than predicting zero noise)")
-# Run it with each network (TINYDDPM_LESSON_MODEL=own picks the lessons' one) and compare. The Min-SNR network's noise error
-# at t = 1 is about 1.0: it never learned the last step, which Min-SNR weighed ~5 / 10^4. Yet its x_0 error there is only
-# sqrt((1 - abar_1) / abar_1) = 0.01 times that, invisible in a sample. The L_simple network gets to about 0.3 there.
+# Run it with each network (TINYDDPM_LESSON_MODEL=own picks the lessons' one) and compare. The Min-SNR network's noise
+# error at t = 1 is about 1.0: it never learned the last step, which Min-SNR weighed ~5 / 10^4. Yet its x_0 error
+# there is only sqrt((1 - abar_1) / abar_1) = 0.01 times that, invisible in a sample. The L_simple network gets to
+# about 0.3 there.
 
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.4))
 ax1.loglog(probe, mse, "o-", linewidth=2)
