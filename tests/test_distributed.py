@@ -491,3 +491,139 @@ def test_without_mpi4py_the_processes_refuse_to_train_alone(tmp_path):
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert "started as one of 2 MPI processes, but mpi4py did not import" in lines[0]
     assert 'pip install -e ".[mpi]"' in lines[0]
+
+
+# --------------------------------------------------------------------------------------------
+# the GPU lines, dry: a stand-in for CuPy (NumPy arrays whose class says 'cupy') and for its NCCL
+
+class FakeGPUArray(np.ndarray):
+    """A NumPy array that tinyddpm takes for a CuPy one (is_cupy_array reads the class's module)."""
+
+    @property
+    def data(self):                        # CuPy's ndarray.data is a memory pointer with .ptr
+        FakeCuPy.pointers[self.__array_interface__["data"][0]] = self
+        return SimpleNamespace(ptr=self.__array_interface__["data"][0])
+
+    def set(self, host):                   # CuPy's host -> device copy into an existing array
+        self[...] = host
+
+
+FakeGPUArray.__module__ = "cupy._core.core"
+
+
+class FakeCuPy:
+    """The few CuPy calls distributed.py makes; each thread-rank has a current device of its own."""
+
+    pointers, local = {}, threading.local()
+    calls: list = []
+
+    def __init__(self, world, devices, nccl=True):
+        self.world, self.devices = world, devices
+        self.nccl_ok = nccl
+        self.runtime = SimpleNamespace(getDeviceCount=lambda: devices)
+        fake = self
+
+        class Device:
+            def __init__(self, device=None):
+                self.id = getattr(fake.local, "device", 0) if device is None else device
+
+            def use(self):
+                fake.local.device = self.id
+
+        class Event:
+            def record(self, stream):
+                self.time = len(FakeCuPy.calls)
+
+        self.cuda = SimpleNamespace(runtime=self.runtime, Device=Device, Event=Event,
+                                    get_current_stream=lambda: SimpleNamespace(ptr=0, synchronize=lambda: None),
+                                    get_elapsed_time=lambda a, b: 2.0,            # ms
+                                    nccl=self.make_nccl())
+
+    def make_nccl(self):
+        fake, world = self, self.world
+
+        class NcclCommunicator:
+            def __init__(self, size, unique_id, rank):
+                assert size == world.size and unique_id == ("uid",)
+                self.rank = rank
+
+            def allReduce(self, send, recv, count, dtype, op, stream):
+                assert send == recv and op == "sum" and dtype == {4: "f32", 8: "f64"}[FakeCuPy.pointers[send].itemsize]
+                buf = FakeCuPy.pointers[send]
+                FakeCuPy.calls.append(("nccl allReduce", self.rank, count))
+                parts = world.exchange(self.rank, np.array(buf))
+                buf[...] = sum(parts[1:], parts[0].copy())
+
+            def bcast(self, ptr, count, dtype, root, stream):
+                buf = FakeCuPy.pointers[ptr]
+                FakeCuPy.calls.append(("nccl bcast", self.rank, count))
+                buf[...] = world.exchange(self.rank, np.array(buf))[root]
+
+        return SimpleNamespace(available=self.nccl_ok, NCCL_FLOAT32="f32", NCCL_FLOAT64="f64", NCCL_SUM="sum",
+                               get_unique_id=lambda: ("uid",), NcclCommunicator=NcclCommunicator)
+
+    def concatenate(self, arrays):
+        return np.concatenate([np.asarray(a) for a in arrays]).view(FakeGPUArray)
+
+    def asnumpy(self, a):
+        FakeCuPy.calls.append(("host copy", None, a.size))
+        return np.array(a)
+
+
+@pytest.mark.parametrize("devices, transport", [(2, "NCCL"), (1, "MPI (host copies)")])
+def test_the_gpu_path_dry(monkeypatch, devices, transport):
+    """With 2 GPUs each rank takes its own and the sums go through NCCL; 2 ranks on 1 GPU sum through host copies.
+
+    A dry run: the arrays are NumPy arrays posing as CuPy ones, NCCL is a stand-in that sums through the threads.
+    It proves the lines run and agree with each other, not that CuPy and NCCL behave as the stand-in does.
+    """
+    world = ThreadWorld(2)
+    fake = FakeCuPy(world, devices)
+    FakeCuPy.calls = []
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setitem(sys.modules, "cupy.cuda", fake.cuda)
+    monkeypatch.setitem(sys.modules, "cupy.cuda.nccl", fake.cuda.nccl)
+    grads = {"a.w": np.arange(6.0).reshape(2, 3), "b.b": np.array([1.0, -1.0])}
+
+    def run(rank):
+        dp = DataParallel(ThreadComm(world, rank), FAKE_MPI)
+        device = dp.use_gpu()
+        mine = {k: (g * (rank + 1)).view(FakeGPUArray) for k, g in grads.items()}
+        loss, summed = dp.sum_gradients(np.asarray(0.5 * (rank + 1)).view(FakeGPUArray), mine)
+        weights = [np.full(3, float(rank)).view(FakeGPUArray)]
+        dp.broadcast(weights)
+        return device, dp.transport, float(loss), {k: np.array(v) for k, v in summed.items()}, np.array(weights[0]), \
+            dp.take_comm_seconds()
+
+    results = []
+    threads = [threading.Thread(target=lambda r=r: results.append((r, run(r)))) for r in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=60)
+    results = dict(results)
+    assert len(results) == 2, "a rank failed"
+    assert [results[r][0] for r in (0, 1)] == ([0, 1] if devices == 2 else [0, 0])   # local rank mod GPUs
+    for r in (0, 1):
+        device, used, loss, summed, weights, seconds = results[r]
+        assert used == transport
+        assert loss == 0.5 + 1.0                                                    # 0.5 * 1 + 0.5 * 2
+        assert all(np.array_equal(summed[k], 3 * grads[k]) for k in grads)          # g * 1 + g * 2
+        assert np.array_equal(weights, np.zeros(3))                                 # rank 0's
+        assert seconds == (0.002 if transport == "NCCL" else seconds) and seconds >= 0
+    kinds = {kind for kind, _, _ in FakeCuPy.calls}
+    assert kinds == ({"nccl allReduce", "nccl bcast"} if transport == "NCCL" else {"host copy"})
+
+
+def test_dropout_draws_on_a_gpu_generator_keep_their_backend_name():
+    class Generator:                       # stands for cupy.random's Generator
+        def random(self, shape, dtype=np.float64):
+            return np.zeros(shape, dtype)
+    Generator.__module__ = "cupy.random._generator_api"
+    stub = SimpleNamespace(Get_rank=lambda: 1, Get_size=lambda: 2, Free=lambda: None)
+    stub.Split_type = lambda kind, key=0: stub
+    rows = DataParallel(stub, FAKE_MPI).batch_rows(Generator(), 8, slice(4, 8))
+    assert type(rows).__module__.split(".")[0] == "cupy"                 # what dropout checks against x's backend
+    assert rows.random((4, 2), dtype=np.float32).shape == (4, 2)
+    with pytest.raises(ValueError, match="a draw of shape"):
+        rows.random((3, 2))
