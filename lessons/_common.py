@@ -8,6 +8,7 @@ the path when it runs ``python lessons/NN_topic.py``).
     check("closed form == iterated", err < 1e-12, f"max error {err:.1e}")   # prints, exits 1 if false
     try_this(__doc__)                   # prints the docstring's "Try this" section: the exercises
     params, config, schedule, where = trained_model()   # lessons 12-19 need a network that makes digits
+    train_first_note(where)             # if that is the lessons' small network: how to get the better one
 """
 from __future__ import annotations
 
@@ -156,6 +157,21 @@ def trained_model(prefer_example: bool = True):
         train(new_state(config, data.images, data.labels), cache, progress=not FAST)
     params, config, schedule = load_for_sampling(path)
     return params, config, schedule, f"{path} (the lessons' own {config.steps}-step network)"
+
+
+def uses_small_network(where: str) -> bool:
+    """True when ``trained_model`` fell back to the lessons' small network (its ``where`` names it so)."""
+    return "lessons' own" in where
+
+
+def train_first_note(where: str) -> None:
+    """When a lesson had to use the lessons' small network, say plainly how to get the better one."""
+    if not uses_small_network(where):
+        return
+    print("  NOTE: these digits come from the lessons' small network (about a minute of training): expect rough\n"
+          "  digits and smudges. For clean ones, train the real network once, about 6 minutes on 2 CPU cores:\n"
+          "      python examples/train_mnist.py\n"
+          f"  It writes {EXAMPLE_CHECKPOINT.relative_to(REPO)}, which this lesson and lessons 08-19 then use.")
 
 
 # ---------------------------------------------------------------------------------------------------
