@@ -464,6 +464,35 @@ def test_bad_input_stops_every_rank_with_one_line(case, tmp_path):
 
 
 @needs_mpi
+def test_a_diverging_run_stops_every_rank_with_one_line(tmp_path):
+    done = train_mnist(*TINY_CLI, "--out", tmp_path / "run", "--lr", "1e20", n=2)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert "the loss is" in lines[0] and "at step 2" in lines[0], lines[0]
+
+
+BUG_ON_RANK_1 = """
+import os, runpy, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))
+import tinyddpm.training
+if os.environ.get("PMI_RANK") == "1":
+    def step(state, dp=None):
+        raise ValueError("a bug of ours, on rank 1 only")
+    tinyddpm.training.train_step = step
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@needs_mpi
+def test_a_bug_on_one_rank_ends_every_rank_instead_of_hanging(tmp_path):
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", BUG_ON_RANK_1, str(TRAIN_MNIST), *TINY_CLI,
+                           "--out", str(tmp_path / "run")], env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "Traceback" in done.stderr and "ValueError: a bug of ours, on rank 1 only" in done.stderr, done.stderr
+
+
+@needs_mpi
 def test_data_that_differs_between_ranks_is_refused(tmp_path):
     from tinyddpm.data import FILES, write_idx
 

@@ -214,9 +214,11 @@ class DataParallel:
                              f"(use a multiple of {self.size})")
 
     def start(self, state) -> None:
-        """Before the first step: the batch fits, the ranks hold the same run, and all take rank 0's weights."""
-        self.check_batch(state.config.batch_size)
-        self.check_same_run(state)
+        """Before the first step: the ranks hold the same run, its batch splits into equal shares, and all take rank
+        0's weights. An error here is raised on every rank alike."""
+        self.check_same_run(state)                      # first: after it every rank holds the same configuration
+        with self.alike():
+            self.check_batch(state.config.batch_size)
         arrays = [*state.params.values(), *state.ema.params.values(), *state.optimizer.m.values(),
                   *state.optimizer.v.values()]
         self.broadcast(arrays)
