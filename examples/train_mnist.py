@@ -278,7 +278,8 @@ def train_and_draw(args, state, settings, out, device, wall, dp=None) -> int:
         paths.append(viz.plot_loss_curve(out / "loss.png", state.losses,
                                          title=f"Training loss ({len(state.losses)} steps)"))
     if state.step < cfg.steps:
-        print(f"stopped at step {state.step} of {cfg.steps}; continue with: python examples/train_mnist.py "
+        launcher = "" if dp is None else f"mpiexec -n {dp.size} "    # any N that divides the batch would do
+        print(f"stopped at step {state.step} of {cfg.steps}; continue with: {launcher}python examples/train_mnist.py "
               f"--out {out} --resume")
     else:
         try:
@@ -373,7 +374,7 @@ def main_on_ranks(argv, dp) -> int:
         raise
     if status != 0 and not (dp.failed_together or dp.done):
         sys.stderr.flush()
-        dp.abort(status)
+        dp.abort(status)                      # Ctrl-C too: a rank may be inside an Allreduce that will never end
     return status
 
 
