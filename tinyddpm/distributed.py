@@ -22,8 +22,8 @@ and one Allreduce (a sum over ranks that every rank receives) gives each of them
 
 The ranks compute nothing else together. That holds because the U-Net treats the images of a batch independently:
 GroupNorm normalises within one image, attention mixes the pixels of one image. BatchNorm would not: its mean and variance
-run over the batch, so each rank would need an Allreduce of them inside every forward pass, and one more for their
-gradients in the backward (lessons/11_data_parallel.py shows both).
+run over the batch, so each rank would need an Allreduce of them inside every forward pass, and one more (of two sums)
+in every backward (lessons/11_data_parallel.py and its solutions show both).
 
 What every rank does alike. Every rank starts from rank 0's weights (broadcast), draws the same whole batch, timesteps,
 dropped labels, noise and dropout masks (each draws all B rows and keeps its own, so its generators stay in step with the
@@ -38,7 +38,7 @@ batch resumes it: the N (and BLAS threads) that wrote it continue bit for bit as
 same batches, noise and masks and sums its gradients in another order (round-off).
 
 One Allreduce per step. The gradients of every tensor (281k numbers, 1.1 MB for the cpu preset) and the loss travel in
-one flat buffer: one message, one latency, instead of one per tensor (about 100 of them).
+one flat buffer: one message, one latency, instead of one per tensor (167 of them).
 
 GPUs. Each rank takes GPU (local rank mod the GPUs of its node). The sum goes through NCCL (cupy.cuda.nccl) when CuPy has
 it and no two ranks share a GPU; otherwise through MPI on host copies of the buffer.
