@@ -132,3 +132,116 @@ def test_bad_input_is_named():
         UNetConfig(groups=3).validate()
     with pytest.raises(ValueError, match="image_size 30 must be divisible by 2"):
         UNetConfig(image_size=30).validate()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The block options: GELU, weight-standardised conv1, space-to-depth downsampling, transposed-conv upsampling
+
+ALL_OPTIONS = dict(activation="gelu", weight_standardisation=True, downsample="space_to_depth", upsample="transposed")
+NEW_FIELDS = tuple(ALL_OPTIONS)
+
+
+@settings(max_examples=2, deadline=None)
+@given(attention=st.booleans(), conditional=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_whole_network_gradcheck_all_block_options(attention, conditional, seed):
+    cfg = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), blocks_per_level=1,
+                     attention_resolutions=(4,) if attention else (), heads=2, dropout=0.2, groups=4,
+                     num_classes=3 if conditional else None, **ALL_OPTIONS)
+    rng = np.random.default_rng(seed)
+    params = randomised_params(cfg, seed)
+    x = randn(rng, 2, 1, 8, 8)
+    t = to_device(rng.integers(0, 1000, size=2))
+    labels = to_device(rng.integers(0, 4, size=2)) if conditional else None
+    forward, backward = unet_check_fns(cfg, t, labels, seed)(params)
+    errors = check_gradients(forward, backward, {"x": x, **params}, seed=seed, max_entries=2, h=BLOCK_STEP,
+                             known_zero=known_zero_gradients(params))
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < BLOCK_TOLERANCE, (worst, errors[worst])
+
+
+@pytest.mark.parametrize("options", [ALL_OPTIONS] + [{k: v} for k, v in ALL_OPTIONS.items()],
+                         ids=["all"] + list(ALL_OPTIONS))
+def test_block_options_match_torch_twin(torch, options):
+    from torch_twin import params_to_torch, torch_unet_forward
+
+    cfg = UNetConfig(**{**TINY.to_dict(), "dropout": 0.0, **options})
+    rng = np.random.default_rng(4)
+    params = randomised_params(cfg, 4)
+    x, dy = randn(rng, 3, 1, 8, 8) * 2, randn(rng, 3, 1, 8, 8)
+    t, labels = to_device(np.array([0, 17, 999])), to_device(np.array([0, 2, 3]))
+    out, cache = unet_forward(params, cfg, x, t, labels)
+    dx, grads = unet_backward(dy, cache)
+
+    tp = params_to_torch(params)
+    tx = torch.tensor(to_numpy(x), requires_grad=True)
+    tout = torch_unet_forward(tp, cfg, tx, torch.tensor(to_numpy(t)), torch.tensor(to_numpy(labels)))
+    tout.backward(torch.tensor(to_numpy(dy)))
+    assert oracle_error(out, tout) < ORACLE_TOLERANCE
+    assert oracle_error(dx, tx.grad) < ORACLE_TOLERANCE
+    assert set(grads) == set(params)
+    errors = {k: oracle_error(grads[k], tp[k].grad) for k in params}
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < ORACLE_TOLERANCE, (worst, errors[worst])
+    if set(options) <= {"activation", "weight_standardisation"}:  # (the resampling options change weight shapes)
+        # the twin really follows the option: with the same weights, the plain network gives another output
+        plain = UNetConfig(**{**cfg.to_dict(), **{k: getattr(UNetConfig(), k) for k in options}})
+        other = torch_unet_forward(tp, plain, tx, torch.tensor(to_numpy(t)), torch.tensor(to_numpy(labels)))
+        assert oracle_error(out, other) > 1e-3
+
+
+def test_block_options_parameters_and_shapes():
+    """Each option changes only the parameters it owns; the MNIST network keeps its sizes (28 -> 14 -> 7 -> 28)."""
+    plain = init_params(UNetConfig(), seed=0, dtype=np.float32)
+    cfg = UNetConfig(**ALL_OPTIONS)
+    params = init_params(cfg, seed=0, dtype=np.float32)
+    assert set(params) == set(plain)
+    changed = {k for k in params if params[k].shape != plain[k].shape}
+    assert changed == {"down.0.downsample.w", "down.1.downsample.w", "up.1.upsample.w", "up.2.upsample.w"}
+    assert params["down.0.downsample.w"].shape == (32, 128, 1, 1) and params["up.1.upsample.w"].shape == (64, 64, 4, 4)
+    assert not np.any(to_numpy(params["down.0.res.0.conv2.w"]))  # conv2 still starts at zero
+    x = randn(np.random.default_rng(0), 2, 1, 28, 28, dtype=np.float32)
+    out, cache = unet_forward(params, cfg, x, to_device(np.array([5, 500])), to_device(np.array([1, 10])))
+    assert out.shape == x.shape and out.dtype == np.float32 and not np.any(to_numpy(out))
+    _, grads = unet_backward(randn(np.random.default_rng(1), 2, 1, 28, 28, dtype=np.float32), cache)
+    assert all(grads[k].shape == params[k].shape and grads[k].dtype == np.float32 for k in params)
+
+
+def test_default_options_are_the_plain_network():
+    """A config without the new fields (as an older checkpoint stores it) is today's network, weight for weight."""
+    old = {k: v for k, v in UNetConfig().to_dict().items() if k not in NEW_FIELDS}
+    cfg = UNetConfig.from_dict(old)
+    assert cfg == UNetConfig()
+    assert (cfg.activation, cfg.weight_standardisation, cfg.downsample, cfg.upsample) == ("silu", False, "conv", "nearest")
+    a, b = init_params(cfg, seed=3, dtype=np.float64), init_params(UNetConfig(), seed=3, dtype=np.float64)
+    assert set(a) == set(b) and all(np.array_equal(to_numpy(a[k]), to_numpy(b[k])) for k in a)
+
+
+def test_old_checkpoint_without_the_new_fields_loads(tmp_path):
+    """A training checkpoint whose stored config predates the options loads for sampling with the defaults."""
+    from tinyddpm.checkpoint import CHECKPOINT_KIND, load_for_sampling, save_checkpoint
+    from tinyddpm.config import TrainConfig
+
+    train = TrainConfig(unet=TINY, p_uncond=0.1).to_dict()
+    train["unet"] = {k: v for k, v in train["unet"].items() if k not in NEW_FIELDS}  # as written before them
+    params = init_params(TINY, seed=0, dtype=np.float32)
+    path = save_checkpoint(tmp_path / "old.npz", config={"kind": CHECKPOINT_KIND, "train": train}, params=params)
+    loaded, config, _ = load_for_sampling(path, use_ema=False)
+    assert config.unet == TINY and config.unet.activation == "silu" and config.unet.upsample == "nearest"
+    assert set(loaded) == set(params)
+    # and a new checkpoint stores the options, which come back
+    train = TrainConfig(unet=UNetConfig(**{**TINY.to_dict(), **ALL_OPTIONS}), p_uncond=0.1)
+    params = init_params(train.unet, seed=0, dtype=np.float32)
+    path = save_checkpoint(tmp_path / "new.npz", config={"kind": CHECKPOINT_KIND, "train": train.to_dict()}, params=params)
+    _, config, _ = load_for_sampling(path, use_ema=False)
+    assert config.unet == train.unet
+
+
+def test_bad_block_options_are_named():
+    with pytest.raises(ValueError, match=r"UNetConfig: activation must be one of \('silu', 'gelu'\), got 'relu'"):
+        UNetConfig(activation="relu").validate()
+    with pytest.raises(ValueError, match=r"UNetConfig: downsample must be one of \('conv', 'space_to_depth'\), got 'pool'"):
+        UNetConfig(downsample="pool").validate()
+    with pytest.raises(ValueError, match=r"UNetConfig: upsample must be one of \('nearest', 'transposed'\), got 'bilinear'"):
+        UNetConfig(upsample="bilinear").validate()
+    with pytest.raises(ValueError, match=r"UNetConfig: weight_standardisation must be True or False, got 'yes'"):
+        UNetConfig(weight_standardisation="yes").validate()

@@ -21,14 +21,26 @@ AttentionBlock::
 
 Downsample is a 3x3 convolution with stride 2; Upsample is nearest-neighbour x2 followed by a 3x3 conv.
 
+Options (UNetConfig in unet.py; the defaults are the blocks above):
+
+    activation="gelu"             every silu above becomes the exact GELU (ops/gelu.py)
+    weight_standardisation=True   conv1 of every ResBlock standardises its filters (ops/ws_conv2d.py);
+                                  conv1 is the conv a GroupNorm (norm2) follows, the pairing the method
+                                  is made for. conv2 stays plain: it starts at zero so that the block
+                                  starts as its skip, and a standardised zero filter has no scale
+    downsample="space_to_depth"   pixel unshuffle (C -> 4C at half size) then a 1x1 conv 4C -> C
+    upsample="transposed"         a 4x4 transposed convolution with stride 2 and padding 1
+
 Every forward returns (out, cache); every backward takes (dout, cache, grads), fills ``grads`` and
 returns the gradient of its input (ResBlock: also that of temb_act). The blocks check nothing
 themselves: each op they call checks its own arguments.
 
 Proof: tests/test_unet.py (test_whole_network_gradcheck: finite differences at sampled entries of
 every parameter of hypothesis-drawn tiny U-Nets, so through every block; test_matches_torch_twin: the
-PyTorch twin in tests/torch_twin.py); ``python -m tinyddpm.gradcheck --op unet``, row
-'unet (tiny, whole network)'.
+PyTorch twin in tests/torch_twin.py; the same two with the options on:
+test_whole_network_gradcheck_all_block_options, test_block_options_match_torch_twin);
+``python -m tinyddpm.gradcheck --op unet``, rows 'unet (tiny, whole network)' and
+'unet (tiny, all block options)'.
 """
 from __future__ import annotations
 
@@ -36,12 +48,38 @@ from typing import NamedTuple
 
 from .ops.attention import attention_backward, attention_forward
 from .ops.conv2d import conv2d_backward, conv2d_forward
+from .ops.conv_transpose2d import conv_transpose2d_backward, conv_transpose2d_forward
 from .ops.dropout import dropout_backward, dropout_forward
+from .ops.gelu import gelu_backward, gelu_forward
 from .ops.groupnorm import groupnorm_backward, groupnorm_forward
 from .ops.linear import linear_backward, linear_forward
 from .ops.silu import silu_backward, silu_forward
 from .ops.skip import add_backward, add_forward
+from .ops.space_to_depth import space_to_depth_backward, space_to_depth_forward
 from .ops.upsample import upsample_nearest2x_backward, upsample_nearest2x_forward
+from .ops.ws_conv2d import ws_conv2d_backward, ws_conv2d_forward
+
+ACTIVATIONS = {"silu": (silu_forward, silu_backward), "gelu": (gelu_forward, gelu_backward)}
+DOWNSAMPLES = ("conv", "space_to_depth")
+UPSAMPLES = ("nearest", "transposed")
+
+
+class ActivationCache(NamedTuple):
+    kind: str     # a key of ACTIVATIONS
+    cache: object
+
+
+def activation_forward(x, kind="silu"):
+    """The network's nonlinearity, ``kind`` 'silu' or 'gelu'. Returns (y, cache)."""
+    forward, _ = ACTIVATIONS[kind]
+    y, cache = forward(x)
+    return y, ActivationCache(kind, cache)
+
+
+def activation_backward(dy, cache: ActivationCache):
+    """Gradient dx of activation_forward, by the backward of the activation that ran."""
+    _, backward = ACTIVATIONS[cache.kind]
+    return backward(dy, cache.cache)
 
 
 class ResBlockCache(NamedTuple):
@@ -57,21 +95,25 @@ class ResBlockCache(NamedTuple):
     conv2: object
     skip: object  # conv cache of the 1x1 skip, or None for the identity
     residual: object
+    standardised: bool = False  # conv1 was weight-standardised (its cache a WSConv2dCache)
 
 
-def resblock_forward(p, name, x, temb_act, *, groups, dropout=0.0, train=False, rng=None):
+def resblock_forward(p, name, x, temb_act, *, groups, dropout=0.0, train=False, rng=None, activation="silu",
+                     weight_standardisation=False):
     """ResBlock on x (N, Ci, H, W) with the activated time embedding temb_act (N, E).
 
     Returns (out (N, Co, H, W), cache). Dropout is applied only when ``train`` is true and ``dropout``
-    > 0; then ``rng`` must be a Generator on x's backend.
+    > 0; then ``rng`` must be a Generator on x's backend. ``activation`` is 'silu' or 'gelu';
+    ``weight_standardisation`` standardises conv1's filters (see the module docstring).
     """
+    conv1_forward = ws_conv2d_forward if weight_standardisation else conv2d_forward
     h, norm1 = groupnorm_forward(x, p[f"{name}.norm1.g"], p[f"{name}.norm1.b"], groups)
-    h, act1 = silu_forward(h)
-    h, conv1 = conv2d_forward(h, p[f"{name}.conv1.w"], p[f"{name}.conv1.b"])  # (N, Co, H, W)
+    h, act1 = activation_forward(h, activation)
+    h, conv1 = conv1_forward(h, p[f"{name}.conv1.w"], p[f"{name}.conv1.b"])  # (N, Co, H, W)
     e, temb = linear_forward(temb_act, p[f"{name}.temb.w"], p[f"{name}.temb.b"])  # (N, Co)
     h, add_temb = add_forward(h, e[:, :, None, None])  # (N, Co, 1, 1) broadcast over H, W
     h, norm2 = groupnorm_forward(h, p[f"{name}.norm2.g"], p[f"{name}.norm2.b"], groups)
-    h, act2 = silu_forward(h)
+    h, act2 = activation_forward(h, activation)
     h, drop = dropout_forward(h, dropout, rng, train=train)
     h, conv2 = conv2d_forward(h, p[f"{name}.conv2.w"], p[f"{name}.conv2.b"])
     if f"{name}.skip.w" in p:
@@ -79,7 +121,8 @@ def resblock_forward(p, name, x, temb_act, *, groups, dropout=0.0, train=False, 
     else:
         s, skip = x, None
     out, residual = add_forward(s, h)
-    return out, ResBlockCache(name, norm1, act1, conv1, temb, add_temb, norm2, act2, drop, conv2, skip, residual)
+    return out, ResBlockCache(name, norm1, act1, conv1, temb, add_temb, norm2, act2, drop, conv2, skip, residual,
+                              weight_standardisation)
 
 
 def resblock_backward(dout, cache: ResBlockCache, grads):
@@ -93,13 +136,14 @@ def resblock_backward(dout, cache: ResBlockCache, grads):
         dx_skip = ds
     dh, grads[f"{name}.conv2.w"], grads[f"{name}.conv2.b"] = conv2d_backward(dh, cache.conv2)
     dh = dropout_backward(dh, cache.drop)
-    dh = silu_backward(dh, cache.act2)
+    dh = activation_backward(dh, cache.act2)
     dh, grads[f"{name}.norm2.g"], grads[f"{name}.norm2.b"] = groupnorm_backward(dh, cache.norm2)
     # h = h + e[:, :, None, None]
     dh, de = add_backward(dh, cache.add_temb)
     dtemb_act, grads[f"{name}.temb.w"], grads[f"{name}.temb.b"] = linear_backward(de[:, :, 0, 0], cache.temb)
-    dh, grads[f"{name}.conv1.w"], grads[f"{name}.conv1.b"] = conv2d_backward(dh, cache.conv1)
-    dh = silu_backward(dh, cache.act1)
+    conv1_backward = ws_conv2d_backward if cache.standardised else conv2d_backward
+    dh, grads[f"{name}.conv1.w"], grads[f"{name}.conv1.b"] = conv1_backward(dh, cache.conv1)
+    dh = activation_backward(dh, cache.act1)
     dx_main, grads[f"{name}.norm1.g"], grads[f"{name}.norm1.b"] = groupnorm_backward(dh, cache.norm1)
     dx = dx_main + dx_skip  # x fed both the main path and the skip path
     return dx, dtemb_act
@@ -133,21 +177,37 @@ def attention_block_backward(dout, cache: AttentionBlockCache, grads):
 
 class ConvCache(NamedTuple):
     name: str
-    conv: object
-    upsample: object  # None for a plain or strided conv
+    kind: str         # "conv" (plain or strided), "nearest", "space_to_depth" or "transposed"
+    conv: object      # Conv2dCache, or ConvTranspose2dCache for "transposed"
+    resample: object  # the cache of the resampling before the conv ("nearest", "space_to_depth"), else None
 
 
-def downsample_forward(p, name, x):
-    """3x3 convolution with stride 2: (N, C, H, W) -> (N, C, ceil(H/2), ceil(W/2)). Returns (y, cache)."""
+def downsample_forward(p, name, x, kind="conv"):
+    """Halve H and W: (N, C, H, W) -> (N, C, ceil(H/2), ceil(W/2)). Returns (y, cache).
+
+    kind "conv": a 3x3 convolution with stride 2. kind "space_to_depth": pixel unshuffle (even H and W)
+    to (N, 4C, H/2, W/2), then a 1x1 convolution back to C channels (weight (C, 4C, 1, 1)).
+    """
+    if kind == "space_to_depth":
+        h, resample = space_to_depth_forward(x)                        # (N, 4C, H/2, W/2)
+        y, conv = conv2d_forward(h, p[f"{name}.w"], p[f"{name}.b"])    # 1x1: (N, C, H/2, W/2)
+        return y, ConvCache(name, kind, conv, resample)
     y, conv = conv2d_forward(x, p[f"{name}.w"], p[f"{name}.b"], stride=2)
-    return y, ConvCache(name, conv, None)
+    return y, ConvCache(name, "conv", conv, None)
 
 
-def upsample_forward(p, name, x):
-    """Nearest-neighbour x2 then a 3x3 convolution: (N, C, H, W) -> (N, C, 2H, 2W). Returns (y, cache)."""
-    h, upsample = upsample_nearest2x_forward(x)
+def upsample_forward(p, name, x, kind="nearest"):
+    """Double H and W: (N, C, H, W) -> (N, C, 2H, 2W). Returns (y, cache).
+
+    kind "nearest": nearest-neighbour x2, then a 3x3 convolution. kind "transposed": a 4x4 transposed
+    convolution with stride 2 and padding 1 (weight (C_in, C_out, 4, 4), torch's layout).
+    """
+    if kind == "transposed":
+        y, conv = conv_transpose2d_forward(x, p[f"{name}.w"], p[f"{name}.b"], stride=2, padding=1)
+        return y, ConvCache(name, kind, conv, None)
+    h, resample = upsample_nearest2x_forward(x)
     y, conv = conv2d_forward(h, p[f"{name}.w"], p[f"{name}.b"])
-    return y, ConvCache(name, conv, upsample)
+    return y, ConvCache(name, "nearest", conv, resample)
 
 
 def conv_forward(p, name, x):
@@ -156,12 +216,15 @@ def conv_forward(p, name, x):
     Returns (y, cache); the kernel size is read from the weight (3x3 in the U-Net).
     """
     y, conv = conv2d_forward(x, p[f"{name}.w"], p[f"{name}.b"])
-    return y, ConvCache(name, conv, None)
+    return y, ConvCache(name, "conv", conv, None)
 
 
 def conv_block_backward(dy, cache: ConvCache, grads):
     """Gradient dx of downsample_forward, upsample_forward or conv_forward; dw and db go into ``grads``."""
-    dx, grads[f"{cache.name}.w"], grads[f"{cache.name}.b"] = conv2d_backward(dy, cache.conv)
-    if cache.upsample is not None:
-        dx = upsample_nearest2x_backward(dx, cache.upsample)
+    conv_backward = conv_transpose2d_backward if cache.kind == "transposed" else conv2d_backward
+    dx, grads[f"{cache.name}.w"], grads[f"{cache.name}.b"] = conv_backward(dy, cache.conv)
+    if cache.kind == "nearest":
+        dx = upsample_nearest2x_backward(dx, cache.resample)
+    elif cache.kind == "space_to_depth":
+        dx = space_to_depth_backward(dx, cache.resample)
     return dx

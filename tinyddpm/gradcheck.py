@@ -208,20 +208,25 @@ def default_cases(seed: int = 0) -> list[GradCase]:
                  {"pred": pred.copy(), "target": target.copy()}),
         GradCase("l1_loss", ops.l1_loss_forward, ops.l1_loss_backward, {"pred": pred.copy(), "target": l1_target}),
         unet_case(seed),
+        unet_case(seed, block_options=True),
     ]
     return cases
 
 
-def unet_case(seed: int = 0) -> GradCase:
+def unet_case(seed: int = 0, block_options: bool = False) -> GradCase:
     """The whole U-Net (a tiny config with every kind of block, dropout on, class-conditional) as one
     case: the image and every parameter tensor, checked at a few entries each, limit 1e-5.
+    ``block_options``: with every block option on (GELU, weight-standardised conv1, space-to-depth
+    downsampling, transposed-conv upsampling).
 
     The zero-initialised weights are made random so that every path carries gradient."""
     from .backend import make_rng
     from .unet import UNetConfig, init_params, known_zero_gradients, unet_backward, unet_forward
 
+    options = dict(activation="gelu", weight_standardisation=True, downsample="space_to_depth",
+                   upsample="transposed") if block_options else {}
     cfg = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), blocks_per_level=1,
-                     attention_resolutions=(4,), heads=2, dropout=0.2, groups=4, num_classes=3)
+                     attention_resolutions=(4,), heads=2, dropout=0.2, groups=4, num_classes=3, **options)
     rng = np.random.default_rng(seed + 100)
     params = {k: to_device(to_numpy(v) + 0.3 * rng.standard_normal(v.shape))
               for k, v in init_params(cfg, seed=seed, dtype=np.float64).items()}
@@ -236,7 +241,8 @@ def unet_case(seed: int = 0) -> GradCase:
         return (dx, *(grads[k] for k in keys))
 
     x = to_device(rng.standard_normal((2, 1, 8, 8)))
-    return GradCase("unet (tiny, whole network)", forward, backward, {"x": x, **params},
+    name = "unet (tiny, all block options)" if block_options else "unet (tiny, whole network)"
+    return GradCase(name, forward, backward, {"x": x, **params},
                     tolerance=BLOCK_TOLERANCE, h=BLOCK_STEP, max_entries=3, known_zero=known_zero_gradients(params),
                     random_masks=True)
 

@@ -12,6 +12,11 @@ Legend: N batch, C channels, H W spatial size, E = 4 * base_channels the time-em
         (+ attention), then nearest x2 + conv              7 -> 14 -> 28
     out = conv_out(silu(groupnorm(h)))                     (N, image_channels, 28, 28)
 
+Options (off by default; see blocks.py): ``activation="gelu"`` (every silu above), ``weight_standardisation``
+(conv1 of every ResBlock), ``downsample="space_to_depth"`` (pixel unshuffle + 1x1 conv instead of the
+stride-2 conv), ``upsample="transposed"`` (a 4x4 stride-2 transposed conv instead of nearest x2 + conv).
+A config without these fields (an older checkpoint's) gets the defaults, which are the network above.
+
 Class conditioning adds a learned label embedding to temb; the table has one extra row, the null
 label ``num_classes``, which training substitutes for a share of labels so that the same network also
 predicts unconditionally (classifier-free guidance). The last conv of every ResBlock, the output
@@ -24,8 +29,10 @@ returns (dx, grads): the gradient of x and a dict of parameter gradients with th
 
 Proof: tests/test_unet.py (test_whole_network_gradcheck: finite differences at sampled entries of x
 and every parameter of hypothesis-drawn tiny U-Nets; test_matches_torch_twin: the PyTorch twin in
-tests/torch_twin.py, forward and every gradient); ``python -m tinyddpm.gradcheck --op unet``, row
-'unet (tiny, whole network)'.
+tests/torch_twin.py, forward and every gradient; both again with every block option on:
+test_whole_network_gradcheck_all_block_options, test_block_options_match_torch_twin;
+test_old_checkpoint_without_the_new_fields_loads); ``python -m tinyddpm.gradcheck --op unet``, rows
+'unet (tiny, whole network)' and 'unet (tiny, all block options)'.
 """
 from __future__ import annotations
 
@@ -37,6 +44,11 @@ import numpy as np
 
 from .backend import get_xp, to_device
 from .blocks import (
+    ACTIVATIONS,
+    DOWNSAMPLES,
+    UPSAMPLES,
+    activation_backward,
+    activation_forward,
     attention_block_backward,
     attention_block_forward,
     conv_block_backward,
@@ -49,7 +61,6 @@ from .blocks import (
 from .ops.embedding import label_embedding_backward, label_embedding_forward, timestep_embedding_forward
 from .ops.groupnorm import groupnorm_backward, groupnorm_forward
 from .ops.linear import linear_backward, linear_forward
-from .ops.silu import silu_backward, silu_forward
 from .ops.skip import add_backward, add_forward, concat_backward, concat_forward
 
 
@@ -65,6 +76,11 @@ class UNetConfig:
     dropout: float = 0.1                        # inside every ResBlock, training only
     groups: int = 8                             # GroupNorm groups
     num_classes: int | None = 10                # None: unconditional; else labels 0..num_classes-1
+    # Building blocks (blocks.py); the defaults are Ho et al.'s, and what a checkpoint without these fields used
+    activation: str = "silu"                    # "silu" or "gelu" (exact, erf form): every nonlinearity
+    weight_standardisation: bool = False        # standardise conv1's filters in every ResBlock (Qiao et al.)
+    downsample: str = "conv"                    # "conv" (3x3, stride 2) or "space_to_depth" (+ 1x1 conv)
+    upsample: str = "nearest"                   # "nearest" (x2 + 3x3 conv) or "transposed" (4x4, stride 2)
 
     @property
     def time_dim(self) -> int:
@@ -100,6 +116,11 @@ class UNetConfig:
                 raise ValueError(f"UNetConfig: heads {self.heads} must divide every level's channels, not {c}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"UNetConfig: dropout must be in [0, 1), got {self.dropout}")
+        for name, allowed in (("activation", tuple(ACTIVATIONS)), ("downsample", DOWNSAMPLES), ("upsample", UPSAMPLES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"UNetConfig: {name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not isinstance(self.weight_standardisation, bool):
+            raise ValueError(f"UNetConfig: weight_standardisation must be True or False, got {self.weight_standardisation!r}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -160,7 +181,10 @@ def init_params(cfg: UNetConfig, seed: int = 0, dtype=np.float32) -> dict:
     Weights are drawn from U(-a, a) with a = sqrt(3 / fan_avg) (variance 1 / fan_avg, as in Ho et al.),
     biases and GroupNorm shifts start at 0, GroupNorm scales at 1; the weights of the last conv of each
     ResBlock, of the attention output projection and of conv_out start at zero; the label table (a
-    conditional network only) is drawn from N(0, 1).
+    conditional network only) is drawn from N(0, 1). The options' weights: the space-to-depth 1x1 conv
+    (C, 4C, 1, 1) as any conv; the transposed conv (C, C, 4, 4) with fan_in = C * 4 (the taps that meet at
+    one output pixel: (4 / stride)^2 per channel) and fan_out = C * 16 (the outputs one input pixel reaches).
+    With the default options the draws, and so the weights for a seed, are those of the plain network.
     """
     rng = np.random.default_rng(seed)
     p = {}
@@ -204,6 +228,11 @@ def init_params(cfg: UNetConfig, seed: int = 0, dtype=np.float32) -> dict:
             linear(f"{n}.qkv", layer.c_in, 3 * layer.c_in)
             linear(f"{n}.out", layer.c_in, layer.c_in)
             p[f"{n}.out.w"][...] = 0.0
+        elif layer.kind == "down" and cfg.downsample == "space_to_depth":
+            conv(n, 4 * layer.c_in, layer.c_out, k=1)  # after pixel unshuffle: 4C channels
+        elif layer.kind == "up" and cfg.upsample == "transposed":
+            uniform(f"{n}.w", (layer.c_in, layer.c_out, 4, 4), layer.c_in * 4, layer.c_out * 16)  # (Ci, Co, k, k)
+            p[f"{n}.b"] = np.zeros(layer.c_out)
         else:  # "down" and "up" own one 3x3 conv
             conv(n, layer.c_in, layer.c_out)
     norm("out.norm", base)
@@ -260,7 +289,7 @@ def unet_forward(params, cfg: UNetConfig, x, t, labels=None, *, train=False, rng
     # Time embedding: sinusoidal features, then a two-layer MLP.
     e, _ = timestep_embedding_forward(t, cfg.base_channels, dtype=x.dtype)   # (N, base)
     e, time_lin1 = linear_forward(e, p["time.lin1.w"], p["time.lin1.b"])          # (N, E)
-    e, time_act = silu_forward(e)
+    e, time_act = activation_forward(e, cfg.activation)
     temb, time_lin2 = linear_forward(e, p["time.lin2.w"], p["time.lin2.b"])       # (N, E)
     label = label_add = None
     if cfg.num_classes is not None:
@@ -269,11 +298,12 @@ def unet_forward(params, cfg: UNetConfig, x, t, labels=None, *, train=False, rng
             labels = xp.full((x.shape[0],), cfg.null_label, dtype=xp.int64)
         y_emb, label = label_embedding_forward(labels, p["label.table"])          # (N, E)
         temb, label_add = add_forward(temb, y_emb)
-    temb_act, temb_act_cache = silu_forward(temb)  # every ResBlock reads silu(temb)
+    temb_act, temb_act_cache = activation_forward(temb, cfg.activation)  # every ResBlock reads act(temb)
 
     h, conv_in = conv_forward(p, "conv_in", x)
     skips, layers = [h], []
-    block_kw = dict(groups=cfg.groups, dropout=cfg.dropout, train=train, rng=rng)
+    block_kw = dict(groups=cfg.groups, dropout=cfg.dropout, train=train, rng=rng, activation=cfg.activation,
+                    weight_standardisation=cfg.weight_standardisation)
     down, middle, up = plan(cfg)
     for layer in down + middle + up:
         concat = None
@@ -284,14 +314,14 @@ def unet_forward(params, cfg: UNetConfig, x, t, labels=None, *, train=False, rng
         elif layer.kind == "attn":
             h, cache = attention_block_forward(p, layer.name, h, groups=cfg.groups, heads=cfg.heads)
         elif layer.kind == "down":
-            h, cache = downsample_forward(p, layer.name, h)
+            h, cache = downsample_forward(p, layer.name, h, cfg.downsample)
         else:
-            h, cache = upsample_forward(p, layer.name, h)
+            h, cache = upsample_forward(p, layer.name, h, cfg.upsample)
         if layer.push_skip:
             skips.append(h)
         layers.append((layer, cache, concat) if keep_cache else None)
     h, out_norm = groupnorm_forward(h, p["out.norm.g"], p["out.norm.b"], cfg.groups)
-    h, out_act = silu_forward(h)
+    h, out_act = activation_forward(h, cfg.activation)
     out, conv_out = conv_forward(p, "conv_out", h)
     if not keep_cache:
         return out, None
@@ -303,7 +333,7 @@ def unet_backward(dout, cache: UNetCache):
     """(dx, grads): the gradient of the input image and a dict of parameter gradients keyed like ``params``."""
     grads = {}
     dh = conv_block_backward(dout, cache.conv_out, grads)
-    dh = silu_backward(dh, cache.out_act)
+    dh = activation_backward(dh, cache.out_act)
     dh, grads["out.norm.g"], grads["out.norm.b"] = groupnorm_backward(dh, cache.out_norm)
 
     dtemb_act = 0
@@ -325,12 +355,12 @@ def unet_backward(dout, cache: UNetCache):
     assert not dskips
     dx = conv_block_backward(dh, cache.conv_in, grads)
 
-    dtemb = silu_backward(dtemb_act, cache.temb_act)
+    dtemb = activation_backward(dtemb_act, cache.temb_act)
     if cache.label is not None:
         dtemb, dy_emb = add_backward(dtemb, cache.label_add)
         grads["label.table"] = label_embedding_backward(dy_emb, cache.label)
     de, grads["time.lin2.w"], grads["time.lin2.b"] = linear_backward(dtemb, cache.time_lin2)
-    de = silu_backward(de, cache.time_act)
+    de = activation_backward(de, cache.time_act)
     _, grads["time.lin1.w"], grads["time.lin1.b"] = linear_backward(de, cache.time_lin1)
     # The sinusoidal features depend on t only; training needs no gradient with respect to t.
     return dx, grads
