@@ -14,7 +14,8 @@ What you will learn
 Run it:  python lessons/07_self_attention.py       (a few seconds; --fast for the test suite's tiny version)
 
 Figures (in lessons/output/07_self_attention/):
-- attention_maps.png   for three query pixels of a digit, where each of the two heads looks
+- attention_maps.png   for four query pixels of a digit (two stroke edges, background far from and right next to
+                       a stroke), where each of the two heads looks
 
 Try this
  1. run:    python lessons/07_self_attention.py --fast: the digit is averaged down to 14 x 14 (L = 196).
@@ -244,7 +245,9 @@ section("4. What a head looks at: hand-set weights on a digit")
 # penalty on the squared distance from the query pixel p_i. Its value is the ink: it outputs local ink.
 # Head 1, "edges facing my way". q_i = ALPHA [gx_i, gy_i, 0, 0], k_j = [gx_j, gy_j, 0, 0], so the score is
 # ALPHA g_i . g_j: large where the key's intensity gradient points the same way as the query's. A query
-# with no edge (g_i = 0, the background) scores every key 0 and so attends uniformly, 1/L everywhere.
+# with no edge, g_i = 0, scores every key 0 and so attends uniformly, 1/L everywhere. g_i = 0 needs more
+# than "no ink at i": the Sobel filter reads the 3x3 window around i, so a background pixel right next to a
+# stroke has an edge (g_i != 0) and is not uniform. Only background at least two pixels from any ink is.
 # Both heads' weights are multiplied by sqrt(d) = 2 to cancel the 1/sqrt(d) in the scores.
 side = 14 if FAST else 28
 digit, label = mnist_digits(1, seed=3)
@@ -283,13 +286,23 @@ check("head 0 == softmax(BETA ink_j - GAMMA |p_i - p_j|^2): the square was compl
       f"max relative error {err:.1e}")
 
 gx, gy = g[0, 0].ravel(), g[0, 1].ravel()
-# The background query: a pixel without ink, about side/7 pixels (4 at 28 x 28) from the nearest stroke,
-# and at least as far from the image border.
+# Two background queries, both without ink. "Far": no ink anywhere in its Sobel window (g = 0 exactly), as close to
+# the digit as that allows and away from the image border. "Next to a stroke": no ink itself, but ink in its window.
 to_ink = np.sqrt(dist2[:, ink.ravel() > 0.5].min(axis=1))                  # (L,) distance to the nearest ink
 to_border = np.minimum(np.minimum(u_grid, side - 1 - u_grid), np.minimum(r_grid, side - 1 - r_grid)).ravel()
-background = int(np.argmin(np.abs(to_ink - side / 7) + 100.0 * (ink.ravel() > 0.05) + 100.0 * (to_border < side / 7)))
+no_edge = (np.abs(gx) + np.abs(gy) == 0) & (ink.ravel() == 0) & (to_border >= 2)
+next_to = (np.abs(gx) + np.abs(gy) > 0) & (ink.ravel() == 0)
+background = int(np.flatnonzero(no_edge)[np.argmin(to_ink[no_edge])])
+beside = int(np.flatnonzero(next_to)[np.argmax(np.hypot(gx, gy)[next_to])])   # the strongest edge without ink
 queries = {"left edge of a stroke": int(np.argmax(gx)), "bottom edge of a stroke": int(np.argmin(gy)),
-           "background pixel": background}
+           "background, 2+ pixels from ink": background, "background next to a stroke": beside}
+L = side * side
+err_uniform = float(np.max(np.abs(P[1, background] - 1.0 / L)))
+check("head 1 at a background pixel with no ink in its 3x3 window: uniform, 1/L everywhere", err_uniform < 1e-15,
+      f"g = ({gx[background]:.0f}, {gy[background]:.0f}), max |P - 1/{L}| = {err_uniform:.1e}")
+spread = float(P[1, beside].max() * L)
+check("... while a background pixel next to a stroke (no ink, but an edge in its window) is not uniform",
+      spread > 2.0, f"|g| = {np.hypot(gx[beside], gy[beside]):.2f}, largest weight {spread:.1f} x 1/L")
 fig, axes = plt.subplots(len(queries), 3, figsize=(10, 3.3 * len(queries)), squeeze=False)
 for row, (name, i) in enumerate(queries.items()):
     qr, qu = divmod(i, side)

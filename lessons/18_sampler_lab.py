@@ -201,7 +201,8 @@ shown_t = [nearest[t] for t in CAPTURE_T]
 off = max(abs(nearest[t] - t) for t in CAPTURE_T)
 check("every requested timestep was photographed, at the nearest timestep the run visits",
       all(t in captured for t in shown_t) and off < T // STEPS[-1],
-      f"captured at {shown_t}" + (f" (at most {off} from the requested ones; {STEPS[-1]} steps)" if off else ", exactly"))
+      f"captured at {shown_t}" + (f" (at most {off} from the requested ones; {STEPS[-1]} steps)" if off
+                                  else ", exactly"))
 if shown_t:
     grid = np.stack([np.stack([captured[t][k] for t in shown_t], axis=1) for k in (0, 1)], axis=1)  # (D, 2, K, ...)
     saved(plot_sample_grid(out / "captured.png", grid.reshape((-1, len(shown_t)) + grid.shape[3:]),
@@ -211,8 +212,8 @@ if shown_t:
 
 # ---------------------------------------------------------------------------------------------------
 section("5. Morphing one noise into another: lerp and slerp side by side")
-# Lesson 17: N(0, I) noise in d = 784 dimensions lies on a shell of radius ~sqrt(d) = 28. The straight line (lerp) between
-# two noises dips inside the shell (its middle has norm ~sqrt(d / 2)), the great circle (slerp) stays on it.
+# Lesson 17: N(0, I) noise in d = 784 dimensions lies on a shell of radius ~sqrt(d) = 28. The straight line (lerp)
+# between two noises dips inside the shell (its middle has norm ~sqrt(d / 2)), the great circle (slerp) stays on it.
 a_noise, b_noise = np.random.default_rng(SEED + 100).standard_normal((2, 1, 28, 28)).astype(dtype)
 paths = {m: interpolate_noise(a_noise, b_noise, MORPH_FRAMES, m) for m in ("lerp", "slerp")}      # (K, 1, 28, 28)
 mid = MORPH_FRAMES // 2
@@ -225,7 +226,8 @@ morph = ddim_sample(model, schedule, x_T=morph_x, labels=np.full(2 * MORPH_FRAME
                     eta=0.0, clip="static", use_clipped_model_output=True, progress=False)
 lerp_imgs, slerp_imgs = morph[:MORPH_FRAMES], morph[MORPH_FRAMES:]
 ends = float(np.max(np.abs(lerp_imgs[[0, -1]] - slerp_imgs[[0, -1]])))
-check("both morphs start and end at the same pictures (the same two noises)", ends < 1e-4, f"max |difference| {ends:.1e}")
+check("both morphs start and end at the same pictures (the same two noises)", ends < 1e-4,
+      f"max |difference| {ends:.1e}")
 order = list(range(MORPH_FRAMES)) + list(range(MORPH_FRAMES - 2, 0, -1))                        # there and back
 weights = np.linspace(0, 1, MORPH_FRAMES)
 saved(save_denoising_gif(out / "morph.gif", [side_by_side(lerp_imgs[k:k + 1], slerp_imgs[k:k + 1]) for k in order],
