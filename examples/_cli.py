@@ -23,7 +23,8 @@ A library call whose errors can only mean the user's input is wrong is wrapped i
 turns those errors, and only there, into a UserError: set_device (RuntimeError: no CuPy, no GPU; ValueError:
 an unknown TINYDDPM_DEVICE), load_mnist (ValueError: a corrupt data file; FallbackUnavailable and
 DownloadError: no source has the digits), resume_state, preset and new_state (ValueError: the checkpoint,
-or the options against each other and against the data), load_classifier (CheckpointError).
+or the options against each other and against the data), load_classifier and load_noisy_classifier
+(CheckpointError: a cache that is corrupt, of another kind, or trained for another noise schedule).
 
 Status 1, one line: the computation went non-finite (FloatingPointError: a NaN training loss, which
 names its step, or samples holding NaN). The input passed every check, so this is a failed run rather

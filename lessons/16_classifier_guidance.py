@@ -6,7 +6,7 @@ What you will learn
     tinyddpm.diffusion.guidance.ClassifierGuidedModel;
   - on a 1-D Gaussian mixture whose noisy class posterior p_t(y | x) and its gradient are known in closed form:
     the guided score is the score of p_t(x) p_t(y | x)^s; at s = 1 sampling with it draws exactly p(x | y); at
-    s > 1 it draws a sharper distribution, near the tilted p(x) p(y | x)^s but measurably not equal to it;
+    s > 1 it draws a sharper distribution, but not the tilted p(x) p(y | x)^s (here it overshoots it, measured);
   - why the classifier must read NOISY images and know t (tinyddpm.noisy_classifier): its accuracy against t,
     and its input gradient, which is one backward pass of its hand-written layers (no autodiff), checked by
     finite differences;
