@@ -100,8 +100,8 @@ section("Exercise 2 (modify): the cosine betas without the clip at 0.999")
 #   - the property and SNR checks of sections 4 and 5 still pass: they use make_schedule('cosine'), the clipped one.
 # With beta = 1 the last step multiplies x by sqrt(1 - beta) = 0: alpha_bar_{T-1} = 0, SNR = 0, log SNR = -inf.
 # A sampler starts there and computes x0_hat = (x_t - sqrt(1 - abar) eps_hat) / sqrt(abar): a division by zero,
-# so the very first step produces inf or NaN, and every later step inherits it. (Lin et al. 2023 rescale such schedules and switch to v prediction, which
-# never divides by sqrt(abar): lesson 02's exercise 3.)
+# so the very first step produces inf or NaN, and every later step inherits it. (Lin et al. 2023 want exactly this
+# zero SNR at the end, and make it work by predicting v, which never divides by sqrt(abar): lesson 02, exercise 3.)
 T = 1000
 s = 0.008
 u = np.arange(T + 1) / T
@@ -155,7 +155,8 @@ check("scaled linear: alpha_bar strictly decreasing in (0, 1), crosses 0.5 where
 predicted_end = np.exp(-betas_sl.sum())                             # prod(1 - b) ~ exp(-sum b) for small b
 check("prediction: alpha_bar_999 ~ exp(-sum beta), over 100 times the linear schedule's",
       abs(scaled.alpha_bar[-1] / predicted_end - 1) < 0.05 and scaled.alpha_bar[-1] > 100 * make_schedule("linear").alpha_bar[-1],
-      f"{scaled.alpha_bar[-1]:.2e} (exp(-{betas_sl.sum():.2f}) = {predicted_end:.2e}; linear {make_schedule('linear').alpha_bar[-1]:.1e})")
+      f"{scaled.alpha_bar[-1]:.2e} (exp(-{betas_sl.sum():.2f}) = {predicted_end:.2e}; "
+      f"linear {make_schedule('linear').alpha_bar[-1]:.1e})")
 
 schedules = {name: make_schedule(name, T) for name in ("linear", "cosine", "sigmoid")}
 schedules["scaled linear"] = scaled

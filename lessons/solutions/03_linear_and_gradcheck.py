@@ -152,7 +152,8 @@ def loss_linear(x, W, b):
 numerical = differences(loss_linear, [x.copy(), W.copy(), b.copy()], 1, 1e-5) / 2e-5
 per_entry = np.abs(dW_wrong - numerical) / (np.abs(dW_wrong) + np.abs(numerical))
 err_lib = relative_error(dW_wrong, linear_backward(dy, cache)[1])
-print(f"  predicted (N - 1) / (N + 1) = {predicted:.6f}; measured against finite differences: {rel_error(dW_wrong, numerical):.6f}"
+print(f"  predicted (N - 1) / (N + 1) = {predicted:.6f}; measured against finite differences: "
+      f"{rel_error(dW_wrong, numerical):.6f}"
       f" (every entry between {per_entry.min():.6f} and {per_entry.max():.6f}); against tinyddpm: {err_lib:.6f}")
 check("prediction: the central-difference check prints (N - 1) / (N + 1) = 0.667 for dW",
       abs(per_entry.max() - predicted) < 1e-8 and abs(per_entry.min() - predicted) < 1e-8,

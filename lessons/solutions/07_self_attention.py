@@ -91,10 +91,10 @@ def show(ax, img, ink, title, query=None):
 section("Exercise 1 (run): the digit at 14 x 14 (--fast) against 28 x 28")
 # Head 0 scores BETA ink_j - GAMMA |p_i - p_j|^2 with distances counted in pixels of the map it sees. At 14 x 14 a
 # pixel spans 2 pixels of the original digit, so a distance of d' digit pixels is d'/2 map pixels and costs
-# GAMMA d'^2 / 4: the same as GAMMA / 4 at full resolution. The Gaussian blob is twice as wide on the digit
-# (as far as the ink lets it: the BETA ink term still holds it to the strokes) and covers a larger part of it. Measured over every inked query pixel: the attention-weighted RMS
-# distance from the query (in original-digit pixels), and the share of the digit's inked pixels inside the blob
-# (keys with at least half the row's largest weight).
+# GAMMA d'^2 / 4: the same as GAMMA / 4 at full resolution. The Gaussian blob is twice as wide on the digit (as far
+# as the ink lets it: the BETA ink term still holds it to the strokes) and covers a larger part of it. Measured over
+# every inked query pixel: the attention-weighted RMS distance from the query (in original-digit pixels), and the
+# share of the digit's inked pixels inside the blob (keys with at least half the row's largest weight).
 stats, maps = {}, {}
 for side in (28, 14):
     feat, ink, pos = feature_map(side)

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the lessons fol
 
 import numpy as np  # noqa: E402
 
-from _common import FAST, banner, check, finish, output_dir, relative_error, saved, section, trained_model  # noqa: E402
+from _common import (FAST, banner, check, finish, output_dir, relative_error, saved, section,  # noqa: E402
+                     train_first_note, trained_model)
 from tinyddpm.diffusion import Schedule, ddim_sample, ddim_timesteps, ddpm_sample, make_schedule  # noqa: E402
 from tinyddpm.unet import unet_model  # noqa: E402
 from tinyddpm.viz import plot_sample_grid  # noqa: E402
@@ -55,6 +56,7 @@ x_T_gauss = np.random.default_rng(0).standard_normal((N_GAUSS, 1, 1, 1))
 # The network and the digits.
 params, config, schedule, where = trained_model()
 print(f"  network: {where}")
+train_first_note(where)                             # the lessons' small network: how to get the better one
 if FAST:
     schedule = make_schedule(config.schedule, 100)  # as the lesson's fast mode
 T = schedule.num_timesteps

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the lessons fol
 import numpy as np  # noqa: E402
 
 from _common import (FAST, banner, check, finish, judge, mnist_digits, output_dir, relative_error, saved,  # noqa: E402
-                     section, trained_model)
+                     section, train_first_note, trained_model)
 from tinyddpm.classifier import classify  # noqa: E402
 from tinyddpm.diffusion import SPACINGS, GuidedModel, ddim_prev_timesteps, ddim_sample, ddim_timesteps  # noqa: E402
 from tinyddpm.unet import unet_model  # noqa: E402
@@ -30,6 +30,7 @@ banner("Solutions to lesson 13: DDIM")
 
 params, config, schedule, where = trained_model()
 print(f"  network: {where}")
+train_first_note(where)                             # the lessons' small network: how to get the better one
 T = schedule.num_timesteps
 model = unet_model(params, config.unet)
 guided = GuidedModel(model, config.guidance, config.unet.null_label)       # as the lesson samples
