@@ -24,11 +24,16 @@ approximations ("Rational Chebyshev approximations for the error function", Math
 
 and erfc(-a) = 2 - erfc(a), erf = 1 - erfc. exp(-a^2) is computed as exp(-s^2) * exp(-(a - s)(a + s))
 with s = floor(16 a) / 16: s^2 is exact, so the rounding of a^2 (an absolute error a^2 * 1e-16 in the
-exponent, 1e-14 relative at a = 10) never reaches the result. Each element is evaluated only in its
-own range (boolean masks gather and scatter it: no Python loop over elements). Measured against
-math.erf and math.erfc on 400,000 points in [-30, 30] plus the range ends and tiny values
-(tests/test_gelu.py::test_erf_matches_math): erf within 2 ulp of math.erf; erfc within 4 ulp (relative) wherever
-erfc(z) is a normal float (z < 26.5), and below the smallest normal (2.2e-308) within that absolute amount.
+exponent, 1e-14 relative at a = 10) never reaches the result. Every range is evaluated on all entries, each
+range's argument clipped into the range, and ``where`` picks (gathering each range's elements is slower
+in NumPy); no Python loop over elements. Measured against math.erf and math.erfc on 400,000 points in
+[-30, 30] plus the range ends, tiny and huge values (tests/test_gelu.py::test_erf_matches_math): erf within
+4 ulp of math.erf; erfc within 8 ulp (relative) wherever erfc(z) is a normal float (z < 26.5), and below
+the smallest normal (2.2e-308) within that absolute amount. GELU's own inputs then carry the rounding of
+x / sqrt 2, which erfc's slope 2 z^2 magnifies in the far left tail (up to 1e-13 relative at x = -20).
+
+Cost on the CPU: ~60 elementwise passes where SiLU needs one tanh; measured on a (32, 32, 28, 28) float32
+activation on the shared 2-core machine, forward 40 ms against SiLU's 0.7 ms (backward 1.5 ms: one exp).
 
 Proof: tests/test_gelu.py (test_gradcheck: finite differences over hypothesis-drawn shapes and scales;
 test_matches_torch: the PyTorch oracle, forward and backward; test_erf_matches_math);
@@ -63,6 +68,7 @@ _Q = (2.56852019228982242e00, 1.87295284992346725e00, 5.27905102951428412e-1, 6.
       2.33520497626869185e-3)
 SMALL, LARGE = 0.46875, 4.0   # the range ends
 CUTOFF = 40.0                 # erfc(a) = 0 in float64 beyond about 27.3; a is clipped here so a^2 cannot overflow
+CHUNK = 1 << 16               # entries per block in normal_cdf (NumPy)
 
 
 def _ratio(u, num, den):
@@ -131,16 +137,24 @@ def erf(z):
 def normal_cdf(x, xp):
     """Phi(x) = erfc(-x / sqrt 2) / 2: CuPy's erfc on a GPU, Cody's (above) with NumPy.
 
-    Range by range, so that the left tail keeps its relative accuracy (see the docstring)."""
-    z = x * -SQRT1_2
+    Range by range, so that the left tail keeps its relative accuracy (see the docstring). With NumPy the
+    entries go through in blocks of CHUNK (a loop over blocks, not pixels): Cody's ~60 elementwise passes
+    then run on temporaries that stay in the CPU cache, about twice as fast as on whole activations."""
+    z = x * -SQRT1_2  # a fresh contiguous array
     if xp is not np:  # CuPy: its own erfc kernel
         from cupyx.scipy.special import erfc as cupy_erfc
         return 0.5 * cupy_erfc(z)
-    small, erf_small, e = _cody(z, np)
-    e *= 0.5                                   # erfc(|z|) / 2
-    erf_small *= -0.5
-    erf_small += 0.5                           # erfc(z) / 2 = (1 - erf(z)) / 2 near 0
-    return np.where(small, erf_small, np.where(z < 0, 1.0 - e, e))  # z < 0 is x > 0: Phi = 1 - erfc(|z|) / 2
+    out = np.empty_like(z)
+    zf, of = z.reshape(-1), out.reshape(-1)
+    for start in range(0, zf.size, CHUNK):
+        block = zf[start:start + CHUNK]
+        small, erf_small, e = _cody(block, np)
+        e *= 0.5                                   # erfc(|z|) / 2
+        erf_small *= -0.5
+        erf_small += 0.5                           # erfc(z) / 2 = (1 - erf(z)) / 2 near 0
+        # z < 0 is x > 0: Phi = 1 - erfc(|z|) / 2
+        of[start:start + CHUNK] = np.where(small, erf_small, np.where(block < 0, 1.0 - e, e))
+    return out
 
 
 class GELUCache(NamedTuple):
