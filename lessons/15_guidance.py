@@ -3,7 +3,9 @@
 What you will learn
   - the guidance rule eps = eps_uncond + w (eps_cond - eps_uncond), derived and checked against
     tinyddpm.diffusion.cfg_combine and GuidedModel (one network, two predictions, one batch);
-  - what it does to the distribution: it samples (roughly) p(x) p(y | x)^w, shown exactly on a 1-D toy;
+  - what it does to the distribution: at every noise level it tilts the density by an implicit classifier,
+    p_t(x) p_t(y | x)^w, exactly; yet the samples follow p(x) p(y | x)^w only at w = 0 and w = 1. Guidance is a
+    heuristic tilt: shown on a 1-D toy with exact scores, where two samplers even disagree on what it samples;
   - on MNIST digits, with the same starting noise for every w: w = 0 ignores the label, w = 1 is plain
     conditional sampling, and larger w makes the requested digit more certain and the samples more alike,
     measured as accuracy (by tinyddpm's MNIST classifier) and diversity (mean pairwise distance).
@@ -13,8 +15,9 @@ Run it
                                          # classifier has to be trained first)
   python lessons/15_guidance.py --fast   # tiny sizes, the same code paths (what the tests run)
 
-Figures (in lessons/output/12_guidance/)
-  toy_tilt.png            1-D toy: the guided density p(x) p(y | x)^w for several w
+Figures (in lessons/output/15_guidance/)
+  toy_tilt.png            1-D toy: the tilted density p(x) p(y | x)^w for several w, and what guided samplers
+                          with exact scores actually draw at w = 4
   guidance_grid.png       samples for w = 0, 1, 2, 4, 7: a row per digit, the same noises in every panel
   diversity_accuracy.png  diversity and accuracy of those samples against w
 
@@ -38,7 +41,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tinyddpm.classifier import classify  # noqa: E402
-from tinyddpm.diffusion import GuidedModel, cfg_combine, dpm_solver_sample  # noqa: E402
+from tinyddpm.diffusion import (GuidedModel, cfg_combine, ddim_sample, ddpm_sample, dpm_solver_sample,  # noqa: E402
+                                make_schedule)
 from tinyddpm.unet import unet_model  # noqa: E402
 from tinyddpm.viz import tile_images  # noqa: E402
 
@@ -75,8 +79,8 @@ section("2. What the rule samples: a 1-D toy with exact scores")
 # and by Bayes, log p(x | y) - log p(x) = log p(y | x) - log p(y), a constant away from log p(y | x):
 #     score_w = d/dx log [ p(x) p(y | x)^w ]
 # Guidance tilts p(x) by an implicit classifier raised to the power w: w > 1 keeps only the x that are very
-# clearly y, so the samples become surer and more alike. (In a diffusion the mix is applied at every noise
-# level, so the samples only approximately follow this tilted density; at the clean end it is exact.)
+# clearly y, so the samples become surer and more alike. The score identity is exact; whether a sampler then draws
+# from p(x) p(y | x)^w is another matter (section 2b).
 # Toy: two classes on a line, p(x | y) = N(m_y, 1) with m = -1.5, +1.5, p(y) = 1/2; we ask for y = 1.
 m, sd = np.array([-1.5, 1.5]), 1.0
 x = np.linspace(-6, 8, 2801)                                                     # (X,)
@@ -99,16 +103,80 @@ for w in (0.0, 1.0, 2.0, 4.0, 7.0):
     print(f"    w = {w:.0f}: mean {mean:+.2f}, std {np.sqrt(((x - mean) ** 2 * dens).sum() * dx):.2f}")
 check("the guided score == d/dx log p(x) p(y|x)^w (finite differences, w = 0 to 7)", worst < 1e-4,
       f"max relative error {worst:.1e}")
-fig, ax = plt.subplots(figsize=(8, 4))
+# ---------------------------------------------------------------------------------------------------
+section("2b. What is exact, and what is not")
+# A sampler runs through every noise level t. There the network sees x_t, whose density is the noised one,
+#     p_t(x | y) = N(a m_y, a^2 + b^2) = N(a m_y, 1)          (a = sqrt(abar_t), b = sqrt(1 - abar_t), sd = 1)
+# and guidance mixes the scores of p_t(x | y) and p_t(x). By the same Bayes argument that is exactly the score of
+#     p_t(x) p_t(y | x)^w,                the noisy marginal tilted by the noisy classifier, at every t.
+# So far exact (given exact scores). But a sampler is only right for a family of densities that are each other's noisy
+# versions (lesson 02: q_t = q_0 noised), and these are not: noising p(x) p(y | x)^w does not give p_t(x) p_t(y | x)^w
+# unless w = 0 (p(x)) or w = 1 (p(x | y)), where the tilt is itself a data density. For other w, nothing guarantees
+# that the samples follow p(x) p(y | x)^w - at the clean end or anywhere - and different samplers, each exact for a
+# proper family, land in different places. Classifier-free guidance is a heuristic tilt in that direction.
+# The toy, with exact scores: sample it with DDPM (1000 steps) and with deterministic DDIM, and compare with the target.
+sched = make_schedule("linear", 1000)
+N_TOY = 2000 if FAST else 10000
+
+
+def toy_model(w):
+    """The guided noise prediction of the toy, exact: eps = -b * [(1 - w) score_t(x) + w score_t(x | y = 1)]."""
+    def model(x_t, t, labels):
+        ab = sched.alpha_bar[t][:, None, None, None]                                    # (N, 1, 1, 1)
+        a_, b_ = np.sqrt(ab), np.sqrt(1 - ab)
+        v = a_**2 * sd**2 + b_**2                                                       # variance of p_t(x | y)
+        scores_y = np.stack([-(x_t - a_ * m_y) / v for m_y in m])                       # (2, N, 1, 1, 1)
+        lik_t = np.stack([np.exp(-0.5 * (x_t - a_ * m_y) ** 2 / v) for m_y in m])
+        post_t = lik_t / lik_t.sum(axis=0)                                              # p_t(y | x)
+        return -b_ * cfg_combine(scores_y[1], (post_t * scores_y).sum(axis=0), w)
+    return model
+
+
+x_T_toy = np.random.default_rng(2).standard_normal((N_TOY, 1, 1, 1))
+toy_samples = {}
+for w in (1.0, 4.0):
+    log_tilt = np.log(p_x) + w * np.log(post[:, 1])
+    dens = np.exp(log_tilt - log_tilt.max())
+    dens /= dens.sum() * dx
+    target_mean = (x * dens).sum() * dx
+    target_std = np.sqrt(((x - target_mean) ** 2 * dens).sum() * dx)
+    runs = {"DDPM, 1000 steps": ddpm_sample(toy_model(w), sched, x_T=x_T_toy, seed=3, progress=False).ravel(),
+            "DDIM (eta = 0), 100 steps": ddim_sample(toy_model(w), sched, x_T=x_T_toy, num_steps=100,
+                                                     progress=False).ravel()}
+    toy_samples[w] = (dens, runs)
+    se = target_std / np.sqrt(N_TOY)
+    # 5 standard errors, plus 0.01 for the samplers' own discretisation error (lesson 12 measured under 0.006)
+    off = {name: abs(r.mean() - target_mean) for name, r in runs.items()}
+    print(f"  w = {w:g}: target mean {target_mean:+.3f} (std {target_std:.3f}); " + "; ".join(
+        f"{name}: {r.mean():+.3f} (std {r.std():.3f})" for name, r in runs.items()))
+    if w == 1.0:
+        check("w = 1 (plain conditional): both samplers draw p(x | y) = p(x) p(y | x)^1",
+              max(off.values()) < 5 * se + 0.01,
+              f"means off by {max(off.values()):.3f} (allowed {5 * se + 0.01:.3f})")
+    else:
+        check("w = 4: neither sampler draws p(x) p(y | x)^4, and they disagree with each other",
+              min(off.values()) > 10 * se + 0.05 and abs(runs["DDPM, 1000 steps"].mean()
+                                                         - runs["DDIM (eta = 0), 100 steps"].mean()) > 10 * se,
+              f"means off by {min(off.values()):.2f} to {max(off.values()):.2f} (standard error {se:.3f})")
+
+fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 4.2))
 for w in (0.0, 1.0, 2.0, 4.0, 7.0):
     log_tilt = np.log(p_x) + w * np.log(post[:, 1])
     dens = np.exp(log_tilt - log_tilt.max())
     name = {0.0: " (p(x))", 1.0: " (p(x | y=1))"}.get(w, "")
     ax.plot(x, dens / (dens.sum() * dx), linewidth=2, label=f"w = {w:g}{name}")
 ax.set(xlabel="x", ylabel="density", xlim=(-5, 6),
-       title="Guidance tilts p(x) by p(y=1 | x)^w: narrower and further from class 0 as w grows")
+       title="The tilt p(x) p(y=1 | x)^w: narrower and further from class 0 as w grows")
 ax.legend()
-ax.grid(True, alpha=0.3)
+dens4, runs4 = toy_samples[4.0]
+bins = np.linspace(-2, 6, 80)
+for name, r in runs4.items():
+    ax2.hist(r, bins=bins, density=True, histtype="step", linewidth=2, label=f"{name}: what guidance draws")
+ax2.plot(x, dens4, "k--", linewidth=2, label="p(x) p(y=1 | x)^4, the tilt")
+ax2.set(xlabel="x", xlim=(-2, 6), title="w = 4 with exact scores: a heuristic tilt, not the tilted density")
+ax2.legend(fontsize=8)
+for a_ in (ax, ax2):
+    a_.grid(True, alpha=0.3)
 fig.tight_layout()
 fig.savefig(out / "toy_tilt.png")
 plt.close(fig)
