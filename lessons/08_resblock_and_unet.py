@@ -5,6 +5,8 @@ What you will learn
         GroupNorm -> SiLU -> conv3x3, plus the time embedding (one shift per channel),
         GroupNorm -> SiLU -> dropout -> conv3x3, plus a skip path (a 1x1 conv when the channels change).
   - Why a freshly created block is the identity, and why its backward adds two gradients for x.
+  - How the class label gets in: row y of a learned table, added to the time embedding; the extra "null" row
+    that classifier-free guidance needs; and the backward, a scatter-add (with the slip that loses repeated labels).
   - How tinyddpm.unet.plan lays out the U-Net: levels going down that keep skips, a middle, levels
     going up that concatenate the skips back, and the shape of every tensor on the way.
   - Where the parameters sit, and that the hand-written backward of the whole network is right.
@@ -42,10 +44,10 @@ from tinyddpm.blocks import (attention_block_forward, conv_forward, downsample_f
 from tinyddpm.diffusion import q_sample, x0_from_eps  # noqa: E402
 from tinyddpm.gradcheck import BLOCK_STEP, BLOCK_TOLERANCE, check_gradients, unet_case  # noqa: E402
 from tinyddpm.ops import (conv2d_backward, conv2d_forward, dropout_backward, dropout_forward,  # noqa: E402
-                          groupnorm_backward, groupnorm_forward, linear_backward, linear_forward, silu_backward,
-                          silu_forward, timestep_embedding_forward)
+                          groupnorm_backward, groupnorm_forward, label_embedding_backward, label_embedding_forward,
+                          linear_backward, linear_forward, silu_backward, silu_forward, timestep_embedding_forward)
 from tinyddpm.config import PRESETS  # noqa: E402
-from tinyddpm.unet import count_params, init_params, plan, unet_forward  # noqa: E402
+from tinyddpm.unet import UNetConfig, count_params, init_params, plan, unet_backward, unet_forward  # noqa: E402
 
 started = time.perf_counter()
 out = output_dir(__file__)
@@ -268,7 +270,78 @@ for lname, kind, shape_in, skip_shape, h in records:
     print(f"  {lname:<20}{kind:<6}{str(tuple(shape_in)):<18}{skip_txt:<18}{str(tuple(h.shape)):<18}{note}")
 
 # ---------------------------------------------------------------------------------------------------
-section("3. Where the parameters are")
+section("3. The class label: a row of a table, added to the time embedding")
+# A conditional network is told which digit to draw. The label y is an integer 0..9; the network turns it into a
+# vector of the time embedding's width E by looking up row y of a learned table, and adds it to temb:
+#     temb = lin2( silu( lin1( sinusoidal(t) ) ) ) + table[y]          table (num_classes + 1, E), row y: (E,)
+# From there it goes wherever the time goes: silu(temb) feeds every ResBlock as its per-channel shift (section 1),
+# so each block can shift its channels differently for a "3" than for a "7", at every noise level.
+# A lookup is a matrix product with a one-hot vector: table[y] = onehot(y) @ table, with onehot(y) the row of the
+# identity matrix. The lookup skips the multiplications by zero; the two are the same function.
+#
+# The extra row. The table has num_classes + 1 rows: the last one, y = num_classes ("null"), means "no label".
+# Training replaces a share p_uncond (10%) of the labels by the null label (tinyddpm.training), so the same network
+# also learns to predict without a label; classifier-free guidance (lesson 15) mixes the two predictions.
+# unet_forward(..., labels=None) uses the null row for the whole batch.
+K, E_lab = 11, 6                                                    # 10 digits + the null label; a small width
+table = rng.standard_normal((K, E_lab))                             # (K, E)
+ys = np.array([3, 7, 3, 10, 3, 0])                                  # (N,): three 3s and one null label
+emb, lab_cache = label_embedding_forward(ys, table)                 # (N, E)
+onehot = np.eye(K)[ys]                                              # (N, K): row n is 1 at column y_n
+err = max(relative_error(emb, table[ys]), relative_error(emb, onehot @ table))
+check("label_embedding_forward(y, table) == table[y] == onehot(y) @ table", err < 1e-15,
+      f"max relative error {err:.1e}")
+
+small = UNetConfig(base_channels=8, channel_mults=(1, 2), blocks_per_level=1, attention_resolutions=(), heads=1,
+                   groups=4, dropout=0.0, num_classes=10)
+p_small = init_params(small, seed=1, dtype=np.float64)
+for k, v in p_small.items():                                        # wake the zero-initialised tensors up
+    if not np.any(v):
+        v += 0.05 * rng.standard_normal(v.shape)
+x_lab, t_lab = rng.standard_normal((2, 1, 28, 28)), np.array([400, 400])
+out_null, _ = unet_forward(p_small, small, x_lab, t_lab, None)
+out_10, _ = unet_forward(p_small, small, x_lab, t_lab, np.array([small.null_label] * 2))
+out_37, _ = unet_forward(p_small, small, x_lab, t_lab, np.array([3, 7]))
+err = relative_error(out_null, out_10)
+check(f"labels=None is the null label, row {small.null_label} of the table: the same output", err == 0.0,
+      f"max relative error {err:.1e}; table shape {p_small['label.table'].shape}")
+check("... and a real label changes the prediction (same x_t, same t)", relative_error(out_37, out_10) > 1e-3,
+      f"relative difference {relative_error(out_37, out_10):.2f}")
+
+# The backward: a scatter-add. emb_n = table[y_n] copies row y_n, so d loss / d table[k] gets every demb_n whose label
+# is k, summed: dtable[k] = sum_{n: y_n = k} demb_n; rows no sample used get exactly 0. (The one-hot view says the
+# same: d(onehot @ table) / d table = onehot^T @ demb.)
+# The pitfall: `dtable[ys] += demb` looks right, but NumPy applies each repeated index once: of the three 3s, only one
+# demb row lands in dtable[3]. np.add.at (an unbuffered add) or a bincount sums them; tinyddpm uses one bincount.
+demb = rng.standard_normal(emb.shape)                               # (N, E) an upstream gradient
+dtable_lib = label_embedding_backward(demb, lab_cache)              # (K, E)
+dtable_addat = np.zeros_like(table)
+np.add.at(dtable_addat, ys, demb)                                   # dtable[y_n] += demb_n, one n at a time
+dtable_wrong = np.zeros_like(table)
+dtable_wrong[ys] += demb                                            # buffered: repeated rows written once
+err = max(relative_error(dtable_lib, dtable_addat), relative_error(dtable_lib, onehot.T @ demb))
+check("label_embedding_backward == np.add.at scatter-add == onehot^T @ demb", err < 1e-15,
+      f"max relative error {err:.1e}")
+unused = [k for k in range(K) if k not in ys]
+check("rows no sample used get exactly zero gradient", not np.any(dtable_lib[unused]), f"rows {unused}")
+err_wrong = relative_error(dtable_wrong, dtable_lib)
+check("the deliberate slip dtable[ys] += demb loses the repeated label's rows (caught)", err_wrong > 0.1,
+      f"relative error {err_wrong:.2f}: row 3 got 1 of its 3 gradients")
+errors = check_gradients(lambda tab: label_embedding_forward(ys, tab), label_embedding_backward,
+                         {"table": table.copy()})
+check("gradient check of the label embedding (finite differences on the table)", errors["table"] < 1e-7,
+      f"max relative error {errors['table']:.1e}")
+# Inside the network the table's gradient arrives through temb = time part + table[y] (an add: both terms get dtemb),
+# and only the rows of the labels in the batch move. Finite differences of the whole network agree (section 5 checks
+# every tensor, the table included).
+_, cache_small = unet_forward(p_small, small, x_lab, t_lab, np.array([3, 3]))
+_, g_small = unet_backward(rng.standard_normal(x_lab.shape), cache_small)
+moved = [k for k in range(small.num_classes + 1) if np.any(g_small["label.table"][k])]
+check("in the whole network's backward only the table rows of the batch's labels get a gradient", moved == [3],
+      f"rows with a gradient: {moved} (the batch asked for 3 twice)")
+
+# ---------------------------------------------------------------------------------------------------
+section("4. Where the parameters are")
 # Counting by hand, for a layer from c_in to c_out channels (E = time-embedding width, k x k kernels):
 #     conv k x k   k^2 c_in c_out + c_out          linear d_in -> d_out   d_in d_out + d_out
 #     groupnorm    2 c (a scale and a shift per channel)
@@ -317,7 +390,7 @@ check("the parameter count by formula matches init_params, part by part",
       f"{total:,} parameters" + (f"; mismatched parts {mismatch}" if mismatch else ""))
 
 # ---------------------------------------------------------------------------------------------------
-section("4. The whole network's backward, checked by finite differences")
+section("5. The whole network's backward, checked by finite differences")
 # tinyddpm.gradcheck.unet_case: a tiny U-Net (8x8 images, two levels, attention, dropout on, class labels) in
 # float64, with every zero-initialised tensor made random so that every path carries gradient. The image and
 # every one of the parameter tensors are checked at a few random entries each.
@@ -331,7 +404,7 @@ check(f"gradient check of the whole U-Net ({len(errors)} tensors, {UNET_ENTRIES}
       f"worst {worst}: {errors[worst]:.1e} (limit {BLOCK_TOLERANCE:.0e}), {time.perf_counter() - tic:.1f} s")
 
 # ---------------------------------------------------------------------------------------------------
-section("5. Pictures: the diagram, and a digit's feature maps at every level")
+section("6. Pictures: the diagram, and a digit's feature maps at every level")
 # The diagram: columns in the order the layers run, rows by the resolution of each layer's output.
 # A skip is a bracket from the layer that pushed it to the ResBlock that concatenates it: both sit on
 # the same row, because concatenation needs equal sizes.
