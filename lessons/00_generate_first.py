@@ -23,8 +23,10 @@ Figures (in lessons/output/00_generate_first/)
 Try this
   1. run:    set SEED = 1 at the top and rerun: other digits. Set it back to 0: the first pictures return,
              pixel for pixel. Which checks tell you so?
-  2. modify: set STEPS = 1. Predict what a single step returns (print the network's guess at t = 999 and
-             compare), and why it looks like a blurred average of all the ways to write each digit.
+  2. modify: set STEPS = 1: the one step returns the network's guess x0_hat at t = 999. The best possible guess
+             from pure noise is the average of all the ways to write the digit, a blur. Predict what this network's
+             guess looks like instead, knowing x0_hat = (x_T - sqrt(1 - abar) eps_hat) / sqrt(abar) and
+             sqrt(abar_999) = 0.0064. How many steps does it take before digits appear?
   3. create: write draw_number("2025") that draws a number as one image, its digits side by side, with a single
              call of the sampling loop, and save it. Is each digit the same as when you draw it alone from the
              same starting noise?
