@@ -23,7 +23,8 @@ LESSONS = Path(__file__).resolve().parent
 REPO = LESSONS.parent
 FAST = "--fast" in sys.argv[1:] or os.environ.get("TINYDDPM_LESSON_FAST", "") not in ("", "0")
 
-# The network examples/train_mnist.py writes (its CPU preset makes good digits in about 6 minutes).
+# The network examples/train_mnist.py writes (its CPU preset, 3,200 steps, makes good digits in about 11 minutes:
+# 655 s on an idle 2-core machine).
 EXAMPLE_CHECKPOINT = REPO / "runs" / "mnist" / "checkpoint.npz"
 
 _failures: list[str] = []
@@ -120,7 +121,7 @@ def lesson_train_config():
     puts its width lower down (16 and 32 channels at 14 x 14 and 7 x 7): 161k parameters, ~150 ms per step
     of 32 images. Min-SNR-5 loss weights (Hang et al. 2023) speed up early training. Measured at 400 steps
     (DPM-Solver++ 20 steps, 100 samples): 34% of digits read as the requested one at guidance 2.5, 21% at 1;
-    the CPU preset of examples/train_mnist.py (about 6 minutes) reaches 99%. 360 steps keep lesson 15's first run,
+    the CPU preset of examples/train_mnist.py (about 11 minutes) reaches 99%. 360 steps keep lesson 15's first run,
     which may have to train this network and a classifier, under two minutes.
     """
     from tinyddpm.config import preset
@@ -169,7 +170,7 @@ def train_first_note(where: str) -> None:
     if not uses_small_network(where):
         return
     print("  NOTE: these digits come from the lessons' small network (about a minute of training): expect rough\n"
-          "  digits and smudges. For clean ones, train the real network once, about 6 minutes on 2 CPU cores:\n"
+          "  digits and smudges. For clean ones, train the real network once, about 11 minutes on 2 CPU cores:\n"
           "      python examples/train_mnist.py\n"
           f"  It writes {EXAMPLE_CHECKPOINT.relative_to(REPO)}, which this lesson and lessons 08-19 then use.")
 
