@@ -83,13 +83,14 @@ def panel(ax, x, title, rows=len(digits)):
 section("Exercise 1 (run): w = 15")
 # Guidance extrapolates eps_uncond + w (eps_cond - eps_uncond): at w = 15 the step moves 15 times as far along the
 # "make it more like the label" direction as the network's own conditional prediction does. That pushes the x0
-# estimate beyond the data range at every step; static clipping cuts it back to [-1, 1], so more and more pixels
-# sit at exactly -1 or +1: the digits saturate. Accuracy is already at its ceiling by w = 4 to 7 - the classifier
-# reads a clear digit - so more guidance cannot raise it. What the exercise calls "all alike" needs care: with
-# examples/train_mnist.py's network (DPM-Solver++, 10 steps) the w = 15 digits are not smoother copies of one
-# template but break up - speckles, blotches, broken strokes - and those artifacts differ from sample to sample,
-# so the lesson's pixel diversity stops falling (it rose from 0.55 at w = 7 to 0.59 at w = 15). Saturation and
-# artifacts, not uniformity, are what too much guidance looks like here.
+# estimate beyond the data range at every step; static clipping cuts it back to [-1, 1], so many more pixels sit at
+# exactly -1 or +1: the digits saturate. Accuracy runs into its ceiling: with examples/train_mnist.py's network it
+# is 100% from w = 4 on, so w = 15 cannot raise it; with the lessons' small network it still creeps up (60% -> 68%
+# from w = 7 to 15 in our run) but gains far less than from w = 1 to 7 - diminishing returns either way.
+# What the exercise calls "all alike" needs care: the w = 15 digits are not smoother copies of one template but
+# break up - speckles, blotches, broken strokes - and those artifacts differ from sample to sample, so the lesson's
+# pixel diversity stops falling (with the example's network it even rose, 0.55 at w = 7 to 0.59 at w = 15).
+# Saturation and artifacts, not uniformity, are what too much guidance looks like here.
 SCALES = (1.0, 4.0, 7.0, 15.0)
 samples = {w: sample(GuidedModel(model, w, null), x_T_tiled) for w in SCALES}
 stats = {w: (saturation(x), accuracy(x), diversity(x)) for w, x in samples.items()}
@@ -108,10 +109,12 @@ check("w = 15 is eps_uncond + 15 (eps_cond - eps_uncond), as GuidedModel compute
 if FAST:
     print("  (fast mode: the network is barely trained, so the trends are printed, not checked)")
 else:
-    check("past w = 7 the digits saturate: more pixels clipped to +-1 at w = 15 than at 7, and at 7 than at 1",
-          stats[15.0][0] > stats[7.0][0] > stats[1.0][0], f"{stats[1.0][0]:.1%} -> {stats[7.0][0]:.1%} -> {stats[15.0][0]:.1%}")
-    check("... while accuracy no longer improves: at w = 15 at most 5 points above w = 7",
-          stats[15.0][1] <= stats[7.0][1] + 0.05, f"{stats[7.0][1]:.1%} at 7, {stats[15.0][1]:.1%} at 15")
+    check("past w = 7 the digits saturate: over 5 points more pixels clipped to +-1 at w = 15 than at 7",
+          stats[15.0][0] > stats[7.0][0] + 0.05, f"{stats[1.0][0]:.1%} at 1, {stats[7.0][0]:.1%} at 7, "
+          f"{stats[15.0][0]:.1%} at 15")
+    check("... while accuracy has hit diminishing returns: it gains less from w = 7 to 15 than from 1 to 7",
+          stats[15.0][1] - stats[7.0][1] < stats[7.0][1] - stats[1.0][1],
+          f"{stats[1.0][1]:.1%} at 1, {stats[7.0][1]:.1%} at 7, {stats[15.0][1]:.1%} at 15")
     check("... and diversity stops falling: past w = 7 it drops by less than 0.05 (the artifacts differ per sample)",
           stats[15.0][2] > stats[7.0][2] - 0.05, f"{stats[1.0][2]:.3f} at 1, {stats[7.0][2]:.3f} at 7, "
           f"{stats[15.0][2]:.3f} at 15")
