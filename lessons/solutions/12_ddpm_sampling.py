@@ -140,7 +140,8 @@ section("Exercise 2 (modify): noise added at t = 0 too")
 # abar_{-1} = 1: adding sigma_0 z = 0 * z changes nothing, bit for bit (one extra draw from the generator, after the
 # last step, which nothing reads). fixed_large: sigma_0 = sqrt(beta_0) = 0.01 (0.03 for fast mode's 100-step
 # schedule), so the finished digits get a faint layer of noise that no later step removes. Which checks notice:
-# "the samples lie in [-1, 1]" fails (the clipped background at -1 plus noise goes below -1), and so does
+# "the samples lie in [-1, 1]" fails when the digits touch -1 or +1 (a trained network's clipped background at -1,
+# plus noise, goes below -1; the lessons' small network stays inside and passes it), and so does
 # "ddpm_in_the_open == tinyddpm's ddpm_sample" for fixed_large (ddpm_sample adds no noise at t = 0). The Gaussian
 # N(MU, S^2) check still passes: 0.01^2 more variance moves the std by 1e-4, far inside its tolerance.
 rng_t0 = np.random.default_rng(4)
@@ -150,11 +151,16 @@ noisy_small = mean_last[:K] + sigma0["fixed_small"] * z0[:K]
 noisy_large = mean_last[K:] + sigma0["fixed_large"] * z0[K:]
 check("fixed_small: beta_tilde_0 = 0, so noise at t = 0 leaves the digits exactly as they were",
       sigma0["fixed_small"] == 0.0 and np.array_equal(noisy_small, samples_small), "max |difference| 0")
-inside = float(np.abs(samples_large).max())
-outside = float(np.abs(noisy_large).max())
-check("fixed_large: noise of std sqrt(beta_0) at t = 0 pushes pixels out of [-1, 1] (the lesson's range check fails)",
-      inside <= 1.0 < outside, f"sigma_0 = {sigma0['fixed_large']:.4f}; max |x| {inside:.4f} without, {outside:.4f} with")
-
+added = (noisy_large - samples_large).astype(np.float64)
+check("fixed_large: noise at t = 0 leaves a layer of std sqrt(beta_0) on the finished digits (within 5%)",
+      abs(added.std() / sigma0["fixed_large"] - 1) < 0.05, f"std {added.std():.4f}, sqrt(beta_0) = {sigma0['fixed_large']:.4f}")
+inside, outside = float(np.abs(samples_large).max()), float(np.abs(noisy_large).max())
+if inside == 1.0:        # the clipped x0_hat touches -1 or +1 (a trained network's background does): noise crosses
+    check("... which pushes pixels out of [-1, 1]: the lesson's range check fails", outside > 1.0,
+          f"max |x| {inside:.4f} without, {outside:.4f} with")
+else:
+    print(f"  (this network's samples stay inside (-1, 1), max |x| {inside:.3f}, so the range check would not notice "
+          f"here: {outside:.3f} with the noise; examples/train_mnist.py's digits touch -1 and it does)")
 
 def ddpm_noise_at_zero(model, schedule, x_T, variance, seed):
     """The lesson's ddpm_in_the_open with both `if t > 0` removed (no clipping, as its Gaussian runs)."""
