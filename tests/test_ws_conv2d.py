@@ -18,8 +18,10 @@ from tinyddpm.ops.ws_conv2d import ws_conv2d_backward, ws_conv2d_forward
 @example(n=2, c=3, f=4, h=6, w=5, k=3, stride=1, padding=None, bias=True, scale=1.0, seed=0)
 @example(n=1, c=2, f=2, h=7, w=7, k=3, stride=2, padding=1, bias=False, scale=0.1, seed=1)
 def test_gradcheck(n, c, f, h, w, k, stride, padding, bias, scale, seed):
-    if c * k * k == 1:
-        c = 2  # one entry per filter standardises to 0 whatever w is: see test_constant_filter
+    if c * k * k <= 2:
+        # a filter of one or two entries standardises to a constant (0, or +-1 up to eps) whatever w is: its
+        # true gradient is O(eps), below what a finite difference resolves (test_constant_filter covers it)
+        c = 3
     p = k // 2 if padding is None else padding
     h, w = max(h, k - 2 * p), max(w, k - 2 * p)
     rng = np.random.default_rng(seed)
