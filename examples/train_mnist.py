@@ -38,6 +38,7 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -50,12 +51,16 @@ from tinyddpm.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from tinyddpm.data import SOURCES, DownloadError, FallbackUnavailable, load_mnist
 from tinyddpm.diffusion import SAMPLERS, Trajectory, max_steps
 from tinyddpm import PRESETS, default_preset, new_state, preset, resume_state, sample_digits, train
+from tinyddpm.blocks import ACTIVATIONS, DOWNSAMPLES, UPSAMPLES
 from tinyddpm.unet import count_params
 from tinyddpm import viz
 
 PROG = "train_mnist.py"
 # Options that define the run: a resumed run takes them from the checkpoint and refuses new values.
-RUN_OPTIONS = {"preset": "preset", "batch_size": "batch-size", "lr": "lr", "seed": "seed"}
+RUN_OPTIONS = {"preset": "preset", "batch_size": "batch-size", "lr": "lr", "seed": "seed",
+               "activation": "activation", "weight_standardisation": "weight-standardisation",
+               "downsample": "downsample", "upsample": "upsample"}
+BLOCK_OPTIONS = ("activation", "weight_standardisation", "downsample", "upsample")   # UNetConfig fields
 GIF_PER_DIGIT = 4
 PICTURE_BYTES = 20_000_000   # room for samples.png, denoising.gif, loss.png and the previews, generously
 DEBUG = os.environ.get("TINYDDPM_DEBUG", "") not in ("", "0")   # or --debug: tracebacks too
@@ -86,6 +91,14 @@ def parse_args(argv=None):
     p.add_argument("--guidance", type=number(), default=None, help="final guidance scale (default: the preset's)")
     p.add_argument("--n-per-digit", type=integer(1), default=None, help="samples per digit in samples.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    blocks = p.add_argument_group("U-Net building blocks (default: the preset's, i.e. Ho et al.'s network)")
+    blocks.add_argument("--activation", choices=sorted(ACTIVATIONS), default=None, help="every nonlinearity")
+    blocks.add_argument("--weight-standardisation", action="store_const", const=True, default=None,
+                        help="weight-standardised conv1 in every ResBlock")
+    blocks.add_argument("--downsample", choices=DOWNSAMPLES, default=None,
+                        help="3x3 stride-2 conv, or space-to-depth then a 1x1 conv")
+    blocks.add_argument("--upsample", choices=UPSAMPLES, default=None,
+                        help="nearest x2 then a 3x3 conv, or a 4x4 stride-2 transposed conv")
     return p.parse_args(argv)
 
 
@@ -110,6 +123,9 @@ def build_state(args, data):
         return state
     overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
                                    ("seed", args.seed)) if v is not None}
+    blocks = {k: getattr(args, k) for k in BLOCK_OPTIONS if getattr(args, k) is not None}
+    if blocks:
+        overrides["unet"] = replace(PRESETS[config_name(args)].unet, **blocks)
     with blame("", ValueError):   # the options against each other (TrainConfig.validate)
         config = preset(config_name(args), **overrides, **bookkeeping)
     if config.batch_size > len(data):

@@ -117,6 +117,21 @@ def test_stop_and_resume_through_the_script(data_dir, tmp_path, capsys):
     assert ckpt.step == 4 and len(ckpt.extra["losses"]) == 4 and (tmp_path / "samples.png").is_file()
 
 
+def test_block_options_through_the_script(data_dir, tmp_path, capsys):
+    train_mnist = load_example("train_mnist")
+    common = ["--data-dir", str(data_dir), "--source", "idx", "--out", str(tmp_path), "--device", DEVICE,
+              "--no-progress", "--sample-every", "0", "--preset", "tiny", "--until", "2"]
+    blocks = ["--activation", "gelu", "--weight-standardisation", "--downsample", "space_to_depth",
+              "--upsample", "transposed"]
+    assert train_mnist.main([*common, *blocks]) == 0
+    unet = load_checkpoint(tmp_path / "checkpoint.npz").config["train"]["unet"]
+    assert (unet["activation"], unet["weight_standardisation"], unet["downsample"], unet["upsample"]) == \
+        ("gelu", True, "space_to_depth", "transposed")
+    capsys.readouterr()
+    assert train_mnist.main(["--resume", "--activation", "silu", *common[:-3]]) == 2
+    assert "--activation cannot change on --resume" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------------
 # the pictures (tinyddpm.viz additions)
 # --------------------------------------------------------------------------------------------
