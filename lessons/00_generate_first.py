@@ -12,7 +12,8 @@ otherwise the lessons' small network, trained here once in about a minute, which
 better one run `python examples/train_mnist.py` (about 11 minutes on 2 CPU cores), then rerun this lesson.
 
 Run it
-  python lessons/00_generate_first.py          # ~20 s on 2 CPU cores (plus ~1 min once if no network exists yet)
+  python lessons/00_generate_first.py          # under a minute on 2 CPU cores (plus ~1 min once if no network
+                                               # exists yet)
   python lessons/00_generate_first.py --fast   # tiny sizes, the same code paths (what the tests run)
 
 Figures (in lessons/output/00_generate_first/)

@@ -21,7 +21,7 @@ tinyddpm's arrays count from 0 (lessons 01 and 12), so the paper's beta_t is sch
 below pads every table with a 0-th entry (beta_0 = 0, abar_0 = 1) so that it reads like the paper.
 
 Run it
-  python lessons/09_elbo.py          # about 20 s on 2 CPU cores (plus ~1 min once if no network exists yet)
+  python lessons/09_elbo.py          # about 10 s on 2 CPU cores (plus ~1 min once if no network exists yet)
   python lessons/09_elbo.py --fast   # tiny sizes, the same code paths (what the tests run)
 
 Figures (in lessons/output/09_elbo/)
