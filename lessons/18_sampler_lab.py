@@ -85,10 +85,12 @@ print(f"  judge: {judge_name}")
 
 
 def sample(steps, seed=SEED, eta=ETA, digits=labels, callback=None):
-    """DDIM samples of `digits` from the noise of `seed` (as tinyddpm samples: x0_hat clipped to [-1, 1])."""
+    """DDIM samples of `digits` from the noise of `seed` (as tinyddpm samples: x0_hat clipped to [-1, 1]). Each step
+    lands on the next timestep the run visits (prev_timestep="next"), so any step count works, not only divisors of T
+    (lesson 13, exercise 2)."""
     return ddim_sample(model, schedule, (len(digits), 1, 28, 28), num_steps=steps, eta=eta, labels=digits,
-                       seed=seed, dtype=dtype, clip="static", use_clipped_model_output=True, callback=callback,
-                       progress=False)
+                       seed=seed, dtype=dtype, clip="static", use_clipped_model_output=True, prev_timestep="next",
+                       callback=callback, progress=False)
 
 
 def sureness(images, digits):

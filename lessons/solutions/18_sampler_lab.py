@@ -50,7 +50,7 @@ def sample(steps, seed=0, eta=0.0, digits=DIGITS, callback=None, x_T=None):
     """The lab's sampler: DDIM from the noise of `seed` (or x_T), x0_hat clipped, eps re-derived from it."""
     return ddim_sample(model, schedule, None if x_T is not None else (len(digits), 1, 28, 28), num_steps=steps,
                        eta=eta, labels=digits, seed=seed, x_T=x_T, dtype=dtype, clip="static",
-                       use_clipped_model_output=True, callback=callback, progress=False)
+                       use_clipped_model_output=True, prev_timestep="next", callback=callback, progress=False)
 
 
 def rms(a, b):
