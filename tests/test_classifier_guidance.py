@@ -147,6 +147,17 @@ def test_matches_torch(torch):
         assert oracle_error(grads[k], p[k].grad) < ORACLE_TOLERANCE, k
 
 
+def test_gradient_fn_in_shards_is_one_call():
+    """gradient_fn cuts the batch into shards run in parallel threads: the same rows, up to round-off."""
+    rng = np.random.default_rng(4)
+    params = tiny_params(tiny_config(), 4)
+    x, t, labels = randn(rng, 5, 1, 8, 8), ints(rng, 1000, 5), ints(rng, 3, 5)
+    want, _ = input_gradient(params, x, t, labels)
+    for shards in (1, 2, 3):
+        np.testing.assert_allclose(to_numpy(gradient_fn(params, shards)(x, t, labels)), to_numpy(want),
+                                   rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_dtypes_and_shapes(dtype):
     cfg = tiny_config()

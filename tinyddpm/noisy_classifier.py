@@ -229,10 +229,20 @@ def input_gradient(params: dict, x_t, t, labels):
     return dx.astype(x_t.dtype, copy=False), log_p
 
 
-def gradient_fn(params: dict):
-    """grad(x_t, t, labels) -> grad_x log p(y | x_t, t): the callable ClassifierGuidedModel asks for."""
+def gradient_fn(params: dict, shards: int | None = None):
+    """grad(x_t, t, labels) -> grad_x log p(y | x_t, t): the callable ClassifierGuidedModel asks for.
+
+    On the CPU the batch is cut into ``shards`` (None: one per core) run in parallel threads with BLAS held to one
+    thread, as the U-Net's forward is when sampling (tinyddpm/parallel.py): the rows are independent, so the
+    gradients are those of one call, up to float round-off. On CuPy, one call.
+    """
+    from .parallel import default_shards, run_sharded, shard_slices
+
     def grad(x_t, t, labels):
-        return input_gradient(params, x_t, t, labels)[0]
+        xp = get_xp(x_t)
+        parts = shard_slices(x_t.shape[0], 1 if xp is not np else (shards or default_shards()))
+        outs = run_sharded(lambda part: input_gradient(params, x_t[part], t[part], labels[part])[0], parts)
+        return outs[0] if len(outs) == 1 else xp.concatenate(outs)      # (N, C, H, W)
     return grad
 
 
