@@ -21,7 +21,8 @@ Figures (in lessons/output/01_noise_schedules/):
 
 Try this:
   1. run:    set T = 100 at the top and rerun. Every check still passes; compare the crossing points as a
-             fraction t / T with the T = 1000 table - the cosine and sigmoid ones barely move.
+             fraction t / T with the T = 1000 table - all three barely move, the linear one too, because
+             linear_betas scales its betas by 1000 / T (without that, T = 100 would leave abar_99 ~ 0.36).
   2. modify: delete the clip np.minimum(..., 0.999) in the cosine derivation. Predict which checks fail,
              then print abar_cos[-1] and its log SNR: why would a step with beta = 1 break sampling?
   3. create: write your own schedule - e.g. Stable Diffusion's "scaled linear" betas,

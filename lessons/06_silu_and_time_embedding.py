@@ -18,8 +18,9 @@ Figures (in lessons/output/06_silu_and_time_embedding/):
 
 Try this
  1. run:    python lessons/06_silu_and_time_embedding.py --fast (T = 200, dim 32) and compare
-            similarity.png with the full run: with 16 frequencies instead of 64 the curve is bumpier
-            and far-apart timesteps stay more alike.
+            similarity.png with the full run: with 16 frequencies instead of 64 the curve is bumpier, so a
+            farther timestep can be more alike than a nearer one. Compare at equal lags (fast mode only
+            reaches lag 199).
  2. modify: set MAX_PERIOD = 100.0 at the top. Predict: the slow columns (the right side of the sine
             half and of the cosine half of timestep_embedding.png) now wiggle within 1000 steps, so the
             far-lag similarity drops towards 0 and distant timesteps can look alike by accident.

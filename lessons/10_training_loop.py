@@ -23,7 +23,7 @@ Try this
              timesteps gained most in loss_per_timestep.png?
   2. modify: in section 3's config, change ema_decay=0.99 to ema_decay=0.999. Predict the orange curve in
              loss_curve.png and whether the EMA weights still beat the raw ones per timestep (how many steps
-             does a 0.999 average remember?).
+             does a 0.999 average remember? Mind the EMA warm-up: the decay is min(d, (1 + n) / (10 + n))).
   3. create: train with prediction="x0" in the config (the network outputs x0 itself; see
              tinyddpm.diffusion.training_target) and compare its per-timestep error in x0 space with this
              lesson's noise-predicting network.

@@ -28,7 +28,7 @@ Try this
              the digits and the late frames of trajectory.png change with the larger noise.
   2. modify: in ddpm_in_the_open, add the noise at t = 0 too (remove both `if t > 0`). Predict what changes
              with VARIANCE = "fixed_small" (what is beta_tilde_0?) and with "fixed_large", and which check
-             notices.
+             notices (the range check only can when the digits touch -1 or 1).
   3. create: write a "skipping" DDPM that visits only every 10th timestep: build a new beta for each jump,
              beta'_k = 1 - abar_{t_k} / abar_{t_{k-1}}, and reuse the posterior formulas with it. Compare its
              100-step digits with the 1000-step ones, and with tinyddpm's ddim_sample(..., eta=1.0), which

@@ -21,8 +21,9 @@ Figures (in lessons/output/11_ddim/)
   spacing_samples.png   a few-step run with each spacing, the same starting noise
 
 Try this
-  1. run:    set STEP_COUNTS = (1, 2, 3, 5) and rerun. One step is x0_hat at t = 999: a blurry average
-             digit. Watch where the digits become recognisable.
+  1. run:    set STEP_COUNTS = (1, 2, 3, 5) and rerun. One step is the clipped x0_hat at t = 999. The ideal
+             estimate there is a blurry average digit, but a noise-predicting network's x0_hat divides its
+             error by sqrt(abar_999) = 0.0064: mostly +-1 noise. Watch where the digits become recognisable.
   2. modify: in ddim(), pass prev_timestep="next". 'linspace' with 5 steps calls the model at 999 749 500
              250 0, but each step lands on t - 1000 // 5 (999 -> 799); with "next" it lands where the next
              call is (749). Predict whether the 'linspace' row of spacing_samples.png improves, then look.

@@ -22,8 +22,9 @@ Figures (in lessons/output/13_interpolation/)
 Try this
   1. run:    set SAMPLER_STEPS = 5 and rerun. Does the morph stay smooth with a coarse sampler? Compare the
              neighbour distances printed in section 4.
-  2. modify: in section 4 replace slerp by lerp followed by rescaling each noise to norm sqrt(d)
-             (x * sqrt(d) / |x|). Predict: does the lerp row then look like the slerp row?
+  2. modify: in section 4 replace slerp by lerp followed by rescaling each noise to the norm its ends
+             interpolate, (1 - w)|a| + w|b| (rescaling to exactly sqrt(d) would move the end images too:
+             |a| and |b| are sqrt(d) only on average). Predict: does the lerp row then look like slerp's?
   3. create: interpolate between two digits instead of two noises: keep one noise and mix the conditional
              predictions for labels 3 and 8 with weights (1 - w, w) in a small model(x_t, t, labels) wrapper
              (as GuidedModel mixes two predictions); draw the 3 -> 8 strip.
