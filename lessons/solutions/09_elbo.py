@@ -100,8 +100,9 @@ section('Exercise 1 (run): SCHEDULE = "cosine"')
 # ~1e-8, and L_T, which is about abar_T x_0^2 / 2 for small abar_T, all but vanishes (linear: abar_T = 4e-5). lambda_t
 # still falls from t = 2 across the body of the schedule, but not "by ~60 to t = T": its last step has beta_T = 0.999,
 # alpha_T = 0.001, and lambda_T = beta_T / (2 alpha_T (1 - abar_{T-1})) ~ 500, the largest weight of all. That step is
-# what the clip makes: nearly a whole image's worth of noise added at once. Everything else of the lesson holds: the
-# bound is still below the exact likelihood.
+# what the clip makes: nearly a whole image's worth of noise added at once. So the lesson's check "lambda_t is
+# largest at the nearly clean end" fails with cosine. Everything else of the lesson holds: the bound is still below the
+# exact likelihood.
 tb_lin, tb_cos = tables("linear", "beta_tilde"), tables("cosine", "beta_tilde")
 LT_lin, LT_cos = bound_terms(x0_data, tb_lin)[0].mean(), bound_terms(x0_data, tb_cos)[0].mean()
 print(f"  abar_T: linear {tb_lin['abar'][T]:.1e}, cosine {tb_cos['abar'][T]:.1e}; L_T on average: linear {LT_lin:.1e}, "
