@@ -23,7 +23,8 @@ Try this
  2. modify: set GAMMA = 0.0 at the top. Predict head 0's map: the same for every query (the distance
             term is gone), all fully inked pixels equally bright, so head 0 outputs one number everywhere.
  3. create: add a third head (C = 12, heads = 3) that attends to the pixels in the query's row: score
-            -G (r_i - r_j)^2, made from q = [2G r_i, -G] and k = [r_j, r_j^2] as head 0 does. Draw its map.
+            -G (r_i - r_j)^2, made from q = [2G r_i, -G] and k = [r_j, r_j^2] as head 0 does, with G large
+            enough that the row stands out (at G = GAMMA = 0.1 it spreads over a band of rows). Draw its map.
 """
 import time
 

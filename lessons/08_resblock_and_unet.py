@@ -24,9 +24,12 @@ Try this
              channels; find which part now holds most of the parameters, and compare with the cpu preset.
   2. modify: in section 1's backward, write `dx = dx_main` instead of `dx = dx_main + dx_skip`. Predict which
              checks fail and roughly how large the error becomes (how much of dx flows through the skip?).
+             (The finite-difference check tests tinyddpm's block, not yours: only the comparison of your
+             op-by-op backward with tinyddpm's can notice.)
   3. create: write a function that counts the multiply-adds of every convolution in plan(cfg) for one 28x28
-             image (a 3x3 conv from Ci to Co channels at size S costs 9 Ci Co S^2). Which level costs the
-             most compute, and is it the level that holds the most parameters?
+             image (a 3x3 conv from Ci to Co channels at output size S costs 9 Ci Co S^2; count each conv,
+             the stride-2 and upsampling ones too, at its output resolution). Which level costs the most
+             compute, and is it the level that holds the most parameters?
 """
 import time
 

@@ -23,7 +23,7 @@ Figures (in lessons/output/15_guidance/)
 
 Try this
   1. run:    add w = 15 to SCALES and rerun. Look at the strokes in guidance_grid.png: past some scale the
-             digits saturate (thick, blocky, all alike) while accuracy no longer improves.
+             digits break up (speckles, blotches) while accuracy gains less and less.
   2. modify: in the sampling section give every digit row its own noise (draw x_T for all images instead of
              tiling NOISES). Predict what happens to the w = 0 panel, which now has identical rows.
   3. create: guidance that grows over the run: a small class whose __call__(x_t, t, labels) picks
