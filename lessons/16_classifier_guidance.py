@@ -31,8 +31,9 @@ The math
       grad_x log p_t(y | x) = (a / v) (m_y - sum_k p_t(k | x) m_k)
 
 Run it
-  python lessons/16_classifier_guidance.py          # about a minute on 2 CPU cores (more once if the network,
-                                                    # the noisy classifier or the judge has to be trained first)
+  python lessons/16_classifier_guidance.py          # about a minute on 2 CPU cores (59 s on a shared 2-core
+                                                    # machine); the first run on a fresh machine also trains the
+                                                    # network, the noisy classifier and the judge (~3 min of CPU)
   python lessons/16_classifier_guidance.py --fast   # tiny sizes, the same code paths (what the tests run)
 
 Figures (in lessons/output/16_classifier_guidance/)
