@@ -22,7 +22,9 @@ p_t(x) p_phi(y | x, t)^s is grad log p_t(x) + s grad_x log p_phi(y | x, t). So
 
     eps_hat = eps_theta(x_t, t, y) - s b grad_x log p_phi(y | x_t, t)          (s >= 0, the scale)
 
-s = 0 leaves the model as it is; larger s samples (roughly, as for classifier-free guidance) p(x) p(y | x)^s.
+s = 0 leaves the model as it is. With the exact scores, s = 1 samples p(x | y) exactly (Bayes' rule for scores);
+larger s makes the class surer, but it does not sample p(x) p(y | x)^s: p_t(x) p_t(y | x)^s is not the noised
+tilted density (noising and the power do not commute), and lesson 16 measures the gap on a 1-D mixture.
 The model under the gradient may be conditional or not: with a GuidedModel at w = 0 underneath, it is the
 unconditional network steered by the classifier alone (the paper's unconditional ImageNet model).
 
