@@ -195,8 +195,13 @@ for name, steer in (("noisy", gradient_fn(noisy)), ("clean", clean_gradient_fn(j
     read_noisy[name] = float(np.mean(logits.argmax(axis=1) == requested))
     print(f"    guided by the {name} classifier, s = {S:g}: read right by the clean classifier "
           f"{read_clean[name]:6.1%}, by the noisy one at t = 0 {read_noisy[name]:6.1%}")
-if FAST:
-    print("  (fast mode: barely trained models, so the comparison is not checked)")
+# The ranking below needs digits clean enough to read and readers good enough to read them: the example's network
+# with tinyddpm's two classifiers. With the lessons' one-minute network and their lighter classifiers (a fresh
+# machine) the readings are too rough to rank the two guides (one such run: 62% and 68%, the other way round).
+strong = "examples/train_mnist.py" in where and noisy_name.startswith("tinyddpm") and judge_name.startswith("tinyddpm")
+if not strong:
+    print("  (the comparison is checked with the example's network and tinyddpm's classifiers; here "
+          f"{'fast mode uses barely trained models' if FAST else 'lighter ones stand in'}, so it is only printed)")
 else:
     # Where it fails: at large t the clean classifier reads noise it never saw (the lesson's accuracy_vs_t.png: 25%
     # at t = 500), so the early steps, which fix a digit's shape, are steered by a gradient that means little; what
