@@ -9,7 +9,7 @@
     ddpm.py, ddim.py, dpm_solver.py   the samplers: DDPMSampler, DDIMSampler, DPMSolverSampler, each with
                         step(model_output, t, x_t, rng), and ddpm_sample, ddim_sample, dpm_solver_sample
     samplers.py         a front door sample(method=...)
-    guidance.py         classifier-free guidance (GuidedModel)
+    guidance.py         classifier-free guidance (GuidedModel) and classifier guidance (ClassifierGuidedModel)
     interpolation.py    lerp / slerp of starting noise
 
 Conventions: timesteps are integers t = 0 .. T-1 (t = 0 the least noisy); a model is any callable
@@ -24,7 +24,7 @@ from .dpm_solver import (FINAL_SIGMAS, DPMSolverSampler, dpm_solver_first_order_
 from .forward_process import (LOSSES, PREDICTIONS, convert_prediction, diffusion_loss, eps_from_v, eps_from_x0,
                               min_snr_weights, q_sample, training_target, v_from_eps, v_from_x0, x0_from_eps,
                               x0_from_v)
-from .guidance import GuidedModel, cfg_combine
+from .guidance import ClassifierGuidedModel, GuidedModel, cfg_combine
 from .interpolation import interpolate_noise, lerp, slerp
 from .loop import ModelCall, Sampler, Step, StepOutput, Trajectory, run_sampler
 from .samplers import SAMPLERS, max_steps, sample
@@ -35,7 +35,7 @@ from .timesteps import (PREV_RULES, SPACINGS, ddim_prev_timesteps, ddim_timestep
 
 __all__ = [
     "ARRAY_NAMES", "CLIP_MODES", "FINAL_SIGMAS", "LOSSES", "PREDICTIONS", "PREV_RULES", "SAMPLERS", "SCHEDULES",
-    "SPACINGS", "VARIANCES", "DDIMSampler", "DDPMSampler", "DPMSolverSampler", "GuidedModel",
+    "SPACINGS", "VARIANCES", "DDIMSampler", "DDPMSampler", "DPMSolverSampler", "GuidedModel", "ClassifierGuidedModel",
     "ModelCall", "Sampler", "Schedule", "Step", "StepOutput", "Trajectory", "betas_from_alpha_bar",
     "cfg_combine", "clip_x0", "convert_prediction", "cosine_betas", "ddim_prev_timesteps", "ddim_sample",
     "ddim_sigma", "ddim_step", "ddim_timesteps", "ddpm_sample", "ddpm_step", "diffusion_loss",
