@@ -83,20 +83,14 @@ def _im2col(a, kh, kw, stride, pad_h, pad_w, Ho, Wo):
     """
     xp = get_xp(a)
     C, N, H, W = a.shape
-    cols = xp.empty((C, kh, kw, N, Ho, Wo), dtype=a.dtype)  # (C, kh, kw, N, Ho, Wo), every entry written below
+    cols = xp.zeros((C, kh, kw, N, Ho, Wo), dtype=a.dtype)  # (C, kh, kw, N, Ho, Wo)
     for i in range(kh):  # a loop over kernel taps, not over pixels
         u0, u1, t0 = _valid(i, pad_h, H, stride, Ho)      # output rows [u0, u1) read input rows t0, t0+s, ...
         for j in range(kw):
             v0, v1, t0w = _valid(j, pad_w, W, stride, Wo)  # the same for columns
-            tap = cols[:, i, j]                            # (C, N, Ho, Wo)
             if u1 > u0 and v1 > v0:
-                tap[:, :, u0:u1, v0:v1] = a[:, :, t0:t0 + stride * (u1 - u0 - 1) + 1:stride,
-                                            t0w:t0w + stride * (v1 - v0 - 1) + 1:stride]
-            # the rest of the tap reads the zero padding: zero only that border, not the whole (K, L) matrix
-            tap[:, :, :u0] = 0
-            tap[:, :, u1:] = 0
-            tap[:, :, u0:u1, :v0] = 0
-            tap[:, :, u0:u1, v1:] = 0
+                cols[:, i, j, :, u0:u1, v0:v1] = a[:, :, t0:t0 + stride * (u1 - u0 - 1) + 1:stride,
+                                                   t0w:t0w + stride * (v1 - v0 - 1) + 1:stride]
     return cols.reshape(C * kh * kw, N * Ho * Wo)  # (K, L)
 
 
@@ -141,10 +135,8 @@ def conv2d_backward(dy, cache: Conv2dCache):
     db = dy2.sum(axis=1) if has_bias else None  # (F,)
     # in the forward pass this was: y = w.reshape(F, K) @ cols, so now we have:
     dw = xp.matmul(dy2, cols.T).reshape(w.shape)  # (F, L) @ (L, K) -> (F, C, k, k)
-    # and for x, a transposed convolution of dy, one stride-1 conv per phase (see docstring). The phases
-    # together write every entry of dx unless a phase has no taps (k=1, s=2): only then must dx start at 0.
-    no_taps = k < s
-    dx = (xp.zeros if no_taps else xp.empty)((N, C, H, W), dtype=dy.dtype)
+    # and for x, a transposed convolution of dy, one stride-1 conv per phase (see docstring)
+    dx = xp.zeros((N, C, H, W), dtype=dy.dtype)
     dxc = dx.transpose(1, 0, 2, 3)  # (C, N, H, W), a view: phases are written straight into dx
     for rh in range(s):      # row phase: dxpad rows t = s*q + rh
         for rw in range(s):  # column phase
