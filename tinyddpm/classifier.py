@@ -318,10 +318,10 @@ def train_classifier(images, labels, *, cfg: ClassifierConfig | None = None, epo
     return params, history
 
 
-def default_cache_dir() -> Path:
-    """$TINYDDPM_CACHE/classifier if that variable is set, else ~/.cache/tinyddpm/classifier."""
+def default_cache_dir(kind: str = "classifier") -> Path:
+    """$TINYDDPM_CACHE/<kind> if that variable is set, else ~/.cache/tinyddpm/<kind> (kind: the cached model's folder)."""
     root = os.environ.get("TINYDDPM_CACHE")
-    return Path(root) / "classifier" if root else Path.home() / ".cache" / "tinyddpm" / "classifier"
+    return (Path(root) if root else Path.home() / ".cache" / "tinyddpm") / kind
 
 
 def load_classifier(path, where: str = "load_classifier"):

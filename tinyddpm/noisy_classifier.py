@@ -52,7 +52,6 @@ PyTorch's autograd).
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -64,6 +63,7 @@ import numpy as np
 from .backend import device_xp, get_xp, make_rng, to_numpy
 from .checks import check_int, check_real
 from .classifier import CONV_LAYERS, ClassifierConfig, _weights_problem
+from .classifier import default_cache_dir as classifier_cache_dir
 from .classifier import init_params as init_base_params
 from .classifier import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from .ops import (add_backward, add_forward, conv2d_backward, conv2d_forward, linear_backward, linear_forward,
@@ -326,8 +326,7 @@ def train_noisy_classifier(images, labels, schedule, *, cfg: NoisyClassifierConf
 
 def default_cache_dir() -> Path:
     """$TINYDDPM_CACHE/noisy_classifier if that variable is set, else ~/.cache/tinyddpm/noisy_classifier."""
-    root = os.environ.get("TINYDDPM_CACHE")
-    return Path(root) / "noisy_classifier" if root else Path.home() / ".cache" / "tinyddpm" / "noisy_classifier"
+    return classifier_cache_dir("noisy_classifier")
 
 
 def cache_name(schedule) -> str:
