@@ -18,6 +18,10 @@ and if it does not, the parts after it are skipped with the reason:
     d  the 'gpu' preset trained for a wall-clock budget (--budget, default 120 s), then 1,000 guided
        samples (100 per digit): accuracy and FID-MNIST by tinyddpm's evaluation classifier, beside the
        real-vs-real floor at the same n
+    m  data parallel over MPI: examples/train_mnist.py (tiny preset, the shipped subset) on the device by one
+       process and by mpiexec -n 2: the same losses and weights, as tests/test_distributed.py checks on the CPU,
+       and the transport the two processes used (NCCL, or MPI on host copies); recorded as not run where mpi4py
+       or mpiexec is missing (pip install -e ".[mpi]")
     e  the report: OUT/report.md and OUT/report.json, rewritten after every part (a crash keeps what
        ran). The Markdown is printed at the end of stdout, its summary table last.
 
@@ -34,6 +38,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -60,9 +65,10 @@ import numpy as np  # noqa: E402
 import tinyddpm  # noqa: E402
 from tinyddpm import backend  # noqa: E402
 
-PARTS = ("a", "b", "c", "d")
+PARTS = ("a", "b", "c", "d", "m")
 TITLES = {"a": "tests on the device", "b": "CuPy vs NumPy parity", "c": "timings beside PyTorch",
-          "d": "train for a budget, then evaluate"}
+          "d": "train for a budget, then evaluate",
+          "m": "data parallel over MPI (mpiexec -n 2 vs 1)"}
 FAIL_HOOK = "GPU_SUITE_FAIL_PART"   # test hook: the part named here raises at its start
 MB = 2.0**20
 
@@ -132,14 +138,14 @@ class Sizes:
 
 # One H200, expected: start-up ~10 s, a <= 130 s (+ up to 20 s to stop pytest), b ~15 s, c ~30 s, d = the
 # training budget + ~40 s of evaluation. Part d's budget shrinks so that the run ends within total_s.
-FULL = Sizes(total_s=345, caps_s={"a": 130, "b": 60, "c": 75}, eval_reserve_s=60, eval_cap_s=100,
+FULL = Sizes(total_s=345, caps_s={"a": 130, "b": 60, "c": 75, "m": 120}, eval_reserve_s=60, eval_cap_s=100,
              min_train_s=30, budget_s=120,
              op_batch=64, op_quick=False, op_repeats=7, op_inner=3,
              train_batch=None, train_warmup=3, train_steps=7,
              sample_preset="gpu", sample_per_digit=10, ddpm_steps_timed=100,
              eval_preset="gpu", eval_batch=None, samples_per_digit=100, chunk_per_digit=20, classifier_quick=False)
 # The dry run takes ~20 s on an idle 2-core machine (~35 s on a busy one); its caps are loose backstops.
-DRY = Sizes(total_s=60, caps_s={"a": 60, "b": 60, "c": 120}, eval_reserve_s=10, eval_cap_s=60,
+DRY = Sizes(total_s=60, caps_s={"a": 60, "b": 60, "c": 120, "m": 120}, eval_reserve_s=10, eval_cap_s=60,
             min_train_s=1, budget_s=3,
             op_batch=2, op_quick=True, op_repeats=1, op_inner=1,
             train_batch=2, train_warmup=1, train_steps=1,
@@ -150,7 +156,7 @@ DRY = Sizes(total_s=60, caps_s={"a": 60, "b": 60, "c": 120}, eval_reserve_s=10, 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "gpu_suite", help="report folder")
-    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of a,b,c,d (e always)")
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset of a,b,c,d,m (e always)")
     parser.add_argument("--data-dir", default=None, help="folder of MNIST IDX files (default: the shipped subset)")
     parser.add_argument("--dry-run", action="store_true", help="NumPy stands in for CuPy, tiny sizes")
     parser.add_argument("--budget", type=float, default=None, help="part d's training budget in seconds "
@@ -163,7 +169,7 @@ def parse_args(argv=None):
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip() and p.strip() != "e"]
     unknown = sorted(set(args.parts) - set(PARTS))
     if unknown:
-        parser.error(f"unknown part(s) {unknown}; choose from a,b,c,d (e, the report, always runs)")
+        parser.error(f"unknown part(s) {unknown}; choose from a,b,c,d,m (e, the report, always runs)")
     return args
 
 
@@ -1045,7 +1051,7 @@ def part_d_train_eval(suite, res, cap):
     sz = suite.sizes
     train, test = suite.data()
     config = preset(sz.eval_preset, **({"batch_size": sz.eval_batch} if sz.eval_batch else {}))
-    left = suite.total - suite.elapsed() - sz.eval_reserve_s
+    left = suite.total - suite.elapsed() - sz.eval_reserve_s - (MPI_RESERVE_S if "m" in suite.args.parts else 0)
     budget = max(sz.min_train_s, min(suite.budget, left))
     res.update(preset=sz.eval_preset, batch=config.batch_size, budget_s=budget, budget_asked_s=suite.budget,
                data=train.source, sampler=config.sampler, sample_steps=config.sample_steps, guidance=config.guidance)
@@ -1091,6 +1097,56 @@ def part_d_train_eval(suite, res, cap):
     res["reference"] = f"the first {n} test digits ({test.source})"
     res["picture"] = save_grid(suite, x, requested)
     res["passed_checks"] = bool(np.isfinite(res["quality"]["fid"]) and res["steps"] > 0)
+
+
+# ---- part m: data parallel over MPI ------------------------------------------------------------------
+MPI_LOSS_LIMIT = 1e-5   # relative: only the order of the sums differs (tests/test_distributed.py says why)
+MPI_RESERVE_S = 40      # what part m is expected to take (two tiny runs): part d's budget leaves it free
+
+
+def find_mpiexec():
+    """The mpiexec beside this Python (mpich's wheel puts it in the environment's bin/), else the one on PATH."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
+
+
+def part_m_mpi(suite, res, cap):
+    """The tiny preset trained on the device by one process and by mpiexec -n 2; losses and weights compared."""
+    import importlib.util
+
+    from tinyddpm.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from tinyddpm.config import preset
+
+    mpiexec = find_mpiexec()
+    if importlib.util.find_spec("mpi4py") is None or mpiexec is None:
+        res["not_run"] = 'mpi4py or mpiexec is not installed (pip install -e ".[mpi]")'
+        return
+    script = REPO / "examples" / "train_mnist.py"
+    common = ["--preset", "tiny", "--source", "subset", "--no-progress", "--device", suite.gpu]
+    env = dict(os.environ, MPLBACKEND="Agg",
+               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+    checkpoints = {}
+    for n in (1, 2):
+        out = suite.out / f"mpi{n}"
+        command = ([mpiexec, "-n", "2"] if n == 2 else []) + [sys.executable, str(script), *common, "--out", str(out)]
+        t0 = time.perf_counter()
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=cap / 2)
+        res[f"seconds_{n}"] = round(time.perf_counter() - t0, 1)
+        if done.returncode != 0:
+            raise RuntimeError(f"{'mpiexec -n 2 ' if n == 2 else ''}train_mnist.py exited {done.returncode}: "
+                               f"{_tail(done.stderr or done.stdout, 1500)}")
+        if n == 2:   # the line rank 0 prints about the run: processes, threads, and how the sums travel
+            res["transport"] = "; ".join(ln.strip() for ln in done.stdout.splitlines() if "data parallel" in ln)
+        checkpoints[n] = load_checkpoint(out / CHECKPOINT_NAME, device="cpu")
+    one, two = checkpoints[1], checkpoints[2]
+    config = preset("tiny")
+    res["loss_rel"] = _rel_err(np.asarray(two.extra["losses"]), np.asarray(one.extra["losses"]))
+    res["loss_limit"] = MPI_LOSS_LIMIT
+    res["weights_limit"] = 0.01 * config.lr * config.steps   # 1% of one step per step
+    res["weights_worst"] = max(float(np.abs(one.params[k] - two.params[k]).max()) for k in one.params)
+    res["steps"] = (one.step, two.step)
+    res["passed_checks"] = (one.step == two.step == config.steps and res["loss_rel"] < MPI_LOSS_LIMIT
+                            and res["weights_worst"] < res["weights_limit"])
 
 
 def save_grid(suite, x, requested, per_row: int = 10):
@@ -1172,6 +1228,11 @@ def summary_line(key: str, entry: dict) -> str:
                 line += (f"; {r['samples']} samples: accuracy {100 * q['accuracy']:.1f}%, FID {_f(q['fid'])} "
                          f"(real-vs-real floor {_f(fl['fid'])})")
             return line
+        if key == "m" and "loss_rel" in r:
+            return (f"2 processes vs 1: losses {_f(r['loss_rel'], '.1e')} apart (limit {r['loss_limit']:.0e}), weights "
+                    f"{_f(r['weights_worst'], '.1e')} (limit {r['weights_limit']:.1e}); {r.get('transport') or 'transport not printed'}")
+        if key == "m" and "not_run" in r:
+            return r["not_run"]
     except (KeyError, TypeError) as e:
         return f"(summary unavailable: {e})"
     return ""
@@ -1306,13 +1367,25 @@ def render_d(r) -> list:
     return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
 
 
+def render_m(r) -> list:
+    if "not_run" in r:
+        return [f"Not run: {r['not_run']}."]
+    rows = [("command", "examples/train_mnist.py --preset tiny --source subset, alone and under mpiexec -n 2"),
+            ("seconds", f"1 process {r.get('seconds_1')}, 2 processes {r.get('seconds_2')}"),
+            ("losses", f"{_f(r.get('loss_rel'), '.1e')} relative apart (limit {r.get('loss_limit', 0):.0e})"),
+            ("weights", f"{_f(r.get('weights_worst'), '.1e')} largest difference (limit {r.get('weights_limit', 0):.1e}, "
+                        "1% of lr per step)"),
+            ("data parallel", r.get("transport") or "(no 'data parallel' line printed)")]
+    return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+
+
 def render_report(suite) -> str:
     h = suite.report["header"]
     lines = ["# tinyddpm GPU suite", ""]
     lines += [f"- **{k}**: {','.join(v) if isinstance(v, list) else v}" for k, v in h.items() if k != "argv"]
     lines += [f"- **wall time**: {suite.elapsed():.0f} s (target {suite.total:.0f} s)", ""]
     lines += ["## Summary", "", render_summary(suite), ""]
-    renderers = {"a": render_a, "b": render_b, "c": render_c, "d": render_d}
+    renderers = {"a": render_a, "b": render_b, "c": render_c, "d": render_d, "m": render_m}
     for key in PARTS:
         entry = suite.report["parts"].get(key)
         if entry is None:
@@ -1343,7 +1416,8 @@ def write_report(suite) -> str:
 
 # ======================================================================================================
 
-PART_FUNCTIONS = {"a": part_a_tests, "b": part_b_parity, "c": part_c_timings, "d": part_d_train_eval}
+PART_FUNCTIONS = {"a": part_a_tests, "b": part_b_parity, "c": part_c_timings, "d": part_d_train_eval,
+                  "m": part_m_mpi}
 
 
 def part_cap(suite, key: str) -> float:
