@@ -40,9 +40,9 @@ import numpy as np
 
 from _cli import (Parser, UserError, blame, check_out_dir, choose_device, current_device, integer, number,
                   numbers, run)
-from sample import classifier_guided_digits, load_guide
+from sample import load_guide
 
-from tinyddpm import backend
+from tinyddpm import backend, noisy_classifier
 from tinyddpm.checkpoint import CheckpointError
 from tinyddpm.classifier import BATCH_SIZE as CLASSIFIER_BATCH
 from tinyddpm.classifier import (CHECKPOINT_NAME, default_cache_dir, features, load_classifier,
@@ -215,14 +215,11 @@ def work(args) -> int:
     for sampler, steps in args.configs:
         for guidance, cg in settings:
             start = time.perf_counter()
-            if cg:   # classifier guidance at scale cg on the network at classifier-free scale `guidance`
-                x = classifier_guided_digits(params, config, schedule, range(10), args.n_per_digit, guide, cg,
-                                             sampler=sampler, steps=steps, guidance=guidance, seed=args.seed,
-                                             progress=True)
-            else:
-                x = sample_digits(params, config.unet, schedule, range(10), args.n_per_digit, sampler=sampler,
-                                  steps=steps, guidance=guidance, prediction=config.prediction, seed=args.seed,
-                                  progress=True)
+            # with cg: classifier guidance at scale cg on the network at classifier-free scale `guidance`
+            steer = {"classifier_grad": noisy_classifier.gradient_fn(guide), "classifier_scale": cg} if cg else {}
+            x = sample_digits(params, config.unet, schedule, range(10), args.n_per_digit, sampler=sampler,
+                              steps=steps, guidance=guidance, prediction=config.prediction, seed=args.seed,
+                              progress=True, **steer)
             x = backend.to_numpy(x)
             seconds = (time.perf_counter() - start) / len(x)
             q = sample_quality(features(classifier, x), reference, predict_proba(classifier, x), requested)

@@ -27,15 +27,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from _cli import Parser, UserError, blame, check_out_dir, choose_device, integer, number, run
 
 from tinyddpm import backend, noisy_classifier, viz
 from tinyddpm.checkpoint import CheckpointError
 from tinyddpm.data import SOURCES, DownloadError, FallbackUnavailable, load_mnist
-from tinyddpm.diffusion import SAMPLERS, GuidedModel, Trajectory, max_steps, sample
-from tinyddpm.diffusion.guidance import ClassifierGuidedModel
-from tinyddpm.unet import unet_model
+from tinyddpm.diffusion import SAMPLERS, Trajectory, max_steps
 from tinyddpm import load_for_sampling, sample_digits
 
 PROG = "sample.py"
@@ -122,36 +119,6 @@ def load_guide(args, schedule, unet_config):
     return params, info
 
 
-def classifier_guided_digits(params, config, schedule, digits, n_per_digit, guide, scale, *, sampler="dpm++2m",
-                             steps=20, guidance=0.0, seed=0, callback=None, callback_every=1, progress=False):
-    """Like tinyddpm.sample_digits, with classifier guidance on top: (len(digits) * n_per_digit, C, H, W).
-
-    The network runs at classifier-free scale ``guidance`` (0: unconditional, 1: conditional) and its
-    prediction is corrected by the noise-conditional classifier ``guide`` at ``scale``
-    (ClassifierGuidedModel). The starting noise for a seed is the one sample_digits draws.
-    """
-    xp = backend.device_xp()
-    labels = xp.asarray(np.repeat(np.asarray(digits, dtype=np.int64), n_per_digit))   # (N,) d0 d0 .. d1 d1 ..
-    net = unet_model(params, config.unet)
-    if config.unet.num_classes is None:
-        base = lambda x, t, labels: net(x, t, None)     # noqa: E731  an unconditional network reads no labels
-    else:
-        base = GuidedModel(net, guidance, config.unet.null_label)
-    model = ClassifierGuidedModel(base, noisy_classifier.gradient_fn(guide), schedule, scale,
-                                  prediction=config.prediction)
-    u = config.unet
-    extra = {"use_clipped_model_output": True} if sampler == "ddim" else {}   # as sample_digits does for DDIM
-    x = sample(model, schedule, (len(labels), u.image_channels, u.image_size, u.image_size), method=sampler,
-               num_steps=steps, labels=labels, prediction=config.prediction, clip="static", seed=seed,
-               dtype=params["conv_in.w"].dtype, callback=callback, callback_every=callback_every, progress=progress,
-               **extra)
-    bad = int((~xp.isfinite(x)).sum())   # one read-back per batch, at the end
-    if bad:
-        raise FloatingPointError(f"classifier guidance: {bad} of {x.size} sample values are NaN or infinite "
-                                 f"({sampler}, {steps} steps, guidance {guidance:g}, classifier scale {scale:g})")
-    return x
-
-
 def work(args) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "samples"
     check_out_dir("--out" if args.out else "the output folder (--out)", out)
@@ -171,14 +138,10 @@ def work(args) -> int:
     trajectory = Trajectory()
     start = time.perf_counter()
     every = max(1, num_steps // args.frames)
-    if guide is None:
-        x = sample_digits(params, config.unet, schedule, args.digits, args.n_per_digit, sampler=args.sampler,
-                          steps=num_steps, guidance=guidance, prediction=config.prediction, seed=args.seed,
-                          callback=trajectory, callback_every=every, progress=not args.no_progress)
-    else:
-        x = classifier_guided_digits(params, config, schedule, args.digits, args.n_per_digit, guide, cg,
-                                     sampler=args.sampler, steps=num_steps, guidance=guidance, seed=args.seed,
-                                     callback=trajectory, callback_every=every, progress=not args.no_progress)
+    steer = {} if guide is None else {"classifier_grad": noisy_classifier.gradient_fn(guide), "classifier_scale": cg}
+    x = sample_digits(params, config.unet, schedule, args.digits, args.n_per_digit, sampler=args.sampler,
+                      steps=num_steps, guidance=guidance, prediction=config.prediction, seed=args.seed,
+                      callback=trajectory, callback_every=every, progress=not args.no_progress, **steer)
     seconds = time.perf_counter() - start
 
     cg_part = "" if cg is None else f"_cg{cg:g}"

@@ -5,7 +5,8 @@
     # (16, 1, 28, 28), roughly in [-1, 1]: eight 3s, then eight 5s
 
 ``sample_digits`` builds the model callable (unet_model), wraps it in classifier-free guidance when the
-scale is not 1, and hands it to the samplers' front door (tinyddpm.diffusion.sample). ``write_preview``
+scale is not 1 and in classifier guidance when a classifier's gradient is given, and hands it to the samplers'
+front door (tinyddpm.diffusion.sample). ``write_preview``
 is the grid the training loop saves every ``sample_every`` steps.
 """
 from __future__ import annotations
@@ -16,19 +17,23 @@ import numpy as np
 
 from .backend import device_xp
 from .checks import check_choice, check_int, check_real
-from .diffusion import SAMPLERS, GuidedModel, Schedule, sample
+from .diffusion import SAMPLERS, ClassifierGuidedModel, GuidedModel, Schedule, sample
 from .unet import UNetConfig, unet_model
 
 
 def sample_digits(params: dict, unet_config: UNetConfig, schedule: Schedule, digits=range(10), n_per_digit: int = 1, *,
                   sampler: str = "dpm++2m", steps: int = 20, guidance: float = 2.0, prediction: str = "eps",
                   seed: int = 0, clip: str = "static", callback=None, callback_every: int = 1,
-                  progress: bool = False):
+                  progress: bool = False, classifier_grad=None, classifier_scale: float = 0.0):
     """Samples (len(digits) * n_per_digit, C, H, W) in [-1, 1] roughly, ``n_per_digit`` of each digit in turn.
 
     With ``guidance`` != 1 the conditional and unconditional predictions are mixed (GuidedModel);
     an unconditional network ignores ``digits`` except for the count. ``clip='static'`` clips every x0
     estimate to [-1, 1], which a briefly trained model needs (without it some samples stay noise).
+    With ``classifier_grad`` (grad(x_t, t, labels) -> grad_x log p(y | x_t, t), e.g.
+    noisy_classifier.gradient_fn(params)) the prediction is also corrected by classifier guidance at
+    ``classifier_scale`` (ClassifierGuidedModel); an unconditional network then runs without labels and only
+    the classifier reads them. The starting noise for a seed is the same with or without it.
     Samples holding NaN or inf raise a FloatingPointError saying how many values and with which settings.
     """
     where = "sample_digits"
@@ -49,6 +54,11 @@ def sample_digits(params: dict, unet_config: UNetConfig, schedule: Schedule, dig
         labels = xp.asarray(labels_host)
         if guidance != 1.0:
             model = GuidedModel(model, guidance, unet_config.null_label)
+    elif classifier_grad is not None:   # an unconditional network reads no labels; the classifier does
+        net, labels = model, xp.asarray(labels_host)
+        model = lambda x, t, _labels: net(x, t, None)   # noqa: E731
+    if classifier_grad is not None:
+        model = ClassifierGuidedModel(model, classifier_grad, schedule, classifier_scale, prediction=prediction)
     dtype = params["conv_in.w"].dtype
     shape = (len(labels_host), unet_config.image_channels, unet_config.image_size, unet_config.image_size)
     extra = {}
@@ -62,9 +72,10 @@ def sample_digits(params: dict, unet_config: UNetConfig, schedule: Schedule, dig
     bad = int((~xp.isfinite(x)).sum())   # one read-back per batch, at the end: NaN is never drawn as a picture
     if bad:
         calls = schedule.num_timesteps if sampler == "ddpm" else steps
+        steering = f"guidance {guidance:g}" + ("" if classifier_grad is None else
+                                               f", classifier scale {float(classifier_scale):g}")
         raise FloatingPointError(f"{where}: {bad} of {x.size} sample values are NaN or infinite ({sampler}, {calls} "
-                                 f"steps, guidance {guidance:g}): the weights or these settings make the sampler "
-                                 "diverge")
+                                 f"steps, {steering}): the weights or these settings make the sampler diverge")
     return x
 
 
