@@ -819,13 +819,6 @@ def time_op(suite, peers, case, row):
         row["ours_mem"] = peers.ours_peak_mb(ours)
 
 
-def random_digits(config, batches: int = 4):
-    """Random uint8 images and labels, ``batches`` batches' worth: the content does not change the cost."""
-    rng = np.random.default_rng(0)
-    n, size = batches * config.batch_size, config.unet.image_size
-    return rng.integers(0, 256, size=(n, size, size), dtype=np.uint8), rng.integers(0, 10, size=n)
-
-
 def bench_ops():
     """benchmarks/bench_ops.py as a module: the op cases and the torch runner shared with it."""
     if str(REPO / "benchmarks") not in sys.path:
@@ -833,6 +826,14 @@ def bench_ops():
     import bench_ops as module
 
     return module
+
+
+def random_digits(config):
+    """Random uint8 images and labels, 4 batches' worth (the content does not change the cost): bench_train_step's."""
+    bench_ops()  # puts benchmarks/ on the path
+    from bench_train_step import make_data
+
+    return make_data(config)
 
 
 def make_torch_step(torch, config, params, images, labels, device):

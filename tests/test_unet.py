@@ -59,14 +59,15 @@ def test_whole_network_gradcheck(blocks, attention, conditional, heads, seed):
     assert errors[worst] < BLOCK_TOLERANCE, (worst, errors[worst])
 
 
-def test_matches_torch_twin(torch):
+def match_torch_twin(torch, cfg, seed, x_scale=1.0):
+    """Our forward and backward against the PyTorch twin's on one random batch (3 is the null label); returns
+    (our output, the twin's parameters, its input, t, labels) for further checks."""
     from torch_twin import params_to_torch, torch_unet_forward
 
-    cfg = UNetConfig(**{**TINY.to_dict(), "dropout": 0.0})
-    rng = np.random.default_rng(3)
-    params = randomised_params(cfg, 3)
-    x, dy = randn(rng, 3, 1, 8, 8), randn(rng, 3, 1, 8, 8)
-    t, labels = to_device(np.array([0, 17, 999])), to_device(np.array([0, 2, 3]))  # 3 is the null label
+    rng = np.random.default_rng(seed)
+    params = randomised_params(cfg, seed)
+    x, dy = randn(rng, 3, 1, 8, 8) * x_scale, randn(rng, 3, 1, 8, 8)
+    t, labels = to_device(np.array([0, 17, 999])), to_device(np.array([0, 2, 3]))
     out, cache = unet_forward(params, cfg, x, t, labels)
     dx, grads = unet_backward(dy, cache)
 
@@ -80,6 +81,11 @@ def test_matches_torch_twin(torch):
     errors = {k: oracle_error(grads[k], tp[k].grad) for k in params}
     worst = max(errors, key=errors.get)
     assert errors[worst] < ORACLE_TOLERANCE, (worst, errors[worst])
+    return out, tp, tx, t, labels
+
+
+def test_matches_torch_twin(torch):
+    match_torch_twin(torch, UNetConfig(**{**TINY.to_dict(), "dropout": 0.0}), seed=3)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -162,26 +168,10 @@ def test_whole_network_gradcheck_all_block_options(attention, conditional, seed)
 @pytest.mark.parametrize("options", [ALL_OPTIONS] + [{k: v} for k, v in ALL_OPTIONS.items()],
                          ids=["all"] + list(ALL_OPTIONS))
 def test_block_options_match_torch_twin(torch, options):
-    from torch_twin import params_to_torch, torch_unet_forward
+    from torch_twin import torch_unet_forward
 
     cfg = UNetConfig(**{**TINY.to_dict(), "dropout": 0.0, **options})
-    rng = np.random.default_rng(4)
-    params = randomised_params(cfg, 4)
-    x, dy = randn(rng, 3, 1, 8, 8) * 2, randn(rng, 3, 1, 8, 8)
-    t, labels = to_device(np.array([0, 17, 999])), to_device(np.array([0, 2, 3]))
-    out, cache = unet_forward(params, cfg, x, t, labels)
-    dx, grads = unet_backward(dy, cache)
-
-    tp = params_to_torch(params)
-    tx = torch.tensor(to_numpy(x), requires_grad=True)
-    tout = torch_unet_forward(tp, cfg, tx, torch.tensor(to_numpy(t)), torch.tensor(to_numpy(labels)))
-    tout.backward(torch.tensor(to_numpy(dy)))
-    assert oracle_error(out, tout) < ORACLE_TOLERANCE
-    assert oracle_error(dx, tx.grad) < ORACLE_TOLERANCE
-    assert set(grads) == set(params)
-    errors = {k: oracle_error(grads[k], tp[k].grad) for k in params}
-    worst = max(errors, key=errors.get)
-    assert errors[worst] < ORACLE_TOLERANCE, (worst, errors[worst])
+    out, tp, tx, t, labels = match_torch_twin(torch, cfg, seed=4, x_scale=2.0)
     if set(options) <= {"activation", "weight_standardisation"}:  # (the resampling options change weight shapes)
         # the twin really follows the option: with the same weights, the plain network gives another output
         plain = UNetConfig(**{**cfg.to_dict(), **{k: getattr(UNetConfig(), k) for k in options}})
