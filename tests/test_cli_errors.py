@@ -60,7 +60,7 @@ elif fault == "small-disk":
     shutil.disk_usage = lambda path: Usage(10**12, 10**12 - 1000, 1000)
 elif fault == "bug-in-a-step":
     import tinyddpm.training
-    def step(state):
+    def step(state, dp=None):
         raise ValueError("a bug of ours")
     tinyddpm.training.train_step = step
 elif fault == "nan-samples":

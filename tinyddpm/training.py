@@ -126,7 +126,7 @@ def train(state: TrainState, out_dir=None, *, until: int | None = None, progress
     try:
         while state.step < until:
             tic = time.perf_counter()
-            train_step(state) if dp is None else train_step(state, dp)
+            train_step(state, dp)
             busy += time.perf_counter() - tic
             bar.update(1)
             step = state.step
