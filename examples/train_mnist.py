@@ -289,6 +289,7 @@ def train_and_draw(args, state, settings, out, device, wall, dp=None) -> int:
         return 0                      # the final pictures are rank 0's
     if dp is not None:
         dp.done = True                # no collective left: the other ranks need not wait for what follows
+        print(f"data parallel: the gradients went through {dp.transport}")   # decided at the first GPU collective
     paths = [ckpt]
     if state.losses:
         paths.append(viz.plot_loss_curve(out / "loss.png", state.losses,
