@@ -1,4 +1,4 @@
-"""MNIST: the IDX file format, a checksummed download, one offline fallback, and a subset shipped here.
+"""MNIST and Fashion-MNIST: the IDX file format, checksummed downloads, offline fallbacks, and a subset shipped here.
 
     data = load_mnist("train")                    # images uint8 (N, 28, 28), labels int64 (N,)
     x0 = to_model_range(data.images)              # float32 (N, 1, 28, 28) in [-1, 1]
@@ -18,6 +18,17 @@ Where the digits come from (``source=``); the first line printed says which one 
                 a twelfth of MNIST must be asked for).
 
 The data directory is the ``data_dir`` argument, else $TINYDDPM_DATA, else ~/.cache/tinyddpm/mnist.
+
+Fashion-MNIST (Zalando's 28x28 grey pictures of clothes, 60,000 train and 10,000 test, ten classes named in
+CLASS_NAMES["fashion-mnist"]) has the same four file names and format:
+
+    data = load_dataset("fashion-mnist", "train")  # an MNISTData with dataset="fashion-mnist"
+
+Its sources: "idx" (the four files in the data directory, default ~/.cache/tinyddpm/fashion-mnist or
+$TINYDDPM_CACHE/fashion-mnist), "system" (Debian's and Ubuntu's package, sudo apt-get install
+dataset-fashion-mnist, in /usr/share/datasets/fashion-mnist; refused unless SHA-256 verified) and "download"
+(Zalando's published URLs into the data directory); "auto" tries them in that order. load_mnist(...) is
+load_dataset("mnist", ...).
 
 IDX format (big-endian): bytes 0-1 are zero, byte 2 is the element type (0x08 uint8, 0x09 int8,
 0x0B int16, 0x0C int32, 0x0D float32, 0x0E float64), byte 3 the number of dimensions k; then k
@@ -49,7 +60,7 @@ from tqdm import tqdm
 from .backend import get_xp
 
 SPLITS = ("train", "test")
-SOURCES = ("auto", "idx", "package", "download", "subset")
+SOURCES = ("auto", "idx", "package", "download", "subset", "system")   # every dataset's; DATASET_SOURCES below
 FILES = {  # split -> (images, labels), the standard names without .gz
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -88,6 +99,38 @@ SUBSET_SHA256 = {
     "t10k-images-idx3-ubyte.gz": "22aec2f9e88a6aaef5b17a62e4f2f13d8bf0021133ee6635f36349a7c54b385c",
     "t10k-labels-idx1-ubyte.gz": "bd1e5ce55ad32c858a0432aabfd194da449069bdeebd1d6efc6b95d4b362a54f",
 }
+
+DATASETS = ("mnist", "fashion-mnist")
+TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+CLASS_NAMES = {"mnist": tuple(str(d) for d in range(10)),
+               "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                                 "Bag", "Ankle boot")}   # label k is CLASS_NAMES[dataset][k]
+DATASET_SOURCES = {"mnist": ("auto", "idx", "package", "download", "subset"),
+                   "fashion-mnist": ("auto", "idx", "system", "download")}
+FASHION_MIRRORS = ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"]   # Zalando's published URLs
+# MD5 of the four published .gz files, as Zalando Research publishes them (github.com/zalandoresearch/fashion-mnist,
+# README "Get the Data"; the same four in torchvision's datasets.FashionMNIST.resources).
+FASHION_GZ_MD5 = {
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
+# SHA-256 of the four *uncompressed* IDX files. Computed here (gunzip -c FILE | sha256sum) from Debian's package
+# dataset-fashion-mnist 0.0~git20200523.55506a9-1, /usr/share/datasets/fashion-mnist/*.gz. Debian recompressed the
+# files (its .gz bytes and MD5s differ from the published ones) but the IDX bytes inside are Zalando's: the same
+# four digests are listed by other public code for the files of github.com/zalandoresearch/fashion-mnist. They
+# identify Fashion-MNIST however it was compressed.
+FASHION_RAW_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+FASHION_SYSTEM_DIRS = [Path("/usr/share/datasets/fashion-mnist")]   # where apt-get install dataset-fashion-mnist puts them
+FASHION_HOW = ("sudo apt-get install dataset-fashion-mnist (Debian, Ubuntu); or put the four files "
+               "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+               "t10k-labels-idx1-ubyte.gz in a folder and pass it as --data-dir; or, online, let tinyddpm download them")
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IMAGES_MAGIC, LABELS_MAGIC = 0x00000803, 0x00000801
 CONNECT_TIMEOUT = 5.0   # seconds a single connection attempt (connect, each read) may take
@@ -108,9 +151,14 @@ class MNISTData:
     labels: np.ndarray  # (N,) int64 in 0..9
     split: str
     source: str         # where the digits came from, for a person to read
+    dataset: str = "mnist"  # "mnist" or "fashion-mnist": what the labels mean (class_names)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def class_names(self) -> tuple:
+        return CLASS_NAMES[self.dataset]
 
 
 # --------------------------------------------------------------------------------------------
@@ -181,10 +229,11 @@ def write_idx(path, array) -> None:
     path.write_bytes(gzip.compress(body, mtime=0) if path.name.endswith(".gz") else body)  # mtime 0: same bytes every time
 
 
-def _digits_from_idx(images_path: Path, labels_path: Path):
+def _digits_from_idx(images_path: Path, labels_path: Path, raw_sha256=None):
     """(images uint8 (N, H, W), labels int64 (N,), verified) after checking that they form a data set.
 
-    ``verified`` is True when both files are byte for byte the published MNIST.
+    ``verified`` is True when both files are byte for byte the published data set whose uncompressed
+    SHA-256 are ``raw_sha256`` (default MNIST's RAW_SHA256).
     """
     raw_images, raw_labels = _read_bytes(images_path), _read_bytes(labels_path)
     images, magic = _parse_idx(raw_images, str(images_path))
@@ -204,14 +253,18 @@ def _digits_from_idx(images_path: Path, labels_path: Path):
         bad = int(np.argmax(labels > 9))
         raise ValueError(f"{labels_path}: labels must lie in 0..9, label {bad} is {int(labels[bad])}")
     digests = hashlib.sha256(raw_images).hexdigest(), hashlib.sha256(raw_labels).hexdigest()
-    verified = any(digests == (RAW_SHA256[stem], RAW_SHA256[lstem]) for stem, lstem in FILES.values())
+    raw_sha256 = RAW_SHA256 if raw_sha256 is None else raw_sha256
+    verified = any(digests == (raw_sha256[stem], raw_sha256[lstem]) for stem, lstem in FILES.values())
     return images, labels.astype(np.int64), verified
 
 
-def mnist_dir(data_dir=None) -> Path:
-    """The data directory: ``data_dir``, else $TINYDDPM_DATA, else ~/.cache/tinyddpm/mnist."""
-    if data_dir is None:
+def mnist_dir(data_dir=None, dataset: str = "mnist") -> Path:
+    """The data directory: ``data_dir``; else for MNIST $TINYDDPM_DATA, else ~/.cache/tinyddpm/mnist; for
+    Fashion-MNIST $TINYDDPM_CACHE/fashion-mnist, else ~/.cache/tinyddpm/fashion-mnist."""
+    if data_dir is None and dataset == "mnist":
         data_dir = os.environ.get("TINYDDPM_DATA") or Path.home() / ".cache" / "tinyddpm" / "mnist"
+    elif data_dir is None:
+        data_dir = Path(os.environ.get("TINYDDPM_CACHE") or Path.home() / ".cache" / "tinyddpm") / dataset
     return Path(data_dir).expanduser()
 
 
@@ -237,26 +290,58 @@ def find_idx_files(split: str, data_dir=None) -> tuple:
     return tuple(found)
 
 
-def _load_idx_split(split: str, root: Path) -> MNISTData:
+def _load_idx_split(split: str, root: Path, dataset: str = "mnist", must_verify: bool = False) -> MNISTData:
+    """The split from the IDX files in ``root``; ``must_verify``: refuse files that are not the published data."""
     images_path, labels_path = find_idx_files(split, root)
+    where = "load_mnist" if dataset == "mnist" else "load_dataset"
     missing = [stem for stem, p in zip(FILES[split], (images_path, labels_path)) if p is None]
     if missing:
-        raise FileNotFoundError(f"load_mnist: {root} lacks {', '.join(m + '[.gz]' for m in missing)} "
+        raise FileNotFoundError(f"{where}: {root} lacks {', '.join(m + '[.gz]' for m in missing)} "
                                 f"for split {split!r}")
-    images, labels, verified = _digits_from_idx(images_path, labels_path)
-    kind = "MNIST, SHA-256 verified" if verified else "not the published MNIST: your own data"
+    title = TITLES[dataset]
+    images, labels, verified = _digits_from_idx(images_path, labels_path,
+                                                FASHION_RAW_SHA256 if dataset == "fashion-mnist" else RAW_SHA256)
+    if must_verify and not verified:
+        raise ValueError(f"{images_path} and {labels_path}: not the published {title} {split} split (their "
+                         f"uncompressed SHA-256 differ from the published files'): damaged? reinstall them")
+    kind = f"{title}, SHA-256 verified" if verified else f"not the published {title}: your own data"
     source = f"IDX files in {_show(root)} ({len(labels):,} images of {images.shape[1]}x{images.shape[2]}, {kind})"
-    return MNISTData(images, labels, split, source)
+    return MNISTData(images, labels, split, source, dataset)
 
 
 # --------------------------------------------------------------------------------------------
 # download
 # --------------------------------------------------------------------------------------------
 
-def _fetch(url: str, target: Path, name: str, seconds: float) -> None:
-    """Stream ``url`` into ``target`` (through a .part file) and check its size and SHA-256."""
+def _mnist_gz_problem(name: str, part: Path, size: int, sha256: str, md5: str) -> str:
+    """Why a downloaded MNIST .gz is not the published file ('' when it is): size and SHA-256 of the .gz."""
+    if sha256 != GZ_SHA256[name] or size != GZ_BYTES[name]:
+        return (f"checksum mismatch: got {size} bytes with SHA-256 {sha256}, "
+                f"expected {GZ_BYTES[name]} bytes with SHA-256 {GZ_SHA256[name]}")
+    return ""
+
+
+def _fashion_gz_problem(name: str, part: Path, size: int, sha256: str, md5: str) -> str:
+    """Why a Fashion-MNIST .gz is not the published file ('' when it is): the published MD5 of the .gz, or
+    (a recompressed copy) the SHA-256 of what it decompresses to."""
+    if md5 == FASHION_GZ_MD5[name]:
+        return ""
+    try:
+        raw = _read_bytes(part)
+    except ValueError as e:
+        return f"not the published file (MD5 {md5}, expected {FASHION_GZ_MD5[name]}) and {e}"
+    got, stem = hashlib.sha256(raw).hexdigest(), name.removesuffix(".gz")
+    if got == FASHION_RAW_SHA256[stem]:
+        return ""
+    return (f"checksum mismatch: MD5 {md5} (published {FASHION_GZ_MD5[name]}), uncompressed SHA-256 {got} "
+            f"(published {FASHION_RAW_SHA256[stem]})")
+
+
+def _fetch(url: str, target: Path, name: str, seconds: float, problem=_mnist_gz_problem) -> None:
+    """Stream ``url`` into ``target`` (through a .part file) and check it: ``problem(name, part, size, sha256,
+    md5)`` says what is wrong with it, '' when nothing is."""
     part = target.with_name(f".{target.name}.part")
-    digest = hashlib.sha256()
+    digest, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
     try:
         with urllib.request.urlopen(url, timeout=seconds) as response, open(part, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
@@ -264,28 +349,32 @@ def _fetch(url: str, target: Path, name: str, seconds: float) -> None:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     digest.update(chunk)
+                    md5.update(chunk)
                     bar.update(len(chunk))
-        size = part.stat().st_size
-        if digest.hexdigest() != GZ_SHA256[name] or size != GZ_BYTES[name]:
-            raise ValueError(f"checksum mismatch: got {size} bytes with SHA-256 {digest.hexdigest()}, "
-                             f"expected {GZ_BYTES[name]} bytes with SHA-256 {GZ_SHA256[name]}")
+        wrong = problem(name, part, part.stat().st_size, digest.hexdigest(), md5.hexdigest())
+        if wrong:
+            raise ValueError(wrong)
         os.replace(part, target)
     finally:
         part.unlink(missing_ok=True)
 
 
-def download_mnist(split: str = "train", data_dir=None, mirrors=None, timeout: float = OFFLINE_BUDGET) -> Path:
+def download_mnist(split: str = "train", data_dir=None, mirrors=None, timeout: float = OFFLINE_BUDGET,
+                   dataset: str = "mnist") -> Path:
     """Download the split's missing .gz files into the data directory and return the directory.
 
-    Each mirror is tried in turn; a file counts only when its size and SHA-256 match the published
-    ones. Offline, it gives up once failed attempts (connect, each read) have taken ``timeout``
+    Each mirror is tried in turn; a file counts only when it is the published one (MNIST: its size and
+    SHA-256; Fashion-MNIST: the published MD5, or the SHA-256 of its uncompressed bytes). Offline, it gives up once failed attempts (connect, each read) have taken ``timeout``
     seconds in all, no single one more than CONNECT_TIMEOUT; then a DownloadError lists every
     attempt. Time spent receiving data does not count against the budget.
     """
     if split not in SPLITS:
         raise ValueError(f"download_mnist: split must be one of {SPLITS}, got {split!r}")
-    root = mnist_dir(data_dir)
-    mirrors = MIRRORS if mirrors is None else list(mirrors)
+    root = mnist_dir(data_dir, dataset)
+    fashion = dataset == "fashion-mnist"
+    if mirrors is None:
+        mirrors = FASHION_MIRRORS if fashion else MIRRORS
+    mirrors, problem = list(mirrors), _fashion_gz_problem if fashion else _mnist_gz_problem
     root.mkdir(parents=True, exist_ok=True)
     failed_for = 0.0  # seconds spent on attempts that failed, across all files and mirrors
     for stem, present in zip(FILES[split], find_idx_files(split, root)):
@@ -300,13 +389,14 @@ def download_mnist(split: str = "train", data_dir=None, mirrors=None, timeout: f
                 break
             start = time.monotonic()
             try:
-                _fetch(urllib.parse.urljoin(mirror, name), root / name, name, seconds)
+                _fetch(urllib.parse.urljoin(mirror, name), root / name, name, seconds, problem)
                 break
             except (OSError, ValueError) as e:  # refused, timed out, DNS, HTTP error, checksum mismatch
                 failed_for += time.monotonic() - start
                 errors.append(f"{mirror}{name}: {type(e).__name__}: {getattr(e, 'reason', None) or e}")
         if not (root / name).is_file():
-            raise DownloadError(f"download_mnist: could not fetch {name} into {root}:\n  " + "\n  ".join(errors))
+            raise DownloadError(f"download_mnist: could not fetch {TITLES[dataset]}'s {name} into {root}:\n  "
+                                + "\n  ".join(errors))
     return root
 
 
@@ -462,6 +552,52 @@ def load_mnist(split: str = "train", data_dir=None, source: str = "auto", downlo
     return data
 
 
+def load_dataset(dataset: str = "mnist", split: str = "train", data_dir=None, source: str = "auto",
+                 download: bool = True) -> MNISTData:
+    """A split of ``dataset`` ("mnist" or "fashion-mnist") as uint8 images (N, 28, 28) and int64 labels (N,).
+
+    MNIST: load_mnist. Fashion-MNIST: ``source`` "idx" (the data directory), "system" (Debian's package
+    dataset-fashion-mnist), "download", or "auto": the first of these that has the split (the download only
+    with ``download=True``). Prints one line naming the source. Nothing there: FallbackUnavailable saying how
+    to get the files. A corrupt file raises ValueError naming it ("auto" does not try the next source then).
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"load_dataset: dataset must be one of {DATASETS}, got {dataset!r}")
+    if dataset == "mnist":
+        return load_mnist(split, data_dir, source, download)
+    if split not in SPLITS:
+        raise ValueError(f"load_dataset: split must be one of {SPLITS}, got {split!r}")
+    if source not in DATASET_SOURCES[dataset]:
+        raise ValueError(f"load_dataset: {TITLES[dataset]}'s source must be one of {DATASET_SOURCES[dataset]}, "
+                         f"got {source!r}")
+    if source == "download" and not download:
+        raise ValueError("load_dataset: source='download' contradicts download=False")
+    root = mnist_dir(data_dir, dataset)
+    system = next((d for d in FASHION_SYSTEM_DIRS if all(find_idx_files(split, d))), None)
+    if source == "idx" or (source == "auto" and all(find_idx_files(split, root))):
+        data = _load_idx_split(split, root, dataset)
+    elif source == "system" or (source == "auto" and system is not None):
+        if system is None:
+            raise FallbackUnavailable(f"load_dataset: no Fashion-MNIST {split} files in "
+                                      f"{', '.join(map(str, FASHION_SYSTEM_DIRS))}: {FASHION_HOW}")
+        data = _load_idx_split(split, system, dataset, must_verify=True)
+        data.source = f"Debian's package dataset-fashion-mnist: {data.source}"
+    elif source == "download" or download:
+        try:
+            download_mnist(split, root, dataset=dataset)
+        except DownloadError as d:
+            raise FallbackUnavailable(f"load_dataset: no Fashion-MNIST {split} files in {root} or "
+                                      f"{', '.join(map(str, FASHION_SYSTEM_DIRS))}, and the download failed "
+                                      f"({str(d).splitlines()[-1].strip()}): {FASHION_HOW}") from None
+        data = _load_idx_split(split, root, dataset)
+        data.source = "downloaded " + data.source
+    else:
+        raise FallbackUnavailable(f"load_dataset: no Fashion-MNIST {split} files in {root} or "
+                                  f"{', '.join(map(str, FASHION_SYSTEM_DIRS))}, download=False: {FASHION_HOW}")
+    print(f"tinyddpm.data: {TITLES[dataset]} {split}: {data.source}", file=sys.stdout, flush=True)
+    return data
+
+
 # --------------------------------------------------------------------------------------------
 # pixel range
 # --------------------------------------------------------------------------------------------
@@ -478,6 +614,18 @@ def to_model_range(images, dtype=np.float32):
         images = images[:, None]  # (N, 1, H, W)
     if images.ndim != 4 or images.shape[1] != 1:
         raise ValueError(f"to_model_range: images must be (N, H, W) or (N, 1, H, W), got shape {tuple(images.shape)}")
+    return pixels_to_model_range(images, dtype)
+
+
+def pixels_to_model_range(images, dtype=np.float32):
+    """uint8 images (N, C, H, W) with C = 1 (grey) or 3 (RGB), or (N, H, W), -> float (N, C, H, W) in [-1, 1]:
+    x = u / 127.5 - 1, as to_model_range (which takes one channel only)."""
+    shape = tuple(getattr(images, "shape", ()))
+    if getattr(images, "dtype", None) != np.uint8 or len(shape) not in (3, 4) or (len(shape) == 4 and shape[1] not in (1, 3)):
+        raise ValueError(f"pixels_to_model_range: images must be uint8 (N, H, W) or (N, C, H, W) with C = 1 or 3, "
+                         f"got {getattr(images, 'dtype', type(images).__name__)} {shape}")
+    if images.ndim == 3:
+        images = images[:, None]  # (N, 1, H, W)
     dtype = np.dtype(dtype)
     if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"to_model_range: dtype must be float32 or float64, got {dtype}")
