@@ -6,6 +6,9 @@
 Epoch e visits the items in the order of a permutation drawn from the seed sequence (seed, e) on the host,
 so the iterator's state is (seed, epoch, position), CPU and GPU runs see the same batches, and a resumed run,
 given that state, sees exactly the batches an uninterrupted run would.
+
+With ``flip=True`` (data augmentation for pictures) epoch e also mirrors item i left-right, x[..., ::-1], when
+``default_rng([seed, e, 1]).random(N)[i] < 1/2``: a function of the same three integers, so resume stays exact.
 """
 from __future__ import annotations
 
@@ -29,9 +32,10 @@ class Batches:
     default) the N % batch_size items left over at the end of an epoch are skipped for that epoch
     (each epoch's shuffle leaves out different ones); otherwise the last batch is smaller.
     ``images`` and ``labels`` may be NumPy or CuPy (labels may be None); batches come from the same module.
+    ``flip``: mirror each image (the last axis) with probability 1/2, drawn per epoch and item (module doc).
     """
 
-    def __init__(self, images, labels, batch_size: int, seed: int = 0, drop_last: bool = True):
+    def __init__(self, images, labels, batch_size: int, seed: int = 0, drop_last: bool = True, flip: bool = False):
         n = len(images)
         if labels is not None and len(labels) != n:
             raise ValueError(f"Batches: images {tuple(images.shape)} and labels {tuple(labels.shape)} differ in length")
@@ -42,6 +46,7 @@ class Batches:
                              f"from {n} images {tuple(images.shape)}")
         self.images, self.labels = images, labels
         self.n, self.batch_size, self.seed, self.drop_last = n, int(batch_size), int(seed), bool(drop_last)
+        self.flip = bool(flip)
         self.xp = get_xp(images, labels, op="Batches")
         self.epoch, self.position = 0, 0  # the next batch is batch `position` of epoch `epoch`
         self._order = None, None                # (epoch, permutation) cache
@@ -56,6 +61,10 @@ class Batches:
         if self._order[0] != epoch:
             self._order = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
         return self._order[1]
+
+    def flips(self, epoch: int) -> np.ndarray:
+        """Which items (N,) bool epoch ``epoch`` mirrors left-right (when ``flip`` is on)."""
+        return np.random.default_rng([self.seed, epoch, 1]).random(self.n) < 0.5
 
     def next_indices(self) -> np.ndarray:
         """The indices (B,) of the next batch, advancing the state."""
@@ -74,7 +83,13 @@ class Batches:
         return self
 
     def __next__(self):
-        return self._take(self.next_indices())
+        if not self.flip:
+            return self._take(self.next_indices())
+        epoch = self.epoch                        # before next_indices moves it on
+        indices = self.next_indices()
+        xb, yb = self._take(indices)
+        mirror = self.xp.asarray(self.flips(epoch)[indices]).reshape((-1,) + (1,) * (xb.ndim - 1))  # (B, 1, ..)
+        return self.xp.where(mirror, xb[..., ::-1], xb), yb
 
     def rest_of_epoch(self):
         """Yield the batches left in the current epoch, then stop (the state moves to the next epoch)."""
@@ -85,10 +100,13 @@ class Batches:
     def state_dict(self) -> dict:
         """Everything needed to continue exactly here (plain ints and bools, JSON-ready)."""
         return {"seed": self.seed, "epoch": self.epoch, "position": self.position,
-                "n": self.n, "batch_size": self.batch_size, "drop_last": self.drop_last}
+                "n": self.n, "batch_size": self.batch_size, "drop_last": self.drop_last, "flip": self.flip}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from ``state``; the data set, batch size and drop_last must be the ones it was saved with."""
+        """Continue from ``state``; the data set, batch size and drop_last must be the ones it was saved with.
+
+        ``flip`` is taken from ``state`` (a state saved before flips existed has none: False).
+        """
         for key, mine in (("n", self.n), ("batch_size", self.batch_size), ("drop_last", self.drop_last)):
             if state.get(key) != mine:
                 raise ValueError(f"Batches.load_state_dict: the saved state has {key}={state.get(key)!r}, "
@@ -98,3 +116,4 @@ class Batches:
             raise ValueError(f"Batches.load_state_dict: position {position} of epoch {epoch} is out of range "
                              f"(0..{self.batches_per_epoch - 1})")
         self.seed, self.epoch, self.position = int(state["seed"]), epoch, position
+        self.flip = bool(state.get("flip", False))

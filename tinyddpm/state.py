@@ -1,6 +1,6 @@
 """The state of a training run: everything a step reads and changes, built fresh from a config.
 
-    state = new_state(preset("cpu"), images, labels)     # uint8 (N, 28, 28), int (N,)
+    state = new_state(preset("cpu"), images, labels)     # uint8 (N, 28, 28) or (N, C, H, W), int (N,)
     state.params, state.ema.params, state.optimizer, state.step, state.losses
 
 Randomness comes from three seeded streams derived from ``config.seed``: the batches (data order), a host
@@ -44,13 +44,14 @@ class TrainState:
     params: dict                 # {name: array} on the device, updated in place
     optimizer: AdamW
     ema: EMA
-    batches: Batches             # endless seeded batches of (x0 (B, 1, H, W) in [-1, 1], labels (B,))
+    batches: Batches             # endless seeded batches of (x0 (B, C, H, W) in [-1, 1], labels (B,))
     host_rng: np.random.Generator  # timesteps and label dropout (NumPy on every device: exact resume)
     device_rng: object           # noise and dropout masks (NumPy or CuPy)
     step: int = 0                # optimizer steps taken
     losses: list = field(default_factory=list)   # per-step losses already copied to the host
     pending: list = field(default_factory=list)  # per-step 0-d loss arrays still on the device
     data_source: str = ""        # where the images came from, for the record
+    class_names: list = field(default_factory=list)   # a name per label ([]: digits, or unconditional)
 
     def flush_losses(self) -> list:
         """Copy the losses still on the device to the host (one transfer); return the ones just copied.
@@ -73,17 +74,21 @@ class TrainState:
 
 
 def check_data(config: TrainConfig, images, labels) -> None:
-    """One clear error before any work when the images or labels do not fit the config's network."""
+    """One clear error before any work when the images or labels do not fit the config's network.
+
+    images: uint8 (N, H, W) for one channel (MNIST), or (N, C, H, W) with C = unet.image_channels.
+    """
     u = config.unet
     shape = tuple(getattr(images, "shape", ()))
-    if getattr(images, "dtype", None) != np.uint8 or len(shape) != 3:
-        raise TypeError(f"train: images must be uint8 (N, H, W), got {getattr(images, 'dtype', type(images).__name__)} "
-                        f"{shape}")
+    if getattr(images, "dtype", None) != np.uint8 or len(shape) not in (3, 4):
+        raise TypeError(f"train: images must be uint8 (N, H, W) or (N, C, H, W), got "
+                        f"{getattr(images, 'dtype', type(images).__name__)} {shape}")
     if shape[0] == 0:
         raise ValueError(f"train: no images to train on (images {shape})")
-    if shape[1:] != (u.image_size, u.image_size) or u.image_channels != 1:
+    channels = 1 if len(shape) == 3 else shape[1]
+    if shape[-2:] != (u.image_size, u.image_size) or channels != u.image_channels:
         raise ValueError(f"train: images {shape} do not fit the U-Net's image_size {u.image_size} "
-                         f"(and image_channels must be 1, got {u.image_channels})")
+                         f"and image_channels {u.image_channels}")
     if u.num_classes is not None:
         if labels is None or tuple(labels.shape) != (shape[0],):
             raise ValueError(f"train: a conditional U-Net needs labels ({shape[0]},), got "
@@ -95,11 +100,19 @@ def check_data(config: TrainConfig, images, labels) -> None:
         raise ValueError(f"train: batch_size {config.batch_size} is larger than the data set {shape}")
 
 
-def batches_for(config: TrainConfig, images, labels) -> Batches:
-    """The run's endless batches: images scaled to [-1, 1] on the device, shuffled by the run's seed."""
-    x0 = to_device(to_model_range(images, dtype=np.dtype(config.dtype)))     # (N, 1, H, W) in [-1, 1]
+def batches_for(config: TrainConfig, images, labels, flip: bool = False) -> Batches:
+    """The run's endless batches: images scaled to [-1, 1] on the device, shuffled by the run's seed.
+
+    ``flip``: each image is mirrored left-right with probability 1/2, drawn per epoch (Batches).
+    """
+    dtype = np.dtype(config.dtype)
+    if images.ndim == 3:                                                     # (N, H, W): one channel
+        x0 = to_model_range(images, dtype=dtype)                             # (N, 1, H, W) in [-1, 1]
+    else:                                                                    # (N, C, H, W): each plane alike
+        N, C, H, W = images.shape
+        x0 = to_model_range(images.reshape(N * C, H, W), dtype=dtype).reshape(N, C, H, W)
     y = None if config.unet.num_classes is None else to_device(labels, dtype=np.int64)  # NumPy or CuPy labels
-    return Batches(x0, y, config.batch_size, seed=seed_for(config.seed, 0) % 2**31)
+    return Batches(to_device(x0), y, config.batch_size, seed=seed_for(config.seed, 0) % 2**31, flip=flip)
 
 
 def optimizer_for(config: TrainConfig, params: dict) -> AdamW:
@@ -107,15 +120,20 @@ def optimizer_for(config: TrainConfig, params: dict) -> AdamW:
     return AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, no_decay=no_decay)
 
 
-def new_state(config: TrainConfig, images, labels=None, data_source: str = "") -> TrainState:
-    """A fresh run: initial weights from ``config.seed``, step 0. images uint8 (N, H, W), labels (N,)."""
+def new_state(config: TrainConfig, images, labels=None, data_source: str = "", *, flip: bool = False,
+              class_names=()) -> TrainState:
+    """A fresh run: initial weights from ``config.seed``, step 0. images uint8 (N, H, W) or (N, C, H, W), labels (N,).
+
+    ``flip``: random left-right mirroring of the training images (Batches); ``class_names``: a name per label,
+    kept in the checkpoint for the pictures.
+    """
     config.validate()
     check_data(config, images, labels)
     params = init_params(config.unet, seed=config.seed, dtype=np.dtype(config.dtype))
     return TrainState(config=config, schedule=make_run_schedule(config), params=params,
                       optimizer=optimizer_for(config, params),
                       ema=EMA(params, decay=config.ema_decay, warmup=config.ema_warmup),
-                      batches=batches_for(config, images, labels),
+                      batches=batches_for(config, images, labels, flip=flip),
                       host_rng=np.random.default_rng(seed_for(config.seed, 1)),
                       device_rng=device_xp().random.default_rng(seed_for(config.seed, 2)),
-                      data_source=data_source)
+                      data_source=data_source, class_names=[str(name) for name in class_names])

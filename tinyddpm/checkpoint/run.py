@@ -45,7 +45,8 @@ def save_state(state: TrainState, path) -> Path:
     config = {"kind": CHECKPOINT_KIND, "train": state.config.to_dict()}
     rng_state = {"host": generator_state(state.host_rng), "device": generator_state(state.device_rng),
                  "batches": state.batches.state_dict()}
-    extra = {"losses": state.losses, "data_source": state.data_source, "device": get_device()}
+    extra = {"losses": state.losses, "data_source": state.data_source, "device": get_device(),
+             "class_names": state.class_names}
     return save_checkpoint(path, config=config, params=state.params, ema=state.ema.state_dict(),
                            optimizer_state=state.optimizer.state_dict(), step=state.step,
                            rng_state=rng_state, extra=extra)
@@ -144,6 +145,7 @@ def resume_state(path, images, labels=None, steps: int | None = None, data_sourc
             state.device_rng = restore_generator(device_state, reseed=seed_for(config.seed, 2, ckpt.step))
         saved_batches = rng_state["batches"]
         losses = ckpt.extra["losses"]
+        state.class_names = [str(name) for name in ckpt.extra.get("class_names", [])]
     except (KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path}: damaged training state ({type(e).__name__}: {e})") from None
     except ValueError as e:
