@@ -1,16 +1,16 @@
-"""An MNIST classifier built from tinyddpm's own ops: the judge of generated digits.
+"""An MNIST classifier built from tinyddpm's own ops: the judge of generated digits (and of other data sets).
 
 Sample-quality metrics for MNIST (tinyddpm/metrics.py) need a network that knows what digits look
 like: its softmax outputs give the Inception Score and the accuracy of class-conditional samples,
 its penultimate activations give the features for FID and precision/recall. This file trains one
 with the same hand-written ops the diffusion model uses, and caches the weights on disk.
 
-Legend: N = batch, C1, C2, C3 = conv channels, H = W = image size (28), D = feature dimension,
-K = number of classes (10).
+Legend: N = batch, C = image channels (1, or 3 for RGB), C1, C2, C3 = conv channels, H = W = image size (28;
+also 32 or 64), D = feature dimension, K = number of classes (10 for MNIST).
 
 Network (a small LeNet-style CNN; stride-2 convolutions do the downsampling, SiLU everywhere):
 
-    x       (N, 1, 28, 28)   images in the model range [-1, 1]
+    x       (N, C, 28, 28)   images in the model range [-1, 1]
     h1 = silu(conv3x3(x,  w1, b1))            (N, C1, 28, 28)
     h2 = silu(conv3x3(h1, w2, b2, stride 2))  (N, C2, 14, 14)
     h3 = silu(conv3x3(h2, w3, b3, stride 2))  (N, C3,  7,  7)
@@ -34,9 +34,16 @@ Reference numbers with these features (the MNIST test split, two disjoint random
 metrics.real_baseline): n = 5000: FID 4.8, precision 0.887, recall 0.905; n = 1000: FID 19.8,
 precision 0.888, recall 0.900. FID shrinks with n (its bias is roughly proportional to D / n), so
 compare a model only with a baseline of the same n. Inception Score of the real test digits: 9.62.
+
+Other data sets. The judge of a model trained on Fashion-MNIST, or on a labelled folder of pictures
+(tinyddpm.image_folder), is the same network trained on that data: ``load_or_train_classifier(dataset=
+"fashion-mnist")``, or with ``train_data``/``test_data`` and ``data_key=folder_key(images, labels)``. Each is
+cached in its own folder (default_classifier_dir(key)) and its config records the key, so a cache made on
+one data set is refused for another.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -137,6 +144,7 @@ class ClassifierConfig:
     channels: tuple = (16, 32, 64)   # C1, C2, C3
     features: int = 128              # D, the width of the penultimate layer (the FID features)
     num_classes: int = 10            # K
+    image_channels: int = 1          # C: 1 (grey) or 3 (RGB)
 
 
 def _spatial_after_convs(size: int) -> int:
@@ -155,7 +163,7 @@ def init_params(cfg: ClassifierConfig = ClassifierConfig(), seed: int = 0, dtype
         bound = 1.0 / np.sqrt(fan_in)
         return xp.asarray(rng.uniform(-bound, bound, size=shape), dtype=dtype)
 
-    c_in = 1
+    c_in = cfg.image_channels
     for (name, _), c_out in zip(CONV_LAYERS, cfg.channels):
         params[f"{name}.w"] = uniform((c_out, c_in, 3, 3), c_in * 9)
         params[f"{name}.b"] = uniform((c_out,), c_in * 9)
@@ -174,7 +182,7 @@ class ClassifierCache(NamedTuple):
 
 
 def classifier_forward(params: dict, x):
-    """logits (N, K) of images x (N, 1, H, W) in [-1, 1]. Returns (logits, cache); cache.features is (N, D).
+    """logits (N, K) of images x (N, C, H, W) in [-1, 1]. Returns (logits, cache); cache.features is (N, D).
 
     The architecture is read from the shapes in ``params`` (as made by init_params).
     """
@@ -205,7 +213,7 @@ def classifier_forward(params: dict, x):
 
 
 def classifier_backward(dlogits, cache: ClassifierCache):
-    """Gradients (dx, grads) of classifier_forward: dx (N, 1, H, W) and grads {name: array} like params."""
+    """Gradients (dx, grads) of classifier_forward: dx (N, C, H, W) and grads {name: array} like params."""
     names = [name for name, _ in CONV_LAYERS] + ["fc1", "fc2"]
     weighted = iter(reversed(names))  # conv and linear layers, last first
     grads = {}
@@ -238,11 +246,13 @@ def _batched(params: dict, images, batch_size: int, what: str):
     """Run the net over images in batches; yield (logits, features) as NumPy arrays per batch."""
     xp = get_xp(*params.values(), op="classifier")
     dtype = params["conv1.w"].dtype
-    shape = tuple(images.shape)
+    shape, C = tuple(images.shape), params["conv1.w"].shape[1]
     if len(shape) == 3:
         images = images[:, None]  # (N, 1, H, W)
-    if images.ndim != 4 or images.shape[1] != 1:
-        raise ValueError(f"classifier.{what}: images must be (N, 1, H, W) or (N, H, W) in [-1, 1], got shape {shape}")
+    if images.ndim != 4 or images.shape[1] != C:
+        grey = " or (N, H, W)" if C == 1 else ""
+        raise ValueError(f"classifier.{what}: images must be (N, {C}, H, W){grey} in [-1, 1] for this classifier, "
+                         f"got shape {shape}")
     if np.dtype(images.dtype).kind != "f":
         raise TypeError(f"classifier.{what}: images must be floats in the model range [-1, 1] "
                         f"(see data.to_model_range), got {images.dtype} {shape}")
@@ -253,19 +263,19 @@ def _batched(params: dict, images, batch_size: int, what: str):
 
 
 def predict_proba(params: dict, images, batch_size: int = 500) -> np.ndarray:
-    """Softmax probabilities p(y|x), (N, K) float64 NumPy, of images (N, 1, H, W) in [-1, 1]."""
+    """Softmax probabilities p(y|x), (N, K) float64 NumPy, of images (N, C, H, W) in [-1, 1]."""
     out = [softmax(z.astype(np.float64), np) for z, _ in _batched(params, images, batch_size, "predict_proba")]
     return np.concatenate(out) if out else np.zeros((0, params["fc2.w"].shape[0]))
 
 
 def classify(params: dict, images, batch_size: int = 500) -> np.ndarray:
-    """Predicted digit (N,) int64 NumPy of images (N, 1, H, W) in [-1, 1]."""
+    """Predicted class (N,) int64 NumPy of images (N, C, H, W) in [-1, 1]."""
     out = [z.argmax(axis=1) for z, _ in _batched(params, images, batch_size, "classify")]
     return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
 
 
 def features(params: dict, images, batch_size: int = 500) -> np.ndarray:
-    """Penultimate activations (N, D) float64 NumPy of images (N, 1, H, W) in [-1, 1]: the FID features."""
+    """Penultimate activations (N, D) float64 NumPy of images (N, C, H, W) in [-1, 1]: the FID features."""
     out = [f.astype(np.float64) for _, f in _batched(params, images, batch_size, "features")]
     return np.concatenate(out) if out else np.zeros((0, params["fc1.w"].shape[0]))
 
@@ -282,7 +292,7 @@ def accuracy(params: dict, images, labels, batch_size: int = 500) -> float:
 def train_classifier(images, labels, *, cfg: ClassifierConfig | None = None, epochs: float = 2.0,
                      batch_size: int = BATCH_SIZE, lr: float = 2e-3, weight_decay: float = 1e-4, seed: int = 0,
                      log_every: int = 100, verbose: bool = True):
-    """Train on images (N, 1, 28, 28) float32 in [-1, 1] and int labels (N,) with AdamW; returns (params, history).
+    """Train on images (N, C, H, W) float32 in [-1, 1] and int labels (N,) with AdamW; returns (params, history).
 
     The learning rate warms up for 100 steps and then decays by a cosine to 5% of ``lr`` at the end.
     ``history`` is a dict with the per-step "loss" list (read every ``log_every`` steps, so the
@@ -291,7 +301,7 @@ def train_classifier(images, labels, *, cfg: ClassifierConfig | None = None, epo
     from .batches import Batches
     from .optim import AdamW, lr_schedule
 
-    cfg = cfg or ClassifierConfig(image_size=int(images.shape[-1]))
+    cfg = cfg or ClassifierConfig(image_size=int(images.shape[-1]), image_channels=int(images.shape[1]))
     xp = device_xp()
     images = xp.asarray(images)
     labels = xp.asarray(labels)
@@ -324,12 +334,28 @@ def default_cache_dir(kind: str = "classifier") -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "tinyddpm") / kind
 
 
-def load_classifier(path, where: str = "load_classifier"):
+def folder_key(images, labels) -> str:
+    """'folder-' and 16 hex digits of the SHA-256 of a folder's loaded images (uint8, their shape) and labels:
+    the cache key of the classifier trained on them (the same pictures give the same key wherever they lie)."""
+    digest = hashlib.sha256(repr((tuple(images.shape), str(images.dtype), tuple(labels.shape))).encode())
+    digest.update(np.ascontiguousarray(to_numpy(images)).tobytes())
+    digest.update(np.ascontiguousarray(to_numpy(labels), dtype=np.int64).tobytes())
+    return "folder-" + digest.hexdigest()[:16]
+
+
+def default_classifier_dir(key: str = "mnist") -> Path:
+    """Where the classifier of data set ``key`` is cached: default_cache_dir() for MNIST (as always), a
+    subfolder named ``key`` of it for any other ("fashion-mnist", folder_key(...))."""
+    return default_cache_dir() if key == "mnist" else default_cache_dir() / key
+
+
+def load_classifier(path, where: str = "load_classifier", dataset: str | None = None):
     """(params, config) of a classifier cache written by load_or_train_classifier.
 
     Anything else -- a corrupt file, another kind of checkpoint, weights missing or of shapes that do not
-    chain into the network, NaN or inf -- raises a CheckpointError naming the file (delete it, or pass
-    retrain=True to load_or_train_classifier, to train a new one).
+    chain into the network, NaN or inf, or (with ``dataset``, a cache key) a classifier of another data
+    set -- raises a CheckpointError naming the file (delete it, or pass retrain=True to
+    load_or_train_classifier, to train a new one). A cache that records no data set is MNIST's.
     """
     from .checkpoint import CheckpointError, load_checkpoint
 
@@ -339,6 +365,10 @@ def load_classifier(path, where: str = "load_classifier"):
     if config.get("kind") != "tinyddpm.classifier":
         raise CheckpointError(f"{where}{path} is not a classifier checkpoint (config kind {config.get('kind')!r}, "
                               f"a classifier cache has 'tinyddpm.classifier'); {fix}")
+    trained_on = config.get("dataset", "mnist")
+    if dataset is not None and trained_on != dataset:
+        raise CheckpointError(f"{where}{path} holds a classifier of {trained_on!r}, this evaluation needs one of "
+                              f"{dataset!r}; pass another --classifier-dir, or {fix}")
     problem = _weights_problem(ckpt.params)
     if problem:
         raise CheckpointError(f"{where}{path} does not hold classifier weights ({problem}); {fix}")
@@ -358,7 +388,7 @@ def _weights_problem(params: dict) -> str:
     if missing or extra:
         return f"missing {missing[:4]}, unexpected {extra[:4]}"
     shapes = {k: tuple(v.shape) for k, v in params.items()}
-    c_in = 1
+    c_in = shapes["conv1.w"][1] if len(shapes["conv1.w"]) == 4 and shapes["conv1.w"][1] in (1, 3) else 1
     for name in names:
         w, b = shapes[f"{name}.w"], shapes[f"{name}.b"]
         conv = not name.startswith("fc")
@@ -371,37 +401,44 @@ def _weights_problem(params: dict) -> str:
 
 def load_or_train_classifier(cache_dir=None, *, epochs: float = 2.0, seed: int = 0, data_dir=None,
                              source: str = "auto", retrain: bool = False, verbose: bool = True,
-                             train_data=None, test_data=None):
-    """The trained MNIST classifier: loaded from ``cache_dir/classifier.npz``, or trained once and saved there.
+                             train_data=None, test_data=None, dataset: str = "mnist", data_key: str | None = None):
+    """The trained classifier of a data set: loaded from ``cache_dir/classifier.npz``, or trained once and saved there.
 
     Returns (params, info): params on the current device (float32), info the saved config dict
-    (architecture, training settings, "test_accuracy" on the held-out MNIST test split,
-    "data_source", "train_seconds"). ``cache_dir`` defaults to default_cache_dir(). A cache that is not
-    a usable classifier raises a CheckpointError naming it (load_classifier). To train, the splits are
-    read with load_mnist(split, data_dir, source) unless given as ``train_data`` / ``test_data`` (MNISTData).
+    (architecture, training settings, "dataset" (the cache key), "test_accuracy" on the held-out test
+    split, "data_source", "train_seconds"). ``dataset``: "mnist" or "fashion-mnist", whose splits are read
+    with load_dataset(dataset, split, data_dir, source) unless given as ``train_data`` / ``test_data``
+    (anything with uint8 ``images`` (N, H, W) or (N, C, H, W), int ``labels``, ``source`` and, when not ten,
+    ``class_names``). ``data_key`` names other data (folder_key of a folder's pictures). ``cache_dir``
+    defaults to default_classifier_dir(key). A cache that is not a usable classifier of that data raises a
+    CheckpointError naming it (load_classifier).
     """
     from .checkpoint import save_checkpoint
-    from .data import load_mnist, to_model_range
+    from .data import load_dataset, pixels_to_model_range
 
-    path = Path(cache_dir or default_cache_dir()).expanduser() / CHECKPOINT_NAME
+    key = data_key or dataset
+    path = Path(cache_dir or default_classifier_dir(key)).expanduser() / CHECKPOINT_NAME
     if path.is_file() and not retrain:
-        params, config = load_classifier(path, where="load_or_train_classifier")
+        params, config = load_classifier(path, where="load_or_train_classifier", dataset=key)
         if verbose:
             accuracy_ = config.get("test_accuracy")
             shown = f"{accuracy_:.4f}" if isinstance(accuracy_, (int, float)) else "not recorded"
             print(f"tinyddpm.classifier: loaded {path} (test accuracy {shown})", flush=True)
         return params, config
 
-    train = train_data if train_data is not None else load_mnist("train", data_dir=data_dir, source=source)
-    test = test_data if test_data is not None else load_mnist("test", data_dir=data_dir, source=source)
-    cfg = ClassifierConfig(image_size=int(train.images.shape[-1]))
-    params, history = train_classifier(to_model_range(train.images), train.labels, cfg=cfg, epochs=epochs,
+    train = train_data if train_data is not None else load_dataset(dataset, "train", data_dir=data_dir, source=source)
+    test = test_data if test_data is not None else load_dataset(dataset, "test", data_dir=data_dir, source=source)
+    x_train, x_test = pixels_to_model_range(train.images), pixels_to_model_range(test.images)   # (N, C, H, W)
+    cfg = ClassifierConfig(image_size=int(x_train.shape[-1]), image_channels=int(x_train.shape[1]),
+                           num_classes=len(getattr(train, "class_names", None) or range(10)))
+    batch_size = min(BATCH_SIZE, len(x_train))   # a small folder: one batch of all its pictures
+    params, history = train_classifier(x_train, train.labels, cfg=cfg, epochs=epochs, batch_size=batch_size,
                                        seed=seed, verbose=verbose)
-    test_accuracy = accuracy(params, to_model_range(test.images), test.labels)
-    config = {"kind": "tinyddpm.classifier", **asdict(cfg), "channels": list(cfg.channels),
-              "epochs": epochs, "batch_size": BATCH_SIZE, "seed": seed, "steps": history["steps"],
+    test_accuracy = accuracy(params, x_test, test.labels)
+    config = {"kind": "tinyddpm.classifier", **asdict(cfg), "channels": list(cfg.channels), "dataset": key,
+              "epochs": epochs, "batch_size": batch_size, "seed": seed, "steps": history["steps"],
               "train_seconds": round(history["seconds"], 1), "test_accuracy": test_accuracy,
-              "test_size": len(test), "data_source": train.source, "test_source": test.source}
+              "test_size": len(test.labels), "data_source": train.source, "test_source": test.source}
     save_checkpoint(path, config=config, params=params, step=history["steps"],
                     extra={"loss": history["loss"]})
     if verbose:
@@ -410,6 +447,7 @@ def load_or_train_classifier(cache_dir=None, *, epochs: float = 2.0, seed: int =
     return params, config
 
 
-if __name__ == "__main__":  # python -m tinyddpm.classifier [--retrain]: train (or load) and report
-    _, info = load_or_train_classifier(retrain="--retrain" in sys.argv[1:])
+if __name__ == "__main__":  # python -m tinyddpm.classifier [--retrain] [fashion-mnist]: train (or load) and report
+    _, info = load_or_train_classifier(retrain="--retrain" in sys.argv[1:],
+                                       dataset="fashion-mnist" if "fashion-mnist" in sys.argv[1:] else "mnist")
     print({k: info[k] for k in ("test_accuracy", "train_seconds", "steps", "data_source")})
