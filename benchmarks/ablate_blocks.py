@@ -1,33 +1,44 @@
-"""Train the cpu preset's U-Net with one block option for a fixed wall time; save the checkpoint.
+"""Train the cpu preset's U-Net with one set of block options for a given number of steps; save the checkpoint.
 
-python benchmarks/ablate_blocks.py NAME SECONDS '{"activation": "gelu"}'   # writes runs/ablate/NAME/checkpoint.npz
+    python benchmarks/ablate_blocks.py NAME STEPS '{"activation": "gelu"}'   # writes runs/ablate/NAME/checkpoint.npz
+
+Equal wall time without a quiet machine: a step's cost is measured once for every option, the options' steps
+alternating in one process (benchmarks/NOTES_blocks.md), and each option then trains for
+STEPS = budget_steps x cost(defaults) / cost(option). A fixed step count gives the same network on a busy
+machine as on an idle one, so the comparison does not depend on what else ran meanwhile.
+Everything else is the cpu preset's: batch 32, lr 2e-3 with 100 warmup steps and a cosine decay over STEPS,
+EMA 0.995, seed 0, the full MNIST train split (whatever load_mnist finds).
 """
-import json, sys, time
+import json
+import sys
+import time
 from pathlib import Path
+
 import numpy as np
+
+from tinyddpm.checkpoint import save_state
 from tinyddpm.config import preset
 from tinyddpm.data import load_mnist
 from tinyddpm.state import new_state
 from tinyddpm.training import train_step
-from tinyddpm.checkpoint import save_state
 from tinyddpm.unet import UNetConfig
 
-name, seconds, options = sys.argv[1], float(sys.argv[2]), json.loads(sys.argv[3])
+name, steps, options = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 base = preset("cpu")
-cfg = preset("cpu", unet=UNetConfig(**{**base.unet.to_dict(), **options}), steps=100_000, lr_decay="constant",
-             warmup_steps=20, ema_decay=0.99, log_every=10, seed=0)
+cfg = preset("cpu", unet=UNetConfig(**{**base.unet.to_dict(), **options}), steps=steps)
 data = load_mnist("train")
-state = new_state(cfg, data.images, data.labels, data_source="mnist")
+state = new_state(cfg, data.images, data.labels, data_source=data.source)
 start = time.perf_counter()
-while time.perf_counter() - start < seconds:
+while state.step < steps:
     train_step(state)
-    if state.step % 10 == 0:
+    if state.step % 50 == 0:
         state.flush_losses()
+        print(f"{name}: step {state.step}/{steps}, loss {np.mean(state.losses[-50:]):.4f}, "
+              f"{time.perf_counter() - start:.0f} s", flush=True)
 state.flush_losses()
-wall = time.perf_counter() - start
 out = Path("runs/ablate") / name
 out.mkdir(parents=True, exist_ok=True)
 save_state(state, out / "checkpoint.npz")
 losses = np.array(state.losses)
-print(json.dumps({"name": name, "options": options, "steps": state.step, "wall_s": round(wall, 1),
-                  "loss_last50": float(losses[-50:].mean()), "loss_first10": float(losses[:10].mean())}), flush=True)
+print(json.dumps({"name": name, "options": options, "steps": state.step, "wall_s": round(time.perf_counter() - start, 1),
+                  "loss_last100": float(losses[-100:].mean())}), flush=True)
