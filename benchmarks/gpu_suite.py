@@ -1,4 +1,4 @@
-"""Prove tinyddpm's CuPy half on a GPU machine with one command, in under 6 minutes.
+"""Prove tinyddpm's CuPy half on a GPU machine with one command, in about 7 minutes.
 
     PYTHONPATH=. python benchmarks/gpu_suite.py                  # every part; the report in runs/gpu_suite/
     python benchmarks/gpu_suite.py --parts b,c --out /tmp/gs     # only some parts
@@ -81,7 +81,7 @@ FIRST_TESTS = ("test_cupy_parity.py", "test_backend.py", "test_linear.py", "test
                "test_dropout.py", "test_losses.py", "test_unet.py", "test_gradcheck.py", "test_optim.py",
                "test_forward_process.py", "test_schedules.py", "test_samplers.py", "test_guidance.py",
                "test_train.py", "test_checkpoint.py", "test_classifier.py", "test_metrics.py")
-PYTEST_WORKERS = 8   # pytest-xdist processes for part a (each holds its own CuPy context, ~0.5 GB)
+PYTEST_WORKERS = 12  # pytest-xdist processes for part a (each holds its own CuPy context, ~0.5 GB)
 DRY_TESTS = ("test_backend.py", "test_cupy_parity.py", "test_skip.py")   # a few seconds on the CPU
 # At the cap pytest gets SIGINT, prints its summary and writes the XML. A test may swallow one (examples/
 # train_mnist.py turns Ctrl-C into a clean stop and tests call its main() in-process), so SIGINT is repeated
@@ -137,9 +137,9 @@ class Sizes:
     classifier_quick: bool  # a classifier trained in seconds, not cached (the dry run)
 
 
-# One H200, expected: start-up ~10 s, a <= 130 s (+ up to 20 s to stop pytest), b ~15 s, c ~30 s, d = the
+# One H200, expected: start-up ~10 s, a <= 190 s (+ up to 20 s to stop pytest), b ~15 s, c ~30 s, d = the
 # training budget + ~40 s of evaluation. Part d's budget shrinks so that the run ends within total_s.
-FULL = Sizes(total_s=345, caps_s={"a": 130, "b": 60, "c": 75, "m": 120}, eval_reserve_s=60, eval_cap_s=100,
+FULL = Sizes(total_s=405, caps_s={"a": 190, "b": 60, "c": 75, "m": 120}, eval_reserve_s=60, eval_cap_s=100,
              min_train_s=30, budget_s=120,
              op_batch=64, op_quick=False, op_repeats=7, op_inner=3,
              train_batch=None, train_warmup=3, train_steps=7,
@@ -387,7 +387,7 @@ def part_a_tests(suite, res, cap):
     xml, log = suite.out / "pytest_a.xml", suite.out / "pytest_a.log"
     xml.unlink(missing_ok=True)
     workers = pytest_workers(suite)
-    spread = ["-n", str(workers), "--dist", "loadfile"] if workers > 1 else []
+    spread = ["-n", str(workers), "--dist", "load"] if workers > 1 else []
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", *spread,
            "--continue-on-collection-errors",   # one module that fails to import must not stop all the others
            "-o", "junit_family=xunit1", f"--junitxml={xml}", "--durations=8", *files]
@@ -424,7 +424,9 @@ def part_a_tests(suite, res, cap):
 def pytest_workers(suite) -> int:
     """How many pytest processes share the GPU. The tests are small and launch-bound (28% of the suite
     took the whole 130 s cap serially on the H200), so with pytest-xdist installed, PYTEST_WORKERS processes
-    (at most the CPU count), one test file each at a time; without xdist, or in the dry run, one."""
+    (at most the CPU count) take tests one by one (--dist load: test_unet.py's two whole-network gradient checks,
+    164 s and 107 s on the H200, would hold one process for 5 minutes if a file went to one process);
+    without xdist, or in the dry run, one."""
     import importlib.util
     if suite.dry or importlib.util.find_spec("xdist") is None:
         return 1
