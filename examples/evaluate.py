@@ -3,6 +3,8 @@
     python examples/evaluate.py runs/mnist/checkpoint.npz
     python examples/evaluate.py runs/mnist/checkpoint.npz --configs ddim:50,dpm++2m:20 --guidance 1,2.5 --n-per-digit 100
     python examples/evaluate.py runs/mnist/checkpoint.npz --configs dpm++2m:20 --guidance 0,1,2.5 --classifier-guidance 1,4
+    python examples/evaluate.py runs/fashion/checkpoint.npz --nearest 32       # Fashion-MNIST (from the checkpoint)
+    python examples/evaluate.py runs/images/checkpoint.npz --data my_pictures  # a folder: labelled, or flat
 
 For every (sampler, steps, guidance) it draws ``n_per_digit`` samples of each digit and measures them
 with the MNIST classifier of tinyddpm.classifier (trained once and cached):
@@ -24,6 +26,18 @@ The real-vs-real baseline (two disjoint sets of real test digits, as many as the
 printed first: it is what a perfect generator would score with this many samples. The table is
 written as Markdown and CSV next to a plot of quality against steps.
 
+Other data. --dataset fashion-mnist (or a checkpoint whose class names or data source say Fashion-MNIST)
+measures against Fashion-MNIST's test split in the features of a classifier trained on Fashion-MNIST
+(cached in ~/.cache/tinyddpm/classifier/fashion-mnist). --data FOLDER measures against a folder of pictures
+(tinyddpm.image_folder, loaded at the checkpoint's image size): with one subfolder per class, a classifier is
+trained on 90% of its pictures (tested on the rest) and cached under a key made of the pictures' SHA-256, and
+the real reference is the folder itself; a flat folder has no labels to train a judge on, so only the
+nearest-neighbour check runs. The checkpoint's image size, channels and class count must match the data.
+
+--nearest N (any data): N samples (the first sampler and guidance), each beside its nearest training image
+(L2 in pixels, tinyddpm/nearest.py) in nearest.png, and the median distance beside the median distance of
+training images to their nearest other one: well below that baseline means copies.
+
 The options, the checkpoint, the classifier cache, the test digits, the device and --out are checked before
 the first model call; what the user can fix ends in one line and exit status 2 (the rule: examples/_cli.py;
 --debug shows the traceback too).
@@ -43,13 +57,15 @@ from _cli import (Parser, UserError, blame, check_out_dir, choose_device, curren
 from sample import load_guide
 
 from tinyddpm import backend, noisy_classifier
-from tinyddpm.checkpoint import CheckpointError
+from tinyddpm.checkpoint import CheckpointError, load_checkpoint
 from tinyddpm.classifier import BATCH_SIZE as CLASSIFIER_BATCH
-from tinyddpm.classifier import (CHECKPOINT_NAME, default_cache_dir, features, load_classifier,
+from tinyddpm.classifier import (CHECKPOINT_NAME, default_classifier_dir, features, folder_key, load_classifier,
                                  load_or_train_classifier, predict_proba)
-from tinyddpm.data import SOURCES, DownloadError, FallbackUnavailable, load_mnist, to_model_range
+from tinyddpm.data import (CLASS_NAMES, DATASETS, SOURCES, TITLES, DownloadError, FallbackUnavailable, load_dataset,
+                           pixels_to_model_range)
 from tinyddpm.diffusion import SAMPLERS, max_steps
 from tinyddpm.metrics import real_baseline, sample_quality
+from tinyddpm.nearest import memorisation_check, plot_nearest
 from tinyddpm import load_for_sampling, sample_digits
 
 PROG = "evaluate.py"
@@ -57,6 +73,10 @@ DEFAULT_CONFIGS = "ddpm:1000,ddim:50,ddim:20,ddim:10,dpm++2m:20,dpm++2m:10"
 COLUMNS = ["sampler", "steps", "guidance", "classifier_scale", "n", "fid", "precision", "recall", "accuracy", "inception_score",
            "seconds_per_image"]
 MIN_TEST_DIGITS = 8   # the real-vs-real baseline compares two halves with k-NN (k = 3): more than 3 each
+FOLDER_TEST_SHARE = 0.1   # of a labelled folder's pictures, held out to measure its classifier's accuracy
+FOLDER_MIN_STEPS = 500    # a folder's classifier trains for at least this many steps (2 epochs of MNIST: 936)
+NEAREST_FLAT = 64         # samples in the nearest-neighbour check of a flat folder when --nearest is not given
+NEAREST_BASELINE = 1000   # training images in the train-to-train baseline (at most the training set)
 
 
 def parse_configs(text: str):
@@ -91,10 +111,21 @@ def build_parser():
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: 'evaluation' next to the checkpoint)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
-    parser.add_argument("--data-dir", default=None, help="folder of the MNIST IDX files")
+    parser.add_argument("--dataset", choices=DATASETS, default=None,
+                        help="the real data (default: what the checkpoint was trained on, else mnist)")
+    parser.add_argument("--data", type=Path, default=None, metavar="FOLDER",
+                        help="a folder of pictures instead (one subfolder per class, or flat)")
+    parser.add_argument("--data-dir", default=None, help="folder of the MNIST (or Fashion-MNIST) IDX files")
     parser.add_argument("--source", choices=SOURCES, default="auto", help="where the real digits come from")
     parser.add_argument("--classifier-dir", default=None,
-                        help="where the classifier is cached (default ~/.cache/tinyddpm/classifier)")
+                        help="where the classifier is cached (default ~/.cache/tinyddpm/classifier, and a "
+                             "subfolder per data set other than MNIST)")
+    parser.add_argument("--classifier-epochs", type=number(above=0), default=None, metavar="E",
+                        help="epochs of a classifier trained now (default 2; a folder: at least "
+                             f"{FOLDER_MIN_STEPS} steps)")
+    parser.add_argument("--nearest", type=integer(1), default=None, metavar="N",
+                        help="write nearest.png: N samples beside their nearest training images, and the median "
+                             f"distances (default: none; a flat folder: {NEAREST_FLAT})")
     parser.add_argument("--device", choices=backend.DEVICES, default=None, help="default: the current device")
     parser.add_argument("--classifier-guidance", type=scales, default=[], metavar="S,...",
                         help="also rows with classifier guidance at these scales, e.g. 1,4 (default: none)")
@@ -106,36 +137,152 @@ def build_parser():
     return parser
 
 
-def load_split(split: str, args):
-    with blame(f"cannot load the MNIST {split} split", ValueError, OSError, FallbackUnavailable, DownloadError):
-        return load_mnist(split, data_dir=args.data_dir, source=args.source)
+class RealData:
+    """What the samples are measured against: a named data set's splits, or a folder's pictures.
+
+    Each part has uint8 .images, .labels (None: a flat folder) and .source. ``reference``: the real images of
+    FID and precision/recall (a test split, or the whole folder); ``train``/``test``: the classifier's (the
+    train split, read when first needed, and the test split; or a 90/10 split of the folder); ``pictures``:
+    the model's training images, for the nearest-neighbour check.
+    """
+
+    def __init__(self, name: str, title: str, key: str, class_names, reference, train=None, test=None):
+        self.name, self.title, self.key, self.class_names = name, title, key, list(class_names)
+        self.reference, self.train, self.test = reference, train, test if test is not None else reference
+        self.pictures = reference if name == "folder" else None
+
+    @property
+    def labelled(self) -> bool:
+        return self.reference.labels is not None
+
+    def train_split(self, args):
+        """The named data set's train split, loaded once (the classifier and the nearest check share it)."""
+        if self.train is None:
+            self.train = load_split("train", args, self.name)
+        return self.train
 
 
-def load_judge(args, test):
-    """The classifier: the cache, checked, or (without one) trained now on the checked train split."""
-    cache_dir = Path(args.classifier_dir).expanduser() if args.classifier_dir else default_cache_dir()
+def load_split(split: str, args, dataset: str = "mnist"):
+    with blame(f"cannot load the {TITLES[dataset]} {split} split", ValueError, OSError, FallbackUnavailable,
+               DownloadError):
+        return load_dataset(dataset, split, data_dir=args.data_dir, source=args.source)
+
+
+def checkpoint_dataset(path: Path) -> str:
+    """'fashion-mnist', 'folder' or 'mnist': what the checkpoint says it was trained on (class names, data source)."""
+    extra = load_checkpoint(path).extra or {}
+    names, source = [str(n) for n in extra.get("class_names") or []], str(extra.get("data_source") or "")
+    if names == list(CLASS_NAMES["fashion-mnist"]) or "Fashion-MNIST" in source:
+        return "fashion-mnist"
+    if names and names != list(CLASS_NAMES["mnist"]):
+        return "folder"
+    return "mnist"
+
+
+def load_real(args, config) -> RealData:
+    """The real data, checked against the checkpoint's image size, channels and classes (one line if they differ)."""
+    u = config.unet
+    if args.data is not None:
+        from tinyddpm.image_folder import load_image_folder
+
+        with blame(f"--data {args.data}", ValueError, OSError):
+            folder = load_image_folder(args.data, image_size=u.image_size)
+        print(f"tinyddpm.image_folder: {folder.source}", flush=True)
+        real = RealData("folder", "folder", "", folder.class_names, folder)
+        if real.labelled:
+            real.key = folder_key(folder.images, folder.labels)
+            real.train, real.test = split_folder(folder)
+    else:
+        trained_on = checkpoint_dataset(args.checkpoint)
+        if trained_on == "folder":
+            raise UserError(f"{args.checkpoint} was trained on a folder of pictures (its class names are not a "
+                            "named data set's): pass that folder as --data FOLDER")
+        name = args.dataset or trained_on
+        if args.dataset and args.dataset != trained_on:
+            raise UserError(f"--dataset {args.dataset}: {args.checkpoint} was trained on {TITLES[trained_on]} (its "
+                            f"class names and data source say so); measure it against that (leave --dataset out)")
+        real = RealData(name, TITLES[name], name, CLASS_NAMES[name], load_split("test", args, name))
+    shape = real.reference.images.shape    # (N, H, W) or (N, C, H, W)
+    size, channels = shape[-1], 1 if len(shape) == 3 else shape[1]
+    if (size, channels) != (u.image_size, u.image_channels):
+        raise UserError(f"{args.checkpoint} makes {u.image_channels}-channel {u.image_size}x{u.image_size} images, "
+                        f"the {real.title} data is {channels}-channel {size}x{size}: evaluate it on the data it was "
+                        "trained on")
+    if u.num_classes is not None and real.labelled and u.num_classes != len(real.class_names):
+        raise UserError(f"{args.checkpoint} has {u.num_classes} classes, the {real.title} data "
+                        f"{len(real.class_names)} ({', '.join(real.class_names[:6])}...)")
+    return real
+
+
+def split_folder(folder):
+    """(train, test): a seeded 90/10 split of a labelled folder's pictures for its classifier."""
+    from types import SimpleNamespace
+
+    n = len(folder.images)
+    order = np.random.default_rng(0).permutation(n)
+    cut = n - max(1, int(round(FOLDER_TEST_SHARE * n)))
+    part = lambda idx, what: SimpleNamespace(   # noqa: E731
+        images=folder.images[idx], labels=folder.labels[idx], class_names=folder.class_names,
+        source=f"{folder.source} ({what}: {len(idx)} of its {n} pictures, seeded split)")
+    return part(np.sort(order[:cut]), "classifier training part"), part(np.sort(order[cut:]), "held-out part")
+
+
+def load_judge(args, real: RealData):
+    """The classifier of the real data: the cache, checked, or (without one) trained now on its train split."""
+    cache_dir = Path(args.classifier_dir).expanduser() if args.classifier_dir else default_classifier_dir(real.key)
     cache = cache_dir / CHECKPOINT_NAME
     if cache.is_file():
         with blame("the classifier cache (--classifier-dir)", CheckpointError):
-            params, info = load_classifier(cache, where="")
+            params, info = load_classifier(cache, where="", dataset=real.key)
         print(f"tinyddpm.classifier: loaded {cache}", flush=True)
         return params, info
     check_out_dir("--classifier-dir" if args.classifier_dir else "the classifier cache folder", cache_dir)
-    train = load_split("train", args)
-    if len(train) < CLASSIFIER_BATCH:
-        raise UserError(f"no classifier in {cache_dir}, and the MNIST train split holds {len(train)} digits: training "
-                        f"one needs at least {CLASSIFIER_BATCH} (one batch)")
-    return load_or_train_classifier(cache_dir, train_data=train, test_data=test)
+    train = real.train_split(args)
+    epochs = args.classifier_epochs or 2.0
+    if real.name == "folder":
+        if len(train.labels) < 2 * len(real.class_names):
+            raise UserError(f"--data {args.data}: {len(train.labels)} pictures for {len(real.class_names)} classes "
+                            "are too few to train the evaluation classifier on")
+        steps_per_epoch = max(1, len(train.labels) // min(CLASSIFIER_BATCH, len(train.labels)))
+        epochs = args.classifier_epochs or max(2.0, FOLDER_MIN_STEPS / steps_per_epoch)
+    elif len(train) < CLASSIFIER_BATCH:
+        raise UserError(f"no classifier in {cache_dir}, and the {real.title} train split holds {len(train)} images: "
+                        f"training one needs at least {CLASSIFIER_BATCH} (one batch)")
+    return load_or_train_classifier(cache_dir, train_data=train, test_data=real.test, dataset=real.name,
+                                    data_key=real.key, epochs=epochs)
 
-def write_outputs(rows, baseline, out: Path):
+
+def nearest_check(args, params, config, schedule, real: RealData, n: int, out: Path) -> None:
+    """nearest.png and the medians: ``n`` samples (first sampler, first guidance) against the training images."""
+    train = real.pictures if real.pictures is not None else real.train_split(args)
+    K = max(1, len(real.class_names))
+    sampler, steps = args.configs[0]
+    guidance = (args.guidance or [config.guidance])[0]
+    x = sample_digits(params, config.unet, schedule, range(K), -(-n // K), sampler=sampler, steps=steps,
+                      guidance=guidance, prediction=config.prediction, seed=args.seed, progress=True)
+    x = backend.to_numpy(x)[np.linspace(0, K * -(-n // K) - 1, n).round().astype(int)]   # (n, C, H, W) all classes
+    pixels = pixels_to_model_range(train.images)                                       # (N, C, H, W)
+    report = memorisation_check(x, pixels, n_baseline=NEAREST_BASELINE, seed=args.seed)
+    what = (f"nearest training image (L2 in pixels, range [-1, 1]): median {report['median']:.2f} over {n} samples "
+            f"({report['copies']} exact copies); training images to their nearest other: median "
+            f"{report['baseline_median']:.2f} ({min(NEAREST_BASELINE, len(pixels))} of {len(pixels)})")
+    print(what, flush=True)
+    path = plot_nearest(out / "nearest.png", x, pixels, report["indices"], report["distances"],
+                        title=f"{sampler} {steps} steps, guidance {guidance:g}: sample | nearest of {len(pixels)} "
+                              f"training images; median {report['median']:.2f} (train-to-train "
+                              f"{report['baseline_median']:.2f})")
+    print(f"wrote {path}")
+
+
+def write_outputs(rows, baseline, out: Path, fid_name: str = "FID-MNIST"):
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "evaluation.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    lines = [f"Real-vs-real baseline ({baseline['n']} vs {baseline['n']} test digits): FID {baseline['fid']:.2f}, "
+    lines = [f"Real-vs-real baseline ({baseline['n']} vs {baseline['n']} real images): {fid_name} {baseline['fid']:.2f}, "
              f"precision {baseline['precision']:.3f}, recall {baseline['recall']:.3f}", "",
-             "| sampler | steps | guidance | classifier | n | FID-MNIST | precision | recall | accuracy | IS | s/image |",
+             f"| sampler | steps | guidance | classifier | n | {fid_name} | precision | recall | accuracy | IS | s/image |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         cg = f"{r['classifier_scale']:g}" if r["classifier_scale"] else "-"
@@ -143,12 +290,12 @@ def write_outputs(rows, baseline, out: Path):
                      f"{r['precision']:.3f} | {r['recall']:.3f} | {r['accuracy']:.3f} | {r['inception_score']:.2f} | "
                      f"{r['seconds_per_image']:.3f} |")
     (out / "evaluation.md").write_text("\n".join(lines) + "\n")
-    plot_quality(rows, baseline, out / "quality_vs_steps.png")
+    plot_quality(rows, baseline, out / "quality_vs_steps.png", fid_name)
     return "\n".join(lines)
 
 
-def plot_quality(rows, baseline, path: Path):
-    """FID-MNIST and conditional accuracy against the number of model calls, one line per sampler and scale."""
+def plot_quality(rows, baseline, path: Path, fid_name: str = "FID-MNIST"):
+    """FID and conditional accuracy against the number of model calls, one line per sampler and scale."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -163,7 +310,7 @@ def plot_quality(rows, baseline, path: Path):
         ax_acc.plot([r["steps"] for r in line], [100 * r["accuracy"] for r in line], "o-", label=label)
     ax_fid.axhline(baseline["fid"], color="gray", ls="--", label=f"real vs real (n={baseline['n']})")
     step_counts = sorted({r["steps"] for r in rows})
-    for ax, title in ((ax_fid, "FID-MNIST (lower is better)"), (ax_acc, "conditional accuracy (%)")):
+    for ax, title in ((ax_fid, f"{fid_name} (lower is better)"), (ax_acc, "conditional accuracy (%)")):
         ax.set_xscale("log")
         ax.set_xticks(step_counts, [str(s) for s in step_counts])   # 10, 20, 50 rather than 10^1 ...
         ax.minorticks_off()
@@ -177,6 +324,8 @@ def plot_quality(rows, baseline, path: Path):
 def work(args) -> int:
     out = args.out or args.checkpoint.parent / "evaluation"
     check_out_dir("--out" if args.out else "the output folder (--out)", out)
+    if args.dataset and args.data:
+        raise UserError(f"--dataset {args.dataset} and --data {args.data}: give one (the real data to measure against)")
     if args.device:
         choose_device(args.device)
     else:
@@ -191,33 +340,41 @@ def work(args) -> int:
     if args.classifier_guidance and config.unet.num_classes is None and args.classifier_base != 0.0:
         raise UserError(f"--classifier-base {args.classifier_base:g}: this checkpoint's network is unconditional; "
                         "classifier guidance runs it as it is (leave --classifier-base at 0)")
-    test = load_split("test", args)
-    if len(test) < MIN_TEST_DIGITS:
-        raise UserError(f"the MNIST test split holds {len(test)} digits; the real-vs-real baseline needs at least "
-                        f"{MIN_TEST_DIGITS}")
-    classifier, info = load_judge(args, test)
+    real = load_real(args, config)
+    if not real.labelled:   # a flat folder: nothing to train a judge on
+        print(f"--data {args.data} is a flat folder: no labels to train the evaluation classifier on, so no FID, "
+              "precision/recall or accuracy; only the nearest-neighbour check", flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        nearest_check(args, params, config, schedule, real, args.nearest or NEAREST_FLAT, out)
+        return 0
+    if len(real.reference.labels) < MIN_TEST_DIGITS:
+        raise UserError(f"the {real.title} data holds {len(real.reference.labels)} real images; the real-vs-real "
+                        f"baseline needs at least {MIN_TEST_DIGITS}")
+    classifier, info = load_judge(args, real)
     guide = load_guide(args, schedule, config.unet)[0] if args.classifier_guidance else None
     out.mkdir(parents=True, exist_ok=True)
-    n = 10 * args.n_per_digit
-    real = to_model_range(test.images[: 2 * n])                           # (<= 2n, 1, 28, 28)
-    real_features = features(classifier, real)                            # (<= 2n, D)
-    baseline = real_baseline(real_features, min(n, len(real) // 2), seed=args.seed)
+    K = len(real.class_names)
+    n = K * args.n_per_digit
+    reference = pixels_to_model_range(real.reference.images[: 2 * n])   # (<= 2n, C, H, W)
+    real_features = features(classifier, reference)                     # (<= 2n, D)
+    baseline = real_baseline(real_features, min(n, len(reference) // 2), seed=args.seed)
     reference = real_features[:n]
+    fid_name = "FID-folder" if real.name == "folder" else f"FID-{real.title}"
     accuracy = info.get("test_accuracy")
     shown = f"{accuracy:.4f}" if isinstance(accuracy, (int, float)) else "not recorded"
     print(f"classifier test accuracy {shown}; {n} samples per row; "
-          f"real-vs-real: FID {baseline['fid']:.2f}, precision {baseline['precision']:.3f}, "
+          f"real-vs-real: {fid_name} {baseline['fid']:.2f}, precision {baseline['precision']:.3f}, "
           f"recall {baseline['recall']:.3f} (n={baseline['n']})", flush=True)
 
     rows = []
-    requested = np.repeat(np.arange(10), args.n_per_digit)                # (n,) 0 0 .. 1 1 ..
+    requested = np.repeat(np.arange(K), args.n_per_digit)                 # (n,) 0 0 .. 1 1 ..
     settings = [(g, 0.0) for g in guidances] + [(args.classifier_base, s) for s in args.classifier_guidance]
     for sampler, steps in args.configs:
         for guidance, cg in settings:
             start = time.perf_counter()
             # with cg: classifier guidance at scale cg on the network at classifier-free scale `guidance`
             steer = {"classifier_grad": noisy_classifier.gradient_fn(guide), "classifier_scale": cg} if cg else {}
-            x = sample_digits(params, config.unet, schedule, range(10), args.n_per_digit, sampler=sampler,
+            x = sample_digits(params, config.unet, schedule, range(K), args.n_per_digit, sampler=sampler,
                               steps=steps, guidance=guidance, prediction=config.prediction, seed=args.seed,
                               progress=True, **steer)
             x = backend.to_numpy(x)
@@ -229,12 +386,14 @@ def work(args) -> int:
                    "seconds_per_image": seconds}
             rows.append(row)
             steering = f"guidance {guidance:g}" + (f", classifier guidance {cg:g}" if cg else "")
-            print(f"{sampler} {row['steps']} steps, {steering}: FID {q['fid']:.2f}, precision "
+            print(f"{sampler} {row['steps']} steps, {steering}: {fid_name} {q['fid']:.2f}, precision "
                   f"{q['precision']:.3f}, recall {q['recall']:.3f}, accuracy {q['accuracy']:.3f}, "
                   f"{seconds:.3f} s/image", flush=True)
-    print(write_outputs(rows, baseline, out))
+    print(write_outputs(rows, baseline, out, fid_name))
     for name in ("evaluation.md", "evaluation.csv", "quality_vs_steps.png"):
         print(f"wrote {out / name}")
+    if args.nearest:
+        nearest_check(args, params, config, schedule, real, args.nearest, out)
     return 0
 
 

@@ -519,8 +519,8 @@ def load_mnist(split: str = "train", data_dir=None, source: str = "auto", downlo
     """
     if split not in SPLITS:
         raise ValueError(f"load_mnist: split must be one of {SPLITS}, got {split!r}")
-    if source not in SOURCES:
-        raise ValueError(f"load_mnist: source must be one of {SOURCES}, got {source!r}")
+    if source not in DATASET_SOURCES["mnist"]:
+        raise ValueError(f"load_mnist: source must be one of {DATASET_SOURCES['mnist']}, got {source!r}")
     if source == "download" and not download:
         raise ValueError("load_mnist: source='download' contradicts download=False")
     root = mnist_dir(data_dir)
