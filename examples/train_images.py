@@ -1,0 +1,304 @@
+"""Train a DDPM on a folder of your own pictures, then draw a samples grid, a denoising GIF and the loss curve.
+
+    python examples/train_images.py --data my_pictures                  # 32x32, the 'images-cpu' preset on a CPU
+    python examples/train_images.py --data faces --image-size 64        # on a GPU (CuPy): 'images-gpu'
+    python examples/train_images.py --data my_pictures --flip           # mirror pictures at random while training
+    python examples/train_images.py --data my_pictures --preset tiny    # a smoke test of a few seconds
+    python examples/train_images.py --data my_pictures --resume         # continue runs/images/checkpoint.npz
+
+The folder (tinyddpm/image_folder.py): PNG, JPEG, BMP or WebP files, any size, grey or colour, each centre-cropped
+to a square and resized to --image-size. One subfolder per class (``flowers/rose/``, ``flowers/tulip/``) trains a
+class-conditional network with classifier-free guidance (the preset's label dropout p_uncond); pictures all at the
+top of the folder train an unconditional one. The network is the preset's, at the pictures' size and channels
+(1 when every picture is grey, else 3), its attention at the same fraction of the picture as the preset's.
+
+It writes into --out (default runs/images), as examples/train_mnist.py does:
+
+    checkpoint.npz            weights, EMA, optimizer and RNG state, and the class names (--resume continues exactly)
+    previews/step_NNNNNN.png  samples from the EMA weights every --sample-every steps (one per class)
+    samples.png               the final samples: a row per class, or a square grid for a flat folder
+    denoising.gif             the first samples of each row going from noise to pictures (x_t | predicted x0)
+    loss.png                  the training loss per step and its running mean
+    skipped_files.txt         only when some files could not be used: each with the reason
+
+Sample again later: python examples/sample.py runs/images/checkpoint.npz --classes rose,tulip
+Every option, the folder, the device and --out are checked before the first step; what the user can fix ends in
+one line and exit status 2 (the rule: examples/_cli.py; --debug shows the traceback too).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from _cli import Parser, UserError, blame, check_out_dir, classify, describe, integer, number, run
+from train_mnist import (BLOCK_OPTIONS, GIF_PER_DIGIT, PICTURE_BYTES, check_options, checkpoint_bytes, final_settings,
+                         last_checkpoint)
+
+from tinyddpm import backend, new_state, preset, resume_state, sample_digits, train, viz
+from tinyddpm.blocks import ACTIVATIONS, DOWNSAMPLES, UPSAMPLES
+from tinyddpm.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from tinyddpm.checkpoint.run import read_train_config
+from tinyddpm.config import IMAGE_PRESETS, PRESETS, default_preset
+from tinyddpm.diffusion import SAMPLERS, Trajectory
+from tinyddpm.image_folder import load_image_folder
+from tinyddpm.unet import count_params
+
+PROG = "train_images.py"
+PRESET_CHOICES = ("images-cpu", "images-gpu", "tiny")
+SKIPPED_LOG = "skipped_files.txt"
+
+
+def parse_args(argv=None):
+    p = Parser(prog=PROG, description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, metavar="FOLDER",
+                   help="the pictures: all at the top (unconditional) or one subfolder per class")
+    p.add_argument("--image-size", type=integer(8), default=None,
+                   help="side of the square the pictures are resized to, e.g. 32 or 64 (default: the preset's; 32 "
+                        "for tiny)")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="1 (grey) or 3 (RGB); default 1 when every picture is grey, else 3")
+    p.add_argument("--flip", action="store_true", help="mirror each training picture left-right with probability 1/2")
+    p.add_argument("--preset", choices=PRESET_CHOICES, default=None,
+                   help="model size and schedule; default 'images-gpu' on a GPU, else 'images-cpu'")
+    p.add_argument("--steps", type=integer(1), default=None, help="total optimizer steps (default: the preset's)")
+    p.add_argument("--batch-size", type=integer(1), default=None, help="pictures per step (default: the preset's)")
+    p.add_argument("--lr", type=number(above=0), default=None, help="peak learning rate (default: the preset's)")
+    p.add_argument("--seed", type=integer(0), default=None, help="seed of the weights, batches, flips and noise")
+    p.add_argument("--out", default="runs/images", help="output directory")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
+                   help=f"continue from CHECKPOINT (default: OUT/{CHECKPOINT_NAME})")
+    p.add_argument("--until", type=integer(1), default=None, metavar="STEP",
+                   help="stop at this step and save, as if interrupted (continue later with --resume)")
+    p.add_argument("--device", choices=backend.DEVICES, default=None, help="default: cuda if CuPy finds a GPU")
+    p.add_argument("--checkpoint-every", type=integer(0), default=None,
+                   help="steps between checkpoints (0: only at the end)")
+    p.add_argument("--sample-every", type=integer(0), default=None, help="steps between preview grids (0: none)")
+    p.add_argument("--log-every", type=integer(1), default=None, help="steps between loss read-outs")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None, help="final sampler (default: the preset's)")
+    p.add_argument("--sample-steps", type=integer(1), default=None, help="final sampler steps (default: the preset's)")
+    p.add_argument("--guidance", type=number(), default=None, help="final guidance scale (default: the preset's)")
+    p.add_argument("--n-per-class", dest="n_per_digit", type=integer(1), default=None,
+                   help="samples per class in samples.png (a flat folder: the side of the square grid)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    blocks = p.add_argument_group("U-Net building blocks (default: the preset's, i.e. Ho et al.'s network)")
+    blocks.add_argument("--activation", choices=sorted(ACTIVATIONS), default=None, help="every nonlinearity")
+    blocks.add_argument("--weight-standardisation", action="store_const", const=True, default=None,
+                        help="weight-standardised conv1 in every ResBlock")
+    blocks.add_argument("--downsample", choices=DOWNSAMPLES, default=None,
+                        help="3x3 stride-2 conv, or space-to-depth then a 1x1 conv")
+    blocks.add_argument("--upsample", choices=UPSAMPLES, default=None,
+                        help="nearest x2 then a 3x3 conv, or a 4x4 stride-2 transposed conv")
+    return p.parse_args(argv)
+
+
+# --------------------------------------------------------------------------------------------
+# the run: which network, which pictures
+# --------------------------------------------------------------------------------------------
+
+def preset_name(args) -> str:
+    return args.preset or default_preset(images=True)
+
+
+def base_config(args):
+    """The preset's TrainConfig as stored (before the pictures set its size, channels and classes)."""
+    return {**PRESETS, **IMAGE_PRESETS}[preset_name(args)]
+
+
+def picture_format(args) -> tuple:
+    """(image size, channels or None): from the checkpoint on --resume, else from the options and the preset."""
+    if args.resume is not None:
+        given = [flag for flag, value in (("--image-size", args.image_size), ("--channels", args.channels),
+                                          ("--flip", args.flip or None)) if value is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} cannot change on --resume: a resumed run keeps the checkpoint's "
+                            "pictures and flips")
+        path = resume_path(args)
+        with blame("cannot resume", ValueError, OSError):   # CheckpointError is a ValueError
+            unet = read_train_config(load_checkpoint(path), path).unet
+        return unet.image_size, unet.image_channels
+    base = base_config(args).unet
+    size = args.image_size or (base.image_size if preset_name(args) in IMAGE_PRESETS else 32)
+    halvings = len(base.channel_mults) - 1
+    if size % 2 ** halvings:
+        raise UserError(f"--image-size {size}: the {preset_name(args)} preset's U-Net halves the pictures {halvings} "
+                        f"time(s); use a multiple of {2 ** halvings}")
+    return size, args.channels
+
+
+def resume_path(args) -> Path:
+    return Path(args.resume) if args.resume else Path(args.out) / CHECKPOINT_NAME
+
+
+def load_pictures(args, size: int, channels):
+    """The folder's pictures at ``size``; a missing folder, no usable picture ... is the user's to fix (one line)."""
+    with blame("--data", ValueError, OSError):
+        data = load_image_folder(args.data, size, channels)
+    print(data.source, flush=True)
+    return data
+
+
+def network_for(args, data):
+    """The preset's U-Net at the pictures' size and channels, with a class per subfolder (or none)."""
+    base = base_config(args).unet
+    size = data.images.shape[-1]
+    attention = tuple(r * size // base.image_size for r in base.attention_resolutions
+                      if r * size % base.image_size == 0)   # the same fraction of the picture as the preset's
+    blocks = {k: getattr(args, k) for k in BLOCK_OPTIONS if getattr(args, k) is not None}
+    return replace(base, image_size=size, image_channels=data.channels, attention_resolutions=attention,
+                   num_classes=len(data.class_names) or None, **blocks)
+
+
+def build_state(args, data):
+    bookkeeping = {k: v for k, v in (("checkpoint_every", args.checkpoint_every),
+                                     ("sample_every", args.sample_every), ("log_every", args.log_every))
+                   if v is not None}
+    if args.resume is not None:
+        path = resume_path(args)
+        with blame("cannot resume", ValueError, OSError):
+            state = resume_state(path, data.images, data.labels, steps=args.steps, data_source=data.source,
+                                 **bookkeeping)
+        if state.class_names != data.class_names:
+            raise UserError(f"--data {args.data}: classes {data.class_names}, the checkpoint {path} was trained on "
+                            f"{state.class_names}")
+        if args.until is not None and args.until <= state.step:
+            raise UserError(f"--until {args.until}: the checkpoint {path} is already at step {state.step}")
+        print(f"resuming {path} at step {state.step} of {state.config.steps}")
+        return state
+    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
+                                   ("seed", args.seed)) if v is not None}
+    unet = network_for(args, data)
+    if unet.num_classes is None:
+        overrides["p_uncond"] = 0.0          # no labels to drop: the network is unconditional
+    with blame("", ValueError):              # the options against each other (TrainConfig.validate)
+        config = preset(preset_name(args), unet=unet, **overrides, **bookkeeping)
+    if config.batch_size > len(data):
+        flag = "--batch-size" if args.batch_size is not None else f"the {preset_name(args)} preset's batch"
+        raise UserError(f"--data {args.data}: {len(data)} usable image(s), {flag} is {config.batch_size}; add "
+                        "pictures or give a smaller --batch-size")
+    with blame("", ValueError):              # the data against the network (new_state's check_data)
+        return new_state(config, data.images, data.labels, data_source=data.source, flip=args.flip,
+                         class_names=data.class_names)
+
+
+# --------------------------------------------------------------------------------------------
+# the pictures
+# --------------------------------------------------------------------------------------------
+
+def rows_of(state, n: int) -> tuple:
+    """(the row labels sampled, their names or None): one row per class, or n rows of an unconditional network."""
+    names = state.class_names or [str(k) for k in range(state.config.unet.num_classes or 0)]
+    if names:
+        return list(range(len(names))), names
+    return list(range(n)), None
+
+
+def draw_samples(png: Path, gif: Path, x, trajectory, rows: int, row_names, title: str, gif_per_row: int,
+                 num_steps: int) -> list:
+    """``png`` (the samples, ``rows`` rows) and ``gif`` (x_t beside the predicted x0); returns [png, gif].
+
+    x (rows * n, C, H, W) in [-1, 1], row after row; ``trajectory`` recorded while sampling it.
+    """
+    grid = backend.to_numpy(x).reshape((rows, -1) + tuple(x.shape[1:]))                  # (rows, n, C, H, W)
+    png = viz.plot_sample_grid(png, grid, row_labels=row_names, title=title)
+    k = min(grid.shape[1], gif_per_row)   # the GIF shows the first k of each row: noise compresses badly
+    frames = [viz.side_by_side(x_t.reshape(grid.shape)[:, :k], x0.reshape(grid.shape)[:, :k])  # (rows, 2k + 1, C, H, W)
+              for x_t, x0 in zip(trajectory.x, trajectory.x0)]
+    captions = [f"step {i + 1}/{num_steps}, t = {t}.  Left: the sample x_t.  Right: its predicted x0."
+                for i, t in zip(trajectory.steps, trajectory.timesteps)]
+    gif = viz.save_denoising_gif(gif, frames, captions=captions, scale=2)
+    return [png, gif]
+
+
+def final_pictures(state, out: Path, settings: dict, progress: bool) -> list:
+    """samples.png (a row per class, or an n x n grid) and denoising.gif from the EMA weights; returns the paths."""
+    cfg = state.config
+    sampler, steps, guidance, n = settings["sampler"], settings["steps"], settings["guidance"], settings["n"]
+    rows, names = rows_of(state, n)
+    num_steps = cfg.num_timesteps if sampler == "ddpm" else steps
+    trajectory = Trajectory()
+    start = time.perf_counter()
+    x = sample_digits(state.ema.params, cfg.unet, state.schedule, rows, n, sampler=sampler, steps=steps,
+                      guidance=guidance, prediction=cfg.prediction, seed=cfg.seed, callback=trajectory,
+                      callback_every=max(1, num_steps // 30), progress=progress)     # at most ~30 GIF frames
+    steering = f"guidance {guidance:g}" if names else "unconditional"
+    print(f"sampled {len(rows) * n} pictures with {sampler} ({num_steps} steps, {steering}) "
+          f"in {time.perf_counter() - start:.1f} s")
+    title = f"samples ({sampler}, {num_steps} steps, {steering}, EMA weights, step {state.step})"
+    return draw_samples(out / "samples.png", out / "denoising.gif", x, trajectory, len(rows), names, title,
+                        GIF_PER_DIGIT, num_steps)
+
+
+def write_skipped(out: Path, data) -> list:
+    """OUT/skipped_files.txt listing the files that could not be used (none: no file); returns [its path] or []."""
+    log = out / SKIPPED_LOG
+    if not data.skipped:
+        log.unlink(missing_ok=True)          # a list left by an earlier run of this folder would mislead
+        return []
+    log.write_text("".join(f"{line}\n" for line in data.skipped))
+    print(f"skipped {len(data.skipped)} file(s) that could not be used; the list is in {log}")
+    return [log]
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------------
+
+def work(args) -> int:
+    wall = time.perf_counter()
+    out, device = check_options(args)
+    size, channels = picture_format(args)
+    data = load_pictures(args, size, channels)
+    state = build_state(args, data)
+    settings = final_settings(state, args)
+    check_out_dir("--out", out, need_bytes=checkpoint_bytes(state) + PICTURE_BYTES)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = write_skipped(out, data)
+    cfg, u = state.config, state.config.unet
+    kind = f"{len(state.class_names)} classes, guidance {cfg.guidance:g}" if u.num_classes else "unconditional"
+    print(f"device {device}; U-Net {u.image_size}x{u.image_size}x{u.image_channels} ({kind}), base "
+          f"{u.base_channels}, mults {u.channel_mults}, attention at {u.attention_resolutions or 'none'}: "
+          f"{count_params(state.params):,} parameters")
+    print(f"{cfg.steps} steps of {cfg.batch_size} pictures{' (random flips)' if state.batches.flip else ''}, lr "
+          f"{cfg.lr:g} ({cfg.warmup_steps} warmup, {cfg.lr_decay}), EMA {cfg.ema_decay}; writing to {out}")
+    ckpt = out / CHECKPOINT_NAME
+    try:
+        train(state, out, until=args.until, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted at step {state.step}; the last checkpoint is "
+              f"{ckpt if ckpt.exists() else 'not written yet'} (continue with --resume)", file=sys.stderr)
+        return 130
+    except FloatingPointError as e:   # a non-finite loss or weights: nothing was saved over the last checkpoint
+        raise FloatingPointError(f"{e}; {last_checkpoint(ckpt)}") from e
+    except OSError as e:              # a full disk, a folder made read-only: the checkpoint is written atomically
+        if classify(e) is None:
+            raise
+        raise UserError(f"{describe(e)}; {last_checkpoint(ckpt)}") from e
+    paths.insert(0, ckpt)
+    if state.losses:
+        paths.append(viz.plot_loss_curve(out / "loss.png", state.losses,
+                                         title=f"Training loss ({len(state.losses)} steps)"))
+    if state.step < cfg.steps:
+        print(f"stopped at step {state.step} of {cfg.steps}; continue with: python examples/train_images.py "
+              f"--data {args.data} --out {out} --resume")
+    else:
+        try:
+            paths += final_pictures(state, out, settings, progress=not args.no_progress)
+        except FloatingPointError as e:   # the checkpoint is saved: other settings may sample it (sample.py)
+            raise FloatingPointError(f"the final samples: {e}; {last_checkpoint(ckpt)}") from e
+    loss = f"loss (mean of the last 50 steps) {np.mean(state.losses[-50:]):.4f}; " if state.losses else ""
+    print(f"{loss}wall time {time.perf_counter() - wall:.0f} s")
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run(PROG, work, parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
