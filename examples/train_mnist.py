@@ -4,10 +4,16 @@
     python examples/train_mnist.py --device cuda        # GPU (CuPy): the 'gpu' preset, full quality
     python examples/train_mnist.py --preset tiny        # a smoke test of a few seconds
     python examples/train_mnist.py --resume             # continue runs/mnist/checkpoint.npz
+    python examples/train_mnist.py --dataset fashion-mnist   # Fashion-MNIST instead, into runs/fashion-mnist
     mpiexec -n 2 python examples/train_mnist.py         # one model, 2 processes (pip install -e ".[mpi]")
 
 Without --device it uses the GPU when CuPy finds one, else the CPU, and picks the matching preset.
-It writes into --out (default runs/mnist):
+--dataset fashion-mnist trains the same presets on Fashion-MNIST (28x28 grey clothes, ten classes; from
+~/.cache/tinyddpm/fashion-mnist or --data-dir, else Debian's package dataset-fashion-mnist, else a download:
+tinyddpm/data.py); the samples grid then names its rows by class, and the checkpoint records the class names
+(so evaluate.py knows what to measure against).
+
+It writes into --out (default runs/mnist, or runs/fashion-mnist):
 
     checkpoint.npz            everything needed to resume or sample (written every --checkpoint-every steps)
     previews/step_NNNNNN.png  a row of digits from the EMA weights every --sample-every steps
@@ -48,7 +54,7 @@ from _cli import (Parser, UserError, blame, check_out_dir, choose_device, classi
 
 from tinyddpm import backend, distributed
 from tinyddpm.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from tinyddpm.data import SOURCES, DownloadError, FallbackUnavailable, load_mnist
+from tinyddpm.data import CLASS_NAMES, DATASETS, SOURCES, TITLES, DownloadError, FallbackUnavailable, load_dataset
 from tinyddpm.diffusion import SAMPLERS, Trajectory, max_steps
 from tinyddpm import PRESETS, default_preset, new_state, preset, resume_state, sample_digits, train
 from tinyddpm.blocks import ACTIVATIONS, DOWNSAMPLES, UPSAMPLES
@@ -74,12 +80,14 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=integer(1), default=None, help="images per step (default: the preset's)")
     p.add_argument("--lr", type=number(above=0), default=None, help="peak learning rate (default: the preset's)")
     p.add_argument("--seed", type=integer(0), default=None, help="seed of the weights, batches and noise (default 0)")
-    p.add_argument("--out", default="runs/mnist", help="output directory")
+    p.add_argument("--dataset", choices=DATASETS, default="mnist", help="what to train on")
+    p.add_argument("--out", default=None, help="output directory (default runs/mnist, or runs/fashion-mnist)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                    help=f"continue from CHECKPOINT (default: OUT/{CHECKPOINT_NAME})")
     p.add_argument("--until", type=integer(1), default=None, metavar="STEP",
                    help="stop at this step and save, as if interrupted (continue later with --resume)")
-    p.add_argument("--data-dir", default=None, help="folder of the MNIST IDX files (default ~/.cache/tinyddpm/mnist)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder of the IDX files (default ~/.cache/tinyddpm/mnist, or .../fashion-mnist)")
     p.add_argument("--source", choices=SOURCES, default="auto", help="where the digits come from")
     p.add_argument("--device", choices=backend.DEVICES, default=None, help="default: cuda if CuPy finds a GPU")
     p.add_argument("--checkpoint-every", type=integer(0), default=None,
@@ -99,13 +107,22 @@ def parse_args(argv=None):
                         help="3x3 stride-2 conv, or space-to-depth then a 1x1 conv")
     blocks.add_argument("--upsample", choices=UPSAMPLES, default=None,
                         help="nearest x2 then a 3x3 conv, or a 4x4 stride-2 transposed conv")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = f"runs/{args.dataset}"
+    return args
 
 
 def load_data(args):
-    """The MNIST train split; a missing, corrupt or unreachable data file is the user's to fix (one line)."""
-    with blame("cannot load the MNIST train split", ValueError, OSError, FallbackUnavailable, DownloadError):
-        return load_mnist("train", data_dir=args.data_dir, source=args.source)   # prints which source is used
+    """The train split; a missing, corrupt or unreachable data file is the user's to fix (one line)."""
+    with blame(f"cannot load the {TITLES[args.dataset]} train split", ValueError, OSError, FallbackUnavailable,
+               DownloadError):
+        return load_dataset(args.dataset, "train", data_dir=args.data_dir, source=args.source)   # prints the source
+
+
+def run_class_names(dataset: str) -> tuple:
+    """The class names a run records in its checkpoint: none for MNIST (digits, as before), else the data set's."""
+    return () if dataset == "mnist" else CLASS_NAMES[dataset]
 
 
 def build_state(args, data):
@@ -117,6 +134,11 @@ def build_state(args, data):
         with blame("cannot resume", ValueError, OSError):   # CheckpointError is a ValueError
             state = resume_state(path, data.images, data.labels, steps=args.steps, data_source=data.source,
                                  **bookkeeping)
+        if list(state.class_names) != list(run_class_names(args.dataset)):
+            trained_on = "fashion-mnist" if list(state.class_names) == list(CLASS_NAMES["fashion-mnist"]) else "mnist"
+            raise UserError(f"cannot resume: the checkpoint {path} was trained on {TITLES.get(trained_on)} "
+                            f"(its class names {state.class_names[:3] or 'digits'}), not {TITLES[args.dataset]}: "
+                            f"pass --dataset {trained_on}")
         if args.until is not None and args.until <= state.step:
             raise UserError(f"--until {args.until}: the checkpoint {path} is already at step {state.step}")
         print(f"resuming {path} at step {state.step} of {state.config.steps}")
@@ -132,7 +154,8 @@ def build_state(args, data):
         flag = "--batch-size" if args.batch_size is not None else f"the {config_name(args)} preset's batch size"
         raise UserError(f"{flag} {config.batch_size} is larger than the data set ({len(data)} images)")
     with blame("", ValueError):   # the data against the network (new_state's check_data)
-        return new_state(config, data.images, data.labels, data_source=data.source)
+        return new_state(config, data.images, data.labels, data_source=data.source,
+                         class_names=run_class_names(args.dataset))
 
 
 def config_name(args) -> str:
@@ -184,7 +207,8 @@ def final_pictures(state, out: Path, settings: dict, progress: bool) -> list:
           f"in {time.perf_counter() - start:.1f} s")
     what = f"{sampler}, {num_steps} steps, guidance {guidance:g}, EMA weights, step {state.step}"
     grid = backend.to_numpy(x).reshape((len(digits), n) + tuple(x.shape[1:]))    # (10, n, C, H, W)
-    paths = [viz.plot_sample_grid(out / "samples.png", grid, row_labels=[str(d) for d in digits],
+    names = state.class_names or [str(d) for d in digits]   # Fashion-MNIST's class names, or the digits
+    paths = [viz.plot_sample_grid(out / "samples.png", grid, row_labels=names,
                                   title=f"samples ({what})")]
     k = min(n, GIF_PER_DIGIT)   # the GIF shows the first k samples of each digit: noise compresses badly
     frames = [viz.side_by_side(x_t.reshape(grid.shape)[:, :k], x0.reshape(grid.shape)[:, :k])  # (10, 2k + 1, C, H, W)
@@ -296,8 +320,9 @@ def train_and_draw(args, state, settings, out, device, wall, dp=None) -> int:
                                          title=f"Training loss ({len(state.losses)} steps)"))
     if state.step < cfg.steps:
         launcher = "" if dp is None else f"mpiexec -n {dp.size} "    # any N that divides the batch would do
+        dataset = "" if args.dataset == "mnist" else f"--dataset {args.dataset} "
         print(f"stopped at step {state.step} of {cfg.steps}; continue with: {launcher}python examples/train_mnist.py "
-              f"--out {out} --resume")
+              f"{dataset}--out {out} --resume")
     else:
         try:
             paths += final_pictures(state, out, settings, progress=not args.no_progress)
