@@ -1,9 +1,14 @@
-"""Draw digits from a trained checkpoint: a grid with a row per digit and a GIF from noise to digits.
+"""Draw samples from a trained checkpoint: a grid with a row per digit (or class) and a GIF from noise to pictures.
 
     python examples/sample.py runs/mnist/checkpoint.npz
     python examples/sample.py runs/mnist/checkpoint.npz --sampler ddim --steps 50 --guidance 3 --digits 0,3,7
     python examples/sample.py runs/mnist/checkpoint.npz --sampler ddpm --n-per-digit 4 --no-ema
     python examples/sample.py runs/mnist/checkpoint.npz --classifier-guidance 4
+    python examples/sample.py runs/images/checkpoint.npz --classes rose,tulip      # examples/train_images.py's
+
+A checkpoint of examples/train_images.py draws pictures of its size and channels (grey or RGB): a labelled
+folder's by class (--classes takes the subfolder names or their indices; default every class, a row each), a
+flat folder's unconditionally (10 rows, or one per entry of --digits, of --n-per-digit pictures).
 
 Samplers: 'dpm++2m' (DPM-Solver++(2M), good in 10-25 steps), 'ddim' (deterministic, 25-100 steps),
 'ddpm' (the original ancestral sampler, always all T steps: slow). --guidance is the classifier-free
@@ -30,7 +35,7 @@ from pathlib import Path
 from _cli import Parser, UserError, blame, check_out_dir, choose_device, integer, number, run
 
 from tinyddpm import backend, noisy_classifier, viz
-from tinyddpm.checkpoint import CheckpointError
+from tinyddpm.checkpoint import CheckpointError, load_checkpoint
 from tinyddpm.data import SOURCES, DownloadError, FallbackUnavailable, load_mnist
 from tinyddpm.diffusion import SAMPLERS, Trajectory, max_steps
 from tinyddpm import load_for_sampling, sample_digits
@@ -48,6 +53,14 @@ def parse_digits(text: str) -> list:
     return digits
 
 
+def parse_classes(text: str) -> list:
+    """An argparse type: class names or indices separated by commas (checked against the checkpoint later)."""
+    names = [item.strip() for item in text.split(",") if item.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"must list classes by name or index, like rose,tulip or 0,2, got {text!r}")
+    return names
+
+
 def scale(text: str) -> float:
     """An argparse type: a classifier-guidance scale, a finite number >= 0."""
     value = number()(text)
@@ -58,13 +71,17 @@ def scale(text: str) -> float:
 
 def parse_args(argv=None):
     p = Parser(prog=PROG, description=__doc__.split("\n")[0])
-    p.add_argument("checkpoint", help="a checkpoint.npz written by examples/train_mnist.py")
+    p.add_argument("checkpoint", help="a checkpoint.npz written by examples/train_mnist.py or train_images.py")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), default="dpm++2m")
     p.add_argument("--steps", type=integer(1), default=20,
                    help="model calls (ignored by ddpm, which takes all T; at most T - 1 for dpm++2m)")
     p.add_argument("--guidance", type=number(), default=None, help="guidance scale (default: the training run's)")
-    p.add_argument("--digits", type=parse_digits, default=list(range(10)), help="e.g. 0,3,7")
-    p.add_argument("--n-per-digit", type=integer(1), default=8, help="samples per digit (one row each)")
+    p.add_argument("--digits", type=parse_digits, default=None, help="e.g. 0,3,7 (default: all ten)")
+    p.add_argument("--classes", type=parse_classes, default=None, metavar="NAMES",
+                   help="a train_images.py checkpoint's classes, by subfolder name or index, e.g. rose,tulip or 0,2 "
+                        "(default: all)")
+    p.add_argument("--n-per-digit", "--n-per-class", type=integer(1), default=8,
+                   help="samples per digit or class (one row each)")
     p.add_argument("--seed", type=integer(0), default=0, help="seed of the starting noise (and DDPM's noise)")
     p.add_argument("--out", default=None, help="output folder (default: 'samples' next to the checkpoint)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
@@ -119,6 +136,68 @@ def load_guide(args, schedule, unet_config):
     return params, info
 
 
+# --------------------------------------------------------------------------------------------
+# which rows, and the pictures (examples/train_images.py draws its final samples with these too)
+# --------------------------------------------------------------------------------------------
+
+def class_names_of(path) -> list:
+    """The class names a train_images.py checkpoint recorded ([] for MNIST's digits and older checkpoints)."""
+    extra = load_checkpoint(path).extra or {}
+    return [str(name) for name in extra.get("class_names", [])]
+
+
+def choose_rows(unet_config, class_names: list, digits=None, classes=None, steered: bool = False) -> tuple:
+    """(the labels to sample, a row after row, and the rows' names or None).
+
+    A conditional network: ``classes`` (names or indices) or ``digits``, default every class; names from
+    ``class_names``, else the indices (MNIST's digits). An unconditional one: a row per entry of ``digits``
+    (default 10), unnamed unless a classifier reads the labels (``steered``).
+    """
+    k = unet_config.num_classes
+    if k is None:
+        if classes is not None:
+            raise UserError("--classes: this checkpoint draws without classes (it was trained on a flat folder); "
+                            "use --n-per-digit")
+        rows = list(range(10)) if digits is None else digits
+        return rows, ([str(d) for d in rows] if steered else None)
+    names = class_names if len(class_names) == k else [str(i) for i in range(k)]
+    if classes is not None:
+        rows = [class_index(item, names) for item in classes]
+    else:
+        rows = list(range(k)) if digits is None else digits
+    too_big = [d for d in rows if d >= k]
+    if too_big:
+        raise UserError(f"--digits {','.join(map(str, too_big))}: this checkpoint has {k} classes (0..{k - 1})")
+    return rows, [names[i] for i in rows]
+
+
+def class_index(item: str, names: list) -> int:
+    """The index of a class given by name or by index; UserError listing the classes otherwise."""
+    if item in names:
+        return names.index(item)
+    if item.isdigit() and int(item) < len(names):
+        return int(item)
+    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    raise UserError(f"--classes {item!r}: not a class of this checkpoint ({shown}; or an index 0..{len(names) - 1})")
+
+
+def draw_samples(png: Path, gif: Path, x, trajectory, rows: int, row_names, title: str, gif_per_row: int,
+                 num_steps: int) -> list:
+    """``png`` (the samples, ``rows`` rows) and ``gif`` (x_t beside the predicted x0); returns [png, gif].
+
+    x (rows * n, C, H, W) in [-1, 1], row after row; ``trajectory`` recorded while sampling it.
+    """
+    grid = backend.to_numpy(x).reshape((rows, -1) + tuple(x.shape[1:]))                  # (rows, n, C, H, W)
+    png = viz.plot_sample_grid(png, grid, row_labels=row_names, title=title)
+    k = min(grid.shape[1], gif_per_row)   # the GIF shows the first k of each row: noise compresses badly
+    frames = [viz.side_by_side(x_t.reshape(grid.shape)[:, :k], x0.reshape(grid.shape)[:, :k])  # (rows, 2k + 1, C, H, W)
+              for x_t, x0 in zip(trajectory.x, trajectory.x0)]
+    captions = [f"step {i + 1}/{num_steps}, t = {t}.  Left: x_t.  Right: predicted x0."
+                for i, t in zip(trajectory.steps, trajectory.timesteps)]
+    gif = viz.save_denoising_gif(gif, frames, captions=captions, scale=2)
+    return [png, gif]
+
+
 def work(args) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "samples"
     check_out_dir("--out" if args.out else "the output folder (--out)", out)
@@ -130,6 +209,8 @@ def work(args) -> int:
         raise UserError(f"--steps {args.steps}: {args.sampler} takes at most {max_steps(args.sampler, T)} steps on "
                         f"this checkpoint's T={T} timesteps")
     cg = args.classifier_guidance
+    rows, names = choose_rows(config.unet, class_names_of(args.checkpoint), args.digits, args.classes,
+                              steered=cg is not None)
     default_guidance = config.guidance if cg is None else 0.0   # classifier guidance: the unconditional network
     guidance = default_guidance if args.guidance is None else args.guidance
     guide = None if cg is None else load_guide(args, schedule, config.unet)[0]
@@ -139,26 +220,18 @@ def work(args) -> int:
     start = time.perf_counter()
     every = max(1, num_steps // args.frames)
     steer = {} if guide is None else {"classifier_grad": noisy_classifier.gradient_fn(guide), "classifier_scale": cg}
-    x = sample_digits(params, config.unet, schedule, args.digits, args.n_per_digit, sampler=args.sampler,
+    x = sample_digits(params, config.unet, schedule, rows, args.n_per_digit, sampler=args.sampler,
                       steps=num_steps, guidance=guidance, prediction=config.prediction, seed=args.seed,
                       callback=trajectory, callback_every=every, progress=not args.no_progress, **steer)
     seconds = time.perf_counter() - start
 
     cg_part = "" if cg is None else f"_cg{cg:g}"
     stem = f"{args.sampler}_{num_steps}steps_g{guidance:g}{cg_part}_seed{args.seed}" + ("_raw" if args.no_ema else "")
-    shape = (len(args.digits), args.n_per_digit) + tuple(x.shape[1:])   # (digits, n, C, H, W)
     weights = "raw weights" if args.no_ema else "EMA weights"
     steering = f"guidance {guidance:g}" + ("" if cg is None else f", classifier guidance {cg:g}")
-    png = viz.plot_sample_grid(out / f"{stem}.png", backend.to_numpy(x).reshape(shape),
-                               row_labels=[str(d) for d in args.digits],
-                               title=f"{args.sampler}, {num_steps} steps, {steering}, {weights}")
-    k = min(args.n_per_digit, args.gif_per_digit)
-    frames = [viz.side_by_side(x_t.reshape(shape)[:, :k], x0.reshape(shape)[:, :k])  # x_t left, predicted x0 right
-              for x_t, x0 in zip(trajectory.x, trajectory.x0)]
-    captions = [f"step {i + 1}/{num_steps}, t = {t}.  Left: x_t.  Right: predicted x0."
-                for i, t in zip(trajectory.steps, trajectory.timesteps)]
-    gif = viz.save_denoising_gif(out / f"{stem}.gif", frames, captions=captions, scale=2)
-    print(f"sampled {len(x)} digits with {args.sampler} ({num_steps} steps, {steering}, {weights}) "
+    png, gif = draw_samples(out / f"{stem}.png", out / f"{stem}.gif", x, trajectory, len(rows), names,
+                            f"{args.sampler}, {num_steps} steps, {steering}, {weights}", args.gif_per_digit, num_steps)
+    print(f"sampled {len(x)} images with {args.sampler} ({num_steps} steps, {steering}, {weights}) "
           f"in {seconds:.1f} s")
     print(f"wrote {png}")
     print(f"wrote {gif}")

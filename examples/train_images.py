@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from _cli import Parser, UserError, blame, check_out_dir, classify, describe, integer, number, run
+from sample import choose_rows, draw_samples
 from train_mnist import (BLOCK_OPTIONS, GIF_PER_DIGIT, PICTURE_BYTES, check_options, checkpoint_bytes, final_settings,
                          last_checkpoint)
 
@@ -188,36 +189,11 @@ def build_state(args, data):
 # the pictures
 # --------------------------------------------------------------------------------------------
 
-def rows_of(state, n: int) -> tuple:
-    """(the row labels sampled, their names or None): one row per class, or n rows of an unconditional network."""
-    names = state.class_names or [str(k) for k in range(state.config.unet.num_classes or 0)]
-    if names:
-        return list(range(len(names))), names
-    return list(range(n)), None
-
-
-def draw_samples(png: Path, gif: Path, x, trajectory, rows: int, row_names, title: str, gif_per_row: int,
-                 num_steps: int) -> list:
-    """``png`` (the samples, ``rows`` rows) and ``gif`` (x_t beside the predicted x0); returns [png, gif].
-
-    x (rows * n, C, H, W) in [-1, 1], row after row; ``trajectory`` recorded while sampling it.
-    """
-    grid = backend.to_numpy(x).reshape((rows, -1) + tuple(x.shape[1:]))                  # (rows, n, C, H, W)
-    png = viz.plot_sample_grid(png, grid, row_labels=row_names, title=title)
-    k = min(grid.shape[1], gif_per_row)   # the GIF shows the first k of each row: noise compresses badly
-    frames = [viz.side_by_side(x_t.reshape(grid.shape)[:, :k], x0.reshape(grid.shape)[:, :k])  # (rows, 2k + 1, C, H, W)
-              for x_t, x0 in zip(trajectory.x, trajectory.x0)]
-    captions = [f"step {i + 1}/{num_steps}, t = {t}.  Left: the sample x_t.  Right: its predicted x0."
-                for i, t in zip(trajectory.steps, trajectory.timesteps)]
-    gif = viz.save_denoising_gif(gif, frames, captions=captions, scale=2)
-    return [png, gif]
-
-
 def final_pictures(state, out: Path, settings: dict, progress: bool) -> list:
     """samples.png (a row per class, or an n x n grid) and denoising.gif from the EMA weights; returns the paths."""
     cfg = state.config
     sampler, steps, guidance, n = settings["sampler"], settings["steps"], settings["guidance"], settings["n"]
-    rows, names = rows_of(state, n)
+    rows, names = choose_rows(cfg.unet, state.class_names, digits=None if cfg.unet.num_classes else list(range(n)))
     num_steps = cfg.num_timesteps if sampler == "ddpm" else steps
     trajectory = Trajectory()
     start = time.perf_counter()
