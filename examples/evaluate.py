@@ -351,6 +351,8 @@ def work(args) -> int:
         raise UserError(f"the {real.title} data holds {len(real.reference.labels)} real images; the real-vs-real "
                         f"baseline needs at least {MIN_TEST_DIGITS}")
     classifier, info = load_judge(args, real)
+    if args.nearest:
+        real.train_split(args)   # the training images of the nearest check: read (and checked) before any sampling
     guide = load_guide(args, schedule, config.unet)[0] if args.classifier_guidance else None
     out.mkdir(parents=True, exist_ok=True)
     K = len(real.class_names)
