@@ -116,7 +116,9 @@ def build_parser():
     parser.add_argument("--data", type=Path, default=None, metavar="FOLDER",
                         help="a folder of pictures instead (one subfolder per class, or flat)")
     parser.add_argument("--data-dir", default=None, help="folder of the MNIST (or Fashion-MNIST) IDX files")
-    parser.add_argument("--source", choices=SOURCES, default="auto", help="where the real digits come from")
+    parser.add_argument("--source", choices=SOURCES, default="auto",
+                        help="where the real images come from (package, subset: MNIST's; system: Fashion-MNIST's "
+                             "Debian package)")
     parser.add_argument("--classifier-dir", default=None,
                         help="where the classifier is cached (default ~/.cache/tinyddpm/classifier, and a "
                              "subfolder per data set other than MNIST)")
@@ -341,6 +343,9 @@ def work(args) -> int:
         raise UserError(f"--classifier-base {args.classifier_base:g}: this checkpoint's network is unconditional; "
                         "classifier guidance runs it as it is (leave --classifier-base at 0)")
     real = load_real(args, config)
+    if args.classifier_guidance and real.name != "mnist":
+        raise UserError(f"--classifier-guidance: the noise-conditional classifier is MNIST's; there is none for the "
+                        f"{real.title} data")
     if not real.labelled:   # a flat folder: nothing to train a judge on
         print(f"--data {args.data} is a flat folder: no labels to train the evaluation classifier on, so no FID, "
               "precision/recall or accuracy; only the nearest-neighbour check", flush=True)

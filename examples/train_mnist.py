@@ -88,7 +88,8 @@ def parse_args(argv=None):
                    help="stop at this step and save, as if interrupted (continue later with --resume)")
     p.add_argument("--data-dir", default=None,
                    help="folder of the IDX files (default ~/.cache/tinyddpm/mnist, or .../fashion-mnist)")
-    p.add_argument("--source", choices=SOURCES, default="auto", help="where the digits come from")
+    p.add_argument("--source", choices=SOURCES, default="auto",
+                   help="where the images come from (package, subset: MNIST's; system: Fashion-MNIST's Debian package)")
     p.add_argument("--device", choices=backend.DEVICES, default=None, help="default: cuda if CuPy finds a GPU")
     p.add_argument("--checkpoint-every", type=integer(0), default=None,
                    help="steps between checkpoints (0: only at the end)")
