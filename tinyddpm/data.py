@@ -25,7 +25,7 @@ CLASS_NAMES["fashion-mnist"]) has the same four file names and format:
     data = load_dataset("fashion-mnist", "train")  # an MNISTData with dataset="fashion-mnist"
 
 Its sources: "idx" (the four files in the data directory, default ~/.cache/tinyddpm/fashion-mnist or
-$TINYDDPM_CACHE/fashion-mnist), "system" (Debian's and Ubuntu's package, sudo apt-get install
+$TINYDDPM_CACHE/fashion-mnist), "system" (Debian's package, sudo apt-get install
 dataset-fashion-mnist, in /usr/share/datasets/fashion-mnist; refused unless SHA-256 verified) and "download"
 (Zalando's published URLs into the data directory); "auto" tries them in that order. load_mnist(...) is
 load_dataset("mnist", ...).
@@ -128,7 +128,7 @@ FASHION_RAW_SHA256 = {
     "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
 }
 FASHION_SYSTEM_DIRS = [Path("/usr/share/datasets/fashion-mnist")]   # where apt-get install dataset-fashion-mnist puts them
-FASHION_HOW = ("sudo apt-get install dataset-fashion-mnist (Debian, Ubuntu); or put the four files "
+FASHION_HOW = ("sudo apt-get install dataset-fashion-mnist (Debian's package); or put the four files "
                "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
                "t10k-labels-idx1-ubyte.gz in a folder and pass it as --data-dir; or, online, let tinyddpm download them")
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
