@@ -586,8 +586,9 @@ def load_dataset(dataset: str = "mnist", split: str = "train", data_dir=None, so
         try:
             download_mnist(split, root, dataset=dataset)
         except DownloadError as d:
-            raise FallbackUnavailable(f"load_dataset: no Fashion-MNIST {split} files in {root} or "
-                                      f"{', '.join(map(str, FASHION_SYSTEM_DIRS))}, and the download failed "
+            looked = "" if source == "download" else (f"no Fashion-MNIST {split} files in {root} or "
+                                                      f"{', '.join(map(str, FASHION_SYSTEM_DIRS))}, and ")
+            raise FallbackUnavailable(f"load_dataset: {looked}the download failed "
                                       f"({str(d).splitlines()[-1].strip()}): {FASHION_HOW}") from None
         data = _load_idx_split(split, root, dataset)
         data.source = "downloaded " + data.source
