@@ -21,7 +21,7 @@ checkpoint (a sampler's step count, --until, --resume), the device, the data, an
 
 A library call whose errors can only mean the user's input is wrong is wrapped in ``blame(...)``, which
 turns those errors, and only there, into a UserError: set_device (RuntimeError: no CuPy, no GPU; ValueError:
-an unknown TINYDDPM_DEVICE), load_mnist (ValueError: a corrupt data file; FallbackUnavailable and
+an unknown TINYDDPM_DEVICE), load_mnist and load_dataset (ValueError: a corrupt data file; FallbackUnavailable and
 DownloadError: no source has the digits), resume_state, preset and new_state (ValueError: the checkpoint,
 or the options against each other and against the data), load_classifier and load_noisy_classifier
 (CheckpointError: a cache that is corrupt, of another kind, or trained for another noise schedule).
