@@ -66,7 +66,8 @@ def match_torch_twin(torch, cfg, seed, x_scale=1.0):
 
     rng = np.random.default_rng(seed)
     params = randomised_params(cfg, seed)
-    x, dy = randn(rng, 3, 1, 8, 8) * x_scale, randn(rng, 3, 1, 8, 8)
+    shape = (3, cfg.image_channels, cfg.image_size, cfg.image_size)
+    x, dy = randn(rng, *shape) * x_scale, randn(rng, *shape)
     t, labels = to_device(np.array([0, 17, 999])), to_device(np.array([0, 2, 3]))
     out, cache = unet_forward(params, cfg, x, t, labels)
     dx, grads = unet_backward(dy, cache)
@@ -235,3 +236,55 @@ def test_bad_block_options_are_named():
         UNetConfig(upsample="bilinear").validate()
     with pytest.raises(ValueError, match=r"UNetConfig: weight_standardisation must be True or False, got 'yes'"):
         UNetConfig(weight_standardisation="yes").validate()
+
+
+# --------------------------------------------------------------------------------------------
+# pictures of your own: 3 channels at 32 and 64 pixels (examples/train_images.py)
+# --------------------------------------------------------------------------------------------
+
+RGB32 = UNetConfig(image_channels=3, image_size=32, base_channels=4, channel_mults=(1, 2), blocks_per_level=1,
+                   attention_resolutions=(16,), heads=2, dropout=0.2, groups=2, num_classes=3)   # 4 and 8 channels:
+# a forward of one picture takes ~20 ms here (base 8: ~0.2 s), and the check makes ~2 per parameter tensor
+
+
+def whole_network_errors(cfg, seed, batch=1):
+    """{name: relative error} of the whole network's gradients (x and every parameter) by finite differences."""
+    rng = np.random.default_rng(seed)
+    params = randomised_params(cfg, seed)
+    x = randn(rng, batch, cfg.image_channels, cfg.image_size, cfg.image_size)
+    t = to_device(rng.integers(0, 1000, size=batch))
+    labels = None if cfg.num_classes is None else to_device(rng.integers(0, cfg.num_classes + 1, size=batch))
+    forward, backward = unet_check_fns(cfg, t, labels, seed)(params)
+    return check_gradients(forward, backward, {"x": x, **params}, seed=seed, max_entries=2, h=BLOCK_STEP,
+                           known_zero=known_zero_gradients(params))
+
+
+@settings(max_examples=1, deadline=None)   # ~12 s: 2 entries of each of 129 tensors at 32x32 (the unconditional
+@given(seed=st.integers(0, 2**31 - 1))     # path and other widths are checked at 8x8 above)
+def test_whole_network_gradcheck_rgb_32px(seed):
+    errors = whole_network_errors(RGB32, seed)
+    assert errors["x"] < BLOCK_TOLERANCE and errors["conv_in.w"] < BLOCK_TOLERANCE   # the 3 channels in and out
+    worst = max(errors, key=errors.get)
+    assert errors[worst] < BLOCK_TOLERANCE, (worst, errors[worst])
+
+
+def test_rgb_32px_matches_torch_twin(torch):
+    out, *_ = match_torch_twin(torch, UNetConfig(**{**RGB32.to_dict(), "dropout": 0.0}), seed=5)
+    assert out.shape == (3, 3, 32, 32)
+
+
+def test_rgb_64px_shapes():
+    """The images-gpu layout (levels 64, 32, 16, 8, attention at 16) at small widths: shapes in and out."""
+    cfg = UNetConfig(image_channels=3, image_size=64, base_channels=8, channel_mults=(1, 2, 2, 2), blocks_per_level=1,
+                     attention_resolutions=(16,), heads=2, dropout=0.0, groups=4, num_classes=None)
+    down, middle, up = plan(cfg)
+    assert [layer.size for layer in down if layer.kind == "down"] == [64, 32, 16]          # 64 -> 32 -> 16 -> 8
+    assert {layer.size for layer in down + up if layer.kind == "attn"} == {16}              # attention at 16 only
+    params = init_params(cfg, seed=0, dtype=np.float32)
+    assert params["conv_in.w"].shape == (8, 3, 3, 3) and params["conv_out.w"].shape == (3, 8, 3, 3)
+    rng = np.random.default_rng(0)
+    x = randn(rng, 2, 3, 64, 64, dtype=np.float32)
+    out, cache = unet_forward(params, cfg, x, to_device(np.array([3, 900])))
+    assert out.shape == x.shape and out.dtype == np.float32
+    dx, grads = unet_backward(randn(rng, 2, 3, 64, 64, dtype=np.float32), cache)
+    assert dx.shape == x.shape and all(grads[k].shape == params[k].shape for k in params)
