@@ -45,13 +45,8 @@ def _flat(where: str, name: str, images) -> np.ndarray:
     return x
 
 
-def nearest_neighbours(queries, reference, chunk: int = 1024, exclude=None):
-    """(indices (M,) int64, distances (M,) float64): each query's nearest reference row in L2 and its distance.
-
-    queries (M, ...) and reference (N, ...) float arrays of the same per-image shape. ``exclude`` (M,) int:
-    a reference index each query may not match (itself, for the train-to-train baseline); then N >= 2.
-    Ties go to the lowest index.
-    """
+def _checked(queries, reference, exclude):
+    """(queries (M, D), reference (N, D), exclude (M,) or None) after the checks of nearest_neighbours."""
     where = "nearest_neighbours"
     q, r = _flat(where, "queries", queries), _flat(where, "reference", reference)
     if q.shape[1] != r.shape[1]:
@@ -62,6 +57,17 @@ def nearest_neighbours(queries, reference, chunk: int = 1024, exclude=None):
         if exclude.shape != (len(q),) or len(r) < 2:
             raise ValueError(f"{where}: exclude must be (M,) = ({len(q)},) with N >= 2 reference rows, got "
                              f"exclude {exclude.shape}, reference {r.shape}")
+    return q, r, exclude
+
+
+def nearest_neighbours(queries, reference, chunk: int = 1024, exclude=None):
+    """(indices (M,) int64, distances (M,) float64): each query's nearest reference row in L2 and its distance.
+
+    queries (M, ...) and reference (N, ...) float arrays of the same per-image shape. ``exclude`` (M,) int:
+    a reference index each query may not match (itself, for the train-to-train baseline); then N >= 2.
+    Ties go to the lowest index.
+    """
+    q, r, exclude = _checked(queries, reference, exclude)        # (M, D), (N, D) float32, (M,) or None
     M, N = len(q), len(r)
     r_sq = (r * r).sum(axis=1)                                       # (N,) ||r_j||^2
     best = np.full(M, np.inf, dtype=np.float32)                      # (M,) smallest d^2 so far
