@@ -23,8 +23,10 @@ One picture, from file to array (Pillow decodes; the rest is one crop-and-resize
     resize          to image_size x image_size with Lanczos (Image.Resampling.LANCZOS, a windowed sinc:
                     antialiased when shrinking, sharp when enlarging); JPEGs are first decoded at a reduced
                     scale (Image.draft) that stays at least image_size on each side, which is faster for photos
-    channels        C = 1 if every image is grey (an RGB file whose three planes are equal counts as grey),
-                    else 3: grey images are then replicated into R = G = B and the source line says how many.
+    channels        C = 1 if every image is grey, else 3: grey images are then replicated into R = G = B and
+                    the source line says how many. An RGB file counts as grey when its planes differ by at most
+                    GREY_TOLERANCE (2 of 255) anywhere after resizing: lossy WebP stores a grey picture in
+                    colour, off by 1.
                     channels=1 asked for colour images gives their luma, L = (299 R + 587 G + 114 B) / 1000
                     (ITU-R 601, Pillow's convert('L')), rounded.
 
@@ -53,6 +55,7 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")   # compared in lower ca
 MIN_SIDE = 8                                               # pictures below this (shorter side, pixels) are skipped
 RESAMPLE = Image.Resampling.LANCZOS
 LUMA = np.array([299, 587, 114], dtype=np.uint32)          # ITU-R 601 weights, in thousandths
+GREY_TOLERANCE = 2                                         # an RGB picture whose planes differ by <= this is grey
 
 
 @dataclass
@@ -164,7 +167,7 @@ def _reason(e: Exception) -> str:
 
 def _stack(pictures: list, channels: int | None):
     """(images uint8 (N, C, S, S), the number of grey pictures) from the pictures' pixels."""
-    grey = np.array([p.pixels.ndim == 2 or _planes_equal(p.pixels) for p in pictures])   # (N,) bool
+    grey = np.array([p.pixels.ndim == 2 or _looks_grey(p.pixels) for p in pictures])   # (N,) bool
     if channels is None:
         channels = 1 if grey.all() else 3
     as_rgb = [p.pixels if p.pixels.ndim == 3 else np.repeat(p.pixels[:, :, None], 3, axis=2) for p in pictures]
@@ -175,9 +178,10 @@ def _stack(pictures: list, channels: int | None):
     return ((luma + 500) // 1000).astype(np.uint8)[:, None], int(grey.sum())              # (N, 1, S, S)
 
 
-def _planes_equal(rgb: np.ndarray) -> bool:
-    """True when an (S, S, 3) picture has R = G = B everywhere: grey stored as RGB."""
-    return bool((rgb[:, :, 0] == rgb[:, :, 1]).all() and (rgb[:, :, 1] == rgb[:, :, 2]).all())
+def _looks_grey(rgb: np.ndarray) -> bool:
+    """True when an (S, S, 3) picture is grey stored as RGB: its planes differ by at most GREY_TOLERANCE anywhere."""
+    planes = rgb.astype(np.int16)
+    return bool(np.abs(planes[:, :, :2] - planes[:, :, 1:]).max() <= GREY_TOLERANCE)   # |R - G|, |G - B|
 
 
 # ---------------------------------------------------------------------------------------------------
