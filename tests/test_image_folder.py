@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from PIL import Image, ImageFile
 
-from tinyddpm.image_folder import MIN_SIDE, load_image_folder
+from tinyddpm.image_folder import MIN_SIDE, RESAMPLE, load_image_folder
 
 FORMATS = ("png", "jpg", "bmp", "webp")
 
@@ -61,7 +61,7 @@ def test_labelled_rgb_folder_in_every_format(tmp_path):
     assert "12 images in 3 classes (apple 4, mango 4, zebra 4)" in data.source
     assert "1 other file(s) ignored" in data.source and "subfolder(s) without images ignored: empty" in data.source
     # the pictures are the files': apple/p1.jpg (created as class 1's second picture) is lossy, p0.png is exact
-    expected = np.asarray(picture(40, 30, seed=10).resize((8, 8), Image.Resampling.LANCZOS, box=(5, 0, 35, 30)))
+    expected = np.asarray(picture(40, 30, seed=10).resize((8, 8), RESAMPLE, box=(5, 0, 35, 30)))
     np.testing.assert_array_equal(data.images[0].transpose(1, 2, 0), expected)
 
 
@@ -128,6 +128,17 @@ def test_large_and_tiny_pictures(tmp_path):
     assert data.skipped == [f"{tmp_path / 'too_narrow.png'}: 7x40 px, smaller than 8 px on a side"]
     assert lines == [f"skipped {data.skipped[0]}"]
     assert 100 < data.images[0].mean() < 155                               # the random photo survived as noise
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A camera's 60x30 landscape tagged 'rotate 90' (orientation 6) is a portrait: its top becomes the right side."""
+    strip = np.zeros((30, 60, 3), np.uint8)
+    strip[:10] = 255                                                      # a white band along the top
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(strip).save(tmp_path / "photo.png", exif=exif)
+    image = load_image_folder(tmp_path, 8).images[0]                      # (3, 8, 8), the portrait's centre square
+    assert (image[:, :, -2:] >= 250).all() and (image[:, :, :2] <= 5).all()
 
 
 def test_a_single_picture_is_a_data_set(tmp_path):

@@ -15,12 +15,13 @@ and hidden ones (``.DS_Store``) are ignored and counted; a subfolder holding no 
 One picture, from file to array (Pillow decodes; the rest is one crop-and-resize per image):
 
     decode          Image.open + load(): the whole file is read now, so a truncated file fails here
-                    (ImageFile.LOAD_TRUNCATED_IMAGES is held False while loading, then restored)
+                    (ImageFile.LOAD_TRUNCATED_IMAGES is held False while loading, then restored); a photo's
+                    EXIF orientation is applied (ImageOps.exif_transpose), so portraits stand upright
     to L or RGB     grey (1, L, I;16, I) stays grey: 16-bit values are scaled by 255 / 65535;
                     palette, CMYK, YCbCr ... become RGB; an alpha channel (RGBA, LA, PA, a palette's
                     transparent colour) is composited on white:  out = a * rgb + (1 - a) * 255
     crop            the centred square of side s = min(w, h): box ((w - s) // 2, (h - s) // 2, +s, +s)
-    resize          to image_size x image_size with Lanczos (Image.Resampling.LANCZOS, a windowed sinc:
+    resize          to image_size x image_size with Lanczos (Pillow's LANCZOS, a windowed sinc:
                     antialiased when shrinking, sharp when enlarging); JPEGs are first decoded at a reduced
                     scale (Image.draft) that stays at least image_size on each side, which is faster for photos
     channels        C = 1 if every image is grey, else 3: grey images are then replicated into R = G = B and
@@ -49,11 +50,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")   # compared in lower case
 MIN_SIDE = 8                                               # pictures below this (shorter side, pixels) are skipped
-RESAMPLE = Image.Resampling.LANCZOS
+RESAMPLE = getattr(Image, "Resampling", Image).LANCZOS     # Image.Resampling from Pillow 9.1 on
 LUMA = np.array([299, 587, 114], dtype=np.uint32)          # ITU-R 601 weights, in thousandths
 GREY_TOLERANCE = 2                                         # an RGB picture whose planes differ by <= this is grey
 
@@ -123,10 +124,11 @@ def _read_picture(file: Path, size: int):
             with Image.open(file) as im:
                 im.draft("RGB" if im.mode not in ("L", "1") else "L", (size, size))   # JPEG: decode at a reduced scale
                 im.load()                                                             # the whole file, now
-                w, h = im.size
+                upright = ImageOps.exif_transpose(im)                                 # a phone's portrait stands up
+                w, h = upright.size
                 if min(w, h) < MIN_SIDE:
                     return None, f"{w}x{h} px, smaller than {MIN_SIDE} px on a side"
-                plain = _to_grey_or_rgb(im)
+                plain = _to_grey_or_rgb(upright)
                 s = min(w, h)
                 box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)   # the centred square
                 small = plain.resize((size, size), RESAMPLE, box=box)
