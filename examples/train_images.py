@@ -23,7 +23,8 @@ It writes into --out (default runs/images), as examples/train_mnist.py does:
 
 Sample again later: python examples/sample.py runs/images/checkpoint.npz --classes rose,tulip
 Every option, the folder, the device and --out are checked before the first step; what the user can fix ends in
-one line and exit status 2 (the rule: examples/_cli.py; --debug shows the traceback too).
+one line and exit status 2 (the rule: examples/_cli.py; --debug shows the traceback too). It runs as one process:
+under mpiexec it refuses to start (data-parallel training is train_mnist.py's).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from sample import choose_rows, draw_samples
 from train_mnist import (BLOCK_OPTIONS, GIF_PER_DIGIT, PICTURE_BYTES, check_options, checkpoint_bytes, final_settings,
                          last_checkpoint)
 
-from tinyddpm import backend, new_state, preset, resume_state, sample_digits, train, viz
+from tinyddpm import backend, distributed, new_state, preset, resume_state, sample_digits, train, viz
 from tinyddpm.blocks import ACTIVATIONS, DOWNSAMPLES, UPSAMPLES
 from tinyddpm.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from tinyddpm.checkpoint.run import read_train_config
@@ -273,6 +274,11 @@ def work(args) -> int:
 
 
 def main(argv=None) -> int:
+    if distributed.launched_size() > 1:   # N copies would each train alone and write over each other's files
+        if distributed.launched_rank() == 0:
+            print(f"{PROG}: error: runs as one process; start it without mpiexec (data-parallel training is "
+                  "train_mnist.py's)", file=sys.stderr)
+        return 2
     return run(PROG, work, parse_args(argv))
 
 
