@@ -10,7 +10,8 @@ Layout. Either every image sits at the top of the folder (a flat folder: uncondi
 image sits in a subfolder, one per class (``flowers/rose/*.jpg``, ``flowers/tulip/*.png``: class-conditional
 training; labels follow the sorted subfolder names). Images both at the top and in subfolders are refused:
 which class would the top ones be? Files are PNG, JPEG, BMP or WebP by extension (any case); other files
-and hidden ones (``.DS_Store``) are ignored and counted; a subfolder holding no image file is ignored and named.
+are ignored and counted, hidden ones (``.DS_Store``, ``.git``) ignored silently; a subfolder holding no image
+file is ignored and named; pictures deeper than one subfolder are not read.
 
 One picture, from file to array (Pillow decodes; the rest is one crop-and-resize per image):
 
