@@ -33,19 +33,16 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
-from _cli import Parser, UserError, blame, check_out_dir, classify, describe, integer, number, run
+from _cli import Parser, UserError, blame, check_out_dir, integer, number, run
 from sample import choose_rows, draw_samples
-from train_mnist import (BLOCK_OPTIONS, GIF_PER_DIGIT, PICTURE_BYTES, check_options, checkpoint_bytes, final_settings,
-                         last_checkpoint)
+from train_mnist import (BLOCK_OPTIONS, GIF_PER_DIGIT, PICTURE_BYTES, add_block_options, add_resume_options,
+                         add_run_options, check_options, checkpoint_bytes, final_settings, train_then_draw)
 
-from tinyddpm import backend, distributed, new_state, preset, resume_state, sample_digits, train, viz
-from tinyddpm.blocks import ACTIVATIONS, DOWNSAMPLES, UPSAMPLES
+from tinyddpm import distributed, new_state, preset, resume_state, sample_digits
 from tinyddpm.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from tinyddpm.checkpoint.run import read_train_config
 from tinyddpm.config import IMAGE_PRESETS, PRESETS, default_preset
-from tinyddpm.diffusion import SAMPLERS, Trajectory
+from tinyddpm.diffusion import Trajectory
 from tinyddpm.image_folder import load_image_folder
 from tinyddpm.unet import count_params
 
@@ -71,29 +68,12 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=number(above=0), default=None, help="peak learning rate (default: the preset's)")
     p.add_argument("--seed", type=integer(0), default=None, help="seed of the weights, batches, flips and noise")
     p.add_argument("--out", default="runs/images", help="output directory")
-    p.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
-                   help=f"continue from CHECKPOINT (default: OUT/{CHECKPOINT_NAME})")
-    p.add_argument("--until", type=integer(1), default=None, metavar="STEP",
-                   help="stop at this step and save, as if interrupted (continue later with --resume)")
-    p.add_argument("--device", choices=backend.DEVICES, default=None, help="default: cuda if CuPy finds a GPU")
-    p.add_argument("--checkpoint-every", type=integer(0), default=None,
-                   help="steps between checkpoints (0: only at the end)")
-    p.add_argument("--sample-every", type=integer(0), default=None, help="steps between preview grids (0: none)")
-    p.add_argument("--log-every", type=integer(1), default=None, help="steps between loss read-outs")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None, help="final sampler (default: the preset's)")
-    p.add_argument("--sample-steps", type=integer(1), default=None, help="final sampler steps (default: the preset's)")
-    p.add_argument("--guidance", type=number(), default=None, help="final guidance scale (default: the preset's)")
+    add_resume_options(p)
+    add_run_options(p)
     p.add_argument("--n-per-class", dest="n_per_digit", type=integer(1), default=None,
                    help="samples per class in samples.png (a flat folder: the side of the square grid)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    blocks = p.add_argument_group("U-Net building blocks (default: the preset's, i.e. Ho et al.'s network)")
-    blocks.add_argument("--activation", choices=sorted(ACTIVATIONS), default=None, help="every nonlinearity")
-    blocks.add_argument("--weight-standardisation", action="store_const", const=True, default=None,
-                        help="weight-standardised conv1 in every ResBlock")
-    blocks.add_argument("--downsample", choices=DOWNSAMPLES, default=None,
-                        help="3x3 stride-2 conv, or space-to-depth then a 1x1 conv")
-    blocks.add_argument("--upsample", choices=UPSAMPLES, default=None,
-                        help="nearest x2 then a 3x3 conv, or a 4x4 stride-2 transposed conv")
+    add_block_options(p)
     return p.parse_args(argv)
 
 
@@ -241,36 +221,8 @@ def work(args) -> int:
           f"{count_params(state.params):,} parameters")
     print(f"{cfg.steps} steps of {cfg.batch_size} pictures{' (random flips)' if state.batches.flip else ''}, lr "
           f"{cfg.lr:g} ({cfg.warmup_steps} warmup, {cfg.lr_decay}), EMA {cfg.ema_decay}; writing to {out}")
-    ckpt = out / CHECKPOINT_NAME
-    try:
-        train(state, out, until=args.until, progress=not args.no_progress)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted at step {state.step}; the last checkpoint is "
-              f"{ckpt if ckpt.exists() else 'not written yet'} (continue with --resume)", file=sys.stderr)
-        return 130
-    except FloatingPointError as e:   # a non-finite loss or weights: nothing was saved over the last checkpoint
-        raise FloatingPointError(f"{e}; {last_checkpoint(ckpt)}") from e
-    except OSError as e:              # a full disk, a folder made read-only: the checkpoint is written atomically
-        if classify(e) is None:
-            raise
-        raise UserError(f"{describe(e)}; {last_checkpoint(ckpt)}") from e
-    paths.insert(0, ckpt)
-    if state.losses:
-        paths.append(viz.plot_loss_curve(out / "loss.png", state.losses,
-                                         title=f"Training loss ({len(state.losses)} steps)"))
-    if state.step < cfg.steps:
-        print(f"stopped at step {state.step} of {cfg.steps}; continue with: python examples/train_images.py "
-              f"--data {args.data} --out {out} --resume")
-    else:
-        try:
-            paths += final_pictures(state, out, settings, progress=not args.no_progress)
-        except FloatingPointError as e:   # the checkpoint is saved: other settings may sample it (sample.py)
-            raise FloatingPointError(f"the final samples: {e}; {last_checkpoint(ckpt)}") from e
-    loss = f"loss (mean of the last 50 steps) {np.mean(state.losses[-50:]):.4f}; " if state.losses else ""
-    print(f"{loss}wall time {time.perf_counter() - wall:.0f} s")
-    for path in paths:
-        print(f"wrote {path}")
-    return 0
+    return train_then_draw(state, out, args, settings, wall, draw=final_pictures, paths=paths,
+                           resume_command=f"python examples/train_images.py --data {args.data} --out {out} --resume")
 
 
 def main(argv=None) -> int:

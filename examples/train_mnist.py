@@ -72,6 +72,39 @@ PICTURE_BYTES = 20_000_000   # room for samples.png, denoising.gif, loss.png and
 DEBUG = os.environ.get("TINYDDPM_DEBUG", "") not in ("", "0")   # or --debug: tracebacks too
 
 
+def add_resume_options(p) -> None:
+    """--resume and --until; shared with train_images.py."""
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
+                   help=f"continue from CHECKPOINT (default: OUT/{CHECKPOINT_NAME})")
+    p.add_argument("--until", type=integer(1), default=None, metavar="STEP",
+                   help="stop at this step and save, as if interrupted (continue later with --resume)")
+
+
+def add_run_options(p) -> None:
+    """The device, how often to checkpoint, preview and log, and the final samples' sampler; shared with
+    train_images.py."""
+    p.add_argument("--device", choices=backend.DEVICES, default=None, help="default: cuda if CuPy finds a GPU")
+    p.add_argument("--checkpoint-every", type=integer(0), default=None,
+                   help="steps between checkpoints (0: only at the end)")
+    p.add_argument("--sample-every", type=integer(0), default=None, help="steps between preview grids (0: none)")
+    p.add_argument("--log-every", type=integer(1), default=None, help="steps between loss read-outs")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None, help="final sampler (default: the preset's)")
+    p.add_argument("--sample-steps", type=integer(1), default=None, help="final sampler steps (default: the preset's)")
+    p.add_argument("--guidance", type=number(), default=None, help="final guidance scale (default: the preset's)")
+
+
+def add_block_options(p) -> None:
+    """--activation, --weight-standardisation, --downsample, --upsample (BLOCK_OPTIONS); shared with train_images.py."""
+    blocks = p.add_argument_group("U-Net building blocks (default: the preset's, i.e. Ho et al.'s network)")
+    blocks.add_argument("--activation", choices=sorted(ACTIVATIONS), default=None, help="every nonlinearity")
+    blocks.add_argument("--weight-standardisation", action="store_const", const=True, default=None,
+                        help="weight-standardised conv1 in every ResBlock")
+    blocks.add_argument("--downsample", choices=DOWNSAMPLES, default=None,
+                        help="3x3 stride-2 conv, or space-to-depth then a 1x1 conv")
+    blocks.add_argument("--upsample", choices=UPSAMPLES, default=None,
+                        help="nearest x2 then a 3x3 conv, or a 4x4 stride-2 transposed conv")
+
+
 def parse_args(argv=None):
     p = Parser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
@@ -82,32 +115,15 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=integer(0), default=None, help="seed of the weights, batches and noise (default 0)")
     p.add_argument("--dataset", choices=DATASETS, default="mnist", help="what to train on")
     p.add_argument("--out", default=None, help="output directory (default runs/mnist, or runs/fashion-mnist)")
-    p.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
-                   help=f"continue from CHECKPOINT (default: OUT/{CHECKPOINT_NAME})")
-    p.add_argument("--until", type=integer(1), default=None, metavar="STEP",
-                   help="stop at this step and save, as if interrupted (continue later with --resume)")
+    add_resume_options(p)
     p.add_argument("--data-dir", default=None,
                    help="folder of the IDX files (default ~/.cache/tinyddpm/mnist, or .../fashion-mnist)")
     p.add_argument("--source", choices=SOURCES, default="auto",
                    help="where the images come from (package, subset: MNIST's; system: Fashion-MNIST's Debian package)")
-    p.add_argument("--device", choices=backend.DEVICES, default=None, help="default: cuda if CuPy finds a GPU")
-    p.add_argument("--checkpoint-every", type=integer(0), default=None,
-                   help="steps between checkpoints (0: only at the end)")
-    p.add_argument("--sample-every", type=integer(0), default=None, help="steps between preview grids (0: none)")
-    p.add_argument("--log-every", type=integer(1), default=None, help="steps between loss read-outs")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None, help="final sampler (default: the preset's)")
-    p.add_argument("--sample-steps", type=integer(1), default=None, help="final sampler steps (default: the preset's)")
-    p.add_argument("--guidance", type=number(), default=None, help="final guidance scale (default: the preset's)")
+    add_run_options(p)
     p.add_argument("--n-per-digit", type=integer(1), default=None, help="samples per digit in samples.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    blocks = p.add_argument_group("U-Net building blocks (default: the preset's, i.e. Ho et al.'s network)")
-    blocks.add_argument("--activation", choices=sorted(ACTIVATIONS), default=None, help="every nonlinearity")
-    blocks.add_argument("--weight-standardisation", action="store_const", const=True, default=None,
-                        help="weight-standardised conv1 in every ResBlock")
-    blocks.add_argument("--downsample", choices=DOWNSAMPLES, default=None,
-                        help="3x3 stride-2 conv, or space-to-depth then a 1x1 conv")
-    blocks.add_argument("--upsample", choices=UPSAMPLES, default=None,
-                        help="nearest x2 then a 3x3 conv, or a 4x4 stride-2 transposed conv")
+    add_block_options(p)
     args = p.parse_args(argv)
     if args.out is None:
         args.out = f"runs/{args.dataset}"
@@ -295,6 +311,23 @@ def train_and_draw(args, state, settings, out, device, wall, dp=None) -> int:
         print(f"data parallel: {dp.size} processes ({dp.local_size} on this machine), each {cfg.batch_size // dp.size} "
               f"images of every batch, gradients summed through {'NCCL or MPI' if device == 'cuda' else 'MPI'}; "
               f"{describe_threads(dp)}; rank 0 writes")
+    launcher = "" if dp is None else f"mpiexec -n {dp.size} "    # any N that divides the batch would do
+    dataset = "" if args.dataset == "mnist" else f"--dataset {args.dataset} "
+    return train_then_draw(state, out, args, settings, wall, draw=final_pictures, dp=dp,
+                           resume_command=f"{launcher}python examples/train_mnist.py {dataset}--out {out} --resume")
+
+
+def train_then_draw(state, out: Path, args, settings: dict, wall: float, *, draw, resume_command: str, dp=None,
+                    paths=()) -> int:
+    """Train to the end (or --until), then loss.png and, for a finished run, ``draw(state, out, settings,
+    progress)``'s pictures; print the wall time and every file written. Shared with train_images.py.
+
+    Ctrl-C: status 130 and where the last checkpoint is. A non-finite loss or a full disk: one line saying where
+    the last whole checkpoint is (nothing is saved over it). A run stopped by --until says how to continue
+    (``resume_command``). ``dp``: this process is one rank of N; only rank 0 draws and prints.
+    """
+    cfg = state.config
+    speaks = dp is None or dp.root
     ckpt = out / CHECKPOINT_NAME
     try:
         train(state, out, until=args.until, progress=not args.no_progress, dp=dp)
@@ -315,18 +348,15 @@ def train_and_draw(args, state, settings, out, device, wall, dp=None) -> int:
     if dp is not None:
         dp.done = True                # no collective left: the other ranks need not wait for what follows
         print(f"data parallel: the gradients went through {dp.transport}")   # decided at the first GPU collective
-    paths = [ckpt]
+    paths = [ckpt, *paths]
     if state.losses:
         paths.append(viz.plot_loss_curve(out / "loss.png", state.losses,
                                          title=f"Training loss ({len(state.losses)} steps)"))
     if state.step < cfg.steps:
-        launcher = "" if dp is None else f"mpiexec -n {dp.size} "    # any N that divides the batch would do
-        dataset = "" if args.dataset == "mnist" else f"--dataset {args.dataset} "
-        print(f"stopped at step {state.step} of {cfg.steps}; continue with: {launcher}python examples/train_mnist.py "
-              f"{dataset}--out {out} --resume")
+        print(f"stopped at step {state.step} of {cfg.steps}; continue with: {resume_command}")
     else:
         try:
-            paths += final_pictures(state, out, settings, progress=not args.no_progress)
+            paths += draw(state, out, settings, progress=not args.no_progress)
         except FloatingPointError as e:   # the checkpoint is saved: other settings may sample it (sample.py)
             raise FloatingPointError(f"the final samples: {e}; {last_checkpoint(ckpt)}") from e
     loss = f"loss (mean of the last 50 steps) {np.mean(state.losses[-50:]):.4f}; " if state.losses else ""
