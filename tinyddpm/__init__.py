@@ -22,8 +22,9 @@ from . import diffusion, ops
 from .backend import device_xp, get_device, get_xp, make_rng, seed_everything, set_device, to_device, to_numpy
 from .checkpoint import load_checkpoint, load_for_sampling, resume_state, save_state
 from .config import PRESETS, TrainConfig, default_preset, make_run_schedule, preset
-from .data import from_model_range, load_mnist, to_model_range
+from .data import from_model_range, load_dataset, load_mnist, to_model_range
 from .diffusion import GuidedModel, Trajectory, make_schedule, q_sample, sample
+from .image_folder import load_image_folder
 from .sampling import sample_digits
 from .state import TrainState, new_state
 from .training import train, train_step
@@ -42,7 +43,7 @@ __all__ = [
     "train", "train_step",
     # checkpoints and data
     "load_checkpoint", "load_for_sampling", "resume_state", "save_state",
-    "from_model_range", "load_mnist", "to_model_range",
+    "from_model_range", "load_dataset", "load_image_folder", "load_mnist", "to_model_range",
     # arrays and devices
     "device_xp", "get_device", "get_xp", "make_rng", "seed_everything", "set_device", "to_device", "to_numpy",
 ]

@@ -80,7 +80,7 @@ def sample_digits(params: dict, unet_config: UNetConfig, schedule: Schedule, dig
 
 
 def write_preview(state, path) -> Path:
-    """A grid of samples from the EMA weights, one row per digit, with the run's fast sampler."""
+    """A grid of samples from the EMA weights, one row per class (digit), with the run's fast sampler."""
     from . import viz  # matplotlib is only needed when pictures are drawn
 
     cfg = state.config
@@ -88,7 +88,7 @@ def write_preview(state, path) -> Path:
     x = sample_digits(state.ema.params, cfg.unet, state.schedule, digits, cfg.preview_per_digit,
                       sampler=cfg.sampler, steps=cfg.sample_steps, guidance=cfg.guidance,
                       prediction=cfg.prediction, seed=cfg.seed)
-    names = [str(d) for d in digits] if cfg.unet.num_classes is not None else None
+    names = None if cfg.unet.num_classes is None else list(state.class_names or [str(d) for d in digits])
     n = cfg.preview_per_digit
     title = f"step {state.step}: EMA weights, {cfg.sampler} {cfg.sample_steps} steps, guidance {cfg.guidance:g}"
     if n == 1:  # one row, the digits side by side

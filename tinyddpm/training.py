@@ -1,6 +1,6 @@
 """Training the class-conditional DDPM: one training step, and the loop around it.
 
-One step, for a batch of images x0 (N, 1, H, W) in [-1, 1] with labels y (N,):
+One step, for a batch of images x0 (N, C, H, W) in [-1, 1] with labels y (N,):
 
     t    ~ Uniform{0, ..., T-1}                      one timestep per image       (host generator)
     y'   = null label with probability p_uncond, else y                          (host generator)
@@ -53,7 +53,7 @@ def train_step(state: TrainState, dp=None):
     the batch, and one Allreduce sums the shares' into the whole batch's (distributed.py says why that is exact).
     """
     cfg, xp = state.config, device_xp()
-    x0, labels = next(state.batches)                                      # (B, 1, H, W), (B,)
+    x0, labels = next(state.batches)                                      # (B, C, H, W), (B,)
     B = x0.shape[0]
     t_host = state.host_rng.integers(0, cfg.num_timesteps, size=B)        # (B,) int64, t ~ U{0..T-1}
     if labels is not None and cfg.p_uncond > 0:
@@ -63,7 +63,7 @@ def train_step(state: TrainState, dp=None):
     rng = state.device_rng                                                # dropout masks
     if dp is not None:   # every rank drew all B rows above (their generators stay in step); it keeps its share
         rows = dp.rows(B)                                                 # [r B/N, (r + 1) B/N)
-        x0, t_host, noise = x0[rows], t_host[rows], noise[rows]           # (B/N, 1, H, W), (B/N,), ...
+        x0, t_host, noise = x0[rows], t_host[rows], noise[rows]           # (B/N, C, H, W), (B/N,), ...
         labels = None if labels is None else labels[rows]
         rng = dp.batch_rows(state.device_rng, B, rows)                    # masks drawn for B rows, its own kept
     share = x0.shape[0] / B                                               # 1/N: this rank's part of the mean

@@ -182,7 +182,7 @@ def plot_sample_grid(path, images, ncol=None, row_labels=None, col_labels=None, 
     gap = max(1, H // 14)
     mosaic = tile_images(g, gap=gap)
     scale = 0.32 * max(H, 14) / 14                           # inches per cell: MNIST cells ~0.6 inch
-    width = max(0.6 + scale * cols, 0.075 * len(title) + 0.4 if title else 0.0)  # room for the title
+    width = max(0.6 + scale * cols, 0.085 * len(title) + 0.4 if title else 0.0)  # room for the title
     fig = _new_figure(width, 0.4 + scale * rows + (0.3 if title else 0.0))
     ax = fig.subplots()
     ax.imshow(mosaic, cmap="gray" if C == 1 else None, vmin=0.0, vmax=1.0, interpolation="nearest")
