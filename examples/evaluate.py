@@ -157,6 +157,18 @@ class RealData:
     def labelled(self) -> bool:
         return self.reference.labels is not None
 
+    def reference_picks(self, count: int, seed: int) -> np.ndarray:
+        """Indices of the (at most) ``count`` real images that FID and precision/recall compare against.
+
+        A test split: its first ``count`` (the split is in no particular order; the README's floors use these).
+        A folder: a seeded random ``count``, since a folder is read class after class and its first images
+        would all be of the first class.
+        """
+        total = len(self.reference.images)
+        if self.name != "folder":
+            return np.arange(min(count, total))
+        return np.random.default_rng(seed).permutation(total)[:count]
+
     def train_split(self, args):
         """The named data set's train split, loaded once (the classifier and the nearest check share it)."""
         if self.train is None:
@@ -362,7 +374,7 @@ def work(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     K = len(real.class_names)
     n = K * args.n_per_digit
-    reference = pixels_to_model_range(real.reference.images[: 2 * n])   # (<= 2n, C, H, W)
+    reference = pixels_to_model_range(real.reference.images[real.reference_picks(2 * n, args.seed)])  # (<= 2n, C, H, W)
     real_features = features(classifier, reference)                     # (<= 2n, D)
     baseline = real_baseline(real_features, min(n, len(reference) // 2), seed=args.seed)
     reference = real_features[:n]

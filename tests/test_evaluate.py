@@ -255,3 +255,18 @@ def test_classifier_caches_per_data_set(tmp_path, capsys):
     with pytest.raises(CheckpointError, match=re.escape(str(path)) + ".*not a readable .npz checkpoint") as e:
         load_or_train_classifier(tmp_path, data_key=key, verbose=False)
     assert "\n" not in str(e.value)
+
+
+def test_a_folders_reference_is_drawn_from_every_class_a_splits_is_its_first_images():
+    """A folder is read class after class: FID's real images are a seeded random pick, not its first ones
+    (which once made them all 'Ankle boot' and a Fashion-MNIST checkpoint's FID-folder 1831 against a floor of 9)."""
+    evaluate = load_example("evaluate")
+    labels = np.repeat(np.arange(10), 100)                                  # (1000,) 0 0 ... 9 9, as a folder reads
+    part = type("Part", (), {"images": np.zeros((1000, 1, 8, 8), np.uint8), "labels": labels, "source": "test"})()
+    folder = evaluate.RealData("folder", "folder", "folder-x", [str(k) for k in range(10)], part)
+    picks = folder.reference_picks(200, seed=0)
+    assert len(set(picks.tolist())) == 200 and set(labels[picks].tolist()) == set(range(10))
+    assert np.array_equal(picks, folder.reference_picks(200, seed=0))     # seeded
+    split = evaluate.RealData("mnist", "MNIST", "mnist", [str(k) for k in range(10)], part)
+    assert np.array_equal(split.reference_picks(200, seed=0), np.arange(200))
+    assert np.array_equal(split.reference_picks(5000, seed=0), np.arange(1000))
