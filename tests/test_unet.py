@@ -273,6 +273,24 @@ def test_rgb_32px_matches_torch_twin(torch):
     assert out.shape == (3, 3, 32, 32)
 
 
+RGB64 = UNetConfig(image_channels=3, image_size=64, base_channels=4, channel_mults=(1, 2, 2), blocks_per_level=1,
+                   attention_resolutions=(16,), heads=1, dropout=0.0, groups=2, num_classes=3)   # images-gpu's
+# levels 64, 32, 16 and its attention at 16 (256 positions: at 32 the 1024 x 1024 float64 scores cost ~4x more)
+
+
+@settings(max_examples=1, deadline=None)   # 2 entries of each tensor at 64x64, tiny widths: a few seconds
+@given(seed=st.integers(0, 2**31 - 1))
+def test_whole_network_gradcheck_rgb_64px(seed):
+    errors = whole_network_errors(RGB64, seed)
+    worst = max(errors, key=errors.get)
+    assert errors["x"] < BLOCK_TOLERANCE and errors[worst] < BLOCK_TOLERANCE, (worst, errors[worst])
+
+
+def test_rgb_64px_matches_torch_twin(torch):
+    out, *_ = match_torch_twin(torch, RGB64, seed=6)
+    assert out.shape == (3, 3, 64, 64)
+
+
 def test_rgb_64px_shapes():
     """The images-gpu layout (levels 64, 32, 16, 8, attention at 16) at small widths: shapes in and out."""
     cfg = UNetConfig(image_channels=3, image_size=64, base_channels=8, channel_mults=(1, 2, 2, 2), blocks_per_level=1,
