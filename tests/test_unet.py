@@ -47,14 +47,7 @@ def test_whole_network_gradcheck(blocks, attention, conditional, heads, seed):
     cfg = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), blocks_per_level=blocks,
                      attention_resolutions=(4,) if attention else (), heads=heads, dropout=0.2, groups=4,
                      num_classes=3 if conditional else None)
-    rng = np.random.default_rng(seed)
-    params = randomised_params(cfg, seed)
-    x = randn(rng, 2, 1, 8, 8)
-    t = to_device(rng.integers(0, 1000, size=2))
-    labels = to_device(rng.integers(0, 4, size=2)) if conditional else None
-    forward, backward = unet_check_fns(cfg, t, labels, seed)(params)
-    errors = check_gradients(forward, backward, {"x": x, **params}, seed=seed, max_entries=2, h=BLOCK_STEP,
-                             known_zero=known_zero_gradients(params))
+    errors = whole_network_errors(cfg, seed, batch=2)
     worst = max(errors, key=errors.get)
     assert errors[worst] < BLOCK_TOLERANCE, (worst, errors[worst])
 
@@ -154,14 +147,7 @@ def test_whole_network_gradcheck_all_block_options(attention, conditional, seed)
     cfg = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), blocks_per_level=1,
                      attention_resolutions=(4,) if attention else (), heads=2, dropout=0.2, groups=4,
                      num_classes=3 if conditional else None, **ALL_OPTIONS)
-    rng = np.random.default_rng(seed)
-    params = randomised_params(cfg, seed)
-    x = randn(rng, 2, 1, 8, 8)
-    t = to_device(rng.integers(0, 1000, size=2))
-    labels = to_device(rng.integers(0, 4, size=2)) if conditional else None
-    forward, backward = unet_check_fns(cfg, t, labels, seed)(params)
-    errors = check_gradients(forward, backward, {"x": x, **params}, seed=seed, max_entries=2, h=BLOCK_STEP,
-                             known_zero=known_zero_gradients(params))
+    errors = whole_network_errors(cfg, seed, batch=2)
     worst = max(errors, key=errors.get)
     assert errors[worst] < BLOCK_TOLERANCE, (worst, errors[worst])
 
