@@ -50,6 +50,7 @@ class Batches:
         self.xp = get_xp(images, labels, op="Batches")
         self.epoch, self.position = 0, 0  # the next batch is batch `position` of epoch `epoch`
         self._order = None, None                # (epoch, permutation) cache
+        self._flips = None, None                # (epoch, mirrored items) cache
 
     @property
     def batches_per_epoch(self) -> int:
@@ -63,8 +64,10 @@ class Batches:
         return self._order[1]
 
     def flips(self, epoch: int) -> np.ndarray:
-        """Which items (N,) bool epoch ``epoch`` mirrors left-right (when ``flip`` is on)."""
-        return np.random.default_rng([self.seed, epoch, 1]).random(self.n) < 0.5
+        """Which items (N,) bool epoch ``epoch`` mirrors left-right (when ``flip`` is on); drawn once per epoch."""
+        if self._flips[0] != epoch:
+            self._flips = epoch, np.random.default_rng([self.seed, epoch, 1]).random(self.n) < 0.5
+        return self._flips[1]
 
     def next_indices(self) -> np.ndarray:
         """The indices (B,) of the next batch, advancing the state."""

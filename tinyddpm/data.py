@@ -619,17 +619,17 @@ def to_model_range(images, dtype=np.float32):
 
 
 def pixels_to_model_range(images, dtype=np.float32):
-    """uint8 images (N, C, H, W) with C = 1 (grey) or 3 (RGB), or (N, H, W), -> float (N, C, H, W) in [-1, 1]:
-    x = u / 127.5 - 1, as to_model_range (which takes one channel only)."""
+    """uint8 images (N, C, H, W) (C = 1 grey, 3 RGB; each plane alike), or (N, H, W), -> float (N, C, H, W) in
+    [-1, 1]: x = u / 127.5 - 1, as to_model_range (which takes one channel only)."""
     shape = tuple(getattr(images, "shape", ()))
-    if getattr(images, "dtype", None) != np.uint8 or len(shape) not in (3, 4) or (len(shape) == 4 and shape[1] not in (1, 3)):
-        raise ValueError(f"pixels_to_model_range: images must be uint8 (N, H, W) or (N, C, H, W) with C = 1 or 3, "
+    if getattr(images, "dtype", None) != np.uint8 or len(shape) not in (3, 4):
+        raise ValueError(f"pixels_to_model_range: images must be uint8 (N, H, W) or (N, C, H, W), "
                          f"got {getattr(images, 'dtype', type(images).__name__)} {shape}")
     if images.ndim == 3:
         images = images[:, None]  # (N, 1, H, W)
     dtype = np.dtype(dtype)
     if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"to_model_range: dtype must be float32 or float64, got {dtype}")
+        raise TypeError(f"pixels_to_model_range: dtype must be float32 or float64, got {dtype}")
     return images.astype(dtype) / dtype.type(127.5) - dtype.type(1.0)
 
 

@@ -173,6 +173,8 @@ def _stack(pictures: list, channels: int | None):
     grey = np.array([p.pixels.ndim == 2 or _looks_grey(p.pixels) for p in pictures])   # (N,) bool
     if channels is None:
         channels = 1 if grey.all() else 3
+    if channels == 1 and all(p.pixels.ndim == 2 for p in pictures):     # grey files only: no RGB detour
+        return np.stack([p.pixels for p in pictures])[:, None], int(grey.sum())        # (N, 1, S, S)
     as_rgb = [p.pixels if p.pixels.ndim == 3 else np.repeat(p.pixels[:, :, None], 3, axis=2) for p in pictures]
     rgb = np.stack(as_rgb).transpose(0, 3, 1, 2)                                         # (N, 3, S, S)
     if channels == 3:

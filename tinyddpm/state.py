@@ -21,7 +21,7 @@ import numpy as np
 from .backend import device_xp, to_device, to_numpy
 from .batches import Batches
 from .config import TrainConfig, make_run_schedule
-from .data import to_model_range
+from .data import pixels_to_model_range
 from .diffusion import Schedule
 from .optim import EMA, AdamW
 from .unet import init_params
@@ -105,12 +105,7 @@ def batches_for(config: TrainConfig, images, labels, flip: bool = False) -> Batc
 
     ``flip``: each image is mirrored left-right with probability 1/2, drawn per epoch (Batches).
     """
-    dtype = np.dtype(config.dtype)
-    if images.ndim == 3:                                                     # (N, H, W): one channel
-        x0 = to_model_range(images, dtype=dtype)                             # (N, 1, H, W) in [-1, 1]
-    else:                                                                    # (N, C, H, W): each plane alike
-        N, C, H, W = images.shape
-        x0 = to_model_range(images.reshape(N * C, H, W), dtype=dtype).reshape(N, C, H, W)
+    x0 = pixels_to_model_range(images, dtype=np.dtype(config.dtype))        # (N, C, H, W) in [-1, 1]
     y = None if config.unet.num_classes is None else to_device(labels, dtype=np.int64)  # NumPy or CuPy labels
     return Batches(to_device(x0), y, config.batch_size, seed=seed_for(config.seed, 0) % 2**31, flip=flip)
 
