@@ -19,6 +19,7 @@ The pieces underneath, each in a file of its own:
 Pictures are in ``tinyddpm.viz`` (imported on demand: it needs matplotlib).
 """
 from . import diffusion, ops
+from .allocator import keep_freed_memory
 from .backend import device_xp, get_device, get_xp, make_rng, seed_everything, set_device, to_device, to_numpy
 from .checkpoint import load_checkpoint, load_for_sampling, resume_state, save_state
 from .config import PRESETS, TrainConfig, default_preset, make_run_schedule, preset
@@ -31,6 +32,9 @@ from .training import train, train_step
 from .unet import UNetConfig, count_params, init_params, unet_backward, unet_forward, unet_model
 
 __version__ = "0.1.0"
+
+# glibc keeps freed blocks for the next training step instead of page-faulting them in again (allocator.py)
+keep_freed_memory()
 
 __all__ = [
     "diffusion", "ops",
