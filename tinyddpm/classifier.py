@@ -93,14 +93,14 @@ def softmax_cross_entropy_forward(logits, labels, reduction: str = "mean"):
     op = "softmax_cross_entropy"
     xp = float_inputs(op, logits=logits)
     require(op, logits.ndim == 2 and logits.shape[0] >= 1 and logits.shape[1] >= 1,
-            f"logits must be 2-D (N, K) with N, K >= 1, got {describe(logits=logits)}")
+            lambda: f"logits must be 2-D (N, K) with N, K >= 1, got {describe(logits=logits)}")
     if not hasattr(labels, "dtype") or np.dtype(labels.dtype).kind not in "iu":
         raise TypeError(f"{op}: labels must be an integer array, got "
                         f"{getattr(labels, 'dtype', type(labels).__name__)} (logits {tuple(logits.shape)})")
     get_xp(logits, labels, op=op)  # one backend
     require(op, reduction in ("mean", "none"), f"reduction must be 'mean' or 'none', got {reduction!r}")
     N, K = logits.shape
-    require(op, tuple(labels.shape) == (N,), f"labels must be (N,) = ({N},): {describe(logits=logits, labels=labels)}")
+    require(op, tuple(labels.shape) == (N,), lambda: f"labels must be (N,) = ({N},): {describe(logits=logits, labels=labels)}")
     if values_on_host(labels) and (int(labels.min()) < 0 or int(labels.max()) >= K):  # CuPy: NaN rows below
         raise ValueError(f"{op}: labels must lie in [0, {K}), got range [{int(labels.min())}, {int(labels.max())}] "
                          f"({describe(logits=logits, labels=labels)})")
@@ -189,7 +189,7 @@ def classifier_forward(params: dict, x):
     op = "classifier"
     float_inputs(op, x=x, **{k: params[k] for k in sorted(params)})
     require(op, x.ndim == 4 and x.shape[1] == params["conv1.w"].shape[1],
-            f"x must be (N, {params['conv1.w'].shape[1]}, H, W), got {describe(x=x)}")
+            lambda: f"x must be (N, {params['conv1.w'].shape[1]}, H, W), got {describe(x=x)}")
     layers = []
     h = x
     for name, stride in CONV_LAYERS:
@@ -199,7 +199,7 @@ def classifier_forward(params: dict, x):
         layers.append(("silu", c))
     N = h.shape[0]
     require(op, h[0].size == params["fc1.w"].shape[1],
-            f"the conv stack gives {tuple(h.shape[1:])} per image, fc1 expects {params['fc1.w'].shape[1]} "
+            lambda: f"the conv stack gives {tuple(h.shape[1:])} per image, fc1 expects {params['fc1.w'].shape[1]} "
             f"inputs: {describe(x=x)}; was the net made for another image size?")
     layers.append(("flatten", tuple(h.shape)))
     h = h.reshape(N, -1)  # (N, C3*h*w)

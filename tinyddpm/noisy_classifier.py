@@ -170,7 +170,7 @@ def noisy_classifier_forward(params: dict, x, t):
     N = h.shape[0]
     flat_shape = tuple(h.shape)
     require("noisy_classifier", h[0].size == params["fc1.w"].shape[1],
-            f"the conv stack gives {flat_shape[1:]} per image, fc1 expects {params['fc1.w'].shape[1]} inputs: "
+            lambda: f"the conv stack gives {flat_shape[1:]} per image, fc1 expects {params['fc1.w'].shape[1]} inputs: "
             f"{describe(x=x)}; was the net made for another image size?")
     a, fc1 = linear_forward(h.reshape(N, -1), params["fc1.w"], params["fc1.b"])      # (N, C3*h*w) -> (N, D)
     f, fc1_act = silu_forward(a)                                                    # (N, D)
@@ -449,10 +449,10 @@ def _check_noisy_classifier(params: dict, x, t):
     require_array(op, "t", t)
     get_xp(x, t, op=op)
     c_in = params["conv1.w"].shape[1]
-    require(op, x.ndim == 4 and x.shape[1] == c_in, f"x must be (N, {c_in}, H, W), got {describe(x=x)}")
+    require(op, x.ndim == 4 and x.shape[1] == c_in, lambda: f"x must be (N, {c_in}, H, W), got {describe(x=x)}")
     if np.dtype(t.dtype).kind not in "iu":
         raise TypeError(f"{op}: t must hold integer timesteps, got {describe(t=t)} (x {tuple(x.shape)})")
-    require(op, tuple(t.shape) == (x.shape[0],), f"t must be (N,) = ({x.shape[0]},): {describe(x=x, t=t)}")
+    require(op, tuple(t.shape) == (x.shape[0],), lambda: f"t must be (N,) = ({x.shape[0]},): {describe(x=x, t=t)}")
 
 
 if __name__ == "__main__":  # python -m tinyddpm.noisy_classifier [--retrain]: train (or load) for the linear schedule

@@ -4,7 +4,7 @@ Each op file keeps its own rules in one small function at the bottom, ``_check_<
 forward calls in its first line (``xp = _check_conv2d(x, w, b, stride, padding)``) so that the math
 reads first. Those functions are built from the helpers here: ``float_inputs`` (float32 or float64,
 one dtype, one backend; returns the array module), ``require_array``, ``require_ndim``, ``require``
-and ``describe`` for the shapes in a message. Integer hyper-parameters use ``tinyddpm.checks.is_int``
+and ``describe`` for the shapes in a message (wrapped in a lambda, so that it is only formatted on failure). Integer hyper-parameters use ``tinyddpm.checks.is_int``
 (an int or NumPy integer, never a bool).
 
 Checks of array *values* (labels in [0, K), timesteps in [0, T)) run only where the values are on the host
@@ -56,10 +56,14 @@ def require_ndim(op: str, name: str, a, ndim: int, layout: str = "") -> None:
         raise ValueError(f"{op}: {name} must be {ndim}-D{hint}, got shape {tuple(a.shape)}")
 
 
-def require(op: str, condition: bool, message: str) -> None:
-    """Raise a ValueError '<op>: <message>' unless ``condition`` holds."""
+def require(op: str, condition: bool, message) -> None:
+    """Raise a ValueError '<op>: <message>' unless ``condition`` holds.
+
+    ``message`` is a string, or a function returning one (``lambda: f"... {describe(x=x)}"``) where building it
+    costs something: formatting shapes and dtypes at every call was ~4% of a training step.
+    """
     if not condition:
-        raise ValueError(f"{op}: {message}")
+        raise ValueError(f"{op}: {message() if callable(message) else message}")
 
 
 def values_on_host(a) -> bool:

@@ -164,5 +164,5 @@ def _check_attention_backward(dy, cache: AttentionCache):
     op = "attention backward"
     xp = float_inputs(op, dy=dy, x=cache.x)
     require(op, tuple(dy.shape) == cache.x_shape,
-            f"dy must have the forward input's shape {cache.x_shape}: {describe(dy=dy)}")
+            lambda: f"dy must have the forward input's shape {cache.x_shape}: {describe(dy=dy)}")
     return xp

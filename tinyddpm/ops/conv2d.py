@@ -167,9 +167,9 @@ def _check_conv2d(x, w, b, stride, padding):
     require_ndim(op, "x", x, 4, "(N, C, H, W)")
     require_ndim(op, "w", w, 4, "(F, C, k, k)")
     F, C, kh, kw = w.shape
-    require(op, kh == kw and kh % 2 == 1, f"kernel must be square with odd size, got {describe(w=w)}")
-    require(op, x.shape[1] == C, f"x has {x.shape[1]} channels but w expects {C}: {describe(x=x, w=w)}")
-    require(op, b is None or tuple(b.shape) == (F,), f"b must be (F,) = ({F},): {describe(w=w, b=b)}")
+    require(op, kh == kw and kh % 2 == 1, lambda: f"kernel must be square with odd size, got {describe(w=w)}")
+    require(op, x.shape[1] == C, lambda: f"x has {x.shape[1]} channels but w expects {C}: {describe(x=x, w=w)}")
+    require(op, b is None or tuple(b.shape) == (F,), lambda: f"b must be (F,) = ({F},): {describe(w=w, b=b)}")
     require(op, is_int(stride) and stride in (1, 2), f"stride must be 1 or 2, got {stride!r}")
     require(op, padding is None or (is_int(padding) and padding >= 0),
             f"padding must be None or an int >= 0, got {padding!r}")
@@ -177,7 +177,7 @@ def _check_conv2d(x, w, b, stride, padding):
     p = k // 2 if padding is None else int(padding)
     H, W = x.shape[2:]
     require(op, _out_size(H, k, s, p) >= 1 and _out_size(W, k, s, p) >= 1,
-            f"input {H}x{W} with padding {p} is smaller than the {k}x{k} kernel: {describe(x=x, w=w)}")
+            lambda: f"input {H}x{W} with padding {p} is smaller than the {k}x{k} kernel: {describe(x=x, w=w)}")
     return xp
 
 

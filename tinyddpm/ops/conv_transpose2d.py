@@ -110,14 +110,14 @@ def _check_conv_transpose2d(x, w, b, stride, padding):
     require_ndim(op, "x", x, 4, "(N, Ci, H, W)")
     require_ndim(op, "w", w, 4, "(Ci, Co, k, k)")
     Ci, Co, kh, kw = w.shape
-    require(op, kh == kw, f"kernel must be square, got {describe(w=w)}")
-    require(op, x.shape[1] == Ci, f"x has {x.shape[1]} channels but w (Ci, Co, k, k) expects {Ci}: {describe(x=x, w=w)}")
-    require(op, b is None or tuple(b.shape) == (Co,), f"b must be (Co,) = ({Co},): {describe(w=w, b=b)}")
+    require(op, kh == kw, lambda: f"kernel must be square, got {describe(w=w)}")
+    require(op, x.shape[1] == Ci, lambda: f"x has {x.shape[1]} channels but w (Ci, Co, k, k) expects {Ci}: {describe(x=x, w=w)}")
+    require(op, b is None or tuple(b.shape) == (Co,), lambda: f"b must be (Co,) = ({Co},): {describe(w=w, b=b)}")
     require(op, is_int(stride) and stride >= 1, f"stride must be an integer >= 1, got {stride!r}")
     require(op, is_int(padding) and padding >= 0, f"padding must be an integer >= 0, got {padding!r}")
     H, W = x.shape[2:]
     Ho, Wo = _out_size(H, kh, int(stride), int(padding)), _out_size(W, kh, int(stride), int(padding))
-    require(op, Ho >= 1 and Wo >= 1, f"padding {padding} crops the whole {Ho + 2 * padding}x{Wo + 2 * padding} "
+    require(op, Ho >= 1 and Wo >= 1, lambda: f"padding {padding} crops the whole {Ho + 2 * padding}x{Wo + 2 * padding} "
                                      f"output: {describe(x=x, w=w)}")
     return xp
 

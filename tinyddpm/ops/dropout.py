@@ -66,7 +66,7 @@ def _check_dropout(x, p, rng, train):
     op = "dropout"
     float_inputs(op, x=x)
     p_ok = isinstance(p, numbers.Real) and not isinstance(p, bool) and 0.0 <= p < 1.0
-    require(op, p_ok, f"p must be a number in [0, 1), got {p!r} for {describe(x=x)}")
+    require(op, p_ok, lambda: f"p must be a number in [0, 1), got {p!r} for {describe(x=x)}")
     if not train or p == 0:
         return
     if not hasattr(rng, "random"):

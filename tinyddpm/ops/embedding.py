@@ -171,7 +171,7 @@ def _check_timestep_embedding(t, dim, max_period, dtype):
     if not (t_dtype.kind in "iu" or t_dtype in FLOAT_DTYPES):
         raise TypeError(f"{op}: t has dtype {t_dtype}; supported: integer, float32, float64 ({describe(t=t)})")
     require_ndim(op, "t", t, 1, "(N,)")
-    require(op, is_int(dim) and dim >= 2, f"dim must be an integer >= 2, got {dim!r} for {describe(t=t)}")
+    require(op, is_int(dim) and dim >= 2, lambda: f"dim must be an integer >= 2, got {dim!r} for {describe(t=t)}")
     require(op, isinstance(max_period, numbers.Real) and max_period > 0,
             f"max_period must be a positive number, got {max_period!r}")
     if dtype is not None and np.dtype(dtype) not in FLOAT_DTYPES:

@@ -106,16 +106,16 @@ def _check_groupnorm(x, gamma, beta, groups, eps):
     """Raise, naming groupnorm and the shapes, unless the arguments fit the forward; return xp."""
     op = "groupnorm"
     xp = float_inputs(op, x=x, gamma=gamma, beta=beta)
-    require(op, x.ndim >= 3, f"x must be at least 3-D (N, C, *spatial), got {describe(x=x)}")
-    require(op, is_int(groups) and groups >= 1, f"groups must be a positive integer, got {groups!r} for {describe(x=x)}")
+    require(op, x.ndim >= 3, lambda: f"x must be at least 3-D (N, C, *spatial), got {describe(x=x)}")
+    require(op, is_int(groups) and groups >= 1, lambda: f"groups must be a positive integer, got {groups!r} for {describe(x=x)}")
     C = x.shape[1]
-    require(op, C % groups == 0, f"groups={groups} does not divide the {C} channels of {describe(x=x)}")
+    require(op, C % groups == 0, lambda: f"groups={groups} does not divide the {C} channels of {describe(x=x)}")
     require(op, (gamma is None) == (beta is None),
-            f"gamma and beta must both be (C,) arrays or both be None, got {_shape_or_none(gamma=gamma, beta=beta)}"
+            lambda: f"gamma and beta must both be (C,) arrays or both be None, got {_shape_or_none(gamma=gamma, beta=beta)}"
             f" for {describe(x=x)}")
     if gamma is not None:
         require(op, tuple(gamma.shape) == (C,) and tuple(beta.shape) == (C,),
-                f"gamma and beta must be (C,) = ({C},): {describe(x=x, gamma=gamma, beta=beta)}")
+                lambda: f"gamma and beta must be (C,) = ({C},): {describe(x=x, gamma=gamma, beta=beta)}")
     require(op, float(eps) > 0, f"eps must be positive, got {eps!r}")
     return xp
 

@@ -56,8 +56,8 @@ def _check_linear(x, w, b):
     """Raise, naming linear and the shapes, unless x (..., D), w (F, D), b (F,) or None fit; return xp."""
     op = "linear"
     xp = float_inputs(op, x=x, w=w, b=b)
-    require(op, w.ndim == 2, f"w must be 2-D (F, D), got {describe(w=w)}")
+    require(op, w.ndim == 2, lambda: f"w must be 2-D (F, D), got {describe(w=w)}")
     require(op, x.ndim >= 1 and x.shape[-1] == w.shape[1],
-            f"x's last dimension must equal w's D: {describe(x=x, w=w)}")
-    require(op, b is None or tuple(b.shape) == (w.shape[0],), f"b must be (F,) = ({w.shape[0]},): {describe(w=w, b=b)}")
+            lambda: f"x's last dimension must equal w's D: {describe(x=x, w=w)}")
+    require(op, b is None or tuple(b.shape) == (w.shape[0],), lambda: f"b must be (F,) = ({w.shape[0]},): {describe(w=w, b=b)}")
     return xp

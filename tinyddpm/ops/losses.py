@@ -92,9 +92,9 @@ def _check_loss(op, pred, target, weights):
     """Raise, naming the loss and the shapes, unless pred (N, ...), target (pred's shape) and weights
     (N,) or None fit; return xp."""
     xp = float_inputs(op, pred=pred, target=target, weights=weights)
-    require(op, pred.ndim >= 1, f"pred must have a batch axis (N, ...), got {describe(pred=pred)}")
+    require(op, pred.ndim >= 1, lambda: f"pred must have a batch axis (N, ...), got {describe(pred=pred)}")
     require(op, tuple(pred.shape) == tuple(target.shape),
-            f"pred and target must have the same shape: {describe(pred=pred, target=target)}")
+            lambda: f"pred and target must have the same shape: {describe(pred=pred, target=target)}")
     require(op, weights is None or tuple(weights.shape) == (pred.shape[0],),
-            f"weights must be (N,) = ({pred.shape[0]},): {describe(pred=pred, weights=weights)}")
+            lambda: f"weights must be (N,) = ({pred.shape[0]},): {describe(pred=pred, weights=weights)}")
     return xp

@@ -101,12 +101,12 @@ def _check_concat(a, b, axis):
     op = "concat"
     xp = float_inputs(op, a=a, b=b)
     require(op, a.ndim == b.ndim and a.ndim >= 1,
-            f"a and b must have the same number of dimensions (at least 1): {describe(a=a, b=b)}")
+            lambda: f"a and b must have the same number of dimensions (at least 1): {describe(a=a, b=b)}")
     require(op, is_int(axis) and -a.ndim <= axis < a.ndim,
-            f"axis {axis!r} is out of range for {a.ndim}-D inputs: {describe(a=a, b=b)}")
+            lambda: f"axis {axis!r} is out of range for {a.ndim}-D inputs: {describe(a=a, b=b)}")
     axis = int(axis) % a.ndim
     same = all(sa == sb for k, (sa, sb) in enumerate(zip(a.shape, b.shape)) if k != axis)
-    require(op, same, f"shapes must match except on axis {axis}: {describe(a=a, b=b)}")
+    require(op, same, lambda: f"shapes must match except on axis {axis}: {describe(a=a, b=b)}")
     return xp
 
 
@@ -115,4 +115,4 @@ def _check_add(a, b):
     op = "add"
     float_inputs(op, a=a, b=b)
     require(op, _broadcast_axes(tuple(a.shape), tuple(b.shape)) is not None,
-            f"b must have a's shape or broadcast to it: {describe(a=a, b=b)}")
+            lambda: f"b must have a's shape or broadcast to it: {describe(a=a, b=b)}")

@@ -71,7 +71,7 @@ def _check_space_to_depth(x, factor):
     require(op, is_int(factor) and factor >= 1, f"factor must be an integer >= 1, got {factor!r}")
     H, W = x.shape[2:]
     require(op, H % factor == 0 and W % factor == 0,
-            f"H and W must be multiples of the factor {factor}, got {describe(x=x)}")
+            lambda: f"H and W must be multiples of the factor {factor}, got {describe(x=x)}")
     return xp
 
 
