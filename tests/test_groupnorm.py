@@ -1,4 +1,8 @@
-"""groupnorm: gradient check (hypothesis shapes and groups), PyTorch oracle, stability, bad input, NaN."""
+"""groupnorm: gradient check (hypothesis shapes and groups), PyTorch oracle, stability, bad input, NaN.
+
+Every test runs on both implementations: the reference (ops/groupnorm.py) and the U-Net's variant in fewer passes
+(ops/groupnorm_fast.py), which must also equal the reference on hypothesis-drawn shapes.
+"""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -7,13 +11,19 @@ from helpers import OP_TOLERANCE, ORACLE_TOLERANCE, oracle_error, randn, to_torc
 from tinyddpm.backend import to_device, to_numpy
 from tinyddpm.gradcheck import check_gradients
 from tinyddpm.ops.groupnorm import groupnorm_backward, groupnorm_forward
+from tinyddpm.ops.groupnorm_fast import groupnorm_fast_backward, groupnorm_fast_forward
+
+IMPLEMENTATIONS = [pytest.param((groupnorm_forward, groupnorm_backward), id="reference"),
+                   pytest.param((groupnorm_fast_forward, groupnorm_fast_backward), id="fast")]
 
 
 @settings(max_examples=20, deadline=None)
 @given(n=st.integers(1, 3), groups=st.integers(1, 4), per_group=st.integers(1, 3),
        spatial=st.lists(st.integers(1, 4), min_size=1, max_size=2), affine=st.booleans(),
        seed=st.integers(0, 2**31 - 1))
-def test_gradcheck(n, groups, per_group, spatial, affine, seed):
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_gradcheck(impl, n, groups, per_group, spatial, affine, seed):
+    groupnorm_forward, groupnorm_backward = impl
     rng = np.random.default_rng(seed)
     c = groups * per_group
     # A group of exactly 2 entries normalises to xhat = +-d / sqrt(d^2 + 4 eps) ~ +-1 (d = their difference):
@@ -32,15 +42,19 @@ def test_gradcheck(n, groups, per_group, spatial, affine, seed):
     assert max(errors.values()) < OP_TOLERANCE, errors
 
 
-def test_no_affine_returns_none_for_params():
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_no_affine_returns_none_for_params(impl):
+    groupnorm_forward, groupnorm_backward = impl
     rng = np.random.default_rng(0)
     y, cache = groupnorm_forward(randn(rng, 2, 4, 3, 3), None, None, 2)
     dx, dgamma, dbeta = groupnorm_backward(randn(rng, 2, 4, 3, 3), cache)
     assert dgamma is None and dbeta is None and dx.shape == (2, 4, 3, 3)
 
 
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_dtypes_preserved(dtype):
+def test_dtypes_preserved(impl, dtype):
+    groupnorm_forward, groupnorm_backward = impl
     rng = np.random.default_rng(0)
     x, g, b = randn(rng, 2, 6, 4, 4, dtype=dtype), randn(rng, 6, dtype=dtype), randn(rng, 6, dtype=dtype)
     y, cache = groupnorm_forward(x, g, b, 3)
@@ -50,7 +64,9 @@ def test_dtypes_preserved(dtype):
 
 @pytest.mark.parametrize("shape, groups, affine", [((2, 6, 4, 5), 3, True), ((3, 8, 7), 4, False),
                                                    ((1, 4, 2, 3, 2), 1, True), ((2, 4, 3, 3), 4, True)])
-def test_matches_torch(torch, shape, groups, affine):
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_matches_torch(torch, impl, shape, groups, affine):
+    groupnorm_forward, groupnorm_backward = impl
     rng = np.random.default_rng(1)
     c = shape[1]
     x, dy = randn(rng, *shape), randn(rng, *shape)
@@ -66,7 +82,9 @@ def test_matches_torch(torch, shape, groups, affine):
         assert oracle_error(ours, theirs) < ORACLE_TOLERANCE
 
 
-def test_large_offset_is_stable_in_float32():
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_large_offset_is_stable_in_float32(impl):
+    groupnorm_forward, groupnorm_backward = impl
     # mean 1e4, std 1: E[x^2] - E[x]^2 would lose every digit in float32; two-pass variance does not.
     rng = np.random.default_rng(2)
     base = rng.standard_normal((2, 4, 8, 8))
@@ -76,7 +94,9 @@ def test_large_offset_is_stable_in_float32():
     assert np.max(np.abs(to_numpy(y) - to_numpy(ref))) < 5e-3
 
 
-def test_bad_input_names_op_and_shapes():
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_bad_input_names_op_and_shapes(impl):
+    groupnorm_forward, groupnorm_backward = impl
     rng = np.random.default_rng(0)
     x = randn(rng, 2, 6, 4, 4)
     with pytest.raises(ValueError, match=r"groupnorm.*groups=4.*6 channels.*\(2, 6, 4, 4\)"):
@@ -107,7 +127,9 @@ def test_two_backends_rejected():
         groupnorm_forward(x, FakeCupyArray(), FakeCupyArray(), 3)
 
 
-def test_nan_propagates_within_its_group_only():
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_nan_propagates_within_its_group_only(impl):
+    groupnorm_forward, groupnorm_backward = impl
     rng = np.random.default_rng(0)
     x = randn(rng, 2, 4, 3, 3)
     x[0, 0, 1, 1] = np.nan
@@ -116,3 +138,29 @@ def test_nan_propagates_within_its_group_only():
     y = to_numpy(y)
     assert np.isnan(y[0, :2]).all() and not np.isnan(y[0, 2:]).any() and not np.isnan(y[1]).any()
     assert np.isnan(dx[0, :2]).all() and not np.isnan(dx[1]).any()
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 4), groups=st.integers(1, 4), per_group=st.integers(1, 4),
+       spatial=st.lists(st.integers(1, 9), min_size=1, max_size=2), affine=st.booleans(),
+       offset=st.sampled_from([0.0, 3.0, -50.0]), seed=st.integers(0, 2**31 - 1))
+def test_fast_matches_reference(n, groups, per_group, spatial, affine, offset, seed):
+    rng = np.random.default_rng(seed)
+    c = groups * per_group
+    x, dy = randn(rng, n, c, *spatial) + offset, randn(rng, n, c, *spatial)
+    g, b = (randn(rng, c), randn(rng, c)) if affine else (None, None)
+    eps = 0.5 if per_group * int(np.prod(spatial)) == 2 else 1e-5  # 2-entry groups: see test_gradcheck
+    for dtype, tolerance in ((np.float64, 1e-12), (np.float32, 2e-5)):
+        args = [None if a is None else a.astype(dtype) for a in (x, g, b)]
+        y, cache = groupnorm_forward(*args, groups, eps)
+        y_fast, cache_fast = groupnorm_fast_forward(*args, groups, eps)
+        reference = (y,) + groupnorm_backward(dy.astype(dtype), cache)
+        fast = (y_fast,) + groupnorm_fast_backward(dy.astype(dtype), cache_fast)
+        for name, ours, ref in zip(("y", "dx", "dgamma", "dbeta"), fast, reference):
+            if ref is None:
+                assert ours is None, name
+                continue
+            assert ours.dtype == dtype and ours.shape == ref.shape, name
+            scale = max(1e-30, float(np.max(np.abs(to_numpy(ref)))))
+            error = float(np.max(np.abs(to_numpy(ours).astype(np.float64) - to_numpy(ref)))) / scale
+            assert error < tolerance, (name, dtype.__name__, error)

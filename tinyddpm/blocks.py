@@ -20,6 +20,8 @@ AttentionBlock::
     out = x + attention(groupnorm(x))              # the output projection starts at zero
 
 Downsample is a 3x3 convolution with stride 2; Upsample is nearest-neighbour x2 followed by a 3x3 conv.
+GroupNorm runs as ops/groupnorm_fast.py: the function of ops/groupnorm.py in fewer passes over memory, tested
+against it.
 
 Options (UNetConfig in unet.py; the defaults are the blocks above):
 
@@ -51,7 +53,7 @@ from .ops.conv2d import conv2d_backward, conv2d_forward
 from .ops.conv_transpose2d import conv_transpose2d_backward, conv_transpose2d_forward
 from .ops.dropout import dropout_backward, dropout_forward
 from .ops.gelu import gelu_backward, gelu_forward
-from .ops.groupnorm import groupnorm_backward, groupnorm_forward
+from .ops.groupnorm_fast import groupnorm_fast_backward, groupnorm_fast_forward
 from .ops.linear import linear_backward, linear_forward
 from .ops.silu import silu_backward, silu_forward
 from .ops.skip import add_backward, add_forward
@@ -107,12 +109,12 @@ def resblock_forward(p, name, x, temb_act, *, groups, dropout=0.0, train=False, 
     ``weight_standardisation`` standardises conv1's filters (see the module docstring).
     """
     conv1_forward = ws_conv2d_forward if weight_standardisation else conv2d_forward
-    h, norm1 = groupnorm_forward(x, p[f"{name}.norm1.g"], p[f"{name}.norm1.b"], groups)
+    h, norm1 = groupnorm_fast_forward(x, p[f"{name}.norm1.g"], p[f"{name}.norm1.b"], groups)
     h, act1 = activation_forward(h, activation)
     h, conv1 = conv1_forward(h, p[f"{name}.conv1.w"], p[f"{name}.conv1.b"])  # (N, Co, H, W)
     e, temb = linear_forward(temb_act, p[f"{name}.temb.w"], p[f"{name}.temb.b"])  # (N, Co)
     h, add_temb = add_forward(h, e[:, :, None, None])  # (N, Co, 1, 1) broadcast over H, W
-    h, norm2 = groupnorm_forward(h, p[f"{name}.norm2.g"], p[f"{name}.norm2.b"], groups)
+    h, norm2 = groupnorm_fast_forward(h, p[f"{name}.norm2.g"], p[f"{name}.norm2.b"], groups)
     h, act2 = activation_forward(h, activation)
     h, drop = dropout_forward(h, dropout, rng, train=train)
     h, conv2 = conv2d_forward(h, p[f"{name}.conv2.w"], p[f"{name}.conv2.b"])
@@ -137,14 +139,14 @@ def resblock_backward(dout, cache: ResBlockCache, grads):
     dh, grads[f"{name}.conv2.w"], grads[f"{name}.conv2.b"] = conv2d_backward(dh, cache.conv2)
     dh = dropout_backward(dh, cache.drop)
     dh = activation_backward(dh, cache.act2)
-    dh, grads[f"{name}.norm2.g"], grads[f"{name}.norm2.b"] = groupnorm_backward(dh, cache.norm2)
+    dh, grads[f"{name}.norm2.g"], grads[f"{name}.norm2.b"] = groupnorm_fast_backward(dh, cache.norm2)
     # h = h + e[:, :, None, None]
     dh, de = add_backward(dh, cache.add_temb)
     dtemb_act, grads[f"{name}.temb.w"], grads[f"{name}.temb.b"] = linear_backward(de[:, :, 0, 0], cache.temb)
     conv1_backward = ws_conv2d_backward if cache.standardised else conv2d_backward
     dh, grads[f"{name}.conv1.w"], grads[f"{name}.conv1.b"] = conv1_backward(dh, cache.conv1)
     dh = activation_backward(dh, cache.act1)
-    dx_main, grads[f"{name}.norm1.g"], grads[f"{name}.norm1.b"] = groupnorm_backward(dh, cache.norm1)
+    dx_main, grads[f"{name}.norm1.g"], grads[f"{name}.norm1.b"] = groupnorm_fast_backward(dh, cache.norm1)
     dx = dx_main + dx_skip  # x fed both the main path and the skip path
     return dx, dtemb_act
 
@@ -158,7 +160,7 @@ class AttentionBlockCache(NamedTuple):
 
 def attention_block_forward(p, name, x, *, groups, heads):
     """x + attention(groupnorm(x)) on x (N, C, H, W). Returns (out (N, C, H, W), cache)."""
-    h, norm = groupnorm_forward(x, p[f"{name}.norm.g"], p[f"{name}.norm.b"], groups)
+    h, norm = groupnorm_fast_forward(x, p[f"{name}.norm.g"], p[f"{name}.norm.b"], groups)
     h, attn = attention_forward(h, p[f"{name}.qkv.w"], p[f"{name}.qkv.b"], p[f"{name}.out.w"], p[f"{name}.out.b"], heads)
     out, residual = add_forward(x, h)
     return out, AttentionBlockCache(name, norm, attn, residual)
@@ -171,7 +173,7 @@ def attention_block_backward(dout, cache: AttentionBlockCache, grads):
     dh, dqkv_w, dqkv_b, dout_w, dout_b = attention_backward(dh, cache.attn)
     grads[f"{name}.qkv.w"], grads[f"{name}.qkv.b"] = dqkv_w, dqkv_b
     grads[f"{name}.out.w"], grads[f"{name}.out.b"] = dout_w, dout_b
-    dx_main, grads[f"{name}.norm.g"], grads[f"{name}.norm.b"] = groupnorm_backward(dh, cache.norm)
+    dx_main, grads[f"{name}.norm.g"], grads[f"{name}.norm.b"] = groupnorm_fast_backward(dh, cache.norm)
     return dx_main + dx_skip  # x fed both the attention path and the residual
 
 

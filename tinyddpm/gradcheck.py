@@ -189,6 +189,8 @@ def default_cases(seed: int = 0) -> list[GradCase]:
                  {"x": arr(2, 3, 4, 6)}),
         GradCase("groupnorm", bind(ops.groupnorm_forward, groups=2), ops.groupnorm_backward,
                  {"x": arr(2, 4, 3, 3), "gamma": arr(4), "beta": arr(4)}),
+        GradCase("groupnorm (fast, the U-Net's)", bind(ops.groupnorm_fast_forward, groups=2),
+                 ops.groupnorm_fast_backward, {"x": arr(2, 4, 3, 3), "gamma": arr(4), "beta": arr(4)}),
         GradCase("silu", ops.silu_forward, ops.silu_backward, {"x": arr(3, 4, 5)}),
         GradCase("gelu", ops.gelu_forward, ops.gelu_backward, {"x": 3 * arr(3, 4, 5)}),
         GradCase("dropout p=0.3", dropout, ops.dropout_backward, {"x": arr(3, 4, 5)}, random_masks=True),

@@ -59,7 +59,7 @@ from .blocks import (
     upsample_forward,
 )
 from .ops.embedding import label_embedding_backward, label_embedding_forward, timestep_embedding_forward
-from .ops.groupnorm import groupnorm_backward, groupnorm_forward
+from .ops.groupnorm_fast import groupnorm_fast_backward, groupnorm_fast_forward
 from .ops.linear import linear_backward, linear_forward
 from .ops.skip import add_backward, add_forward, concat_backward, concat_forward
 
@@ -320,7 +320,7 @@ def unet_forward(params, cfg: UNetConfig, x, t, labels=None, *, train=False, rng
         if layer.push_skip:
             skips.append(h)
         layers.append((layer, cache, concat) if keep_cache else None)
-    h, out_norm = groupnorm_forward(h, p["out.norm.g"], p["out.norm.b"], cfg.groups)
+    h, out_norm = groupnorm_fast_forward(h, p["out.norm.g"], p["out.norm.b"], cfg.groups)
     h, out_act = activation_forward(h, cfg.activation)
     out, conv_out = conv_forward(p, "conv_out", h)
     if not keep_cache:
@@ -334,7 +334,7 @@ def unet_backward(dout, cache: UNetCache):
     grads = {}
     dh = conv_block_backward(dout, cache.conv_out, grads)
     dh = activation_backward(dh, cache.out_act)
-    dh, grads["out.norm.g"], grads["out.norm.b"] = groupnorm_backward(dh, cache.out_norm)
+    dh, grads["out.norm.g"], grads["out.norm.b"] = groupnorm_fast_backward(dh, cache.out_norm)
 
     dtemb_act = 0
     dskips = []  # gradients for the skips, in the order the up path consumed them

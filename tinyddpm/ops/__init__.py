@@ -21,6 +21,7 @@ from .embedding import (
 )
 from .gelu import gelu_backward, gelu_forward
 from .groupnorm import groupnorm_backward, groupnorm_forward
+from .groupnorm_fast import groupnorm_fast_backward, groupnorm_fast_forward
 from .linear import linear_backward, linear_forward
 from .losses import l1_loss_backward, l1_loss_forward, mse_loss_backward, mse_loss_forward
 from .silu import silu_backward, silu_forward
