@@ -138,7 +138,8 @@ def conv2d_backward(dy, cache: Conv2dCache):
     # operands far better this way round (1.5-1.7x faster at the cpu preset's shapes; benchmarks/NOTES_train_step.md v4)
     dw = xp.matmul(cols, dy2.T).T.reshape(w.shape)  # ((K, L) @ (L, F))^T -> (F, K) -> (F, C, k, k)
     # and for x, a transposed convolution of dy, one stride-1 conv per phase (see docstring)
-    dx = xp.zeros((N, C, H, W), dtype=dy.dtype)
+    # the phases together write every entry of dx, unless a phase has no taps (k=1, s=2): only then start at 0
+    dx = (xp.zeros if k < s else xp.empty)((N, C, H, W), dtype=dy.dtype)
     dxc = dx.transpose(1, 0, 2, 3)  # (C, N, H, W), a view: phases are written straight into dx
     for rh in range(s):      # row phase: dxpad rows t = s*q + rh
         for rw in range(s):  # column phase
