@@ -19,7 +19,8 @@ AttentionBlock::
 
     out = x + attention(groupnorm(x))              # the output projection starts at zero
 
-Downsample is a 3x3 convolution with stride 2; Upsample is nearest-neighbour x2 followed by a 3x3 conv.
+Downsample is a 3x3 convolution with stride 2; Upsample is nearest-neighbour x2 followed by a 3x3 conv,
+computed as four 2x2 convolutions of the small input (ops/upsample_conv.py; tested against the two ops).
 GroupNorm runs as ops/groupnorm_fast.py: the function of ops/groupnorm.py in fewer passes over memory, tested
 against it.
 
@@ -58,7 +59,7 @@ from .ops.linear import linear_backward, linear_forward
 from .ops.silu import silu_backward, silu_forward
 from .ops.skip import add_backward, add_forward
 from .ops.space_to_depth import space_to_depth_backward, space_to_depth_forward
-from .ops.upsample import upsample_nearest2x_backward, upsample_nearest2x_forward
+from .ops.upsample_conv import upsample_conv3x3_backward, upsample_conv3x3_forward
 from .ops.ws_conv2d import ws_conv2d_backward, ws_conv2d_forward
 
 ACTIVATIONS = {"silu": (silu_forward, silu_backward), "gelu": (gelu_forward, gelu_backward)}
@@ -180,8 +181,8 @@ def attention_block_backward(dout, cache: AttentionBlockCache, grads):
 class ConvCache(NamedTuple):
     name: str
     kind: str         # "conv" (plain or strided), "nearest", "space_to_depth" or "transposed"
-    conv: object      # Conv2dCache, or ConvTranspose2dCache for "transposed"
-    resample: object  # the cache of the resampling before the conv ("nearest", "space_to_depth"), else None
+    conv: object      # Conv2dCache; UpsampleConvCache for "nearest"; ConvTranspose2dCache for "transposed"
+    resample: object  # the cache of the resampling before the conv ("space_to_depth"), else None
 
 
 def downsample_forward(p, name, x, kind="conv"):
@@ -207,9 +208,9 @@ def upsample_forward(p, name, x, kind="nearest"):
     if kind == "transposed":
         y, conv = conv_transpose2d_forward(x, p[f"{name}.w"], p[f"{name}.b"], stride=2, padding=1)
         return y, ConvCache(name, kind, conv, None)
-    h, resample = upsample_nearest2x_forward(x)
-    y, conv = conv2d_forward(h, p[f"{name}.w"], p[f"{name}.b"])
-    return y, ConvCache(name, "nearest", conv, resample)
+    # upsample_nearest2x then a 3x3 conv, as four 2x2 convs of x (ops/upsample_conv.py): the same function
+    y, conv = upsample_conv3x3_forward(x, p[f"{name}.w"], p[f"{name}.b"])
+    return y, ConvCache(name, "nearest", conv, None)
 
 
 def conv_forward(p, name, x):
@@ -223,10 +224,9 @@ def conv_forward(p, name, x):
 
 def conv_block_backward(dy, cache: ConvCache, grads):
     """Gradient dx of downsample_forward, upsample_forward or conv_forward; dw and db go into ``grads``."""
-    conv_backward = conv_transpose2d_backward if cache.kind == "transposed" else conv2d_backward
+    conv_backward = {"transposed": conv_transpose2d_backward, "nearest": upsample_conv3x3_backward}.get(cache.kind,
+                                                                                                   conv2d_backward)
     dx, grads[f"{cache.name}.w"], grads[f"{cache.name}.b"] = conv_backward(dy, cache.conv)
-    if cache.kind == "nearest":
-        dx = upsample_nearest2x_backward(dx, cache.resample)
-    elif cache.kind == "space_to_depth":
+    if cache.kind == "space_to_depth":
         dx = space_to_depth_backward(dx, cache.resample)
     return dx

@@ -181,6 +181,8 @@ def default_cases(seed: int = 0) -> list[GradCase]:
                  {"x": arr(2, 4, 3, 3), "w": arr(5, 4, 1, 1), "b": arr(5)}),
         GradCase("upsample_nearest2x", ops.upsample_nearest2x_forward, ops.upsample_nearest2x_backward,
                  {"x": arr(2, 3, 3, 4)}),
+        GradCase("upsample_conv3x3", ops.upsample_conv3x3_forward, ops.upsample_conv3x3_backward,
+                 {"x": arr(2, 3, 3, 4), "w": arr(4, 3, 3, 3), "b": arr(4)}),
         GradCase("ws_conv2d 3x3", ops.ws_conv2d_forward, ops.ws_conv2d_backward,
                  {"x": arr(2, 3, 6, 5), "w": arr(4, 3, 3, 3), "b": arr(4)}),
         GradCase("conv_transpose2d 4x4 s2", bind(ops.conv_transpose2d_forward, stride=2, padding=1),

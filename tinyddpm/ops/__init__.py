@@ -28,4 +28,5 @@ from .silu import silu_backward, silu_forward
 from .skip import add_backward, add_forward, concat_backward, concat_forward
 from .space_to_depth import space_to_depth_backward, space_to_depth_forward
 from .upsample import upsample_nearest2x_backward, upsample_nearest2x_forward
+from .upsample_conv import upsample_conv3x3_backward, upsample_conv3x3_forward
 from .ws_conv2d import ws_conv2d_backward, ws_conv2d_forward
