@@ -10,6 +10,9 @@ For every shape the script first checks that our output and input gradient agree
 (it validates before it times), then times the two alternately in the same process, best of
 several repeats each, so that noise from other programs on the machine hits both sides alike.
 It prints a Markdown table: op, shape, ours ms, torch ms, ratio = ours / torch (below 1: we win).
+Each op is timed as the U-Net runs it: GroupNorm is ops/groupnorm_fast.py (the reference ops/groupnorm.py is
+tested against it), and "upsample_conv" is the up step, nearest 2x then a 3x3 conv, which the U-Net computes
+on the small input (ops/upsample_conv.py) and torch as F.interpolate then F.conv2d.
 
 The exit status is 1 if any check failed.
 """
@@ -23,7 +26,7 @@ import time
 from functools import partial
 from typing import NamedTuple
 
-OPS = ("conv2d", "groupnorm", "silu", "attention", "upsample")
+OPS = ("conv2d", "groupnorm", "silu", "attention", "upsample", "upsample_conv")
 CHECK_TOLERANCE = 1e-3  # float32 outputs and gradients vs torch, relative to the largest entry
 # the MNIST U-Net's shapes: conv2d (C, H, Co, stride) with 3x3 kernels and padding 1; (C, H) for the others
 CONV_SHAPES = ((32, 28, 32, 1), (64, 28, 64, 1), (64, 14, 128, 1), (128, 14, 128, 1), (128, 7, 128, 1),
@@ -90,10 +93,10 @@ def _conv_torch(t, F, stride):
 
 
 def _groupnorm_ours(a):
-    from tinyddpm.ops import groupnorm_backward, groupnorm_forward
+    from tinyddpm.ops import groupnorm_fast_backward, groupnorm_fast_forward
 
-    y, cache = groupnorm_forward(a["x"], a["g"], a["b"], GROUPS)
-    return y, groupnorm_backward(a["dy"], cache)[0]
+    y, cache = groupnorm_fast_forward(a["x"], a["g"], a["b"], GROUPS)
+    return y, groupnorm_fast_backward(a["dy"], cache)[0]
 
 
 def _groupnorm_torch(t, F):
@@ -146,6 +149,19 @@ def _upsample_torch(t, F):
     return y, t["x"].grad
 
 
+def _upsample_conv_ours(a):
+    from tinyddpm.ops import upsample_conv3x3_backward, upsample_conv3x3_forward
+
+    y, cache = upsample_conv3x3_forward(a["x"], a["w"], a["b"])
+    return y, upsample_conv3x3_backward(a["dy"], cache)[0]
+
+
+def _upsample_conv_torch(t, F):
+    y = F.conv2d(F.interpolate(t["x"], scale_factor=2, mode="nearest"), t["w"], t["b"], padding=1)
+    y.backward(t["dy"])
+    return y, t["x"].grad
+
+
 def op_cases(batch: int, quick: bool) -> list:
     """The ops at the U-Net's shapes, float32 host arrays drawn from one seed (quick: one shape per op)."""
     import numpy as np  # here, not at import: main() sets the thread variables before NumPy loads
@@ -183,6 +199,11 @@ def op_cases(batch: int, quick: bool) -> list:
         arrays = {"x": randn(batch, C, H, H), "dy": randn(batch, C, 2 * H, 2 * H)}
         cases.append(OpCase("upsample", "nearest 2x", f"({batch},{C},{H},{H})", arrays, _upsample_ours,
                             _upsample_torch))
+    for C, H in (UPSAMPLE_SHAPES[:1] if quick else UPSAMPLE_SHAPES):
+        arrays = {"x": randn(batch, C, H, H), "w": randn(C, C, 3, 3, scale=1 / math.sqrt(9 * C)), "b": randn(C),
+                  "dy": randn(batch, C, 2 * H, 2 * H)}
+        cases.append(OpCase("upsample_conv", "nearest 2x + 3x3", f"({batch},{C},{H},{H})->{C}", arrays,
+                            _upsample_conv_ours, _upsample_conv_torch))
     return cases
 
 

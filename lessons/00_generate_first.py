@@ -9,7 +9,7 @@ What you will see
 
 Which network: the one examples/train_mnist.py trains (runs/mnist/checkpoint.npz, clean digits) when it exists;
 otherwise the lessons' small network, trained here once in about a minute, which draws rough digits. To get the
-better one run `python examples/train_mnist.py` (about 11 minutes on 2 CPU cores), then rerun this lesson.
+better one run `python examples/train_mnist.py` (about 13 minutes on 2 CPU cores), then rerun this lesson.
 
 Run it
   python lessons/00_generate_first.py          # under a minute on 2 CPU cores (plus ~1 min once if no network

@@ -23,8 +23,8 @@ LESSONS = Path(__file__).resolve().parent
 REPO = LESSONS.parent
 FAST = "--fast" in sys.argv[1:] or os.environ.get("TINYDDPM_LESSON_FAST", "") not in ("", "0")
 
-# The network examples/train_mnist.py writes (its CPU preset, 3,200 steps, makes good digits in about 11 minutes:
-# 655 s on an idle 2-core machine).
+# The network examples/train_mnist.py writes (its CPU preset, 4,500 steps, makes good digits in about 13 minutes:
+# 12 min 34 s on an idle 2-core machine).
 EXAMPLE_CHECKPOINT = REPO / "runs" / "mnist" / "checkpoint.npz"
 
 _failures: list[str] = []
@@ -121,7 +121,7 @@ def lesson_train_config():
     puts its width lower down (16 and 32 channels at 14 x 14 and 7 x 7): 161k parameters, ~150 ms per step
     of 32 images. Min-SNR-5 loss weights (Hang et al. 2023) speed up early training. Measured at 400 steps
     (DPM-Solver++ 20 steps, 100 samples): 34% of digits read as the requested one at guidance 2.5, 21% at 1;
-    the CPU preset of examples/train_mnist.py (about 11 minutes) reaches 99%. 360 steps keep lesson 15's first run,
+    the CPU preset of examples/train_mnist.py (about 13 minutes) reaches 99%. 360 steps keep lesson 15's first run,
     which may have to train this network and a classifier, under two minutes.
     """
     from tinyddpm.config import preset
@@ -130,8 +130,11 @@ def lesson_train_config():
     unet = UNetConfig(base_channels=8, channel_mults=(1, 2, 4), blocks_per_level=1, attention_resolutions=(),
                       heads=1, groups=4, dropout=0.0)
     steps = FAST_STEPS if FAST else LESSON_STEPS
+    # guidance 2.25: the scale this network's lessons were written and measured at (the CPU preset's until it
+    # trained longer and moved to 1.75)
     return preset("cpu", unet=unet, steps=steps, batch_size=32, lr=2e-3, warmup_steps=min(50, steps),
-                  min_snr_gamma=5.0, ema_decay=0.99, log_every=min(10, steps), checkpoint_every=0, sample_every=0)
+                  min_snr_gamma=5.0, ema_decay=0.99, log_every=min(10, steps), checkpoint_every=0, sample_every=0,
+                  guidance=2.25)
 
 
 def trained_model(prefer_example: bool = True):
@@ -170,7 +173,7 @@ def train_first_note(where: str) -> None:
     if not uses_small_network(where):
         return
     print("  NOTE: these digits come from the lessons' small network (about a minute of training): expect rough\n"
-          "  digits and smudges. For clean ones, train the real network once, about 11 minutes on 2 CPU cores:\n"
+          "  digits and smudges. For clean ones, train the real network once, about 13 minutes on 2 CPU cores:\n"
           "      python examples/train_mnist.py\n"
           f"  It writes {EXAMPLE_CHECKPOINT.relative_to(REPO)}, which this lesson and lessons 08-19 then use.")
 

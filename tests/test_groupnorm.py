@@ -149,8 +149,15 @@ def test_fast_matches_reference(n, groups, per_group, spatial, affine, offset, s
     c = groups * per_group
     x, dy = randn(rng, n, c, *spatial) + offset, randn(rng, n, c, *spatial)
     g, b = (randn(rng, c), randn(rng, c)) if affine else (None, None)
-    eps = 0.5 if per_group * int(np.prod(spatial)) == 2 else 1e-5  # 2-entry groups: see test_gradcheck
-    for dtype, tolerance in ((np.float64, 1e-12), (np.float32, 2e-5)):
+    group_size = per_group * int(np.prod(spatial))
+    eps = 0.5 if group_size == 2 else 1e-5  # 2-entry groups: see test_gradcheck
+    # float32 too where a group has 8 entries or more (the U-Net's have 98 or more) and the offset is moderate. In a
+    # group of a few entries dx is a small difference of O(rstd |dy|) terms, and with an offset of 50 the float32
+    # inputs themselves carry 50 * 6e-8 of rounding into x - mu; either way both implementations' round-off is a
+    # large part of the result (the large-offset test above checks float32 stability). float64 checks the math.
+    float32_too = group_size >= 8 and abs(offset) <= 3
+    precisions = ((np.float64, 1e-12), (np.float32, 2e-5)) if float32_too else ((np.float64, 1e-12),)
+    for dtype, tolerance in precisions:
         args = [None if a is None else a.astype(dtype) for a in (x, g, b)]
         y, cache = groupnorm_forward(*args, groups, eps)
         y_fast, cache_fast = groupnorm_fast_forward(*args, groups, eps)

@@ -120,10 +120,11 @@ class TrainConfig:
 # recognisable digits. Measured with the conv2d of the time: ~9.6 ms per image per step for this U-Net
 # (0.31 s per step of 32) alone on the machine, up to 1.5x that while other work shared it. At equal
 # images seen, batches of 32 gave clearly better digits than batches of 64 (1800 x 32 beat 900 x 64),
-# so the preset takes many small steps. Since a step's batch is split over the cores (parallel.py) the step
-# takes ~0.2 s, and 3200 x 32 = 102,400 images (~1.7 epochs) fit: 655 s for the whole run on an idle 2-core
-# machine. Against 1600 steps at guidance 2.5 (FID-MNIST 86.81, 98.0% read right, n = 1,000), 3200 steps at
-# guidance 2.25 gave FID-MNIST 86.03 and 99.4% (benchmarks/NOTES_train_step.md); at 2.0, FID 72.52 but 98.8%.
+# so the preset takes many small steps. Since a step's batch is split over the cores (parallel.py) and the
+# allocator, GroupNorm and the up step were sped up (benchmarks/NOTES_train_step.md v5-v8), a step takes ~0.16 s
+# and 4500 x 32 = 144,000 images (2.4 epochs) fit: 12 min 34 s for the whole run on an idle 2-core machine.
+# Measured at n = 1,000 with the default sampler: 1600 steps at guidance 2.5 gave FID-MNIST 86.81 and 98.0% read
+# right; 3200 steps at 2.25, 86.03 and 99.4%; 4500 steps at 1.75, 63.60 and 99.2% (at 1.5: 53.95 but 98.2%).
 
 PRESETS = {
     "tiny": TrainConfig(
@@ -134,9 +135,9 @@ PRESETS = {
     "cpu": TrainConfig(
         unet=UNetConfig(base_channels=16, channel_mults=(1, 2, 2), blocks_per_level=1, attention_resolutions=(7,),
                         heads=4, groups=8, dropout=0.0),
-        steps=3200, batch_size=32, lr=2e-3, warmup_steps=100, lr_decay="cosine", min_lr=1e-4,
+        steps=4500, batch_size=32, lr=2e-3, warmup_steps=100, lr_decay="cosine", min_lr=1e-4,
         ema_decay=0.995, log_every=10, checkpoint_every=400, sample_every=400,
-        sample_steps=20, guidance=2.25, preview_per_digit=1, final_per_digit=10),
+        sample_steps=20, guidance=1.75, preview_per_digit=1, final_per_digit=10),
     "gpu": TrainConfig(
         unet=UNetConfig(base_channels=64, channel_mults=(1, 2, 2), blocks_per_level=2, attention_resolutions=(7,),
                         heads=4, groups=8, dropout=0.1),
