@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from functools import cache
 
 # glibc's mallopt parameter numbers (malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -34,17 +35,10 @@ MMAP_THRESHOLD = 1 << 30          # 1 GiB; glibc builds that cap the threshold l
 MMAP_THRESHOLD_FALLBACK = 32 << 20
 TRIM_THRESHOLD = (1 << 31) - 1    # 2 GiB - 1, the largest value an int parameter takes
 
-_state = {"configured": None}     # None: not tried yet; then True (settings made) or False (left alone)
 
-
+@cache
 def keep_freed_memory() -> bool:
     """Make the settings above, once per process. True when they are in effect, False when malloc was left as it is."""
-    if _state["configured"] is None:
-        _state["configured"] = _configure()
-    return _state["configured"]
-
-
-def _configure() -> bool:
     if os.environ.get("TINYDDPM_MALLOC", "").strip().lower() == "system":
         return False
     libc = _glibc()

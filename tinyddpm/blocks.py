@@ -63,6 +63,7 @@ from .ops.upsample_conv import upsample_conv3x3_backward, upsample_conv3x3_forwa
 from .ops.ws_conv2d import ws_conv2d_backward, ws_conv2d_forward
 
 ACTIVATIONS = {"silu": (silu_forward, silu_backward), "gelu": (gelu_forward, gelu_backward)}
+CONV_BACKWARDS = {"transposed": conv_transpose2d_backward, "nearest": upsample_conv3x3_backward}  # else conv2d's
 DOWNSAMPLES = ("conv", "space_to_depth")
 UPSAMPLES = ("nearest", "transposed")
 
@@ -224,8 +225,7 @@ def conv_forward(p, name, x):
 
 def conv_block_backward(dy, cache: ConvCache, grads):
     """Gradient dx of downsample_forward, upsample_forward or conv_forward; dw and db go into ``grads``."""
-    conv_backward = {"transposed": conv_transpose2d_backward, "nearest": upsample_conv3x3_backward}.get(cache.kind,
-                                                                                                   conv2d_backward)
+    conv_backward = CONV_BACKWARDS.get(cache.kind, conv2d_backward)
     dx, grads[f"{cache.name}.w"], grads[f"{cache.name}.b"] = conv_backward(dy, cache.conv)
     if cache.kind == "space_to_depth":
         dx = space_to_depth_backward(dx, cache.resample)

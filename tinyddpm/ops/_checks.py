@@ -4,8 +4,8 @@ Each op file keeps its own rules in one small function at the bottom, ``_check_<
 forward calls in its first line (``xp = _check_conv2d(x, w, b, stride, padding)``) so that the math
 reads first. Those functions are built from the helpers here: ``float_inputs`` (float32 or float64,
 one dtype, one backend; returns the array module), ``require_array``, ``require_ndim``, ``require``
-and ``describe`` for the shapes in a message (wrapped in a lambda, so that it is only formatted on failure). Integer hyper-parameters use ``tinyddpm.checks.is_int``
-(an int or NumPy integer, never a bool).
+and ``describe`` for the shapes in a message (inside a lambda, so that it is formatted only on failure).
+Integer hyper-parameters use ``tinyddpm.checks.is_int`` (an int or NumPy integer, never a bool).
 
 Checks of array *values* (labels in [0, K), timesteps in [0, T)) run only where the values are on the host
 (``values_on_host``): on a GPU, ``int(labels.max())`` makes the program wait until the GPU has finished all

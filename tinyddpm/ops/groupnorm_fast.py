@@ -53,7 +53,10 @@ class GroupNormFastCache(NamedTuple):
 
 
 def groupnorm_fast_forward(x, gamma, beta, groups, eps=1e-5):
-    """As groupnorm_forward: normalise x (N, C, *spatial) per sample and group, then scale and shift. Returns (y, cache)."""
+    """As groupnorm_forward: normalise x (N, C, *spatial) per sample and group, then scale and shift.
+
+    Returns (y, cache).
+    """
     xp = _check_groupnorm(x, gamma, beta, groups, eps)
     N, C, G = x.shape[0], x.shape[1], int(groups)
     x3 = x.reshape(N, C, -1)                                                  # (N, C, S)
@@ -65,7 +68,9 @@ def groupnorm_fast_forward(x, gamma, beta, groups, eps=1e-5):
     xc = x3 - _per_channel(mu, C)                                             # (N, C, S), a fresh array
     channel_sq = _rowwise_dot(xc, xc).reshape(N, G, C // G)                   # (N, G, C/G)
     rstd = 1.0 / xp.sqrt(channel_sq.sum(axis=2) / M + eps)                    # (N, G)
-    a = _per_channel(rstd, C) if gamma is None else _per_channel(rstd, C) * gamma[None, :, None]  # (N, C, 1)
+    a = _per_channel(rstd, C)                                                 # (N, C, 1): rstd, then times gamma
+    if gamma is not None:
+        a = a * gamma[None, :, None]
     y = xc * a
     if beta is not None:
         y += beta[None, :, None]

@@ -83,7 +83,6 @@ def upsample_conv3x3_backward(dy, cache: UpsampleConvCache):
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None                          # (F,)
     dw_phase = xp.empty_like(w_phase)                                          # (2, 2, F, C, 2, 2)
     dcols = xp.empty((2, 2, F, 2, 2, N, H, W), dtype=dy.dtype)                 # every phase's unrolled dy_rs
-    w_flipped = xp.empty((C, 2, 2, F, 2, 2), dtype=dy.dtype)                   # matching rows of the dx GEMM
     for r in (0, 1):
         for s in (0, 1):
             dy_rs = xp.ascontiguousarray(dy[:, :, r::2, s::2].transpose(1, 0, 2, 3))   # (F, N, H, W)
@@ -92,7 +91,7 @@ def upsample_conv3x3_backward(dy, cache: UpsampleConvCache):
             dw_phase[r, s] = xp.matmul(cols[2 * r + s], dy2.T).T.reshape(F, C, 2, 2)
             # and for x: correlate dy_rs, padded by r on top and s on the left, with w_rs flipped
             dcols[r, s] = _im2col(dy_rs, 2, 2, 1, r, s, H, W).reshape(F, 2, 2, N, H, W)
-            w_flipped[:, r, s] = w_phase[r, s][:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, F, 2, 2)
+    w_flipped = w_phase[..., ::-1, ::-1].transpose(3, 0, 1, 2, 4, 5)          # (C, 2, 2, F, 2, 2), dcols' row order
     dx = xp.matmul(w_flipped.reshape(C, 16 * F), dcols.reshape(16 * F, N * H * W))    # (C, L), all phases summed
     dx = xp.ascontiguousarray(dx.reshape(C, N, H, W).transpose(1, 0, 2, 3))   # (N, C, H, W)
     merge = xp.asarray(MERGE, dtype=dy.dtype)
