@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyddpm.checkpoint import save_state
-from tinyddpm.config import preset
+from tinyddpm.training.resume import save_state
+from tinyddpm.training.config import preset
 from tinyddpm.data import load_mnist
-from tinyddpm.state import new_state
-from tinyddpm.training import train_step
-from tinyddpm.unet import UNetConfig
+from tinyddpm.training.state import new_state
+from tinyddpm.training.loop import train_step
+from tinyddpm.nn.unet import UNetConfig
 
 name, steps, options = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 base = preset("cpu")

@@ -48,9 +48,9 @@ def worker(args) -> None:
     import numpy as np
 
     from tinyddpm import load_mnist, new_state, preset
-    from tinyddpm.distributed import connect
-    from tinyddpm.parallel import default_shards
-    from tinyddpm.training import train_step
+    from tinyddpm.parallel.mpi import connect
+    from tinyddpm.parallel.threads import default_shards
+    from tinyddpm.training.loop import train_step
 
     dp = connect()
     data = load_mnist("train", source="subset")

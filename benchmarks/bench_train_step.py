@@ -73,7 +73,7 @@ def set_threads(n: int) -> None:
 def make_config(args):
     from dataclasses import replace
 
-    from tinyddpm.config import PRESETS, preset
+    from tinyddpm.training.config import PRESETS, preset
 
     base = PRESETS[args.preset]
     return preset(args.preset, unet=replace(base.unet, dropout=0.0), batch_size=args.batch or base.batch_size)
@@ -115,8 +115,8 @@ def make_torch(config, params, images, labels, device="cpu", sync=True):
         sys.path.insert(0, str(TESTS))
     from torch_twin import params_to_torch, torch_unet_forward
 
-    from tinyddpm.config import make_run_schedule
-    from tinyddpm.state import no_decay
+    from tinyddpm.training.config import make_run_schedule
+    from tinyddpm.training.state import no_decay
 
     cfg, u = config, config.unet
     p = params_to_torch(params, dtype=torch.float32, device=device)
@@ -198,7 +198,7 @@ def run_side(args) -> int:
     else:  # only the weights from tinyddpm (as new_state makes them), none of its optimizer state
         import torch
 
-        from tinyddpm.unet import init_params
+        from tinyddpm.nn.unet import init_params
 
         torch.set_num_threads(args.threads)
         params = init_params(config.unet, seed=config.seed, dtype=np.dtype(config.dtype))

@@ -597,8 +597,8 @@ def parity_unet(suite, rows):
 
     Zero-initialised tensors (the last conv of each block) get small random values so that every path
     carries gradient. The same host weights, inputs and upstream gradient go to both devices."""
-    from tinyddpm.config import PRESETS
-    from tinyddpm.unet import init_params, unet_backward, unet_forward
+    from tinyddpm.training.config import PRESETS
+    from tinyddpm.nn.unet import init_params, unet_backward, unet_forward
 
     cfg = replace(PRESETS["tiny"].unet, dropout=0.0)
     rng = np.random.default_rng(2)
@@ -637,7 +637,7 @@ def parity_train_step(suite, rows):
     comes from HostNoise instead of the device generator. Compared: the loss, the clipped gradients
     (AdamW's first moment after one step is (1 - beta1) g exactly), the updated weights and the EMA."""
     from tinyddpm import new_state, preset, train_step
-    from tinyddpm.config import PRESETS
+    from tinyddpm.training.config import PRESETS
 
     train, _ = suite.data()
     images, labels = train.images[:64], train.labels[:64]
@@ -864,7 +864,7 @@ def step_ms(step, sync, warmup: int, steps: int) -> float:
 
 def time_train_steps(suite, peers, res):
     """One training step of the 'cpu' and 'gpu' presets (dropout 0, as the twin has none), both sides."""
-    from tinyddpm.config import PRESETS, preset
+    from tinyddpm.training.config import PRESETS, preset
 
     sz, rows = suite.sizes, res.setdefault("train", [])
     for name in ("cpu", "gpu"):
@@ -912,8 +912,8 @@ class _StopSampling(Exception):
 def time_sampling(suite, peers, res):
     """images/s of ours per sampler, with guidance, on a fresh network of the sample preset."""
     from tinyddpm import sample_digits
-    from tinyddpm.config import PRESETS, make_run_schedule
-    from tinyddpm.unet import init_params
+    from tinyddpm.training.config import PRESETS, make_run_schedule
+    from tinyddpm.nn.unet import init_params
 
     sz, rows = suite.sizes, res.setdefault("sampling", [])
     config = PRESETS[sz.sample_preset]
@@ -1025,8 +1025,8 @@ def train_for(suite, state, budget: float, res) -> None:
 
 def evaluation_classifier(suite, res):
     """tinyddpm's MNIST classifier on the device: cached (trained on the same data once), or a quick one."""
-    from tinyddpm.classifier import accuracy, load_or_train_classifier, train_classifier
-    from tinyddpm.data import to_model_range
+    from tinyddpm.classifiers.judge import accuracy, load_or_train_classifier, train_classifier
+    from tinyddpm.data.pixels import to_model_range
 
     train, test = suite.data()
     start = time.perf_counter()
@@ -1048,9 +1048,9 @@ def evaluation_classifier(suite, res):
 def part_d_train_eval(suite, res, cap):
     """The eval preset for the budget, samples of every digit with its sampler and guidance, their quality."""
     from tinyddpm import new_state, preset, sample_digits
-    from tinyddpm.classifier import features, predict_proba
-    from tinyddpm.data import to_model_range
-    from tinyddpm.metrics import fid_from_features, precision_recall, sample_quality
+    from tinyddpm.classifiers.judge import features, predict_proba
+    from tinyddpm.data.pixels import to_model_range
+    from tinyddpm.evaluation.metrics import fid_from_features, precision_recall, sample_quality
 
     sz = suite.sizes
     train, test = suite.data()
@@ -1118,8 +1118,9 @@ def part_m_mpi(suite, res, cap):
     """The tiny preset trained on the device by one process and by mpiexec -n 2; losses and weights compared."""
     import importlib.util
 
-    from tinyddpm.checkpoint import CHECKPOINT_NAME, load_checkpoint
-    from tinyddpm.config import preset
+    from tinyddpm.training.resume import CHECKPOINT_NAME
+    from tinyddpm.checkpoint import load_checkpoint
+    from tinyddpm.training.config import preset
 
     mpiexec = find_mpiexec()
     if importlib.util.find_spec("mpi4py") is None or mpiexec is None:

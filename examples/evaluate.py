@@ -56,16 +56,17 @@ from _cli import (Parser, UserError, blame, check_out_dir, choose_device, curren
                   numbers, run)
 from sample import load_guide
 
-from tinyddpm import backend, noisy_classifier
+from tinyddpm import backend
+from tinyddpm.classifiers import guide as noisy_classifier
 from tinyddpm.checkpoint import CheckpointError, load_checkpoint
-from tinyddpm.classifier import BATCH_SIZE as CLASSIFIER_BATCH
-from tinyddpm.classifier import (CHECKPOINT_NAME, default_classifier_dir, features, folder_key, load_classifier,
-                                 load_or_train_classifier, predict_proba)
-from tinyddpm.data import (CLASS_NAMES, DATASETS, SOURCES, TITLES, DownloadError, FallbackUnavailable, load_dataset,
-                           pixels_to_model_range)
+from tinyddpm.classifiers.judge import BATCH_SIZE as CLASSIFIER_BATCH
+from tinyddpm.classifiers.judge import (CHECKPOINT_NAME, default_classifier_dir, features, folder_key, load_classifier,
+    load_or_train_classifier, predict_proba)
+from tinyddpm.data import CLASS_NAMES, DATASETS, SOURCES, TITLES, DownloadError, FallbackUnavailable, load_dataset
+from tinyddpm.data.pixels import pixels_to_model_range
 from tinyddpm.diffusion import SAMPLERS, max_steps
-from tinyddpm.metrics import real_baseline, sample_quality
-from tinyddpm.nearest import memorisation_check, plot_nearest
+from tinyddpm.evaluation.metrics import real_baseline, sample_quality
+from tinyddpm.evaluation.nearest import memorisation_check, plot_nearest
 from tinyddpm import load_for_sampling, sample_digits
 
 PROG = "evaluate.py"
@@ -197,7 +198,7 @@ def load_real(args, config) -> RealData:
     """The real data, checked against the checkpoint's image size, channels and classes (one line if they differ)."""
     u = config.unet
     if args.data is not None:
-        from tinyddpm.image_folder import load_image_folder
+        from tinyddpm.data.folder import load_image_folder
 
         with blame(f"--data {args.data}", ValueError, OSError):
             folder = load_image_folder(args.data, image_size=u.image_size)

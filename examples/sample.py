@@ -34,7 +34,8 @@ from pathlib import Path
 
 from _cli import Parser, UserError, blame, check_out_dir, choose_device, integer, number, run
 
-from tinyddpm import backend, noisy_classifier, viz
+from tinyddpm import backend, viz
+from tinyddpm.classifiers import guide as noisy_classifier
 from tinyddpm.checkpoint import CheckpointError, load_checkpoint
 from tinyddpm.data import SOURCES, DownloadError, FallbackUnavailable, load_mnist
 from tinyddpm.diffusion import SAMPLERS, Trajectory, max_steps

@@ -38,13 +38,15 @@ from sample import choose_rows, draw_samples
 from train_mnist import (BLOCK_OPTIONS, GIF_PER_DIGIT, PICTURE_BYTES, add_block_options, add_resume_options,
                          add_run_options, check_options, checkpoint_bytes, final_settings, train_then_draw)
 
-from tinyddpm import distributed, new_state, preset, resume_state, sample_digits
-from tinyddpm.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from tinyddpm.checkpoint.run import read_train_config
-from tinyddpm.config import IMAGE_PRESETS, PRESETS, default_preset
+from tinyddpm.parallel import mpi as distributed
+from tinyddpm import new_state, preset, resume_state, sample_digits
+from tinyddpm.training.resume import CHECKPOINT_NAME
+from tinyddpm.checkpoint import load_checkpoint
+from tinyddpm.training.resume import read_train_config
+from tinyddpm.training.config import IMAGE_PRESETS, PRESETS, default_preset
 from tinyddpm.diffusion import Trajectory
-from tinyddpm.image_folder import load_image_folder
-from tinyddpm.unet import count_params
+from tinyddpm.data.folder import load_image_folder
+from tinyddpm.nn.unet import count_params
 
 PROG = "train_images.py"
 PRESET_CHOICES = ("images-cpu", "images-gpu", "tiny")

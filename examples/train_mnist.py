@@ -52,13 +52,15 @@ import numpy as np
 from _cli import (Parser, UserError, blame, check_out_dir, choose_device, classify, describe, integer, number, one_line,
                   run)
 
-from tinyddpm import backend, distributed
-from tinyddpm.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from tinyddpm import backend
+from tinyddpm.parallel import mpi as distributed
+from tinyddpm.training.resume import CHECKPOINT_NAME
+from tinyddpm.checkpoint import load_checkpoint
 from tinyddpm.data import CLASS_NAMES, DATASETS, SOURCES, TITLES, DownloadError, FallbackUnavailable, load_dataset
 from tinyddpm.diffusion import SAMPLERS, Trajectory, max_steps
 from tinyddpm import PRESETS, default_preset, new_state, preset, resume_state, sample_digits, train
-from tinyddpm.blocks import ACTIVATIONS, DOWNSAMPLES, UPSAMPLES
-from tinyddpm.unet import count_params
+from tinyddpm.nn.blocks import ACTIVATIONS, DOWNSAMPLES, UPSAMPLES
+from tinyddpm.nn.unet import count_params
 from tinyddpm import viz
 
 PROG = "train_mnist.py"
@@ -185,7 +187,7 @@ def final_settings(state, args) -> dict:
     settings = {"sampler": cfg.sampler if args.sampler is None else args.sampler,
                 "steps": cfg.sample_steps if args.sample_steps is None else args.sample_steps,
                 "guidance": cfg.guidance if args.guidance is None else args.guidance,
-                "n": cfg.final_per_digit if args.n_per_digit is None else args.n_per_digit}
+                "n": cfg.final_per_class if args.n_per_digit is None else args.n_per_digit}
     most = max_steps(settings["sampler"], cfg.num_timesteps)
     if settings["sampler"] != "ddpm" and settings["steps"] > most:
         flag = "--sample-steps" if args.sample_steps is not None else "the run's sample_steps"

@@ -42,9 +42,9 @@ import numpy as np  # noqa: E402
 from _common import (FAST, banner, check, finish, judge, output_dir, saved, section,  # noqa: E402
                      train_first_note, trained_model, try_this, uses_small_network)
 from tinyddpm import sample_digits  # noqa: E402
-from tinyddpm.classifier import predict_proba  # noqa: E402
+from tinyddpm.classifiers.judge import predict_proba  # noqa: E402
 from tinyddpm.diffusion import DPMSolverSampler, GuidedModel  # noqa: E402
-from tinyddpm.unet import unet_model  # noqa: E402
+from tinyddpm.sampling import unet_model  # noqa: E402
 from tinyddpm.viz import plot_sample_grid, save_denoising_gif, side_by_side  # noqa: E402
 
 started = time.perf_counter()

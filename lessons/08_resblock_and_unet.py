@@ -42,15 +42,15 @@ from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
 from _common import (FAST, banner, check, finish, mnist_digits, output_dir, relative_error, saved,  # noqa: E402
                      section, try_this, trained_model)
-from tinyddpm.blocks import (attention_block_forward, conv_forward, downsample_forward, resblock_backward,  # noqa: E402
-                             resblock_forward, upsample_forward)
+from tinyddpm.nn.blocks import (attention_block_forward, conv_forward, downsample_forward, resblock_backward,
+    resblock_forward, upsample_forward)
 from tinyddpm.diffusion import q_sample, x0_from_eps  # noqa: E402
 from tinyddpm.gradcheck import BLOCK_STEP, BLOCK_TOLERANCE, check_gradients, unet_case  # noqa: E402
 from tinyddpm.ops import (conv2d_backward, conv2d_forward, dropout_backward, dropout_forward,  # noqa: E402
                           groupnorm_backward, groupnorm_forward, label_embedding_backward, label_embedding_forward,
                           linear_backward, linear_forward, silu_backward, silu_forward, timestep_embedding_forward)
-from tinyddpm.config import PRESETS  # noqa: E402
-from tinyddpm.unet import UNetConfig, count_params, init_params, plan, unet_backward, unet_forward  # noqa: E402
+from tinyddpm.training.config import PRESETS  # noqa: E402
+from tinyddpm.nn.unet import UNetConfig, count_params, init_params, plan, unet_backward, unet_forward  # noqa: E402
 
 started = time.perf_counter()
 out = output_dir(__file__)

@@ -50,9 +50,9 @@ import numpy as np  # noqa: E402
 
 from _common import (FAST, banner, check, finish, lesson_train_config, mnist_digits, output_dir,  # noqa: E402
                      relative_error, saved, section, trained_model, try_this)
-from tinyddpm.config import PRESETS  # noqa: E402
+from tinyddpm.training.config import PRESETS  # noqa: E402
 from tinyddpm.diffusion import diffusion_loss, make_schedule, min_snr_weights, q_sample  # noqa: E402
-from tinyddpm.unet import unet_model  # noqa: E402
+from tinyddpm.sampling import unet_model  # noqa: E402
 
 started = time.perf_counter()
 out = output_dir(__file__)

@@ -37,12 +37,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from _common import FAST, banner, check, finish, mnist, output_dir, relative_error, saved, section, try_this  # noqa: E402
-from tinyddpm.data import to_model_range  # noqa: E402
+from tinyddpm.data.pixels import to_model_range  # noqa: E402
 from tinyddpm.diffusion import diffusion_loss, x0_from_eps  # noqa: E402
 from tinyddpm.gradcheck import BLOCK_STEP, BLOCK_TOLERANCE, OP_TOLERANCE, check_gradients  # noqa: E402
 from tinyddpm.ops import mse_loss_backward, mse_loss_forward  # noqa: E402
 from tinyddpm import new_state, preset, train_step  # noqa: E402
-from tinyddpm.unet import UNetConfig, unet_backward, unet_forward  # noqa: E402
+from tinyddpm.nn.unet import UNetConfig, unet_backward, unet_forward  # noqa: E402
 from tinyddpm.viz import plot_sample_grid, smooth_curve  # noqa: E402
 
 started = time.perf_counter()

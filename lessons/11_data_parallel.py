@@ -54,7 +54,7 @@ import numpy as np  # noqa: E402
 from _common import FAST, banner, check, finish, mnist_digits, output_dir, relative_error, saved, section, try_this  # noqa: E402
 from tinyddpm.diffusion import make_schedule, q_sample  # noqa: E402
 from tinyddpm.ops import groupnorm_forward  # noqa: E402
-from tinyddpm.unet import UNetConfig, init_params, unet_backward, unet_forward  # noqa: E402
+from tinyddpm.nn.unet import UNetConfig, init_params, unet_backward, unet_forward  # noqa: E402
 
 DTYPE = np.float64                      # exercise 1: np.float32
 BATCH = 8                               # B images in the batch, cut into N shares

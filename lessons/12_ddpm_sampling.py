@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 from _common import (FAST, banner, check, finish, output_dir, relative_error, saved, section, try_this,  # noqa: E402
                      trained_model)
 from tinyddpm.diffusion import ddpm_sample, ddpm_step, make_schedule  # noqa: E402
-from tinyddpm.unet import unet_model  # noqa: E402
+from tinyddpm.sampling import unet_model  # noqa: E402
 from tinyddpm.viz import plot_sample_grid, save_denoising_gif, side_by_side  # noqa: E402
 
 started = time.perf_counter()

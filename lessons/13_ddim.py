@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 
 from tinyddpm.diffusion import (SPACINGS, GuidedModel, ddim_sample, ddim_sigma, ddim_step,  # noqa: E402
                                 ddim_timesteps, ddpm_step, eps_from_x0, make_schedule)
-from tinyddpm.unet import unet_model  # noqa: E402
+from tinyddpm.sampling import unet_model  # noqa: E402
 from tinyddpm.viz import plot_sample_grid  # noqa: E402
 
 started = time.perf_counter()

@@ -45,7 +45,7 @@ from _common import (FAST, banner, check, finish, output_dir, relative_error, sa
 from tinyddpm.diffusion import (DPMSolverSampler, GuidedModel, ddim_sample, ddim_step,  # noqa: E402
                                 dpm_solver_first_order_step, dpm_solver_sample, dpm_solver_second_order_step,
                                 eps_from_x0, make_schedule)
-from tinyddpm.unet import unet_model  # noqa: E402
+from tinyddpm.sampling import unet_model  # noqa: E402
 from tinyddpm.viz import plot_sample_grid  # noqa: E402
 
 started = time.perf_counter()

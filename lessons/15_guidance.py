@@ -40,10 +40,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tinyddpm.classifier import classify  # noqa: E402
+from tinyddpm.classifiers.judge import classify  # noqa: E402
 from tinyddpm.diffusion import (GuidedModel, cfg_combine, ddim_sample, ddpm_sample, dpm_solver_sample,  # noqa: E402
                                 make_schedule)
-from tinyddpm.unet import unet_model  # noqa: E402
+from tinyddpm.sampling import unet_model  # noqa: E402
 from tinyddpm.viz import tile_images  # noqa: E402
 
 started = time.perf_counter()

@@ -63,14 +63,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tinyddpm.classifier import classify  # noqa: E402
+from tinyddpm.classifiers.judge import classify  # noqa: E402
 from tinyddpm.diffusion import GuidedModel, dpm_solver_sample, make_schedule, q_sample  # noqa: E402
 from tinyddpm.diffusion.guidance import ClassifierGuidedModel  # noqa: E402
 from tinyddpm.gradcheck import BLOCK_STEP, check_gradients  # noqa: E402
-from tinyddpm.noisy_classifier import (cache_name, default_cache_dir, gradient_fn, input_gradient,  # noqa: E402
-                                       load_noisy_classifier, load_or_train_noisy_classifier, log_prob_backward,
-                                       log_prob_forward, noisy_accuracy, train_noisy_classifier)
-from tinyddpm.unet import unet_model  # noqa: E402
+from tinyddpm.classifiers.guide import (cache_name, default_cache_dir, gradient_fn, input_gradient,
+    load_noisy_classifier, load_or_train_noisy_classifier, log_prob_backward, log_prob_forward, noisy_accuracy,
+    train_noisy_classifier)
+from tinyddpm.sampling import unet_model  # noqa: E402
 from tinyddpm.viz import tile_images  # noqa: E402
 
 started = time.perf_counter()
@@ -254,7 +254,7 @@ def noisy_guide(schedule):
     """(params, a sentence naming it): tinyddpm's cached noise-conditional classifier for this schedule when
     examples/evaluate.py or sample.py has trained it; else a lighter one trained here once (about half a minute)
     and cached in lessons/output/_noisy_classifier/; fast mode trains a stand-in for 4 steps."""
-    from tinyddpm.data import MNISTData
+    from tinyddpm.data import ImageData
 
     cached = default_cache_dir() / cache_name(schedule)
     if cached.is_file() and not FAST:
@@ -268,7 +268,7 @@ def noisy_guide(schedule):
     print(f"  training the lessons' noisy classifier ({NOISY_STEPS} steps; cached in {output_root() / '_noisy_classifier'})")
     guide, _ = load_or_train_noisy_classifier(schedule, output_root() / "_noisy_classifier", verbose=False,
                                               epochs=NOISY_STEPS * 128 / len(train), train_data=train,
-                                              test_data=MNISTData(test.images[:1000], test.labels[:1000], "test",
+                                              test_data=ImageData(test.images[:1000], test.labels[:1000], "test",
                                                                   test.source))
     return guide, f"the lessons' noise-conditional classifier ({NOISY_STEPS} steps of 128 digits)"
 

@@ -42,8 +42,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.collections import EllipseCollection  # noqa: E402
 
-from tinyddpm import metrics  # noqa: E402
-from tinyddpm.classifier import features, predict_proba  # noqa: E402
+from tinyddpm.evaluation import metrics  # noqa: E402
+from tinyddpm.classifiers.judge import features, predict_proba  # noqa: E402
 from tinyddpm.sampling import sample_digits  # noqa: E402
 from tinyddpm.viz import plot_sample_grid  # noqa: E402
 

@@ -100,7 +100,7 @@ def mnist(split: str = "train"):
 
 def mnist_digits(n: int, split: str = "train", seed: int = 0):
     """n MNIST digits as float32 (n, 1, 28, 28) in [-1, 1] and their labels (n,), a seeded random subset."""
-    from tinyddpm.data import to_model_range
+    from tinyddpm.data.pixels import to_model_range
 
     data = mnist(split)
     pick = np.random.default_rng(seed).choice(len(data.labels), size=n, replace=False)
@@ -124,8 +124,8 @@ def lesson_train_config():
     the CPU preset of examples/train_mnist.py (about 13 minutes) reaches 99%. 360 steps keep lesson 15's first run,
     which may have to train this network and a classifier, under two minutes.
     """
-    from tinyddpm.config import preset
-    from tinyddpm.unet import UNetConfig
+    from tinyddpm.training.config import preset
+    from tinyddpm.nn.unet import UNetConfig
 
     unet = UNetConfig(base_channels=8, channel_mults=(1, 2, 4), blocks_per_level=1, attention_resolutions=(),
                       heads=1, groups=4, dropout=0.0)
@@ -146,7 +146,7 @@ def trained_model(prefer_example: bool = True):
     TINYDDPM_LESSON_MODEL=own skips the example's checkpoint (what a fresh install sees).
     """
     from tinyddpm import load_for_sampling, new_state, train
-    from tinyddpm.checkpoint import CHECKPOINT_NAME
+    from tinyddpm.training.resume import CHECKPOINT_NAME
 
     prefer_example = prefer_example and os.environ.get("TINYDDPM_LESSON_MODEL", "") != "own"
     if prefer_example and not FAST and EXAMPLE_CHECKPOINT.exists():
@@ -193,8 +193,8 @@ def judge():
     trains a stand-in on 1,000 digits for a few steps: the pipeline runs, its readings mean little.
     """
     from tinyddpm.backend import to_numpy
-    from tinyddpm.classifier import (CHECKPOINT_NAME, accuracy, default_cache_dir, load_or_train_classifier,
-                                     train_classifier)
+    from tinyddpm.classifiers.judge import (CHECKPOINT_NAME, accuracy, default_cache_dir, load_or_train_classifier,
+        train_classifier)
     from tinyddpm.checkpoint import load_checkpoint, save_checkpoint
 
     if (default_cache_dir() / CHECKPOINT_NAME).exists():
@@ -209,7 +209,7 @@ def judge():
         ckpt = load_checkpoint(path)
         return ckpt.params, str(ckpt.config["note"])
     print(f"  training the lessons' classifier ({JUDGE_EPOCHS} epoch of MNIST; cached in {path.parent}) ...")
-    from tinyddpm.data import to_model_range
+    from tinyddpm.data.pixels import to_model_range
 
     train_set, test_set = mnist("train"), mnist("test")
     params, _ = train_classifier(to_model_range(train_set.images), train_set.labels, epochs=JUDGE_EPOCHS,

@@ -77,7 +77,7 @@ class NoHostReads(np.ndarray):
 
 def treat_as_device(monkeypatch):
     """Make the library's value checks take NoHostReads arrays for GPU arrays (as they take CuPy arrays)."""
-    import tinyddpm.ops._checks as checks
+    import tinyddpm.array_checks as checks
 
     is_cupy_array = checks.is_cupy_array
     monkeypatch.setattr(checks, "is_cupy_array", lambda a: isinstance(a, NoHostReads) or is_cupy_array(a))

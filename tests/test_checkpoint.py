@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from helpers import randn
-from tinyddpm.checkpoint import npz as checkpoint
+from tinyddpm import checkpoint as checkpoint
 from tinyddpm.backend import to_numpy
 from tinyddpm.checkpoint import (CheckpointError, generator_state, load_checkpoint, restore_generator,
                                  save_checkpoint)
-from tinyddpm.batches import Batches
-from tinyddpm.optim import EMA, AdamW, clip_grad_norm, lr_schedule
+from tinyddpm.data.batches import Batches
+from tinyddpm.training.optim import EMA, AdamW, clip_grad_norm, lr_schedule
 
 
 def parts(seed=0):

@@ -7,22 +7,10 @@ from hypothesis import given, settings, strategies as st
 from helpers import OP_TOLERANCE, ORACLE_TOLERANCE, oracle_error, randn, to_torch
 from tinyddpm.backend import device_xp, to_device, to_numpy
 from tinyddpm.checkpoint import save_checkpoint
-from tinyddpm.classifier import (
-    ClassifierConfig,
-    accuracy,
-    classifier_backward,
-    classifier_forward,
-    classifier_loss,
-    classify,
-    default_cache_dir,
-    features,
-    init_params,
-    load_or_train_classifier,
-    predict_proba,
-    softmax_cross_entropy_backward,
-    softmax_cross_entropy_forward,
-    train_classifier,
-)
+from tinyddpm.classifiers.judge import (ClassifierConfig, accuracy, classifier_backward, classifier_forward,
+    classifier_loss, classify, default_cache_dir, features, init_params, load_or_train_classifier, predict_proba,
+    train_classifier)
+from tinyddpm.ops.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from tinyddpm.gradcheck import BLOCK_STEP, BLOCK_TOLERANCE, check_gradients
 
 TINY = ClassifierConfig(image_size=8, channels=(2, 3, 4), features=5, num_classes=3)
@@ -205,7 +193,8 @@ def test_batched_inference_agrees_with_one_batch():
 # --------------------------------------------------------------------------------------------
 
 def test_short_training_lowers_the_loss():
-    from tinyddpm.data import load_mnist, to_model_range
+    from tinyddpm.data import load_mnist
+    from tinyddpm.data.pixels import to_model_range
     data = load_mnist("test", source="subset")  # real digits shipped with tinyddpm: never skipped
     x, y = to_model_range(data.images[:320]), data.labels[:320]
     cfg = ClassifierConfig(channels=(8, 16, 16), features=32)

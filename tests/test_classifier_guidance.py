@@ -12,16 +12,15 @@ from helpers import OP_TOLERANCE, ORACLE_TOLERANCE, load_example, oracle_error, 
 from tinyddpm import set_device
 from tinyddpm.backend import device_xp, get_device, get_xp, to_device, to_numpy
 from tinyddpm.checkpoint import CheckpointError, save_checkpoint
-from tinyddpm.data import FILES, MNISTData, write_idx
+from tinyddpm.data import FILES, ImageData, write_idx
 from tinyddpm.diffusion import (GuidedModel, ddim_sample, ddpm_sample, dpm_solver_sample, eps_from_v, eps_from_x0,
                                 make_schedule)
 from tinyddpm.diffusion.guidance import ClassifierGuidedModel
 from tinyddpm.gradcheck import BLOCK_STEP, BLOCK_TOLERANCE, check_gradients
-from tinyddpm.noisy_classifier import (CACHE_KIND, NoisyClassifierConfig, cache_name, class_log_prob_backward,
-                                       class_log_prob_forward, default_cache_dir, gradient_fn, init_params,
-                                       input_gradient, load_noisy_classifier, load_or_train_noisy_classifier,
-                                       log_prob_backward, log_prob_forward, noisy_accuracy,
-                                       noisy_classifier_backward, noisy_classifier_forward, schedule_fingerprint)
+from tinyddpm.classifiers.guide import (CACHE_KIND, NoisyClassifierConfig, cache_name, class_log_prob_backward,
+    class_log_prob_forward, default_cache_dir, gradient_fn, init_params, input_gradient, load_noisy_classifier,
+    load_or_train_noisy_classifier, log_prob_backward, log_prob_forward, noisy_accuracy, noisy_classifier_backward,
+    noisy_classifier_forward, schedule_fingerprint)
 
 DEVICE = get_device()
 
@@ -367,7 +366,7 @@ def subset(n, split="train"):
     from tinyddpm.data import load_mnist
 
     data = load_mnist(split, source="subset")
-    return MNISTData(data.images[:n], data.labels[:n], split, data.source)
+    return ImageData(data.images[:n], data.labels[:n], split, data.source)
 
 
 def test_cache_round_trip_and_refusals(tmp_path, monkeypatch):
@@ -382,7 +381,7 @@ def test_cache_round_trip_and_refusals(tmp_path, monkeypatch):
         "0", "250", "500", "750", "999"}
     assert info["schedule_fingerprint"] == schedule_fingerprint(schedule)
 
-    import tinyddpm.noisy_classifier as nc
+    import tinyddpm.classifiers.guide as nc
 
     def no_training(*args, **kwargs):
         raise AssertionError("the cache was not used")
@@ -444,8 +443,8 @@ def test_noisy_accuracy_counts_right_answers():
 def ws(tmp_path_factory):
     """Synthetic IDX digits, a tiny trained checkpoint, an untrained stand-in classifier and noisy classifier."""
     from tinyddpm import new_state, preset, train
-    from tinyddpm.classifier import CHECKPOINT_NAME, ClassifierConfig
-    from tinyddpm.classifier import init_params as judge_params
+    from tinyddpm.classifiers.judge import CHECKPOINT_NAME, ClassifierConfig
+    from tinyddpm.classifiers.judge import init_params as judge_params
 
     root = tmp_path_factory.mktemp("cg")
     (root / "idx").mkdir()

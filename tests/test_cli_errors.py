@@ -20,9 +20,10 @@ import pytest
 from helpers import synthetic_digits
 from tinyddpm import new_state, preset, set_device, train
 from tinyddpm.backend import get_device
-from tinyddpm.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from tinyddpm.checkpoint.npz import _HOST
-from tinyddpm.classifier import ClassifierConfig, init_params
+from tinyddpm.training.resume import CHECKPOINT_NAME
+from tinyddpm.checkpoint import load_checkpoint, save_checkpoint
+from tinyddpm.checkpoint import _HOST
+from tinyddpm.classifiers.judge import ClassifierConfig, init_params
 from tinyddpm.data import FILES, write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,10 +60,10 @@ elif fault == "small-disk":
     Usage = namedtuple("Usage", "total used free")
     shutil.disk_usage = lambda path: Usage(10**12, 10**12 - 1000, 1000)
 elif fault == "bug-in-a-step":
-    import tinyddpm.training
+    import tinyddpm.training.loop
     def step(state, dp=None):
         raise ValueError("a bug of ours")
-    tinyddpm.training.train_step = step
+    tinyddpm.training.loop.train_step = step
 elif fault == "nan-samples":
     import tinyddpm.sampling
     tinyddpm.sampling.unet_model = lambda params, config: (lambda x, t, labels: x * float("nan"))
@@ -294,7 +295,7 @@ def test_a_bug_of_ours_keeps_its_traceback(ws, tmp_path):
 def test_samples_that_come_out_nan_are_not_drawn(ws, tmp_path):
     done = run_script("sample", ws / "run" / CHECKPOINT_NAME, "--out", tmp_path / "s", "--steps", "2", "--digits",
                       "1", "--n-per-digit", "1", "--no-progress", "--device", "cpu", cwd=tmp_path, fault="nan-samples")
-    assert_one_line(done, 1, "sample.py: error: sample_digits: 784 of 784 sample values are NaN or infinite "
+    assert_one_line(done, 1, "sample.py: error: sample_classes: 784 of 784 sample values are NaN or infinite "
                               "(dpm++2m, 2 steps, guidance 2)")
     assert not (tmp_path / "s").exists() or list((tmp_path / "s").iterdir()) == []
 
@@ -302,7 +303,7 @@ def test_samples_that_come_out_nan_are_not_drawn(ws, tmp_path):
 def test_a_preview_that_comes_out_nan_stops_training(ws, tmp_path):
     out = tmp_path / "run"
     done = run_script("train_mnist", *train_args(ws, out), cwd=tmp_path, fault="nan-samples")
-    assert_one_line(done, 1, "train_mnist.py: error: train: the preview at step 2: sample_digits: 7840 of 7840 "
+    assert_one_line(done, 1, "train_mnist.py: error: train: the preview at step 2: sample_classes: 7840 of 7840 "
                              "sample values are NaN or infinite",
                     f"the last checkpoint is {out / CHECKPOINT_NAME} (step 2)")
     assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT_NAME]   # the preview was not drawn
@@ -347,8 +348,8 @@ def test_the_next_run_removes_stale_temporaries_of_killed_writes(ws, tmp_path):
 
 def test_library_entry_points_name_themselves():
     from tinyddpm import make_rng, seed_everything
-    from tinyddpm.batches import Batches
-    from tinyddpm.metrics import conditional_accuracy, inception_score, real_baseline
+    from tinyddpm.data.batches import Batches
+    from tinyddpm.evaluation.metrics import conditional_accuracy, inception_score, real_baseline
 
     cases = [(lambda: seed_everything(-1), "seed_everything: seed must be an integer >= 0, got -1"),
              (lambda: make_rng(-3), "make_rng: seed must be an integer >= 0, got -3"),

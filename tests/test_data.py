@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from tinyddpm import data
+from tinyddpm.data import mnist as data
 from tinyddpm.backend import to_numpy
-from tinyddpm.batches import Batches
-from tinyddpm.data import (DownloadError, FallbackUnavailable, download_mnist, from_model_range, load_mnist,
-                           load_package, load_subset, read_idx, to_model_range, write_idx)
+from tinyddpm.data.batches import Batches
+from tinyddpm.data import (DownloadError, FallbackUnavailable, download_mnist, load_mnist, load_package, load_subset,
+    read_idx, write_idx)
+from tinyddpm.data.pixels import from_model_range, to_model_range
 
 REFUSED = "http://127.0.0.1:9/"  # the discard port on this machine: nothing listens, the connection is refused
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # published MNIST test-set class counts

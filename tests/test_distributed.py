@@ -29,9 +29,10 @@ import pytest
 
 from tinyddpm import TrainConfig, load_mnist, new_state, preset, resume_state, train, train_step
 from tinyddpm.backend import get_device, to_numpy
-from tinyddpm.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from tinyddpm.distributed import THREAD_VARIABLES, DataParallel, RanksDisagree, connect, launched_size
-from tinyddpm.unet import UNetConfig, init_params
+from tinyddpm.training.resume import CHECKPOINT_NAME
+from tinyddpm.checkpoint import load_checkpoint
+from tinyddpm.parallel.mpi import THREAD_VARIABLES, DataParallel, RanksDisagree, connect, launched_size
+from tinyddpm.nn.unet import UNetConfig, init_params
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_MNIST = ROOT / "examples" / "train_mnist.py"
@@ -482,11 +483,11 @@ def test_a_diverging_run_stops_every_rank_with_one_line(tmp_path):
 BUG_ON_RANK_1 = """
 import os, runpy, sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))
-import tinyddpm.training
+import tinyddpm.training.loop
 if os.environ.get("PMI_RANK") == "1":
     def step(state, dp=None):
         raise ValueError("a bug of ours, on rank 1 only")
-    tinyddpm.training.train_step = step
+    tinyddpm.training.loop.train_step = step
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """

@@ -9,7 +9,7 @@ from helpers import OP_TOLERANCE, ORACLE_TOLERANCE, NoHostReads, oracle_error, r
 from tinyddpm.backend import to_device, to_numpy
 from tinyddpm.gradcheck import check_gradients
 from tinyddpm.ops import embedding
-from tinyddpm.ops._checks import values_on_host
+from tinyddpm.array_checks import values_on_host
 from tinyddpm.ops.embedding import (label_embedding_backward, label_embedding_forward,
                                     timestep_embedding_backward, timestep_embedding_forward)
 

@@ -9,7 +9,7 @@ from helpers import load_example, synthetic_digits
 from tinyddpm import set_device
 from tinyddpm.backend import get_device
 from tinyddpm.checkpoint import load_checkpoint, save_checkpoint
-from tinyddpm.classifier import CHECKPOINT_NAME, ClassifierConfig, init_params
+from tinyddpm.classifiers.judge import CHECKPOINT_NAME, ClassifierConfig, init_params
 from tinyddpm.data import FILES, write_idx
 
 DEVICE = get_device()
@@ -71,7 +71,7 @@ def test_a_classifier_cache_that_is_not_one_is_named(tmp_path):
     import re
 
     from tinyddpm.checkpoint import CheckpointError
-    from tinyddpm.classifier import load_classifier
+    from tinyddpm.classifiers.judge import load_classifier
 
     cfg = ClassifierConfig()
     params = init_params(cfg)
@@ -125,8 +125,8 @@ def folder_checkpoint(root, folder, size=16):
     from dataclasses import replace
 
     from tinyddpm import new_state, preset, train
-    from tinyddpm.config import PRESETS
-    from tinyddpm.image_folder import load_image_folder
+    from tinyddpm.training.config import PRESETS
+    from tinyddpm.data.folder import load_image_folder
 
     data = load_image_folder(folder, image_size=size)
     conditional = data.labels is not None
@@ -196,9 +196,9 @@ def test_data_that_does_not_fit_the_checkpoint_is_refused(pictures, workspace, c
 
 def test_evaluate_fashion_mnist_shaped_data_trains_and_caches_its_classifier(tmp_path, workspace, monkeypatch,
                                                                              capsys):
-    from tinyddpm import data as data_module
+    from tinyddpm.data import mnist as data_module
     from tinyddpm.checkpoint import load_checkpoint
-    from tinyddpm.classifier import default_classifier_dir
+    from tinyddpm.classifiers.judge import default_classifier_dir
 
     monkeypatch.setenv("TINYDDPM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(data_module, "FASHION_SYSTEM_DIRS", [tmp_path / "no_package"])
@@ -231,7 +231,7 @@ def test_classifier_caches_per_data_set(tmp_path, capsys):
     import re
 
     from tinyddpm.checkpoint import CheckpointError
-    from tinyddpm.classifier import default_classifier_dir, folder_key, load_or_train_classifier
+    from tinyddpm.classifiers.judge import default_classifier_dir, folder_key, load_or_train_classifier
     from types import SimpleNamespace
 
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ import pytest
 
 from helpers import load_example
 from test_data import REFUSED, Server, digits, gz_idx, write_split
-from tinyddpm import data
+from tinyddpm.data import mnist as data
 from tinyddpm.checkpoint import load_checkpoint
 from tinyddpm.data import CLASS_NAMES, DownloadError, FallbackUnavailable, download_mnist, load_dataset
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from PIL import Image, ImageFile
 
-from tinyddpm.image_folder import MIN_SIDE, RESAMPLE, load_image_folder
+from tinyddpm.data.folder import MIN_SIDE, RESAMPLE, load_image_folder
 
 FORMATS = ("png", "jpg", "bmp", "webp")
 

@@ -3,17 +3,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from tinyddpm.metrics import (
-    conditional_accuracy,
-    fid_from_features,
-    frechet_distance,
-    gaussian_stats,
-    inception_score,
-    knn_radii,
-    precision_recall,
-    real_baseline,
-    sample_quality,
-)
+from tinyddpm.evaluation.metrics import (conditional_accuracy, fid_from_features, frechet_distance, gaussian_stats,
+    inception_score, knn_radii, precision_recall, real_baseline, sample_quality)
 
 
 def random_spd(rng, d):

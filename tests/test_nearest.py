@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinyddpm.nearest import memorisation_check, nearest_neighbours, plot_nearest, train_baseline
+from tinyddpm.evaluation.nearest import memorisation_check, nearest_neighbours, plot_nearest, train_baseline
 
 
 def brute_force(q, r, exclude=None):

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from helpers import ORACLE_TOLERANCE, oracle_error, randn, to_torch
 from tinyddpm.backend import to_numpy
-from tinyddpm.optim import EMA, AdamW, clip_grad_norm, lr_schedule
+from tinyddpm.training.optim import EMA, AdamW, clip_grad_norm, lr_schedule
 
 
 def make_params(rng, dtype=np.float64):

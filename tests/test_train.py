@@ -6,13 +6,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import tinyddpm.training as train_module
+import tinyddpm.training.loop as train_module
 from tinyddpm.backend import get_device, to_numpy
 from tinyddpm.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tinyddpm import (PRESETS, TrainConfig, default_preset, load_for_sampling, new_state, preset, resume_state,
-                      sample_digits, save_state, train, train_step)
-from tinyddpm.checkpoint import CHECKPOINT_NAME
-from tinyddpm.unet import UNetConfig
+                      sample_classes, sample_digits, save_state, train, train_step)
+from tinyddpm.training.resume import CHECKPOINT_NAME
+from tinyddpm.nn.unet import UNetConfig
 
 from helpers import NoHostReads, treat_as_device
 
@@ -196,8 +196,9 @@ def test_without_a_terminal_training_prints_log_lines(capsys):
     config = replace(TINY, steps=40, log_every=2, checkpoint_every=0)
     train(new_state(config, images, labels), progress=True, log_lines=4)  # pytest's stdout is not a TTY
     lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("train: step")]
-    assert [int(re.match(r"train: step (\d+)/40", l).group(1)) for l in lines] == [10, 20, 30, 40], lines
-    assert all(re.search(r"loss \d+\.\d{4}  \d+ img/s  elapsed \d+ s  ETA \d+ s$", l) for l in lines), lines
+    assert [int(re.match(r"train: step (\d+)/40  ", l).group(1)) for l in lines] == [10, 20, 30, 40], lines
+    assert all(re.search(r"  loss \d+\.\d{4}  \d+ img/s  elapsed ", l) for l in lines), lines
+    assert all("ETA" in l for l in lines[:-1]) and "ETA" not in lines[-1], lines   # the last line: the run's end
     train(new_state(config, images, labels), progress=False, log_lines=0)
     assert "train: step" not in capsys.readouterr().out
 
@@ -206,15 +207,15 @@ def test_step_draws_uniform_t_and_drops_labels(monkeypatch):
     images, labels = synthetic(n=64)
     config = replace(TINY, batch_size=64, p_uncond=0.5, num_timesteps=50, steps=20)
     seen = []
-    import tinyddpm.parallel as parallel_module  # where train_step's forward is called from
+    import tinyddpm.training.loop as loop_module  # where train_step calls the forward
 
-    original = parallel_module.unet_forward
+    original = loop_module.unet_forward
 
     def spy(params, cfg, x, t, y, **kw):
         seen.append((to_numpy(t).copy(), to_numpy(y).copy()))
         return original(params, cfg, x, t, y, **kw)
 
-    monkeypatch.setattr(parallel_module, "unet_forward", spy)
+    monkeypatch.setattr(loop_module, "unet_forward", spy)
     state = new_state(config, images, labels)
     for _ in range(8):
         train_step(state)
@@ -292,28 +293,28 @@ def test_load_for_sampling_uses_ema_by_default(trained):
     assert_dicts_equal(ema, ckpt.ema_params)
     assert_dicts_equal(raw, ckpt.params)
     assert schedule.num_timesteps == config.num_timesteps
-    x = sample_digits(ema, config.unet, schedule, [0, 3, 7], 2, sampler="ddim", steps=3, guidance=2.0, seed=1)
+    x = sample_classes(ema, config.unet, schedule, [0, 3, 7], 2, sampler="ddim", steps=3, guidance=2.0, seed=1)
     assert x.shape == (6, 1, 8, 8) and x.dtype == np.float32 and np.all(np.isfinite(to_numpy(x)))
     again = sample_digits(ema, config.unet, schedule, [0, 3, 7], 2, sampler="ddim", steps=3, guidance=2.0, seed=1)
-    assert np.array_equal(to_numpy(x), to_numpy(again))
-    with pytest.raises(ValueError, match="digits \\[12\\]"):
-        sample_digits(ema, config.unet, schedule, [12], 1, steps=2)
-    for kwargs, message in [({"n_per_digit": 0}, "sample_digits: n_per_digit must be an integer >= 1, got 0"),
-                            ({"digits": []}, "sample_digits: digits is empty"),
-                            ({"guidance": float("nan")}, "sample_digits: guidance must be a finite number, got nan"),
-                            ({"sampler": "euler"}, "sample_digits: unknown sampler 'euler'"),
+    assert np.array_equal(to_numpy(x), to_numpy(again))          # the MNIST spelling draws the same samples
+    with pytest.raises(ValueError, match="classes \\[12\\]"):
+        sample_classes(ema, config.unet, schedule, [12], 1, steps=2)
+    for kwargs, message in [({"n_per_class": 0}, "sample_classes: n_per_class must be an integer >= 1, got 0"),
+                            ({"classes": []}, "sample_classes: classes is empty"),
+                            ({"guidance": float("nan")}, "sample_classes: guidance must be a finite number, got nan"),
+                            ({"sampler": "euler"}, "sample_classes: unknown sampler 'euler'"),
                             ({"seed": -1}, "sampler: seed must be >= 0"),
                             ({"steps": 1000}, "num_steps=1000 must be between 1 and 999 for the schedule's T=1000")]:
-        args = dict({"digits": [1], "n_per_digit": 1, "steps": 2}, **kwargs)
+        args = dict({"classes": [1], "n_per_class": 1, "steps": 2}, **kwargs)
         with pytest.raises(ValueError, match=re.escape(message)):
-            sample_digits(ema, config.unet, schedule, **args)
+            sample_classes(ema, config.unet, schedule, **args)
 
 
 def test_samples_with_nan_are_refused_not_drawn(trained):
     path, _, _ = trained
     ema, config, schedule = load_for_sampling(path)
     ema["conv_out.b"] = ema["conv_out.b"] * np.nan   # the network outputs NaN everywhere
-    with pytest.raises(FloatingPointError, match=r"sample_digits: 128 of 128 sample values are NaN or infinite "
+    with pytest.raises(FloatingPointError, match=r"sample_classes: 128 of 128 sample values are NaN or infinite "
                                                  r"\(ddim, 3 steps, guidance 2\)"):
         sample_digits(ema, config.unet, schedule, [0, 1], 1, sampler="ddim", steps=3, guidance=2.0)
 
@@ -356,8 +357,8 @@ def test_bad_config_is_refused(field, value, message):
     ("steps", 2.5, "steps must be an integer >= 1, got 2.5"),
     ("batch_size", True, "batch_size must be an integer >= 1, got True"),
     ("seed", -1, "seed must be an integer >= 0, got -1"),
-    ("final_per_digit", 0, "final_per_digit must be an integer >= 1"),
-    ("preview_per_digit", -1, "preview_per_digit must be an integer >= 1"),
+    ("final_per_class", 0, "final_per_class must be an integer >= 1"),
+    ("preview_per_class", -1, "preview_per_class must be an integer >= 1"),
     ("lr", float("nan"), "lr must be a finite number, got nan"),
     ("guidance", float("inf"), "guidance must be a finite number, got inf"),
     ("ema_decay", float("nan"), "ema_decay must be a finite number"),

@@ -14,7 +14,7 @@ from helpers import load_example
 from test_image_folder import make_pictures, picture
 from tinyddpm import set_device
 from tinyddpm.backend import get_device, to_numpy
-from tinyddpm.batches import Batches
+from tinyddpm.data.batches import Batches
 from tinyddpm.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

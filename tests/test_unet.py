@@ -6,8 +6,8 @@ from hypothesis import given, settings, strategies as st
 from helpers import ORACLE_TOLERANCE, oracle_error, randn
 from tinyddpm.backend import make_rng, to_device, to_numpy
 from tinyddpm.gradcheck import BLOCK_STEP, BLOCK_TOLERANCE, check_gradients
-from tinyddpm.unet import (
-    UNetConfig, count_params, init_params, known_zero_gradients, plan, unet_backward, unet_forward)
+from tinyddpm.nn.unet import (UNetConfig, count_params, init_params, known_zero_gradients, plan, unet_backward,
+    unet_forward)
 
 TINY = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), blocks_per_level=1,
                   attention_resolutions=(4,), heads=2, dropout=0.1, groups=4, num_classes=3)
@@ -195,8 +195,9 @@ def test_default_options_are_the_plain_network():
 
 def test_old_checkpoint_without_the_new_fields_loads(tmp_path):
     """A training checkpoint whose stored config predates the options loads for sampling with the defaults."""
-    from tinyddpm.checkpoint import CHECKPOINT_KIND, load_for_sampling, save_checkpoint
-    from tinyddpm.config import TrainConfig
+    from tinyddpm.training.resume import CHECKPOINT_KIND, load_for_sampling
+    from tinyddpm.checkpoint import save_checkpoint
+    from tinyddpm.training.config import TrainConfig
 
     train = TrainConfig(unet=TINY, p_uncond=0.1).to_dict()
     train["unet"] = {k: v for k, v in train["unet"].items() if k not in NEW_FIELDS}  # as written before them

@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tinyddpm.unet import UNetConfig, plan
+from tinyddpm.nn.unet import UNetConfig, plan
 
 
 def params_to_torch(params, dtype=torch.float64, requires_grad=True, device="cpu"):

@@ -36,7 +36,10 @@ from typing import Callable
 
 import numpy as np
 
-from .backend import get_xp, to_device, to_numpy
+from . import ops
+from .backend import get_xp, make_rng, to_device, to_numpy
+from .classifiers import guide
+from .nn.unet import UNetConfig, init_params, known_zero_gradients, unet_backward, unet_forward
 
 OP_TOLERANCE = 1e-7     # one op
 BLOCK_TOLERANCE = 1e-5  # a block or the whole network
@@ -150,8 +153,6 @@ class GradCase:
 
 def default_cases(seed: int = 0) -> list[GradCase]:
     """Every op of tinyddpm at small shapes, in float64, on the current device, plus the tiny U-Net."""
-    from . import noisy_classifier, ops
-    from .backend import make_rng
 
     rng = np.random.default_rng(seed)
 
@@ -211,8 +212,8 @@ def default_cases(seed: int = 0) -> list[GradCase]:
         GradCase("mse_loss weighted", lambda p, q: ops.mse_loss_forward(p, q, weights), ops.mse_loss_backward,
                  {"pred": pred.copy(), "target": target.copy()}),
         GradCase("l1_loss", ops.l1_loss_forward, ops.l1_loss_backward, {"pred": pred.copy(), "target": l1_target}),
-        GradCase("class_log_prob", lambda logits: noisy_classifier.class_log_prob_forward(logits, labels),
-                 noisy_classifier.class_log_prob_backward, {"logits": arr(5, 4)}),
+        GradCase("class_log_prob", lambda logits: guide.class_log_prob_forward(logits, labels),
+                 guide.class_log_prob_backward, {"logits": arr(5, 4)}),
         noisy_classifier_case(seed),
         unet_case(seed),
         unet_case(seed, block_options=True),
@@ -224,20 +225,19 @@ def noisy_classifier_case(seed: int = 0) -> GradCase:
     """The noise-conditional classifier of classifier guidance as one case: log p(y | x_t, t) against its input
     x_t (the gradient guidance uses) and every weight, a tiny config, limit 1e-5. Weights made random as for the
     U-Net."""
-    from .noisy_classifier import NoisyClassifierConfig, init_params, log_prob_backward, log_prob_forward
 
-    cfg = NoisyClassifierConfig(image_size=8, channels=(2, 3, 4), features=5, num_classes=3, time_dim=6)
+    cfg = guide.NoisyClassifierConfig(image_size=8, channels=(2, 3, 4), features=5, num_classes=3, time_dim=6)
     rng = np.random.default_rng(seed + 200)
     params = {k: to_device(to_numpy(v) + 0.3 * rng.standard_normal(v.shape))
-              for k, v in init_params(cfg, seed=seed, dtype=np.float64).items()}
+              for k, v in guide.init_params(cfg, seed=seed, dtype=np.float64).items()}
     keys = list(params)
     t, labels = to_device(np.array([5, 900])), to_device(np.array([2, 0]))
 
     def forward(x, *values):
-        return log_prob_forward(dict(zip(keys, values)), x, t, labels)
+        return guide.log_prob_forward(dict(zip(keys, values)), x, t, labels)
 
     def backward(dlogp, cache):
-        dx, grads = log_prob_backward(dlogp, cache)
+        dx, grads = guide.log_prob_backward(dlogp, cache)
         return (dx, *(grads[k] for k in keys))
 
     x = to_device(rng.standard_normal((2, 1, 8, 8)))
@@ -252,8 +252,6 @@ def unet_case(seed: int = 0, block_options: bool = False) -> GradCase:
     downsampling, transposed-conv upsampling).
 
     The zero-initialised weights are made random so that every path carries gradient."""
-    from .backend import make_rng
-    from .unet import UNetConfig, init_params, known_zero_gradients, unet_backward, unet_forward
 
     options = dict(activation="gelu", weight_standardisation=True, downsample="space_to_depth",
                    upsample="transposed") if block_options else {}

@@ -1,13 +1,15 @@
-"""Drawing digits from trained weights: a batch of each requested digit, guided, with any sampler.
+"""From trained weights to pictures: a batch of each requested class, guided, with any sampler.
 
     params, config, schedule = load_for_sampling("runs/mnist/checkpoint.npz")
-    x = sample_digits(params, config.unet, schedule, digits=[3, 5], n_per_digit=8, sampler="ddim", steps=50)
+    x = sample_classes(params, config.unet, schedule, classes=[3, 5], n_per_class=8, sampler="ddim", steps=50)
     # (16, 1, 28, 28), roughly in [-1, 1]: eight 3s, then eight 5s
 
-``sample_digits`` builds the model callable (unet_model), wraps it in classifier-free guidance when the
-scale is not 1 and in classifier guidance when a classifier's gradient is given, and hands it to the samplers'
-front door (tinyddpm.diffusion.sample). ``write_preview``
-is the grid the training loop saves every ``sample_every`` steps.
+``unet_model`` turns the weights into the callable ``model(x_t, t, labels)`` the samplers take (on the CPU
+with the batch cut into one shard per core, parallel/threads.py). ``sample_classes`` wraps it in
+classifier-free guidance when the scale is not 1 and in classifier guidance when a classifier's gradient is
+given, and hands it to the samplers' front door (tinyddpm.diffusion.sample). A class is a digit for MNIST, a
+garment for Fashion-MNIST, a subfolder for a folder of pictures; ``sample_digits`` is the MNIST spelling.
+``write_preview`` is the grid the training loop saves every ``sample_every`` steps.
 """
 from __future__ import annotations
 
@@ -18,17 +20,32 @@ import numpy as np
 from .backend import device_xp
 from .checks import check_choice, check_int, check_real
 from .diffusion import SAMPLERS, ClassifierGuidedModel, GuidedModel, Schedule, sample
-from .unet import UNetConfig, unet_model
+from .nn.unet import UNetConfig
+from .parallel.threads import unet_forward_in_shards
 
 
-def sample_digits(params: dict, unet_config: UNetConfig, schedule: Schedule, digits=range(10), n_per_digit: int = 1, *,
-                  sampler: str = "dpm++2m", steps: int = 20, guidance: float = 2.0, prediction: str = "eps",
-                  seed: int = 0, clip: str = "static", callback=None, callback_every: int = 1,
-                  progress: bool = False, classifier_grad=None, classifier_scale: float = 0.0):
-    """Samples (len(digits) * n_per_digit, C, H, W) in [-1, 1] roughly, ``n_per_digit`` of each digit in turn.
+def unet_model(params, cfg: UNetConfig, shards: int | None = None):
+    """The network as a sampler-ready callable ``model(x_t, t, labels) -> prediction`` (eval mode).
+
+    On the CPU each call cuts the batch into ``shards`` run on parallel cores (None: one per core; 1: off);
+    see tinyddpm/parallel/threads.py. The samples are the same up to float round-off, and repeat exactly for a
+    given shard count.
+    """
+    def model(x, t, labels=None):
+        return unet_forward_in_shards(params, cfg, x, t, labels, shards)
+
+    return model
+
+
+def sample_classes(params: dict, unet_config: UNetConfig, schedule: Schedule, classes=range(10), n_per_class: int = 1,
+                   *,
+                   sampler: str = "dpm++2m", steps: int = 20, guidance: float = 2.0, prediction: str = "eps",
+                   seed: int = 0, clip: str = "static", callback=None, callback_every: int = 1,
+                   progress: bool = False, classifier_grad=None, classifier_scale: float = 0.0):
+    """Samples (len(classes) * n_per_class, C, H, W) in [-1, 1] roughly, ``n_per_class`` of each class in turn.
 
     With ``guidance`` != 1 the conditional and unconditional predictions are mixed (GuidedModel);
-    an unconditional network ignores ``digits`` except for the count. ``clip='static'`` clips every x0
+    an unconditional network ignores ``classes`` except for the count. ``clip='static'`` clips every x0
     estimate to [-1, 1], which a briefly trained model needs (without it some samples stay noise).
     With ``classifier_grad`` (grad(x_t, t, labels) -> grad_x log p(y | x_t, t), e.g.
     noisy_classifier.gradient_fn(params)) the prediction is also corrected by classifier guidance at
@@ -36,21 +53,21 @@ def sample_digits(params: dict, unet_config: UNetConfig, schedule: Schedule, dig
     the classifier reads them. The starting noise for a seed is the same with or without it.
     Samples holding NaN or inf raise a FloatingPointError saying how many values and with which settings.
     """
-    where = "sample_digits"
+    where = "sample_classes"
     check_choice(where, "sampler", sampler, tuple(SAMPLERS))
-    n_per_digit = check_int(where, "n_per_digit", n_per_digit, minimum=1)
+    n_per_class = check_int(where, "n_per_class", n_per_class, minimum=1)
     guidance = check_real(where, "guidance", guidance)
     xp = device_xp()
-    digits = [check_int(where, "each digit", d) for d in digits]
-    if not digits:
-        raise ValueError(f"{where}: digits is empty; ask for at least one digit")
-    labels_host = np.repeat(np.asarray(digits, dtype=np.int64), n_per_digit)  # (N,) d0 d0 .. d1 d1 ..
+    classes = [check_int(where, "each class", c) for c in classes]
+    if not classes:
+        raise ValueError(f"{where}: classes is empty; ask for at least one class")
+    labels_host = np.repeat(np.asarray(classes, dtype=np.int64), n_per_class)  # (N,) c0 c0 .. c1 c1 ..
     model = unet_model(params, unet_config)
     labels = None
     if unet_config.num_classes is not None:
-        bad = [d for d in digits if not 0 <= d < unet_config.num_classes]
+        bad = [c for c in classes if not 0 <= c < unet_config.num_classes]
         if bad:
-            raise ValueError(f"sample_digits: digits {bad} are outside 0..{unet_config.num_classes - 1}")
+            raise ValueError(f"{where}: classes {bad} are outside 0..{unet_config.num_classes - 1}")
         labels = xp.asarray(labels_host)
         if guidance != 1.0:
             model = GuidedModel(model, guidance, unet_config.null_label)
@@ -79,19 +96,25 @@ def sample_digits(params: dict, unet_config: UNetConfig, schedule: Schedule, dig
     return x
 
 
+def sample_digits(params: dict, unet_config: UNetConfig, schedule: Schedule, digits=range(10), n_per_digit: int = 1,
+                  **options):
+    """sample_classes under its MNIST name: the classes are digits."""
+    return sample_classes(params, unet_config, schedule, digits, n_per_digit, **options)
+
+
 def write_preview(state, path) -> Path:
-    """A grid of samples from the EMA weights, one row per class (digit), with the run's fast sampler."""
+    """A grid of samples from the EMA weights, one row per class, with the run's fast sampler."""
     from . import viz  # matplotlib is only needed when pictures are drawn
 
     cfg = state.config
-    digits = range(cfg.unet.num_classes or 10)
-    x = sample_digits(state.ema.params, cfg.unet, state.schedule, digits, cfg.preview_per_digit,
+    classes = range(cfg.unet.num_classes or 10)
+    x = sample_classes(state.ema.params, cfg.unet, state.schedule, classes, cfg.preview_per_class,
                       sampler=cfg.sampler, steps=cfg.sample_steps, guidance=cfg.guidance,
                       prediction=cfg.prediction, seed=cfg.seed)
-    names = None if cfg.unet.num_classes is None else list(state.class_names or [str(d) for d in digits])
-    n = cfg.preview_per_digit
+    names = None if cfg.unet.num_classes is None else list(state.class_names or [str(c) for c in classes])
+    n = cfg.preview_per_class
     title = f"step {state.step}: EMA weights, {cfg.sampler} {cfg.sample_steps} steps, guidance {cfg.guidance:g}"
-    if n == 1:  # one row, the digits side by side
-        return viz.plot_sample_grid(path, x[None], col_labels=names, title=title)       # (1, digits, C, H, W)
-    grid = x.reshape((len(digits), n) + tuple(x.shape[1:]))                             # (digits, n, C, H, W)
+    if n == 1:  # one row, the classes side by side
+        return viz.plot_sample_grid(path, x[None], col_labels=names, title=title)       # (1, classes, C, H, W)
+    grid = x.reshape((len(classes), n) + tuple(x.shape[1:]))                            # (classes, n, C, H, W)
     return viz.plot_sample_grid(path, grid, row_labels=names, title=title)

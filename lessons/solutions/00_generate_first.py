@@ -20,10 +20,10 @@ import numpy as np  # noqa: E402
 from _common import (FAST, banner, check, finish, judge, mnist, output_dir, relative_error, saved,  # noqa: E402
                      section, train_first_note, trained_model)
 from tinyddpm import sample_digits  # noqa: E402
-from tinyddpm.classifier import predict_proba  # noqa: E402
-from tinyddpm.data import to_model_range  # noqa: E402
+from tinyddpm.classifiers.judge import predict_proba  # noqa: E402
+from tinyddpm.data.pixels import to_model_range  # noqa: E402
 from tinyddpm.diffusion import DPMSolverSampler, GuidedModel  # noqa: E402
-from tinyddpm.unet import unet_model  # noqa: E402
+from tinyddpm.sampling import unet_model  # noqa: E402
 from tinyddpm.viz import plot_sample_grid  # noqa: E402
 
 started = time.perf_counter()

@@ -19,14 +19,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-import tinyddpm.blocks as blocks  # noqa: E402
+from tinyddpm.nn import blocks  # noqa: E402
 from _common import FAST, banner, check, finish, output_dir, relative_error, saved, section  # noqa: E402
-from tinyddpm.config import PRESETS  # noqa: E402
+from tinyddpm.training.config import PRESETS  # noqa: E402
 from tinyddpm.gradcheck import BLOCK_STEP, BLOCK_TOLERANCE, check_gradients  # noqa: E402
 from tinyddpm.ops import (conv2d_backward, conv2d_forward, dropout_backward, dropout_forward,  # noqa: E402
                           groupnorm_backward, groupnorm_forward, linear_backward, linear_forward, silu_backward,
                           silu_forward)
-from tinyddpm.unet import count_params, init_params, plan, unet_forward  # noqa: E402
+from tinyddpm.nn.unet import count_params, init_params, plan, unet_forward  # noqa: E402
 
 started = time.perf_counter()
 out = output_dir(__file__)

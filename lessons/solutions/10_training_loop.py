@@ -28,10 +28,10 @@ import numpy as np  # noqa: E402
 
 from _common import FAST, banner, check, finish, mnist, output_dir, saved, section  # noqa: E402
 from tinyddpm import new_state, preset, train_step  # noqa: E402
-from tinyddpm.data import to_model_range  # noqa: E402
+from tinyddpm.data.pixels import to_model_range  # noqa: E402
 from tinyddpm.diffusion import x0_from_eps  # noqa: E402
-from tinyddpm.optim import EMA  # noqa: E402
-from tinyddpm.unet import UNetConfig, unet_forward  # noqa: E402
+from tinyddpm.training.optim import EMA  # noqa: E402
+from tinyddpm.nn.unet import UNetConfig, unet_forward  # noqa: E402
 
 started = time.perf_counter()
 out = output_dir(__file__)

@@ -22,9 +22,9 @@ import numpy as np  # noqa: E402
 
 from _common import FAST, banner, check, finish, mnist_digits, output_dir, relative_error, saved, section  # noqa: E402
 from tinyddpm.diffusion import make_schedule, q_sample  # noqa: E402
-from tinyddpm.distributed import DataParallel  # noqa: E402
+from tinyddpm.parallel.mpi import DataParallel  # noqa: E402
 from tinyddpm.gradcheck import OP_TOLERANCE, check_gradients  # noqa: E402
-from tinyddpm.unet import UNetConfig, init_params, unet_backward, unet_forward  # noqa: E402
+from tinyddpm.nn.unet import UNetConfig, init_params, unet_backward, unet_forward  # noqa: E402
 
 started = time.perf_counter()
 out = output_dir(__file__)                                 # lessons/output/11_data_parallel/, as the lesson

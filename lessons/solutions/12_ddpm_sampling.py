@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from _common import (FAST, banner, check, finish, output_dir, relative_error, saved, section,  # noqa: E402
                      train_first_note, trained_model)
 from tinyddpm.diffusion import Schedule, ddim_sample, ddim_timesteps, ddpm_sample, make_schedule  # noqa: E402
-from tinyddpm.unet import unet_model  # noqa: E402
+from tinyddpm.sampling import unet_model  # noqa: E402
 from tinyddpm.viz import plot_sample_grid  # noqa: E402
 
 started = time.perf_counter()

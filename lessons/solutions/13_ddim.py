@@ -19,9 +19,9 @@ import numpy as np  # noqa: E402
 
 from _common import (FAST, banner, check, finish, judge, mnist_digits, output_dir, relative_error, saved,  # noqa: E402
                      section, train_first_note, trained_model)
-from tinyddpm.classifier import classify  # noqa: E402
+from tinyddpm.classifiers.judge import classify  # noqa: E402
 from tinyddpm.diffusion import SPACINGS, GuidedModel, ddim_prev_timesteps, ddim_sample, ddim_timesteps  # noqa: E402
-from tinyddpm.unet import unet_model  # noqa: E402
+from tinyddpm.sampling import unet_model  # noqa: E402
 from tinyddpm.viz import plot_sample_grid  # noqa: E402
 
 started = time.perf_counter()

@@ -24,9 +24,9 @@ import numpy as np  # noqa: E402
 from _common import (FAST, banner, check, finish, judge, output_dir, relative_error, saved, section,  # noqa: E402
                      train_first_note, trained_model)
 from tinyddpm.backend import get_xp  # noqa: E402
-from tinyddpm.classifier import classify  # noqa: E402
+from tinyddpm.classifiers.judge import classify  # noqa: E402
 from tinyddpm.diffusion import GuidedModel, cfg_combine, dpm_solver_sample  # noqa: E402
-from tinyddpm.unet import unet_model  # noqa: E402
+from tinyddpm.sampling import unet_model  # noqa: E402
 from tinyddpm.viz import tile_images  # noqa: E402
 
 started = time.perf_counter()

@@ -23,16 +23,15 @@ import numpy as np  # noqa: E402
 
 from _common import (FAST, banner, check, finish, judge, mnist, mnist_digits, output_dir, output_root,  # noqa: E402
                      relative_error, saved, section, trained_model)
-from tinyddpm.classifier import classifier_backward, classifier_forward, classify  # noqa: E402
-from tinyddpm.data import MNISTData  # noqa: E402
+from tinyddpm.classifiers.judge import classifier_backward, classifier_forward, classify  # noqa: E402
+from tinyddpm.data import ImageData  # noqa: E402
 from tinyddpm.diffusion import GuidedModel, dpm_solver_sample, make_schedule  # noqa: E402
 from tinyddpm.diffusion.guidance import ClassifierGuidedModel  # noqa: E402
 from tinyddpm.gradcheck import BLOCK_STEP  # noqa: E402
-from tinyddpm.noisy_classifier import (cache_name, class_log_prob_backward, class_log_prob_forward,  # noqa: E402
-                                       default_cache_dir, gradient_fn, load_noisy_classifier,
-                                       load_or_train_noisy_classifier, noisy_classifier_forward,
-                                       train_noisy_classifier)
-from tinyddpm.unet import unet_model  # noqa: E402
+from tinyddpm.classifiers.guide import (cache_name, class_log_prob_backward, class_log_prob_forward, default_cache_dir,
+    gradient_fn, load_noisy_classifier, load_or_train_noisy_classifier, noisy_classifier_forward,
+    train_noisy_classifier)
+from tinyddpm.sampling import unet_model  # noqa: E402
 from tinyddpm.viz import tile_images  # noqa: E402
 
 started = time.perf_counter()
@@ -171,7 +170,7 @@ else:                                # the lesson's own, cached by it (trained h
     train, test = mnist("train"), mnist("test")
     noisy, _ = load_or_train_noisy_classifier(sched, output_root() / "_noisy_classifier", verbose=False,
                                               epochs=400 * 128 / len(train), train_data=train,
-                                              test_data=MNISTData(test.images[:1000], test.labels[:1000], "test",
+                                              test_data=ImageData(test.images[:1000], test.labels[:1000], "test",
                                                                   test.source))
     noisy_name = "the lessons' noise-conditional classifier (400 steps)"
 print(f"  noisy classifier: {noisy_name}")

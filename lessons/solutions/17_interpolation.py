@@ -21,7 +21,7 @@ from _common import (FAST, banner, check, finish, output_dir, relative_error, sa
                      train_first_note, trained_model)
 from tinyddpm.backend import get_xp  # noqa: E402
 from tinyddpm.diffusion import GuidedModel, cfg_combine, ddim_sample, interpolate_noise, lerp, slerp  # noqa: E402
-from tinyddpm.unet import unet_model  # noqa: E402
+from tinyddpm.sampling import unet_model  # noqa: E402
 from tinyddpm.viz import plot_sample_grid  # noqa: E402
 
 started = time.perf_counter()

@@ -26,9 +26,9 @@ import numpy as np  # noqa: E402
 
 from _common import (FAST, banner, check, finish, judge, mnist_digits, output_dir, saved, section,  # noqa: E402
                      train_first_note, trained_model)
-from tinyddpm.classifier import predict_proba  # noqa: E402
+from tinyddpm.classifiers.judge import predict_proba  # noqa: E402
 from tinyddpm.diffusion import GuidedModel, ddim_sample, ddim_timesteps, q_sample  # noqa: E402
-from tinyddpm.unet import unet_model  # noqa: E402
+from tinyddpm.sampling import unet_model  # noqa: E402
 from tinyddpm.viz import plot_sample_grid  # noqa: E402
 
 started = time.perf_counter()

@@ -22,8 +22,8 @@ import numpy as np  # noqa: E402
 
 from _common import (FAST, banner, check, finish, judge, mnist_digits, output_dir, saved, section,  # noqa: E402
                      train_first_note, trained_model)
-from tinyddpm import metrics  # noqa: E402
-from tinyddpm.classifier import features  # noqa: E402
+from tinyddpm.evaluation import metrics  # noqa: E402
+from tinyddpm.classifiers.judge import features  # noqa: E402
 from tinyddpm.sampling import sample_digits  # noqa: E402
 
 started = time.perf_counter()

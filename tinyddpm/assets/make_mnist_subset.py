@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyddpm.data import SUBSET_FILES, load_mnist, write_idx
+from ..data.mnist import SUBSET_FILES, load_mnist, write_idx
 
 PER_CLASS = {"train": 500, "test": 100}
 SEED = 2026

@@ -22,8 +22,7 @@ from .ddpm import VARIANCES, DDPMSampler, ddpm_sample, ddpm_step
 from .dpm_solver import (FINAL_SIGMAS, DPMSolverSampler, dpm_solver_first_order_step, dpm_solver_sample,
                          dpm_solver_second_order_step)
 from .forward_process import (LOSSES, PREDICTIONS, convert_prediction, diffusion_loss, eps_from_v, eps_from_x0,
-                              min_snr_weights, q_sample, training_target, v_from_eps, v_from_x0, x0_from_eps,
-                              x0_from_v)
+                              min_snr_weights, q_sample, training_target, v_from_eps, v_from_x0, x0_from_eps, x0_from_v)
 from .guidance import ClassifierGuidedModel, GuidedModel, cfg_combine
 from .interpolation import interpolate_noise, lerp, slerp
 from .loop import ModelCall, Sampler, Step, StepOutput, Trajectory, run_sampler

@@ -16,7 +16,7 @@ NaN entries stay NaN (clip keeps NaN; a sample with a NaN has a NaN quantile and
 from __future__ import annotations
 
 from ..backend import get_xp
-from ._checks import check_choice
+from ..checks import check_choice
 
 CLIP_MODES = ("none", "static", "dynamic")
 

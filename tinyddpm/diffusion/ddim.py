@@ -32,7 +32,8 @@ import math
 
 import numpy as np
 
-from ._checks import check_choice, check_steps
+from ..array_checks import check_steps
+from ..checks import check_choice
 from .forward_process import eps_from_x0
 from .loop import Sampler, Step, StepOutput, gaussian_sample, run_sampler
 from .schedules import Schedule

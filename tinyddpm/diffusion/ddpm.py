@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from ._checks import check_choice
+from ..checks import check_choice
 from .loop import Sampler, Step, StepOutput, gaussian_sample, run_sampler
 from .schedules import Schedule
 

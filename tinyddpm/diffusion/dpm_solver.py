@@ -35,7 +35,7 @@ import math
 
 import numpy as np
 
-from ._checks import check_choice
+from ..checks import check_choice
 from .loop import Sampler, StepOutput, run_sampler
 from .schedules import Schedule
 from .timesteps import check_dpm_solver_steps, dpm_solver_timesteps

@@ -27,10 +27,10 @@ There is no autodiff, so ``diffusion_loss`` returns the loss and its gradient wi
 """
 from __future__ import annotations
 
+from ..array_checks import describe, float_inputs
 from ..backend import get_xp
-from ..ops._checks import describe, float_inputs
+from ..checks import check_choice
 from ..ops.losses import l1_loss_backward, l1_loss_forward, mse_loss_backward, mse_loss_forward
-from ._checks import check_choice
 from .schedules import Schedule
 
 PREDICTIONS = ("eps", "x0", "v")

@@ -40,8 +40,7 @@ added directly rather than converted to eps and back (a is small at the noisiest
 from __future__ import annotations
 
 from ..backend import get_xp
-from ..checks import check_real, is_int
-from ._checks import check_choice
+from ..checks import check_choice, check_real, is_int
 from .forward_process import PREDICTIONS
 from .schedules import Schedule
 

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..array_checks import describe, float_inputs
 from ..backend import get_xp
-from ..checks import check_int
-from ..ops._checks import describe, float_inputs
-from ._checks import check_choice
+from ..checks import check_choice, check_int
 
 METHODS = ("lerp", "slerp")
 

@@ -39,19 +39,18 @@ that keeps NumPy copies of them.
 
 Progress: a tqdm bar on a terminal. When stderr is not a terminal (a log file, a pipe) a bar is noise, so
 runs of 50 steps or more print a plain line about every 10% of the steps instead
-("DDPM: step 100/1000, 4.1 s elapsed, ETA 37 s"), and every run ends with one line ("DDPM: 1000 steps in 41.0 s").
+("DDPM: step 100/1000  elapsed 4.1 s  ETA 37.0 s"), and every run ends with one line (tinyddpm/progress.py).
 """
 from __future__ import annotations
 
-import sys
-import time
 from typing import Callable, NamedTuple
 
 import numpy as np
 
+from ..array_checks import check_labels
 from ..backend import device_xp, get_xp, to_numpy
-from ..checks import is_int
-from ._checks import check_choice, check_labels
+from ..checks import check_choice, is_int
+from ..progress import Progress
 from .clipping import CLIP_MODES, clip_x0
 from .forward_process import PREDICTIONS, convert_prediction
 from .schedules import Schedule
@@ -149,7 +148,8 @@ def run_sampler(model: Callable, sampler: Sampler, shape=None, *, labels=None, x
     call = ModelCall(model, x, labels, where)
     sampler.reset()
     n = len(sampler.timesteps)
-    with progress_bar(n, progress, sampler.name) as bar:
+    # a bar on a terminal; in a log, a line every 10% of a run of >= 50 steps and one at the end (progress.py)
+    with Progress(n, sampler.name, enabled=progress, lines=10 if n >= 50 else 1, leave=False) as bar:
         for i, t in enumerate(sampler.timesteps):
             out = sampler.step(call(x, t), t, x, rng)
             x = out.prev_sample
@@ -215,45 +215,6 @@ class ModelCall:
         if out.dtype != x_t.dtype:
             raise TypeError(f"{self.where}: the model returned dtype {out.dtype} for x_t of dtype {x_t.dtype}")
         return out
-
-
-class LogLines:
-    """A stand-in for a tqdm bar in a log: a plain line about every 10% of a run of >= 50 steps, one at the end."""
-
-    def __init__(self, total: int, desc: str, stream=None):
-        self.total, self.desc, self.done = total, desc, 0
-        self.stream = stream if stream is not None else sys.stderr
-        self.start = time.perf_counter()
-
-    def update(self, k: int = 1) -> None:
-        before, self.done = self.done, self.done + k
-        if self.total >= 50 and self.done < self.total and self.done * 10 // self.total > before * 10 // self.total:
-            elapsed = time.perf_counter() - self.start
-            eta = elapsed / self.done * (self.total - self.done)
-            print(f"{self.desc}: step {self.done}/{self.total}, {elapsed:.1f} s elapsed, ETA {eta:.0f} s",
-                  file=self.stream, flush=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if exc[0] is None:
-            print(f"{self.desc}: {self.done} steps in {time.perf_counter() - self.start:.1f} s",
-                  file=self.stream, flush=True)
-
-
-def progress_bar(total: int, enabled: bool, desc: str):
-    """A tqdm bar over ``total`` steps on a terminal, LogLines elsewhere, a silent stand-in when disabled."""
-    if enabled and not _is_terminal(sys.stderr):
-        return LogLines(total, desc)
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not enabled, desc=desc, leave=False)
-
-
-def _is_terminal(stream) -> bool:
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty()) if callable(isatty) else False
 
 
 def report(callback, callback_every: int, i: int, num_steps: int, t: int, x, x0) -> None:

@@ -12,7 +12,7 @@ shape, ``step(model_output, t, x_t, rng) -> StepOutput(prev_sample, pred_x0)``, 
 """
 from __future__ import annotations
 
-from ._checks import check_choice
+from ..checks import check_choice
 from .ddim import ddim_sample
 from .ddpm import ddpm_sample
 from .dpm_solver import dpm_solver_sample

@@ -44,10 +44,9 @@ import math
 
 import numpy as np
 
+from ..array_checks import check_timesteps, nan_where_out_of_range
 from ..backend import array_home, get_xp, is_cupy_array
-from ..checks import check_int
-from ..ops._checks import nan_where_out_of_range
-from ._checks import check_choice, check_timesteps
+from ..checks import check_choice, check_int
 
 SCHEDULES = ("linear", "cosine", "sigmoid")
 

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._checks import check_choice, check_steps
+from ..array_checks import check_steps
+from ..checks import check_choice
 
 SPACINGS = ("linspace", "leading", "trailing")
 PREV_RULES = ("diffusers", "next")

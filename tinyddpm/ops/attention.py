@@ -54,8 +54,8 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+from ..array_checks import describe, float_inputs, require, require_ndim
 from ..checks import is_int
-from ._checks import describe, float_inputs, require, require_ndim
 
 
 class AttentionCache(NamedTuple):

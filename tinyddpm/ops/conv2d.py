@@ -56,9 +56,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..array_checks import describe, float_inputs, require, require_ndim
 from ..backend import get_xp
 from ..checks import is_int
-from ._checks import describe, float_inputs, require, require_ndim
 
 
 class Conv2dCache(NamedTuple):
@@ -74,7 +74,7 @@ def _out_size(size, k, stride, padding):
     return (size + 2 * padding - k) // stride + 1
 
 
-def _im2col(a, kh, kw, stride, pad_h, pad_w, Ho, Wo):
+def im2col(a, kh, kw, stride, pad_h, pad_w, Ho, Wo):
     """Unroll a (C, N, H, W) array (any strides) into cols (C*kh*kw, N*Ho*Wo).
 
     cols[(c, i, j), (n, u, v)] = a[c, n, s*u + i - pad_h, s*v + j - pad_w], or 0 where that index
@@ -107,14 +107,14 @@ def conv2d_forward(x, w, b=None, stride=1, padding=None):
     x (N, C, H, W), w (F, C, k, k) with odd k, b (F,) or None, stride 1 or 2,
     padding None (= k // 2, "same" size at stride 1) or an int >= 0.
     """
-    xp = _check_conv2d(x, w, b, stride, padding)
+    xp = check_conv2d(x, w, b, stride, padding)
     N, C, H, W = x.shape
     F, _, k, _ = w.shape
     stride, padding = int(stride), (k // 2 if padding is None else int(padding))
     Ho, Wo = _out_size(H, k, stride, padding), _out_size(W, k, stride, padding)
 
-    xc = x.transpose(1, 0, 2, 3)  # (C, N, H, W), a view: _im2col reads it in place
-    cols = _im2col(xc, k, k, stride, padding, padding, Ho, Wo)  # (K, L)
+    xc = x.transpose(1, 0, 2, 3)  # (C, N, H, W), a view: im2col reads it in place
+    cols = im2col(xc, k, k, stride, padding, padding, Ho, Wo)  # (K, L)
     y = xp.matmul(w.reshape(F, C * k * k), cols)  # (F, K) @ (K, L) -> (F, L)
     if b is not None:
         y += b[:, None]
@@ -152,7 +152,7 @@ def conv2d_backward(dy, cache: Conv2dCache):
                 continue  # no tap reaches this phase (k=1, s=2): its gradient stays 0
             # dxpad[s*q + rh] = sum_m dy[q - m] wr[m]: correlate dy, padded by Kr-1-q0h, with wr flipped
             wt = wr[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(C, F * Kr * Kc)  # (C, F*Kr*Kc)
-            dcols = _im2col(dyc, Kr, Kc, 1, Kr - 1 - q0h, Kc - 1 - q0w, nh, nw)  # (F*Kr*Kc, N*nh*nw)
+            dcols = im2col(dyc, Kr, Kc, 1, Kr - 1 - q0h, Kc - 1 - q0w, nh, nw)  # (F*Kr*Kc, N*nh*nw)
             phase = xp.matmul(wt, dcols).reshape(C, N, nh, nw)
             h0, w0 = s * q0h + rh - p, s * q0w + rw - p  # first row/column of x in this phase
             dxc[:, :, h0::s, w0::s] = phase
@@ -161,7 +161,7 @@ def conv2d_backward(dy, cache: Conv2dCache):
 
 # ----------------------------------------------------------------------------- argument checks
 
-def _check_conv2d(x, w, b, stride, padding):
+def check_conv2d(x, w, b, stride, padding):
     """Raise, naming conv2d and the shapes, unless the arguments fit the forward; return xp."""
     op = "conv2d"
     xp = float_inputs(op, x=x, w=w, b=b)

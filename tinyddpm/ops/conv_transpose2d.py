@@ -42,9 +42,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..array_checks import describe, float_inputs, require, require_ndim
 from ..checks import is_int
-from ._checks import describe, float_inputs, require, require_ndim
-from .conv2d import _im2col
+from .conv2d import im2col
 
 
 class ConvTranspose2dCache(NamedTuple):
@@ -94,7 +94,7 @@ def conv_transpose2d_backward(dy, cache: ConvTranspose2dCache):
     # in the forward pass this was: y = b + crop(stamps), so now we have:
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None  # (Co,)
     # the stamps read back: cols[(o, i, j), (n, u, v)] = dy[n, o, s*u + i - p, s*v + j - p], 0 outside dy
-    cols = _im2col(dy.transpose(1, 0, 2, 3), k, k, s, p, p, H, W)  # (Co*k*k, L)
+    cols = im2col(dy.transpose(1, 0, 2, 3), k, k, s, p, p, H, W)  # (Co*k*k, L)
     dx = xp.matmul(w.reshape(Ci, Co * k * k), cols)                   # (Ci, L)
     dx = xp.ascontiguousarray(dx.reshape(Ci, N, H, W).transpose(1, 0, 2, 3))  # (N, Ci, H, W)
     dw = xp.matmul(xc.reshape(Ci, N * H * W), cols.T).reshape(w.shape)      # (Ci, Co, k, k)

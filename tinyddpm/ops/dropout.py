@@ -28,8 +28,8 @@ from __future__ import annotations
 import numbers
 from typing import NamedTuple
 
+from ..array_checks import describe, float_inputs, require
 from ..backend import is_cupy_array
-from ._checks import describe, float_inputs, require
 
 
 class DropoutCache(NamedTuple):

@@ -56,11 +56,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..array_checks import (FLOAT_DTYPES, describe, float_inputs, nan_where_out_of_range, require, require_array,
+                            require_ndim, values_on_host)
 from ..backend import array_home, get_xp
 from ..checks import is_int
-from ._checks import (FLOAT_DTYPES, describe, float_inputs, nan_where_out_of_range, require, require_array,
-                      require_ndim, values_on_host)
-
 
 # ----------------------------------------------------------------------------- timestep embedding
 

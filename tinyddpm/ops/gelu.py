@@ -46,7 +46,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._checks import float_inputs
+from ..array_checks import float_inputs
 
 SQRT1_2 = 1.0 / math.sqrt(2.0)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)

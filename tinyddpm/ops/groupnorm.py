@@ -33,9 +33,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..array_checks import describe, float_inputs, require
 from ..backend import get_xp
 from ..checks import is_int
-from ._checks import describe, float_inputs, require
 
 
 class GroupNormCache(NamedTuple):
@@ -56,7 +56,7 @@ def groupnorm_forward(x, gamma, beta, groups, eps=1e-5):
     gamma and beta are (C,) or both None (no affine); groups must divide C; eps > 0 is added to the
     variance. Returns (y, cache), y with x's shape.
     """
-    xp = _check_groupnorm(x, gamma, beta, groups, eps)
+    xp = check_groupnorm(x, gamma, beta, groups, eps)
     N, G = x.shape[0], int(groups)
     xg = x.reshape(N, G, -1)                            # (N, G, M)
     M = xg.shape[2]
@@ -102,7 +102,7 @@ def groupnorm_backward(dy, cache: GroupNormCache):
 
 # ----------------------------------------------------------------------------- argument checks
 
-def _check_groupnorm(x, gamma, beta, groups, eps):
+def check_groupnorm(x, gamma, beta, groups, eps):
     """Raise, naming groupnorm and the shapes, unless the arguments fit the forward; return xp."""
     op = "groupnorm"
     xp = float_inputs(op, x=x, gamma=gamma, beta=beta)

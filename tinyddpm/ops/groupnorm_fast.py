@@ -42,7 +42,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..backend import get_xp
-from .groupnorm import _check_groupnorm
+from .groupnorm import check_groupnorm
 
 
 class GroupNormFastCache(NamedTuple):
@@ -57,7 +57,7 @@ def groupnorm_fast_forward(x, gamma, beta, groups, eps=1e-5):
 
     Returns (y, cache).
     """
-    xp = _check_groupnorm(x, gamma, beta, groups, eps)
+    xp = check_groupnorm(x, gamma, beta, groups, eps)
     N, C, G = x.shape[0], x.shape[1], int(groups)
     x3 = x.reshape(N, C, -1)                                                  # (N, C, S)
     S = x3.shape[2]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._checks import describe, float_inputs, require
+from ..array_checks import describe, float_inputs, require
 
 
 class LinearCache(NamedTuple):

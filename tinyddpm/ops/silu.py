@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._checks import float_inputs
+from ..array_checks import float_inputs
 
 
 class SiLUCache(NamedTuple):

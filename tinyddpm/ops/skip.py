@@ -25,9 +25,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..array_checks import describe, float_inputs, require
 from ..checks import is_int
-from ._checks import describe, float_inputs, require
-
 
 # ----------------------------------------------------------------------------- concat
 

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..array_checks import describe, float_inputs, require, require_ndim
 from ..checks import is_int
-from ._checks import describe, float_inputs, require, require_ndim
 
 
 class SpaceToDepthCache(NamedTuple):

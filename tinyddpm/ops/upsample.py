@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._checks import float_inputs, require, require_ndim
+from ..array_checks import float_inputs, require, require_ndim
 
 
 class UpsampleCache(NamedTuple):

@@ -41,8 +41,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ._checks import describe, float_inputs, require, require_ndim
-from .conv2d import _im2col
+from ..array_checks import describe, float_inputs, require, require_ndim
+from .conv2d import im2col
 
 MERGE = ((1, 0, 0), (0, 1, 1)), ((1, 1, 0), (0, 0, 1))  # MERGE[r][a][i]: tap i of phase r reads x at 2-tap a
 
@@ -66,7 +66,7 @@ def upsample_conv3x3_forward(x, w, b=None):
     cols = []
     for r in (0, 1):
         for s in (0, 1):
-            cols_rs = _im2col(xc, 2, 2, 1, 1 - r, 1 - s, H, W)                 # (4C, L), L = N*H*W
+            cols_rs = im2col(xc, 2, 2, 1, 1 - r, 1 - s, H, W)                 # (4C, L), L = N*H*W
             y_rs = xp.matmul(w_phase[r, s].reshape(F, 4 * C), cols_rs)         # (F, L)
             if b is not None:
                 y_rs += b[:, None]
@@ -90,7 +90,7 @@ def upsample_conv3x3_backward(dy, cache: UpsampleConvCache):
             # in the forward pass this was: y_rs = w_rs @ cols_rs, so now we have (as conv2d's dW, turned round):
             dw_phase[r, s] = xp.matmul(cols[2 * r + s], dy2.T).T.reshape(F, C, 2, 2)
             # and for x: correlate dy_rs, padded by r on top and s on the left, with w_rs flipped
-            dcols[r, s] = _im2col(dy_rs, 2, 2, 1, r, s, H, W).reshape(F, 2, 2, N, H, W)
+            dcols[r, s] = im2col(dy_rs, 2, 2, 1, r, s, H, W).reshape(F, 2, 2, N, H, W)
     w_flipped = w_phase[..., ::-1, ::-1].transpose(3, 0, 1, 2, 4, 5)          # (C, 2, 2, F, 2, 2), dcols' row order
     dx = xp.matmul(w_flipped.reshape(C, 16 * F), dcols.reshape(16 * F, N * H * W))    # (C, L), all phases summed
     dx = xp.ascontiguousarray(dx.reshape(C, N, H, W).transpose(1, 0, 2, 3))   # (N, C, H, W)

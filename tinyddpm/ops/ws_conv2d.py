@@ -33,9 +33,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..array_checks import float_inputs, require, require_ndim
 from ..checks import is_real
-from ._checks import float_inputs, require, require_ndim
-from .conv2d import _check_conv2d, conv2d_backward, conv2d_forward
+from .conv2d import check_conv2d, conv2d_backward, conv2d_forward
 from .groupnorm import groupnorm_backward, groupnorm_forward
 
 
@@ -70,6 +70,6 @@ def _check_ws_conv2d(x, w, b, stride, padding, eps):
     require_ndim(op, "w", w, 4, "(F, C, k, k)")
     require(op, is_real(eps) and eps > 0, f"eps must be a positive number, got {eps!r}")
     try:
-        return _check_conv2d(x, w, b, stride, padding)  # the convolution's own rules
+        return check_conv2d(x, w, b, stride, padding)  # the convolution's own rules
     except ValueError as e:
         raise ValueError(f"ws_conv2d: {str(e).removeprefix('conv2d: ')}") from None

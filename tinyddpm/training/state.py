@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .backend import device_xp, to_device, to_numpy
-from .batches import Batches
+from ..backend import device_xp, to_device, to_numpy
+from ..data.batches import Batches
+from ..data.pixels import pixels_to_model_range
+from ..diffusion import Schedule
+from ..nn.unet import init_params
 from .config import TrainConfig, make_run_schedule
-from .data import pixels_to_model_range
-from .diffusion import Schedule
 from .optim import EMA, AdamW
-from .unet import init_params
 
 
 def seed_for(seed: int, stream: int, step: int = 0) -> int:

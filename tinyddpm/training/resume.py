@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import device_xp, get_device, get_xp
-from ..config import TrainConfig, make_run_schedule
-from ..optim import EMA
-from ..state import TrainState, batches_for, optimizer_for, check_data, seed_for
-from ..unet import init_params
-from .npz import CheckpointError, generator_state, load_checkpoint, restore_generator, save_checkpoint
+from ..checkpoint import CheckpointError, generator_state, load_checkpoint, restore_generator, save_checkpoint
+from ..nn.unet import init_params
+from .config import TrainConfig, make_run_schedule
+from .optim import EMA
+from .state import TrainState, batches_for, check_data, optimizer_for, seed_for
 
 CHECKPOINT_NAME = "checkpoint.npz"
 CHECKPOINT_KIND = "tinyddpm.train"   # meta/config["kind"] of a training checkpoint

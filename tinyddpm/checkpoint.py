@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backend import get_device, import_cupy, is_cupy_array, to_numpy
+from .backend import get_device, import_cupy, is_cupy_array, to_numpy
 
 MAGIC = "tinyddpm checkpoint"
 FORMAT_VERSION = 1

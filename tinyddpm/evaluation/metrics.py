@@ -49,8 +49,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import to_numpy
-from .checks import check_int
+from ..backend import to_numpy
+from ..checks import check_int
 
 
 def _finite_2d(where: str, name: str, a) -> np.ndarray:

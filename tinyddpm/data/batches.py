@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import get_xp
-from .checks import check_int
+from ..backend import get_xp
+from ..checks import check_int
 
 
 class Batches:

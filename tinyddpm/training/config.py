@@ -13,12 +13,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, field, replace
 
-from .backend import get_device
-from .checks import is_int, is_real
-from .diffusion import LOSSES, PREDICTIONS, SAMPLERS, SCHEDULES, Schedule, make_schedule, max_steps
-from .unet import UNetConfig
+from ..backend import get_device
+from ..checks import is_int, is_real
+from ..diffusion import LOSSES, PREDICTIONS, SAMPLERS, SCHEDULES, Schedule, make_schedule, max_steps
+from ..nn.unet import UNetConfig
 
 LR_DECAYS = ("constant", "cosine")
+RENAMED = {"preview_per_digit": "preview_per_class", "final_per_digit": "final_per_class"}   # old name: new name
 
 
 @dataclass(frozen=True)
@@ -53,15 +54,15 @@ class TrainConfig:
     sampler: str = "dpm++2m"            # 'ddpm', 'ddim' or 'dpm++2m'
     sample_steps: int = 20              # model calls per sample (ignored by 'ddpm', which takes T)
     guidance: float = 2.0               # classifier-free guidance scale w (1 = plain conditional)
-    preview_per_digit: int = 1          # samples per digit in a preview grid
-    final_per_digit: int = 10           # samples per digit in samples.png
+    preview_per_class: int = 1          # samples per class in a preview grid
+    final_per_class: int = 10           # samples per class in samples.png
 
     def validate(self) -> None:
         """A ValueError listing every field that is wrong (counts must be integers, real numbers finite)."""
         self.unet.validate()
         ints = {"num_timesteps": 2, "steps": 1, "batch_size": 1, "warmup_steps": 0, "log_every": 1,
-                "checkpoint_every": 0, "sample_every": 0, "sample_steps": 1, "seed": 0, "preview_per_digit": 1,
-                "final_per_digit": 1}   # field: minimum
+                "checkpoint_every": 0, "sample_every": 0, "sample_steps": 1, "seed": 0, "preview_per_class": 1,
+                "final_per_class": 1}   # field: minimum
         reals = ("lr", "min_lr", "p_uncond", "grad_clip", "ema_decay", "weight_decay", "guidance")
         problems = [f"{name} must be an integer >= {low}, got {getattr(self, name)!r}"
                     for name, low in ints.items() if not is_int(getattr(self, name)) or getattr(self, name) < low]
@@ -102,7 +103,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
+        d = {RENAMED.get(key, key): value for key, value in d.items()}   # checkpoints of older versions
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -131,19 +132,19 @@ PRESETS = {
         unet=UNetConfig(base_channels=8, channel_mults=(1, 2), blocks_per_level=1, attention_resolutions=(14,),
                         heads=2, groups=4, dropout=0.1),
         steps=4, batch_size=8, lr=1e-3, warmup_steps=2, ema_decay=0.9, log_every=2, checkpoint_every=2,
-        sample_every=2, sample_steps=3, guidance=2.0, preview_per_digit=1, final_per_digit=2),
+        sample_every=2, sample_steps=3, guidance=2.0, preview_per_class=1, final_per_class=2),
     "cpu": TrainConfig(
         unet=UNetConfig(base_channels=16, channel_mults=(1, 2, 2), blocks_per_level=1, attention_resolutions=(7,),
                         heads=4, groups=8, dropout=0.0),
         steps=4500, batch_size=32, lr=2e-3, warmup_steps=100, lr_decay="cosine", min_lr=1e-4,
         ema_decay=0.995, log_every=10, checkpoint_every=400, sample_every=400,
-        sample_steps=20, guidance=1.75, preview_per_digit=1, final_per_digit=10),
+        sample_steps=20, guidance=1.75, preview_per_class=1, final_per_class=10),
     "gpu": TrainConfig(
         unet=UNetConfig(base_channels=64, channel_mults=(1, 2, 2), blocks_per_level=2, attention_resolutions=(7,),
                         heads=4, groups=8, dropout=0.1),
         steps=20_000, batch_size=128, lr=2e-4, warmup_steps=500, lr_decay="constant",
         ema_decay=0.9995, log_every=50, checkpoint_every=2000, sample_every=2000,
-        sample_steps=25, guidance=2.0, preview_per_digit=2, final_per_digit=10),
+        sample_steps=25, guidance=2.0, preview_per_class=2, final_per_class=10),
 }
 
 # Pictures of your own (examples/train_images.py sets image_channels, image_size and num_classes from the
@@ -159,13 +160,13 @@ IMAGE_PRESETS = {
                         blocks_per_level=1, attention_resolutions=(8,), heads=4, groups=8, dropout=0.0),
         steps=2800, batch_size=32, lr=2e-3, warmup_steps=100, lr_decay="cosine", min_lr=1e-4,
         ema_decay=0.995, log_every=10, checkpoint_every=400, sample_every=400,
-        sample_steps=20, guidance=2.0, preview_per_digit=1, final_per_digit=10),
+        sample_steps=20, guidance=2.0, preview_per_class=1, final_per_class=10),
     "images-gpu": TrainConfig(
         unet=UNetConfig(image_channels=3, image_size=64, base_channels=128, channel_mults=(1, 2, 2, 2),
                         blocks_per_level=2, attention_resolutions=(16,), heads=4, groups=32, dropout=0.1),
         steps=50_000, batch_size=64, lr=2e-4, warmup_steps=1000, lr_decay="constant",
         ema_decay=0.9999, log_every=50, checkpoint_every=2500, sample_every=2500,
-        sample_steps=25, guidance=2.0, preview_per_digit=2, final_per_digit=8),
+        sample_steps=25, guidance=2.0, preview_per_class=2, final_per_class=8),
 }
 
 

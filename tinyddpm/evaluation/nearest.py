@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import to_numpy
+from ..backend import to_numpy
 
 
 def _flat(where: str, name: str, images) -> np.ndarray:
@@ -115,7 +115,7 @@ def plot_nearest(path, samples, train, indices, distances, pairs_per_row: int = 
     samples (M, C, H, W) and train (N, C, H, W) in [-1, 1], C = 1 or 3; indices and distances as returned
     by nearest_neighbours.
     """
-    from . import viz
+    from .. import viz
 
     s = np.asarray(to_numpy(samples), dtype=np.float64)
     s = s[:, None] if s.ndim == 3 else s                             # (M, C, H, W)

@@ -1,6 +1,6 @@
 """An MNIST classifier built from tinyddpm's own ops: the judge of generated digits (and of other data sets).
 
-Sample-quality metrics for MNIST (tinyddpm/metrics.py) need a network that knows what digits look
+Sample-quality metrics for MNIST (tinyddpm/evaluation/metrics.py) need a network that knows what digits look
 like: its softmax outputs give the Inception Score and the accuracy of class-conditional samples,
 its penultimate activations give the features for FID and precision/recall. This file trains one
 with the same hand-written ops the diffusion model uses, and caches the weights on disk.
@@ -17,14 +17,7 @@ Network (a small LeNet-style CNN; stride-2 convolutions do the downsampling, SiL
     f  = silu(linear(flatten(h3), W4, b4))    (N, D)        the features (D = 128)
     z  = linear(f, W5, b5)                    (N, K)        the logits
 
-Loss: softmax cross-entropy, averaged over the batch, for integer labels y (N,):
-
-    log p[n, k] = z[n, k] - logsumexp_j z[n, j]        logsumexp z = m + log sum_j exp(z_j - m), m = max_j z_j
-    L           = -(1/N) sum_n log p[n, y_n]
-
-Backward of the loss, from d logsumexp / dz_k = p_k:
-
-    dL/dz[n, k] = dL * (p[n, k] - [k == y_n]) / N
+Loss: softmax cross-entropy of z and the integer labels y (N,), averaged over the batch (ops/losses.py).
 
 With 128 features at 2 stride-2 stages the net has about 0.43 M parameters and takes about
 2.3 M multiply-adds per image. Two epochs of AdamW at batch 128 (936 steps) took 65 s on 2 CPU
@@ -36,7 +29,7 @@ precision 0.888, recall 0.900. FID shrinks with n (its bias is roughly proportio
 compare a model only with a baseline of the same n. Inception Score of the real test digits: 9.62.
 
 Other data sets. The judge of a model trained on Fashion-MNIST, or on a labelled folder of pictures
-(tinyddpm.image_folder), is the same network trained on that data: ``load_or_train_classifier(dataset=
+(tinyddpm/data/folder.py), is the same network trained on that data: ``load_or_train_classifier(dataset=
 "fashion-mnist")``, or with ``train_data``/``test_data`` and ``data_key=folder_key(images, labels)``. Each is
 cached in its own folder (default_classifier_dir(key)) and its config records the key, so a cache made on
 one data set is refused for another.
@@ -53,85 +46,21 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .backend import device_xp, get_xp, to_numpy
-from .ops import conv2d_backward, conv2d_forward, linear_backward, linear_forward, silu_backward, silu_forward
-from .ops._checks import describe, float_inputs, nan_where_out_of_range, require, values_on_host
+from ..array_checks import describe, float_inputs, require
+from ..backend import device_xp, get_xp, to_numpy
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..data.batches import Batches
+from ..data.mnist import load_dataset
+from ..data.pixels import pixels_to_model_range
+from ..ops.conv2d import conv2d_backward, conv2d_forward
+from ..ops.linear import linear_backward, linear_forward
+from ..ops.losses import softmax, softmax_cross_entropy_backward, softmax_cross_entropy_forward
+from ..ops.silu import silu_backward, silu_forward
+from ..training.optim import AdamW, lr_schedule
 
 CHECKPOINT_NAME = "classifier.npz"
 BATCH_SIZE = 128   # images per training step: the training split must hold at least this many
 CONV_LAYERS = (("conv1", 1), ("conv2", 2), ("conv3", 2))  # (name, stride)
-
-
-# --------------------------------------------------------------------------------------------
-# the loss: softmax cross-entropy
-# --------------------------------------------------------------------------------------------
-
-class CrossEntropyCache(NamedTuple):
-    probs: object   # (N, K) softmax(z)
-    onehot: object  # (N, K) [k == y_n], in the logits' dtype
-    mean: bool      # reduction "mean" (a 0-d loss) or "none" (one loss per row)
-
-
-def softmax(z, xp=None):
-    """exp(z - max) / sum exp(z - max) along the last axis (no overflow for any finite z)."""
-    xp = xp or get_xp(z)
-    e = xp.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def softmax_cross_entropy_forward(logits, labels, reduction: str = "mean"):
-    """L = -mean_n log softmax(logits)[n, labels[n]], a 0-d array. Returns (loss, cache).
-
-    logits (N, K) float32/float64; labels (N,) integers in [0, K) (NumPy labels outside raise; CuPy labels
-    are not read back to check, their rows' losses come out NaN). ``reduction="none"`` returns the
-    N per-row losses instead of their mean (as torch's cross_entropy does).
-
-    logsumexp is evaluated as m + log1p(sum of exp(z_j - m) over every j but one argmax): the max
-    term is exactly 1, and log1p keeps full relative precision when the other terms are tiny (a
-    confident, correct prediction has a loss near 1e-5 that log(1 + 1e-5) would round away).
-    """
-    op = "softmax_cross_entropy"
-    xp = float_inputs(op, logits=logits)
-    require(op, logits.ndim == 2 and logits.shape[0] >= 1 and logits.shape[1] >= 1,
-            lambda: f"logits must be 2-D (N, K) with N, K >= 1, got {describe(logits=logits)}")
-    if not hasattr(labels, "dtype") or np.dtype(labels.dtype).kind not in "iu":
-        raise TypeError(f"{op}: labels must be an integer array, got "
-                        f"{getattr(labels, 'dtype', type(labels).__name__)} (logits {tuple(logits.shape)})")
-    get_xp(logits, labels, op=op)  # one backend
-    require(op, reduction in ("mean", "none"), f"reduction must be 'mean' or 'none', got {reduction!r}")
-    N, K = logits.shape
-    require(op, tuple(labels.shape) == (N,), lambda: f"labels must be (N,) = ({N},): {describe(logits=logits, labels=labels)}")
-    if values_on_host(labels) and (int(labels.min()) < 0 or int(labels.max()) >= K):  # CuPy: NaN rows below
-        raise ValueError(f"{op}: labels must lie in [0, {K}), got range [{int(labels.min())}, {int(labels.max())}] "
-                         f"({describe(logits=logits, labels=labels)})")
-    classes = xp.arange(K)[None, :]                                # (1, K)
-    top = logits.argmax(axis=1)[:, None]                           # (N, 1) one argmax per row
-    shifted = logits - xp.take_along_axis(logits, top, axis=1)     # (N, K) z - m, 0 at the argmax
-    others = xp.where(classes == top, 0.0, xp.exp(shifted)).sum(axis=1, keepdims=True)  # (N, 1)
-    log_p = shifted - xp.log1p(others)                             # (N, K) log softmax
-    onehot = (labels[:, None] == classes).astype(logits.dtype)     # (N, K)
-    per_row = -(onehot * log_p).sum(axis=1)                        # (N,) -log p[n, y_n]
-    if not values_on_host(labels):  # unchecked on a GPU (a wait per call): a label outside [0, K) gives NaN
-        per_row = nan_where_out_of_range(per_row, labels, K)
-    loss = per_row.sum() / N if reduction == "mean" else per_row
-    return xp.asarray(loss, dtype=logits.dtype), CrossEntropyCache(xp.exp(log_p), onehot, reduction == "mean")
-
-
-def softmax_cross_entropy_backward(dloss, cache: CrossEntropyCache):
-    """Gradient dlogits (N, K) of softmax cross-entropy.
-
-    dloss is a scalar for reduction "mean" (1.0 to start backprop) and (N,) for "none".
-    """
-    probs, onehot, mean = cache
-    xp = get_xp(probs)
-    N = probs.shape[0]
-    dloss = xp.asarray(dloss, dtype=probs.dtype)
-    want = () if mean else (N,)
-    if tuple(dloss.shape) != want:
-        raise ValueError(f"softmax_cross_entropy: dloss must have the loss's shape {want}, got {tuple(dloss.shape)}")
-    # in the forward pass this was: L = -(1/N) sum_n log p[n, y_n] (or L_n = -log p[n, y_n]), so now we have:
-    scale = dloss / N if mean else dloss[:, None]  # () or (N, 1)
-    return (probs - onehot) * scale  # (N, K)
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,8 +227,6 @@ def train_classifier(images, labels, *, cfg: ClassifierConfig | None = None, epo
     ``history`` is a dict with the per-step "loss" list (read every ``log_every`` steps, so the
     GPU is not made to wait every step), "steps", and "seconds".
     """
-    from .batches import Batches
-    from .optim import AdamW, lr_schedule
 
     cfg = cfg or ClassifierConfig(image_size=int(images.shape[-1]), image_channels=int(images.shape[1]))
     xp = device_xp()
@@ -357,7 +284,6 @@ def load_classifier(path, where: str = "load_classifier", dataset: str | None = 
     set -- raises a CheckpointError naming the file (delete it, or pass retrain=True to
     load_or_train_classifier, to train a new one). A cache that records no data set is MNIST's.
     """
-    from .checkpoint import CheckpointError, load_checkpoint
 
     ckpt = load_checkpoint(path)
     config = ckpt.config if isinstance(ckpt.config, dict) else {}
@@ -369,7 +295,7 @@ def load_classifier(path, where: str = "load_classifier", dataset: str | None = 
     if dataset is not None and trained_on != dataset:
         raise CheckpointError(f"{where}{path} holds a classifier of {trained_on!r}, this evaluation needs one of "
                               f"{dataset!r}; pass another --classifier-dir, or {fix}")
-    problem = _weights_problem(ckpt.params)
+    problem = weights_problem(ckpt.params)
     if problem:
         raise CheckpointError(f"{where}{path} does not hold classifier weights ({problem}); {fix}")
     for name, a in ckpt.params.items():
@@ -380,7 +306,7 @@ def load_classifier(path, where: str = "load_classifier", dataset: str | None = 
     return ckpt.params, config
 
 
-def _weights_problem(params: dict) -> str:
+def weights_problem(params: dict) -> str:
     """What keeps ``params`` from being the network of init_params (names, ranks, chained sizes), or ''."""
     names = [name for name, _ in CONV_LAYERS] + ["fc1", "fc2"]
     wanted = {f"{n}.{p}" for n in names for p in "wb"}
@@ -413,8 +339,6 @@ def load_or_train_classifier(cache_dir=None, *, epochs: float = 2.0, seed: int =
     defaults to default_classifier_dir(key). A cache that is not a usable classifier of that data raises a
     CheckpointError naming it (load_classifier).
     """
-    from .checkpoint import save_checkpoint
-    from .data import load_dataset, pixels_to_model_range
 
     key = data_key or dataset
     path = Path(cache_dir or default_classifier_dir(key)).expanduser() / CHECKPOINT_NAME

@@ -7,23 +7,9 @@
     state = new_state(config, images, labels)                 # on every rank alike
     train(state, "runs/mnist", dp=dp)                         # rank 0 writes; every rank computes
 
-Why it is exact. A step's loss is a mean over the B images of the batch, so its gradient is a sum over them:
-
-    L = (1/B) sum_i l_i(theta)                    dL/dtheta = (1/B) sum_i dl_i/dtheta
-
-Cut the batch into N equal shares, one per process: rank r takes rows S_r = [r B/N, (r + 1) B/N). Each rank computes
-
-    L_r = (1/B) sum_{i in S_r} l_i            =  (its own mean over B/N images) * (1/N)
-    g_r = dL_r/dtheta                         by the U-Net's backward on its B/N images only
-
-and one Allreduce (a sum over ranks that every rank receives) gives each of them the whole batch's loss and gradient:
-
-    sum_r L_r = L                             sum_r g_r = dL/dtheta
-
-The ranks compute nothing else together. That holds because the U-Net treats the images of a batch independently:
-GroupNorm normalises within one image, attention mixes the pixels of one image. BatchNorm would not: its mean and variance
-run over the batch, so each rank would need an Allreduce of them inside every forward pass, and one more (of two sums)
-in every backward (lessons/11_data_parallel.py and its solutions show both).
+Why it is exact (parallel/__init__.py has the derivation): rank r takes the rows S_r = [r B/N, (r + 1) B/N) of every
+batch, computes its part of the loss and gradient, L_r = (its own mean) * share(S_r, B) and g_r = dL_r/dtheta, and one
+Allreduce (a sum over ranks that every rank receives) gives each of them the whole batch's L and dL/dtheta.
 
 What every rank does alike. Every rank starts from rank 0's weights (broadcast), draws the same whole batch, timesteps,
 dropped labels, noise and dropout masks (each draws all B rows and keeps its own, so its generators stay in step with the
@@ -55,7 +41,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .backend import get_device, get_xp, is_cupy_array, to_numpy
+from ..backend import get_device, get_xp, is_cupy_array, to_numpy
 
 # What MPI launchers put in each process's environment: the number of processes and this one's rank
 # (Open MPI; MPICH's hydra, Intel MPI and Slurm's PMI; MVAPICH).

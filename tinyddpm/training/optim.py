@@ -34,8 +34,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .backend import get_xp, to_numpy
-from .checks import check_int
+from ..backend import get_xp, to_numpy
+from ..checks import check_int
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 

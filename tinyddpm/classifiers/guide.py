@@ -60,15 +60,23 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .backend import device_xp, get_xp, make_rng, to_numpy
-from .checks import check_int, check_real
-from .classifier import CONV_LAYERS, ClassifierConfig, _weights_problem
-from .classifier import default_cache_dir as classifier_cache_dir
-from .classifier import init_params as init_base_params
-from .classifier import softmax_cross_entropy_backward, softmax_cross_entropy_forward
-from .ops import (add_backward, add_forward, conv2d_backward, conv2d_forward, linear_backward, linear_forward,
-                  silu_backward, silu_forward, timestep_embedding_forward)
-from .ops._checks import describe, float_inputs, require, require_array
+from ..array_checks import describe, float_inputs, require, require_array
+from ..backend import device_xp, get_xp, make_rng, to_numpy
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..checks import check_int, check_real
+from ..data.batches import Batches
+from ..data.mnist import load_mnist
+from ..data.pixels import to_model_range
+from ..diffusion import make_schedule, q_sample
+from ..ops import (add_backward, add_forward, conv2d_backward, conv2d_forward, linear_backward, linear_forward,
+                   silu_backward, silu_forward, timestep_embedding_forward)
+from ..ops.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
+from ..parallel.threads import default_shards, run_sharded, shard_slices
+from ..training.optim import AdamW, lr_schedule
+from .judge import CONV_LAYERS, ClassifierConfig
+from .judge import default_cache_dir as classifier_cache_dir
+from .judge import init_params as init_base_params
+from .judge import weights_problem
 
 BATCH_SIZE = 128                            # images per training step
 REPORT_TIMESTEPS = (0, 250, 500, 750, 999)  # the test accuracy saved with the cache is measured at these t (< T)
@@ -236,7 +244,6 @@ def gradient_fn(params: dict, shards: int | None = None):
     thread, as the U-Net's forward is when sampling (tinyddpm/parallel.py): the rows are independent, so the
     gradients are those of one call, up to float round-off. On CuPy, one call.
     """
-    from .parallel import default_shards, run_sharded, shard_slices
 
     def grad(x_t, t, labels):
         xp = get_xp(x_t)
@@ -252,7 +259,6 @@ def gradient_fn(params: dict, shards: int | None = None):
 
 def noisy_accuracy(params: dict, schedule, images, labels, t: int, seed: int = 0, batch_size: int = 500) -> float:
     """Share of ``images`` (N, 1, H, W) in [-1, 1] whose label the classifier reads from q_sample(images, t, eps)."""
-    from .diffusion import q_sample
 
     xp = get_xp(*params.values(), op="noisy_accuracy")
     dtype = params["conv1.w"].dtype
@@ -281,9 +287,6 @@ def train_noisy_classifier(images, labels, schedule, *, cfg: NoisyClassifierConf
     ``history`` holds the loss every ``log_every`` steps (read then only, so a GPU is not made to wait
     every step), "steps" and "seconds".
     """
-    from .batches import Batches
-    from .diffusion import q_sample
-    from .optim import AdamW, lr_schedule
 
     where = "train_noisy_classifier"
     epochs = check_real(where, "epochs", epochs, minimum=0.0)
@@ -346,7 +349,6 @@ def load_noisy_classifier(path, schedule=None, where: str = "load_noisy_classifi
     chain into the network, NaN or inf, or (when ``schedule`` is given) trained for another noise schedule --
     raises a CheckpointError naming the file and the fix (delete it, or retrain=True).
     """
-    from .checkpoint import CheckpointError, load_checkpoint
 
     prefix, fix = f"{where}: " if where else "", "delete it, or pass retrain=True, to train a new one"
     try:
@@ -374,7 +376,7 @@ def load_noisy_classifier(path, schedule=None, where: str = "load_noisy_classifi
 def _time_weights_problem(params: dict) -> str:
     """What keeps ``params`` from being the network of init_params, or ''."""
     time_names = {"time.w", "time.b"} | {f"{n}.t.{p}" for n, _ in CONV_LAYERS for p in "wb"}
-    problem = _weights_problem({k: v for k, v in params.items() if k not in time_names})
+    problem = weights_problem({k: v for k, v in params.items() if k not in time_names})
     if problem:
         return problem
     missing = sorted(time_names - set(params))
@@ -401,10 +403,8 @@ def load_or_train_noisy_classifier(schedule, cache_dir=None, *, epochs: float = 
     schedule, training settings, "test_accuracy_by_t" {t: accuracy} on the test split, "data_source",
     "train_seconds"). A cache that is not a usable classifier for this schedule raises a CheckpointError
     naming it (load_noisy_classifier); ``retrain=True`` trains over it. To train, the splits are read with
-    load_mnist(split, data_dir, source) unless given as ``train_data`` / ``test_data`` (MNISTData).
+    load_mnist(split, data_dir, source) unless given as ``train_data`` / ``test_data`` (ImageData).
     """
-    from .checkpoint import save_checkpoint
-    from .data import load_mnist, to_model_range
 
     path = Path(cache_dir or default_cache_dir()).expanduser() / cache_name(schedule)
     if path.is_file() and not retrain:
@@ -456,7 +456,6 @@ def _check_noisy_classifier(params: dict, x, t):
 
 
 if __name__ == "__main__":  # python -m tinyddpm.noisy_classifier [--retrain]: train (or load) for the linear schedule
-    from .diffusion import make_schedule
 
     _, info = load_or_train_noisy_classifier(make_schedule("linear", 1000), retrain="--retrain" in sys.argv[1:])
     print({k: info[k] for k in ("test_accuracy_by_t", "train_seconds", "steps", "data_source")})

@@ -49,18 +49,18 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .ops.attention import attention_backward, attention_forward
-from .ops.conv2d import conv2d_backward, conv2d_forward
-from .ops.conv_transpose2d import conv_transpose2d_backward, conv_transpose2d_forward
-from .ops.dropout import dropout_backward, dropout_forward
-from .ops.gelu import gelu_backward, gelu_forward
-from .ops.groupnorm_fast import groupnorm_fast_backward, groupnorm_fast_forward
-from .ops.linear import linear_backward, linear_forward
-from .ops.silu import silu_backward, silu_forward
-from .ops.skip import add_backward, add_forward
-from .ops.space_to_depth import space_to_depth_backward, space_to_depth_forward
-from .ops.upsample_conv import upsample_conv3x3_backward, upsample_conv3x3_forward
-from .ops.ws_conv2d import ws_conv2d_backward, ws_conv2d_forward
+from ..ops.attention import attention_backward, attention_forward
+from ..ops.conv2d import conv2d_backward, conv2d_forward
+from ..ops.conv_transpose2d import conv_transpose2d_backward, conv_transpose2d_forward
+from ..ops.dropout import dropout_backward, dropout_forward
+from ..ops.gelu import gelu_backward, gelu_forward
+from ..ops.groupnorm_fast import groupnorm_fast_backward, groupnorm_fast_forward
+from ..ops.linear import linear_backward, linear_forward
+from ..ops.silu import silu_backward, silu_forward
+from ..ops.skip import add_backward, add_forward
+from ..ops.space_to_depth import space_to_depth_backward, space_to_depth_forward
+from ..ops.upsample_conv import upsample_conv3x3_backward, upsample_conv3x3_forward
+from ..ops.ws_conv2d import ws_conv2d_backward, ws_conv2d_forward
 
 ACTIVATIONS = {"silu": (silu_forward, silu_backward), "gelu": (gelu_forward, gelu_backward)}
 CONV_BACKWARDS = {"transposed": conv_transpose2d_backward, "nearest": upsample_conv3x3_backward}  # else conv2d's

@@ -42,26 +42,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .backend import get_xp, to_device
-from .blocks import (
-    ACTIVATIONS,
-    DOWNSAMPLES,
-    UPSAMPLES,
-    activation_backward,
-    activation_forward,
-    attention_block_backward,
-    attention_block_forward,
-    conv_block_backward,
-    conv_forward,
-    downsample_forward,
-    resblock_backward,
-    resblock_forward,
-    upsample_forward,
-)
-from .ops.embedding import label_embedding_backward, label_embedding_forward, timestep_embedding_forward
-from .ops.groupnorm_fast import groupnorm_fast_backward, groupnorm_fast_forward
-from .ops.linear import linear_backward, linear_forward
-from .ops.skip import add_backward, add_forward, concat_backward, concat_forward
+from ..backend import get_xp, to_device
+from ..ops.embedding import label_embedding_backward, label_embedding_forward, timestep_embedding_forward
+from ..ops.groupnorm_fast import groupnorm_fast_backward, groupnorm_fast_forward
+from ..ops.linear import linear_backward, linear_forward
+from ..ops.skip import add_backward, add_forward, concat_backward, concat_forward
+from .blocks import (ACTIVATIONS, DOWNSAMPLES, UPSAMPLES, activation_backward, activation_forward,
+                     attention_block_backward, attention_block_forward, conv_block_backward, conv_forward,
+                     downsample_forward, resblock_backward, resblock_forward, upsample_forward)
 
 
 @dataclass(frozen=True)
@@ -364,21 +352,6 @@ def unet_backward(dout, cache: UNetCache):
     _, grads["time.lin1.w"], grads["time.lin1.b"] = linear_backward(de, cache.time_lin1)
     # The sinusoidal features depend on t only; training needs no gradient with respect to t.
     return dx, grads
-
-
-def unet_model(params, cfg: UNetConfig, shards: int | None = None):
-    """The network as a sampler-ready callable ``model(x_t, t, labels) -> prediction`` (eval mode).
-
-    On the CPU each call cuts the batch into ``shards`` run on parallel cores (None: one per core; 1: off);
-    see tinyddpm/parallel.py. The samples are the same up to float round-off, and repeat exactly for a
-    given shard count.
-    """
-    from .parallel import unet_forward_in_shards  # parallel.py builds on this module: imported on use
-
-    def model(x, t, labels=None):
-        return unet_forward_in_shards(params, cfg, x, t, labels, shards)
-
-    return model
 
 
 def known_zero_gradients(params) -> dict:

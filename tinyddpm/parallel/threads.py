@@ -1,19 +1,16 @@
-"""Data parallelism inside one process: the batch cut into shards, each shard's U-Net forward and backward on a
-core of its own, the gradients summed.
+"""Data parallelism inside one process: the batch cut into shards, each shard's forward, loss and backward on a
+core of its own, the losses and gradients summed.
+
+    loss, grads = sum_over_shards(forward_loss_backward, batch=B, shards=2)   # forward_loss_backward(rows) -> (L_s, g_s)
 
 Why. NumPy runs im2col's copies and every elementwise pass (GroupNorm, SiLU, the residual adds) on one core;
 only BLAS uses the others. Give each core a shard of the batch instead, with BLAS held to one thread while the
 shards run (shards x BLAS threads = cores), and every pass runs on every core. NumPy releases the GIL inside its
 loops and BLAS calls, so plain Python threads are enough.
 
-Why it is exact. The U-Net treats the samples of a batch independently (GroupNorm normalises within a sample,
-attention mixes the pixels of one sample), so for a batch split into shards s = 1..S
-
-    out       = concat(unet(x_1), ..., unet(x_S))                   the same outputs, row for row
-    L, dL/dout  computed once on the whole batch                    (the loss's mean is over all of it)
-    dL/dtheta = sum_s backward(dL/dout_s, cache_s)                  theta is shared: its gradient adds up
-
-Sampling uses the same split for the model's forward passes (unet_forward_in_shards, behind unet_model).
+Why it is exact: each shard's loss is its own mean weighted by its share of the batch, so the shards' losses and
+gradients add up to the whole batch's (the derivation is in parallel/__init__.py). Sampling uses the same split for
+the model's forward passes (unet_forward_in_shards, behind sampling.unet_model).
 
 Determinism. Each shard runs single-threaded and the gradients are summed in shard order, so a step is the same
 bit for bit on every run with the same shard count (exact resume holds). Another shard count sums in another
@@ -34,8 +31,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .backend import device_xp
-from .unet import unet_backward, unet_forward
+from ..backend import device_xp
+from ..nn.unet import unet_forward
 
 
 @lru_cache(maxsize=1)
@@ -104,31 +101,16 @@ def shards_for(unet_config, batch: int) -> int:
     return min(default_shards(), batch)
 
 
-def unet_loss_and_grads(params: dict, unet_config, x, t, labels, loss_fn, *, rng=None, shards: int = 1):
-    """(loss, grads): the U-Net's forward on x_t, ``loss, dout = loss_fn(out)`` on the whole batch, the backward.
+def sum_over_shards(fn, rows: slice, shards: int):
+    """(loss, grads) summed over ``fn(part)`` for ``shards`` contiguous parts of ``rows``, run in parallel.
 
-    With ``shards`` > 1 the forward and backward run on contiguous shards of the batch in parallel threads and
-    the gradients are summed (the module docstring says why that is exact). train=True: dropout uses ``rng``.
+    fn(part) -> (loss_s, grads_s) of the rows ``part`` (a slice), weighted by their share of the batch
+    (parallel.share). The gradients are added in shard order: the result repeats bit for bit for a shard count.
     """
-    parts = shard_slices(x.shape[0], shards)
-
-    def forward(part):
-        return unet_forward(params, unet_config, x[part], t[part], None if labels is None else labels[part],
-                            train=True, rng=rng)
-
-    results = run_sharded(forward, parts)                                  # [(out_s, cache_s)]
-    out = results[0][0] if len(parts) == 1 else device_xp().concatenate([o for o, _ in results])  # (B, C, H, W)
-    loss, dout = loss_fn(out)
-    caches = [cache for _, cache in results]
-    del results
-
-    def backward(part_and_cache):
-        part, cache = part_and_cache
-        return unet_backward(dout[part], cache)[1]                         # dL/dtheta of this shard; dx unused
-
-    shard_grads = run_sharded(backward, list(zip(parts, caches)))
-    del caches
-    grads = shard_grads[0]
-    for more in shard_grads[1:]:                                           # summed in shard order: deterministic
+    parts = [slice(rows.start + p.start, rows.start + p.stop) for p in shard_slices(rows.stop - rows.start, shards)]
+    results = run_sharded(fn, parts)                                       # [(loss_s, grads_s)] in shard order
+    loss, grads = results[0]
+    for more_loss, more in results[1:]:
+        loss = loss + more_loss
         grads = {name: g + more[name] for name, g in grads.items()}
     return loss, grads
