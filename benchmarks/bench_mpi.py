@@ -6,8 +6,8 @@ against N processes x 1 thread (mpiexec), with the share of a step spent in the 
     mpiexec -n 2 python benchmarks/bench_mpi.py --worker            # one set-up, as the comparison runs it
 
 A step is tinyddpm.training.train_step on the cpu preset (281k weights, batch 32) on the shipped MNIST subset:
-with one process it cuts the batch into one shard per BLAS thread (tinyddpm/parallel.py); with N processes each takes
-32/N images and one Allreduce of a flat 1.1 MB buffer sums the gradients (tinyddpm/distributed.py). The set-ups run
+with one process it cuts the batch into one shard per BLAS thread (tinyddpm/parallel/threads.py); with N processes each takes
+32/N images and one Allreduce of a flat 1.1 MB buffer sums the gradients (tinyddpm/parallel/mpi.py). The set-ups run
 one after the other, --repeats times each, alternating, so that other programs on the machine slow both alike; a
 worker reports the median step time of its --steps timed steps (after --warmup untimed ones), the images per second
 that gives, and the Allreduce's share of the timed steps (waiting for the slower rank included). Thread counts are

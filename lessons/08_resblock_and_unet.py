@@ -7,7 +7,7 @@ What you will learn
   - Why a freshly created block is the identity, and why its backward adds two gradients for x.
   - How the class label gets in: row y of a learned table, added to the time embedding; the extra "null" row
     that classifier-free guidance needs; and the backward, a scatter-add (with the slip that loses repeated labels).
-  - How tinyddpm.unet.plan lays out the U-Net: levels going down that keep skips, a middle, levels
+  - How tinyddpm.nn.unet.plan lays out the U-Net: levels going down that keep skips, a middle, levels
     going up that concatenate the skips back, and the shape of every tensor on the way.
   - Where the parameters sit, and that the hand-written backward of the whole network is right.
 
@@ -83,7 +83,7 @@ name = "demo"
 
 
 def block_params(c_in, c_out, rng):
-    """Random float64 parameters of one ResBlock under the prefix `name`, named as tinyddpm.blocks reads them."""
+    """Random float64 parameters of one ResBlock under the prefix `name`, named as tinyddpm.nn.blocks reads them."""
     p = {f"{name}.norm1.g": 1 + 0.2 * rng.standard_normal(c_in), f"{name}.norm1.b": 0.2 * rng.standard_normal(c_in),
          f"{name}.conv1.w": rng.standard_normal((c_out, c_in, 3, 3)) / np.sqrt(9 * c_in),
          f"{name}.conv1.b": 0.1 * rng.standard_normal(c_out),
@@ -119,7 +119,7 @@ y_mine = s + h                                                                # 
 y_lib, cache = resblock_forward(p, name, x, temb_act, groups=G, dropout=DROPOUT, train=True,
                                 rng=np.random.default_rng(7))
 err = relative_error(y_mine, y_lib)
-check("ResBlock forward written op by op == tinyddpm.blocks.resblock_forward", err < 1e-12,
+check("ResBlock forward written op by op == tinyddpm.nn.blocks.resblock_forward", err < 1e-12,
       f"output {tuple(y_mine.shape)}, max relative error {err:.1e} (the same ops in the same order)")
 
 # The backward walks the forward in reverse. Every line undoes one forward line; the two places where one
@@ -145,7 +145,7 @@ grads_lib = {}
 dx_lib, dtemb_lib = resblock_backward(dout, cache, grads_lib)
 err = max([relative_error(dx, dx_lib), relative_error(dtemb_mine, dtemb_lib)]
           + [relative_error(g[k], grads_lib[k]) for k in p])
-check("ResBlock backward written op by op == tinyddpm.blocks.resblock_backward", err < 1e-12,
+check("ResBlock backward written op by op == tinyddpm.nn.blocks.resblock_backward", err < 1e-12,
       f"dx, dtemb_act and {len(p)} parameter gradients, max relative error {err:.1e}")
 share = float(np.linalg.norm(dx_skip) / np.linalg.norm(dx))
 print(f"  the skip path carries {share:.0%} of the norm of dx: gradients reach x even if the main path is weak")
@@ -172,7 +172,7 @@ worst = max(errors, key=errors.get)
 check(f"gradient check of the ResBlock ({len(errors)} tensors, {BLOCK_ENTRIES} entries each)",
       errors[worst] < BLOCK_TOLERANCE, f"worst {worst}: {errors[worst]:.1e} (limit {BLOCK_TOLERANCE:.0e})")
 
-# A new block is the identity. tinyddpm.unet.init_params starts conv2 at zero (weights and bias), so
+# A new block is the identity. tinyddpm.nn.unet.init_params starts conv2 at zero (weights and bias), so
 # h = conv2(...) = 0 and out = skip(x) + 0 = x when Ci == Co. A deep stack of such blocks starts as a
 # clean pass-through that training bends little by little, instead of a tangle of random layers.
 p_same = block_params(Co, Co, rng)
@@ -186,7 +186,7 @@ check("with conv2 at zero (its initial value) a ResBlock with Ci == Co returns i
 
 # ---------------------------------------------------------------------------------------------------
 section(f"2. The U-Net of the {PRESET!r} preset, layer by layer")
-# The network (tinyddpm/unet.py), for x_t (N, 1, 28, 28), timesteps t (N,) and labels y (N,):
+# The network (tinyddpm/nn/unet.py), for x_t (N, 1, 28, 28), timesteps t (N,) and labels y (N,):
 #
 #     temb     = lin2( silu( lin1( sinusoidal(t) ) ) ) + label_table[y]       (N, E), E = 4 * base
 #     temb_act = silu(temb)                                                   read by every ResBlock
@@ -197,7 +197,7 @@ section(f"2. The U-Net of the {PRESET!r} preset, layer by layer")
 #     out = conv_out( silu( groupnorm(h) ) )             (N, 1, 28, 28), the predicted noise
 #
 # The skips are a stack: the down path pushes, the up path pops, so the finest skip (pushed first) is
-# concatenated last, at full resolution. tinyddpm.unet.plan(cfg) turns a UNetConfig into three lists of
+# concatenated last, at full resolution. tinyddpm.nn.unet.plan(cfg) turns a UNetConfig into three lists of
 # Layers (kind, name, c_in, c_out, size, push_skip, pop_skip); parameters, forward and backward all follow it.
 # Here is the forward written straight from the plan, recording every layer's shapes on the way.
 
@@ -254,7 +254,7 @@ t1 = np.array([FEATURE_T])
 y_open, records = unet_forward_in_the_open(params, cfg, digit, t1, label)
 y_ref, _ = unet_forward(params, cfg, digit, t1, label)
 err = relative_error(y_open, y_ref)
-check("the U-Net forward written from plan(cfg) == tinyddpm.unet.unet_forward", err < 1e-6,
+check("the U-Net forward written from plan(cfg) == tinyddpm.nn.unet.unet_forward", err < 1e-6,
       f"output {tuple(y_open.shape)}, max relative error {err:.1e}")
 check("the output has the input's shape (one noise value per pixel)", y_open.shape == digit.shape,
       f"{tuple(y_open.shape)} vs {tuple(digit.shape)}")

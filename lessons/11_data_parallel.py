@@ -20,7 +20,7 @@ Run it:
     python lessons/11_data_parallel.py --fast    # a smaller network, the same code paths (what the tests run)
 With mpi4py and its mpiexec installed (pip install -e ".[mpi]"), section 4 also runs the shares in 2 processes
 and sums them with a real MPI Allreduce; the whole training script does the same: mpiexec -n 2 python
-examples/train_mnist.py (tinyddpm/distributed.py).
+examples/train_mnist.py (tinyddpm/parallel/mpi.py).
 
 Figures, written to lessons/output/11_data_parallel/:
     data_parallel.png   traffic of a ring and of a root Allreduce; BatchNorm, synchronised or not, against
@@ -193,7 +193,7 @@ for n in (2, 3, 5):
           np.all(sent == 2 * (n - 1) * 1200 // n), f"sent {sent.tolist()}")
 # One buffer, not one message per tensor: each message pays a latency, whatever its size.
 print(f"  this U-Net's gradient: {len(params)} tensors, {flat(whole).size:,} numbers; one flat buffer = 1 Allreduce "
-      f"per step instead of {len(params)} (tinyddpm.distributed.DataParallel.sum_gradients)")
+      f"per step instead of {len(params)} (tinyddpm.parallel.mpi.DataParallel.sum_gradients)")
 
 # ---------------------------------------------------------------------------------------------------
 section("3. GroupNorm needs no synchronisation; BatchNorm would")

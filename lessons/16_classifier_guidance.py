@@ -7,7 +7,7 @@ What you will learn
   - on a 1-D Gaussian mixture whose noisy class posterior p_t(y | x) and its gradient are known in closed form:
     the guided score is the score of p_t(x) p_t(y | x)^s; at s = 1 sampling with it draws exactly p(x | y); at
     s > 1 it draws a sharper distribution, but not the tilted p(x) p(y | x)^s (here it overshoots it, measured);
-  - why the classifier must read NOISY images and know t (tinyddpm.noisy_classifier): its accuracy against t,
+  - why the classifier must read NOISY images and know t (tinyddpm.classifiers.guide): its accuracy against t,
     and its input gradient, which is one backward pass of its hand-written layers (no autodiff), checked by
     finite differences;
   - on MNIST, from the same starting noise: the unconditional network steered by the classifier, beside
@@ -45,7 +45,7 @@ Figures (in lessons/output/16_classifier_guidance/)
 Try this
   1. run:    set TOY_SCALES = (1.0, 3.0, 10.0) and rerun. Predict the std of the s = 10 samples and how much of
              their mass stays on the wrong side (x < 0) before you look at toy_guidance.png.
-  2. modify: guide with the CLEAN evaluation classifier instead (tinyddpm.classifier: it never saw noise and
+  2. modify: guide with the CLEAN evaluation classifier instead (tinyddpm.classifiers.judge: it never saw noise and
              ignores t). Write its grad(x_t, t, labels) from classifier_forward / classifier_backward and
              class_log_prob_backward, put it in the "classifier" panel and compare accuracy. Where does it fail?
   3. create: a three-class toy, m = (-3, 0, 3), guided towards the MIDDLE class. Write p_t(y | x) and its
@@ -240,7 +240,7 @@ saved(out / "toy_guidance.png")
 
 # ---------------------------------------------------------------------------------------------------
 section("3. A classifier that reads noisy digits")
-# On MNIST nobody hands us p_t(y | x): tinyddpm.noisy_classifier learns it. It is the evaluation classifier's small
+# On MNIST nobody hands us p_t(y | x): tinyddpm.classifiers.guide learns it. It is the evaluation classifier's small
 # CNN with the timestep embedding added to each conv stage, trained with cross-entropy on x_t = q_sample(x0, t, eps)
 # at t ~ U{0..T-1}. Its gradient with respect to its INPUT is one backward pass through the same hand-written layers
 # that train it: log_prob_backward(1, cache) returns d/dx of sum_n log p(y_n | x_n, t_n), and since row n of the

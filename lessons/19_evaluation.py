@@ -2,7 +2,7 @@
 
 What you will learn
   - the Frechet distance between two Gaussians, ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), derived in
-    NumPy with the matrix square root taken through a symmetric form, and checked against tinyddpm.metrics;
+    NumPy with the matrix square root taken through a symmetric form, and checked against tinyddpm.evaluation.metrics;
   - why an FID means nothing without its sample size: even real digits against real digits score far from 0
     at small n, and the bias shrinks like 1/n;
   - k-NN precision and recall (k = 3): derived in NumPy on 2-D point clouds where the answer is known (a
@@ -75,7 +75,7 @@ mix1, mix2 = rng.standard_normal((2, 16, 16))
 f1 = rng.standard_normal((500, 16)) @ mix1 + 0.5                         # two correlated Gaussian clouds
 f2 = rng.standard_normal((400, 16)) @ mix2 - 0.3
 err = relative_error(my_fid(f1, f2), metrics.fid_from_features(f1, f2))
-check("my FID == tinyddpm.metrics.fid_from_features", err < 1e-10, f"relative error {err:.1e}")
+check("my FID == tinyddpm.evaluation.metrics.fid_from_features", err < 1e-10, f"relative error {err:.1e}")
 # The same trace by another route: eigenvalues of the non-symmetric S1 S2 itself (complex in general,
 # real and >= 0 here up to round-off).
 s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
@@ -149,7 +149,7 @@ for name, fake in generators.items():
     worst = max(worst, abs(p - p_lib), abs(r - r_lib))
     results[name] = (p, r)
     print(f"    {name:15s} precision {p:.3f}  recall {r:.3f}")
-check("my precision/recall == tinyddpm.metrics.precision_recall (3 generators)", worst <= 1 / N_TOY,
+check("my precision/recall == tinyddpm.evaluation.metrics.precision_recall (3 generators)", worst <= 1 / N_TOY,
       f"max difference {worst:.4f} (one point = {1 / N_TOY:.4f})")
 p, r = results["half the modes"]
 check("dropping half the modes: high precision, recall about one half", p > 0.85 and 0.35 < r < 0.65,
@@ -200,7 +200,7 @@ print(f"    {'real vs real':14s} {baseline['fid']:8.2f} {baseline['precision']:1
       "   (what a perfect generator would score at this n)")
 mine = my_fid(reference, fake_feats)
 err = relative_error(mine, quality["fid"])
-check("my FID on the network's samples == tinyddpm.metrics.sample_quality", err < 1e-6, f"relative error {err:.1e}")
+check("my FID on the network's samples == tinyddpm.evaluation.metrics.sample_quality", err < 1e-6, f"relative error {err:.1e}")
 check("the network's FID is above the real-vs-real floor at the same n", quality["fid"] > baseline["fid"],
       f"{quality['fid']:.1f} > {baseline['fid']:.1f}")
 show = np.stack(batches).reshape(len(batches), 10, PER_BATCH, 1, 28, 28).transpose(1, 0, 2, 3, 4, 5)

@@ -187,7 +187,7 @@ JUDGE_EPOCHS = 0.25      # ~8 s on 2 cores, 93.9% test accuracy; the evaluation 
 def judge():
     """(classifier params, a sentence naming it) for reading generated digits (lessons 15 and 19).
 
-    tinyddpm's evaluation classifier (tinyddpm.classifier, 2 epochs, cached in ~/.cache/tinyddpm/classifier by
+    tinyddpm's evaluation classifier (tinyddpm.classifiers.judge, 2 epochs, cached in ~/.cache/tinyddpm/classifier by
     examples/evaluate.py) when it exists. Otherwise a lighter one trained here for a quarter of an epoch and cached in
     lessons/output/_judge/ (it stays out of the evaluation cache, whose numbers must not change). Fast mode
     trains a stand-in on 1,000 digits for a few steps: the pipeline runs, its readings mean little.

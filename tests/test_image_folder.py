@@ -1,4 +1,4 @@
-"""tinyddpm/image_folder.py: folders of pictures the tests make with Pillow (grey and RGB, flat and by class, every
+"""tinyddpm/data/folder.py: folders of pictures the tests make with Pillow (grey and RGB, flat and by class, every
 format, odd sizes) and every kind of bad input, each refused or skipped with one line naming the file."""
 import re
 

@@ -1,4 +1,4 @@
-"""tinyddpm/nearest.py: nearest training images against a brute-force reference, planted copies, the picture."""
+"""tinyddpm/evaluation/nearest.py: nearest training images against a brute-force reference, planted copies, the picture."""
 import numpy as np
 import pytest
 from hypothesis import given, settings

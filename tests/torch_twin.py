@@ -71,7 +71,7 @@ def _attention(p, name, x, groups, heads):
 
 
 def torch_unet_forward(p, cfg: UNetConfig, x, t, labels=None):
-    """The U-Net forward in torch, parameter for parameter the same as tinyddpm.unet.unet_forward."""
+    """The U-Net forward in torch, parameter for parameter the same as tinyddpm.nn.unet.unet_forward."""
     e = timestep_embedding(t, cfg.base_channels, x.dtype)
     e = F.linear(_act(cfg, F.linear(e, p["time.lin1.w"], p["time.lin1.b"])), p["time.lin2.w"], p["time.lin2.b"])
     if cfg.num_classes is not None:

@@ -13,7 +13,7 @@ What. Three glibc settings (``mallopt``), made once when tinyddpm is imported:
 
     M_MMAP_THRESHOLD  1 GiB   blocks below it come from malloc's heap, not from a fresh mmap each time
     M_TRIM_THRESHOLD  2 GiB   freed memory stays in the heap instead of going back to the kernel
-    M_ARENA_MAX       1       one heap for all threads: the shard threads (tinyddpm.parallel) reuse
+    M_ARENA_MAX       1       one heap for all threads: the shard threads (parallel/threads.py) reuse
                               each other's freed blocks instead of growing heaps of their own
 
 The cost: the process keeps its peak memory after a peak has passed (it is reused, not returned), and threads

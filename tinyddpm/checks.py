@@ -5,8 +5,8 @@ is allowed, raised before any work is done.
     p = check_real("dropout", "p", p, minimum=0.0, below=1.0)            # a finite real number
     check_choice("clip_x0", "clip", mode, ("none", "static", "dynamic"))
 
-Array checks (dtypes, ranks, shapes) live beside the code they protect: ``tinyddpm/ops/_checks.py`` for
-the ops, ``tinyddpm/diffusion/_checks.py`` for timesteps and labels.
+Array checks (dtypes, ranks, shapes) live beside the code they protect: ``tinyddpm/array_checks.py``
+(the ops' tensors; timesteps and labels).
 """
 from __future__ import annotations
 

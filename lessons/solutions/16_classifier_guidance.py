@@ -120,7 +120,7 @@ saved(out / "solution_toy_scales.png")
 
 # ---------------------------------------------------------------------------------------------------
 section("Exercise 2 (modify): guide with the CLEAN classifier")
-# grad(x_t, t, labels) of the evaluation classifier: the same three lines as tinyddpm.noisy_classifier.input_gradient,
+# grad(x_t, t, labels) of the evaluation classifier: the same three lines as tinyddpm.classifiers.guide.input_gradient,
 # with classifier_forward / classifier_backward, and t ignored (this classifier was never told the noise level).
 
 

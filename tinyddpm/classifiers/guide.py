@@ -2,7 +2,7 @@
 
 Classifier guidance (Dhariwal & Nichol 2021) steers a diffusion model with the gradient of a classifier at
 every sampler step, grad_x log p(y | x_t, t) at the current noisy x_t (tinyddpm/diffusion/guidance.py turns
-it into a corrected noise prediction). The evaluation classifier (tinyddpm/classifier.py) has only seen clean
+it into a corrected noise prediction). The evaluation classifier (classifiers/judge.py) has only seen clean
 digits, so its gradient at a noisy x_t means little. This one is trained on x_t = q_sample(x0, t, eps) at
 uniformly drawn t, and is told t. There is no autodiff: the gradient with respect to the INPUT x comes from
 the same hand-written backward that trains the weights.
@@ -25,7 +25,7 @@ The class log-probability, and its derivative with respect to the logits (log p 
 
     log p(y | x_t, t) = z_y - logsumexp_k z_k            d log p(y) / d z_k = [k == y] - p_k
 
-Backward. Every layer is undone in reverse (classifier.py does the same for the plain CNN). Two lines are new:
+Backward. Every layer is undone in reverse (judge.py does the same for the plain CNN). Two lines are new:
   - the time shift: the forward was a = conv + s[:, :, None, None], so ds = da summed over H and W;
   - e feeds all three stages, so its gradient is the sum of theirs: de = ds1 T1 + ds2 T2 + ds3 T3, in one line.
 t is an integer: nothing flows back into it. What guidance needs is dx, and for a batch
@@ -90,7 +90,7 @@ CACHE_KIND = "tinyddpm.noisy_classifier"
 def class_log_prob_forward(logits, labels):
     """log p(y_n) = z[n, y_n] - logsumexp_k z[n, k], (N,), of logits (N, K) and integer labels (N,).
 
-    It is minus the per-row softmax cross-entropy (classifier.py computes that one without overflow and
+    It is minus the per-row softmax cross-entropy (ops/losses.py computes that one without overflow and
     checks the arguments). Returns (log_p, cache).
     """
     ce, cache = softmax_cross_entropy_forward(logits, labels, reduction="none")  # (N,)
@@ -116,7 +116,7 @@ class NoisyClassifierConfig:
     time_dim: int = 32               # E, the width of the timestep embedding e0 and of e
 
     def base(self) -> ClassifierConfig:
-        """The plain CNN underneath (classifier.py's layout of conv1..conv3, fc1, fc2)."""
+        """The plain CNN underneath (judge.py's layout of conv1..conv3, fc1, fc2)."""
         return ClassifierConfig(self.image_size, tuple(self.channels), self.features, self.num_classes)
 
 
@@ -241,7 +241,7 @@ def gradient_fn(params: dict, shards: int | None = None):
     """grad(x_t, t, labels) -> grad_x log p(y | x_t, t): the callable ClassifierGuidedModel asks for.
 
     On the CPU the batch is cut into ``shards`` (None: one per core) run in parallel threads with BLAS held to one
-    thread, as the U-Net's forward is when sampling (tinyddpm/parallel.py): the rows are independent, so the
+    thread, as the U-Net's forward is when sampling (parallel/threads.py): the rows are independent, so the
     gradients are those of one call, up to float round-off. On CuPy, one call.
     """
 
@@ -455,7 +455,7 @@ def _check_noisy_classifier(params: dict, x, t):
     require(op, tuple(t.shape) == (x.shape[0],), lambda: f"t must be (N,) = ({x.shape[0]},): {describe(x=x, t=t)}")
 
 
-if __name__ == "__main__":  # python -m tinyddpm.noisy_classifier [--retrain]: train (or load) for the linear schedule
+if __name__ == "__main__":  # python -m tinyddpm.classifiers.guide [--retrain]: train (or load) for the linear schedule
 
     _, info = load_or_train_noisy_classifier(make_schedule("linear", 1000), retrain="--retrain" in sys.argv[1:])
     print({k: info[k] for k in ("test_accuracy_by_t", "train_seconds", "steps", "data_source")})

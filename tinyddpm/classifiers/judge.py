@@ -371,7 +371,7 @@ def load_or_train_classifier(cache_dir=None, *, epochs: float = 2.0, seed: int =
     return params, config
 
 
-if __name__ == "__main__":  # python -m tinyddpm.classifier [--retrain] [fashion-mnist]: train (or load) and report
+if __name__ == "__main__":  # python -m tinyddpm.classifiers.judge [--retrain] [fashion-mnist]: train (or load) and report
     _, info = load_or_train_classifier(retrain="--retrain" in sys.argv[1:],
                                        dataset="fashion-mnist" if "fashion-mnist" in sys.argv[1:] else "mnist")
     print({k: info[k] for k in ("test_accuracy", "train_seconds", "steps", "data_source")})

@@ -1,7 +1,7 @@
 """Sample-quality metrics on classifier outputs: FID, precision/recall, accuracy, Inception Score.
 
 NumPy only and float64 throughout. The inputs are feature arrays (N, D) (the penultimate layer of
-tinyddpm.classifier: ``classifier.features(params, images)``) or softmax outputs (N, K)
+tinyddpm.classifiers.judge: ``judge.features(params, images)``) or softmax outputs (N, K)
 (``classifier.predict_proba``). NaN or inf in an input raises a ValueError naming the function:
 a metric of a diverged model should be seen, not reported as a number.
 

@@ -41,7 +41,7 @@ Legend: N = batch, D = embedding width (dim), half = D // 2, K = number of class
 
    Labels outside [0, K) raise for NumPy labels. CuPy labels are not read back to check (a GPU wait at every
    call; training checks its whole label set once, in check_data): their out-of-range rows come out NaN,
-   where CuPy's indexing would silently wrap them around (ops/_checks.py, nan_where_out_of_range).
+   where CuPy's indexing would silently wrap them around (array_checks.py, nan_where_out_of_range).
 
 Proof: tests/test_embedding.py (test_timestep_gradcheck and test_label_gradcheck: finite differences
 over hypothesis-drawn batch, widths, periods and table sizes; test_timestep_matches_torch and

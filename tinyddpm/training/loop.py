@@ -18,11 +18,11 @@ Replacing a share p_uncond of the labels by the null label trains the same netwo
 a label too, which classifier-free guidance needs at sampling time (diffusion/guidance.py).
 
 The configuration and its presets live in config.py, the run's state in state.py, and saving and exact
-resume in checkpoint/run.py:
+resume in resume.py:
 
     state = new_state(preset("cpu"), images, labels)     # uint8 (N, 28, 28), int (N,)
     train(state, "runs/mnist")                            # writes runs/mnist/checkpoint.npz
-    state = resume_state("runs/mnist/checkpoint.npz", images, labels)   # tinyddpm/checkpoint/run.py
+    state = resume_state("runs/mnist/checkpoint.npz", images, labels)   # training/resume.py
 
 In train_step each of those lines is one line of code. On the CPU the forward, loss and backward run once per
 core on a shard of the batch (parallel/threads.py) and in an MPI run on this process's share of it

@@ -1,6 +1,6 @@
 """Saving and resuming a training run, and loading its weights to sample: the run's state in one checkpoint.
 
-    save_state(state, "runs/mnist/checkpoint.npz")                       # atomic; see npz.py
+    save_state(state, "runs/mnist/checkpoint.npz")                       # atomic; see tinyddpm/checkpoint.py
     state = resume_state("runs/mnist/checkpoint.npz", images, labels)    # continues bit for bit on the CPU
     params, config, schedule = load_for_sampling("runs/mnist/checkpoint.npz")   # the EMA weights
 
@@ -30,7 +30,7 @@ CHECKPOINT_KIND = "tinyddpm.train"   # meta/config["kind"] of a training checkpo
 
 
 def save_state(state: TrainState, path) -> Path:
-    """Write the whole training state to ``path`` (atomically; see npz.py). Flushes the losses first.
+    """Write the whole training state to ``path`` (atomically; see tinyddpm/checkpoint.py). Flushes the losses first.
 
     A non-finite loss (flush_losses) or non-finite weights raise a FloatingPointError before anything is
     written: the last checkpoint stays the last good one.

@@ -5,7 +5,7 @@
 
 Randomness comes from three seeded streams derived from ``config.seed``: the batches (data order), a host
 generator (timesteps and label dropout, NumPy on every device) and a device generator (noise and dropout
-masks). Their states are part of a checkpoint (tinyddpm/checkpoint/run.py), which is what makes
+masks). Their states are part of a checkpoint (training/resume.py), which is what makes
 resume exact.
 
 Losses stay on the device: each step appends a 0-d array, and ``flush_losses`` copies them to the host
