@@ -3,7 +3,7 @@
 
     config = preset("cpu")                          # the 15-minute CPU run of examples/train_mnist.py
     config = preset("tiny", steps=20, seed=3)       # any field can be overridden; the result is validated
-    config.unet                                     # the network's UNetConfig (tinyddpm/unet.py)
+    config.unet                                     # the network's UNetConfig (tinyddpm/nn/unet.py)
 
 Every field has its meaning and default beside it; ``to_dict``/``from_dict`` turn a config into the JSON a
 checkpoint stores and back.
