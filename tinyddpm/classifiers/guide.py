@@ -72,6 +72,7 @@ from ..ops import (add_backward, add_forward, conv2d_backward, conv2d_forward, l
                    silu_backward, silu_forward, timestep_embedding_forward)
 from ..ops.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from ..parallel.threads import default_shards, run_sharded, shard_slices
+from ..progress import Progress
 from ..training.optim import AdamW, lr_schedule
 from .judge import CONV_LAYERS, ClassifierConfig
 from .judge import default_cache_dir as classifier_cache_dir
@@ -304,21 +305,22 @@ def train_noisy_classifier(images, labels, schedule, *, cfg: NoisyClassifierConf
     total = max(1, int(round(epochs * batches.batches_per_epoch)))
     history = {"loss": [], "steps": total}
     start = time.perf_counter()
-    for step in range(total):
-        x0, y = next(batches)
-        t = xp.asarray(host_rng.integers(0, schedule.T, size=x0.shape[0]))          # (B,) t ~ U{0..T-1}
-        noise = noise_rng.standard_normal(x0.shape, dtype=x0.dtype)                  # eps ~ N(0, I)
-        x_t = q_sample(schedule, x0, t, noise)                                       # (B, 1, H, W)
-        logits, cache = noisy_classifier_forward(params, x_t, t)
-        loss, loss_cache = softmax_cross_entropy_forward(logits, y)
-        _, grads = noisy_classifier_backward(softmax_cross_entropy_backward(1.0, loss_cache), cache)
-        opt.step(params, grads, lr=lr_schedule(step, lr, warmup_steps=min(100, total // 10), total_steps=total,
-                                               min_lr=0.05 * lr))
-        if step % log_every == 0 or step == total - 1:
-            history["loss"].append((step, float(loss)))
-            if verbose:
-                print(f"noisy classifier step {step + 1}/{total}  loss {float(loss):.4f}  "
-                      f"{time.perf_counter() - start:.0f} s", flush=True)
+    lines = max(1, total // log_every)
+    with Progress(total, "noisy classifier", enabled=verbose, lines=lines, stream=sys.stdout) as bar:
+        for step in range(total):
+            x0, y = next(batches)
+            t = xp.asarray(host_rng.integers(0, schedule.T, size=x0.shape[0]))          # (B,) t ~ U{0..T-1}
+            noise = noise_rng.standard_normal(x0.shape, dtype=x0.dtype)                  # eps ~ N(0, I)
+            x_t = q_sample(schedule, x0, t, noise)                                       # (B, 1, H, W)
+            logits, cache = noisy_classifier_forward(params, x_t, t)
+            loss, loss_cache = softmax_cross_entropy_forward(logits, y)
+            _, grads = noisy_classifier_backward(softmax_cross_entropy_backward(1.0, loss_cache), cache)
+            opt.step(params, grads, lr=lr_schedule(step, lr, warmup_steps=min(100, total // 10), total_steps=total,
+                                                   min_lr=0.05 * lr))
+            bar.advance()
+            if step % log_every == 0 or step == total - 1:
+                history["loss"].append((step, float(loss)))
+                bar.report(f"loss {history['loss'][-1][1]:.4f}")
     history["seconds"] = time.perf_counter() - start
     return params, history
 

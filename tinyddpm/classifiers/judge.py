@@ -56,6 +56,7 @@ from ..ops.conv2d import conv2d_backward, conv2d_forward
 from ..ops.linear import linear_backward, linear_forward
 from ..ops.losses import softmax, softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from ..ops.silu import silu_backward, silu_forward
+from ..progress import Progress
 from ..training.optim import AdamW, lr_schedule
 
 CHECKPOINT_NAME = "classifier.npz"
@@ -241,16 +242,16 @@ def train_classifier(images, labels, *, cfg: ClassifierConfig | None = None, epo
     total = max(1, int(round(epochs * it.batches_per_epoch)))
     history = {"loss": [], "steps": total}
     start = time.perf_counter()
-    for step in range(total):
-        xb, yb = next(it)
-        loss, grads, _ = classifier_loss(params, xb, yb)
-        opt.step(params, grads, lr=lr_schedule(step, lr, warmup_steps=min(100, total // 10),
-                                               total_steps=total, min_lr=0.05 * lr))
-        if step % log_every == 0 or step == total - 1:
-            history["loss"].append((step, float(loss)))
-            if verbose:
-                print(f"classifier step {step + 1}/{total}  loss {float(loss):.4f}  "
-                      f"{time.perf_counter() - start:.0f} s", flush=True)
+    with Progress(total, "classifier", enabled=verbose, lines=max(1, total // log_every), stream=sys.stdout) as bar:
+        for step in range(total):
+            xb, yb = next(it)
+            loss, grads, _ = classifier_loss(params, xb, yb)
+            opt.step(params, grads, lr=lr_schedule(step, lr, warmup_steps=min(100, total // 10),
+                                                   total_steps=total, min_lr=0.05 * lr))
+            bar.advance()
+            if step % log_every == 0 or step == total - 1:
+                history["loss"].append((step, float(loss)))
+                bar.report(f"loss {history['loss'][-1][1]:.4f}")
     history["seconds"] = time.perf_counter() - start
     return params, history
 
