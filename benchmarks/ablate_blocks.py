@@ -9,36 +9,34 @@ machine as on an idle one, so the comparison does not depend on what else ran me
 Everything else is the cpu preset's: batch 32, lr 2e-3 with 100 warmup steps and a cosine decay over STEPS,
 EMA 0.995, seed 0, the full MNIST train split (whatever load_mnist finds).
 """
+import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from tinyddpm.training.resume import save_state
-from tinyddpm.training.config import preset
-from tinyddpm.data import load_mnist
-from tinyddpm.training.state import new_state
-from tinyddpm.training.loop import train_step
-from tinyddpm.nn.unet import UNetConfig
+import tinyddpm as td
 
-name, steps, options = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
-base = preset("cpu")
-cfg = preset("cpu", unet=UNetConfig(**{**base.unet.to_dict(), **options}), steps=steps)
-data = load_mnist("train")
-state = new_state(cfg, data.images, data.labels, data_source=data.source)
-start = time.perf_counter()
-while state.step < steps:
-    train_step(state)
-    if state.step % 50 == 0:
-        state.flush_losses()
-        print(f"{name}: step {state.step}/{steps}, loss {np.mean(state.losses[-50:]):.4f}, "
-              f"{time.perf_counter() - start:.0f} s", flush=True)
-state.flush_losses()
-out = Path("runs/ablate") / name
-out.mkdir(parents=True, exist_ok=True)
-save_state(state, out / "checkpoint.npz")
-losses = np.array(state.losses)
-print(json.dumps({"name": name, "options": options, "steps": state.step, "wall_s": round(time.perf_counter() - start, 1),
-                  "loss_last100": float(losses[-100:].mean())}), flush=True)
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Train the cpu preset's U-Net with some block options; save the checkpoint.")
+    p.add_argument("name", help="the run's name: it writes runs/ablate/NAME/checkpoint.npz")
+    p.add_argument("steps", type=int, help="optimizer steps (the cosine decay runs over them)")
+    p.add_argument("options", type=json.loads, help='UNetConfig fields as JSON, e.g. \'{"activation": "gelu"}\'')
+    args = p.parse_args(argv)
+    base = td.preset("cpu")
+    config = td.preset("cpu", unet=td.UNetConfig(**{**base.unet.to_dict(), **args.options}), steps=args.steps,
+                       checkpoint_every=0, sample_every=0)
+    data = td.load_mnist("train")
+    state = td.new_state(config, data.images, data.labels, data_source=data.source)
+    start = time.perf_counter()
+    td.train(state, Path("runs/ablate") / args.name, progress=False, log_lines=max(1, args.steps // 50))
+    print(json.dumps({"name": args.name, "options": args.options, "steps": state.step,
+                      "wall_s": round(time.perf_counter() - start, 1),
+                      "loss_last100": float(np.mean(state.losses[-100:]))}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
