@@ -42,6 +42,7 @@ class Progress:
         self.every = max(1, -(-self.total // lines)) if enabled and not on_terminal and lines > 0 else 0
         self.next_line = self.done - self.done % self.every + self.every if self.every else None
         self.start_step, self.start = self.done, time.perf_counter()
+        self.last_line = None            # the step of the last line printed
 
     def advance(self, k: int = 1) -> None:
         """k more steps done."""
@@ -64,10 +65,10 @@ class Progress:
         self.report(info)
 
     def close(self, failed: bool = False) -> None:
-        """Ends the bar; in a log, prints the last line (unless the work failed or was silent)."""
+        """Ends the bar; in a log, prints the last line (unless the work failed, was silent, or it was just printed)."""
         if self.bar is not None:
             self.bar.close()
-        elif self.every and not failed and self.done > self.start_step:
+        elif self.every and not failed and self.done > self.start_step and self.done != self.last_line:
             self._line(final=True)
 
     def __enter__(self):
@@ -83,6 +84,7 @@ class Progress:
         if not final:
             parts.append(f"ETA {clock(elapsed / max(1, self.done - self.start_step) * (self.total - self.done))}")
         print("  ".join(parts), file=self.stream, flush=True)
+        self.last_line = self.done
 
 
 def clock(seconds: float) -> str:
