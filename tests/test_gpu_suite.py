@@ -1,6 +1,7 @@
-"""benchmarks/gpu_suite.py: the dry run (NumPy in CuPy's place, tiny sizes) runs every part and writes the
-report; a part that raises, or passes its cap, is recorded and the report is still written."""
-import importlib.util
+"""benchmarks/gpu_suite.py (the command; the suite is the folder benchmarks/gpu_suite/): the dry run (NumPy in
+CuPy's place, tiny sizes) runs every part and writes the report; a part that raises, or passes its cap, is
+recorded and the report is still written."""
+import importlib
 import json
 import math
 import os
@@ -11,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_suite.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPT = BENCHMARKS / "gpu_suite.py"
 DRY_RUN_TIMEOUT = 300   # seconds; the dry run takes ~25 s on an idle 2-core machine
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("gpu_suite", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module   # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def _load(name="main"):
+    """A module of the folder benchmarks/gpu_suite/ (the package, not the command beside it)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(f"gpu_suite.{name}")
 
 
 def _run(out, *args, env=None):
@@ -97,6 +98,7 @@ def test_a_failing_part_is_recorded_and_the_rest_still_runs(tmp_path):
 def test_run_part_records_errors_and_caps_in_process(tmp_path):
     suite_module = _load()
     suite = suite_module.Suite(suite_module.parse_args(["--dry-run", "--out", str(tmp_path)]))
+    assert suite_module.__file__ == str(BENCHMARKS / "gpu_suite" / "main.py")
 
     def raises(suite, res, cap):
         res["partial"] = 1
@@ -116,12 +118,12 @@ def test_run_part_records_errors_and_caps_in_process(tmp_path):
 
 def test_tests_stopped_at_the_cap_still_give_counts(tmp_path, monkeypatch):
     """pytest gets SIGINT at part a's cap and still writes its JUnit XML (or the summary line is read)."""
-    suite_module = _load()
+    suite_module, part_a = _load(), _load("a_tests")
     # a test file that takes far longer than the cap with or without PyTorch (the dry run's own few files can
     # finish within it when the oracle tests skip)
-    monkeypatch.setattr(suite_module, "DRY_TESTS", ("test_unet.py", "test_samplers.py"))
+    monkeypatch.setattr(part_a, "DRY_TESTS", ("test_unet.py", "test_samplers.py"))
     suite = suite_module.Suite(suite_module.parse_args(["--dry-run", "--out", str(tmp_path)]))
-    suite_module.run_part(suite, "a", suite_module.part_a_tests, cap=2.5)
+    suite_module.run_part(suite, "a", part_a.part_a_tests, cap=2.5)
     a = json.loads((tmp_path / "report.json").read_text())["parts"]["a"]
     assert a["status"] == "ok", a.get("error")
     result = a["result"]
