@@ -2,10 +2,10 @@
 
 groupnorm.py is the reference: it follows the textbook lines (mean, centre, variance, normalise, scale, shift)
 and its backward the compact closed form. Each line there is a NumPy pass over the whole activation, and NumPy's
-reductions over an axis and its broadcast operations are 2-3x slower than a plain elementwise pass (2-core
-development machine, a (16, 16, 28, 28) float32 input: a sum over the last axis 36 us, a (N, C, 1) broadcast
-multiply 43 us, an elementwise multiply 17-25 us, the same sum as a BLAS matrix-vector product 11 us). So this
-variant takes every sum with BLAS and folds the per-channel and per-group factors into one affine map each way.
+reductions over an axis and its broadcast operations are about twice as slow as a plain elementwise pass, while
+the same sum taken as a BLAS matrix-vector product is faster than one (timings: benchmarks/NOTES_train_step.md v7).
+So this variant takes every sum with BLAS and folds the per-channel and per-group factors into one affine map
+each way.
 Legend as in groupnorm.py: N batch, C channels, G groups, S spatial positions, M = (C/G) S entries per group;
 g(c) is the group of channel c, and a per-group value is repeated over its C/G channels where a (N, C) one is
 needed.

@@ -116,16 +116,18 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Presets. 'tiny' is a smoke test that takes seconds. 'gpu' is the full-quality run for CuPy.
-# 'cpu' is sized to finish, everything included, within 15 minutes on two shared cores and still draw
-# recognisable digits. Measured with the conv2d of the time: ~9.6 ms per image per step for this U-Net
-# (0.31 s per step of 32) alone on the machine, up to 1.5x that while other work shared it. At equal
-# images seen, batches of 32 gave clearly better digits than batches of 64 (1800 x 32 beat 900 x 64),
-# so the preset takes many small steps. Since a step's batch is split over the cores (parallel.py) and the
-# allocator, GroupNorm and the up step were sped up (benchmarks/NOTES_train_step.md v5-v8), a step takes ~0.16 s
-# and 4500 x 32 = 144,000 images (2.4 epochs) fit: 12 min 34 s for the whole run on an idle 2-core machine.
-# Measured at n = 1,000 with the default sampler: 1600 steps at guidance 2.5 gave FID-MNIST 86.81 and 98.0% read
-# right; 3200 steps at 2.25, 86.03 and 99.4%; 4500 steps at 1.75, 63.60 and 99.2% (at 1.5: 53.95 but 98.2%).
+# Presets. 'tiny' is a smoke test that takes seconds; the tests run it.
+# 'cpu' is the main job without a GPU (examples/train_mnist.py): it must finish, data, previews and the final
+# pictures included, within 15 minutes on two cores and still draw digits that the evaluation classifier reads
+# as the digit asked for 99% of the time. Hence a narrow network (16 base channels, one block per level,
+# attention only at 7x7), because on a CPU a step's cost grows with width; many small steps (batch 32), because
+# at equal images seen small batches drew better digits than large ones; as many steps as the budget allows; and
+# a short run's optimisation: a high peak lr with cosine decay, and an EMA that forgets quickly (0.995). Its
+# guidance scale is the lowest at which 99% of the digits are read right: FID rises with guidance, so lower is
+# better as long as the digits stay right. 'gpu' is the larger run for CuPy: 4x the width, two blocks per level,
+# dropout, batches of 128 and 20,000 steps at the usual lr 2e-4.
+# The timings and FIDs that chose these numbers, and the earlier versions of 'cpu': benchmarks/NOTES_presets.md;
+# what the presets draw today: docs/results.md.
 
 PRESETS = {
     "tiny": TrainConfig(
@@ -148,12 +150,11 @@ PRESETS = {
 }
 
 # Pictures of your own (examples/train_images.py sets image_channels, image_size and num_classes from the
-# folder, and p_uncond = 0 for a flat one). 'images-cpu' is the MNIST 'cpu' network at 32x32 with attention at
-# 8x8: a step of 32 RGB images took 1.39x the MNIST preset's step, measured side by side on a shared 2-core
-# machine (0.94 s against 0.68 s with ~3 other busy processes; the MNIST step takes ~0.2 s alone), so ~0.28 s
-# alone: 2,800 steps are ~13 minutes, and the final 100 pictures and the previews ~1 minute more.
-# 'images-gpu' is Ho et al.'s CIFAR-10 network (35.7M parameters) at 64x64: levels 64, 32, 16, 8, attention
-# at 16; not timed here (no GPU on the machine that made it), sized after the source systems' 64x64 runs.
+# folder, and p_uncond = 0 for a flat one). 'images-cpu' is the MNIST 'cpu' network at 32x32, attention at the
+# 8x8 level (as at 7x7 for 28x28): a 32x32 picture costs more per step than a 28x28 digit, so it takes fewer
+# steps than 'cpu' to stay within the same 15 minutes on two cores. 'images-gpu' is Ho et al.'s CIFAR-10 network
+# (35.7M parameters) at 64x64: levels 64, 32, 16, 8, attention at 16, sized after published 64x64 runs.
+# Its timings: benchmarks/NOTES_presets.md.
 IMAGE_PRESETS = {
     "images-cpu": TrainConfig(
         unet=UNetConfig(image_channels=3, image_size=32, base_channels=16, channel_mults=(1, 2, 2),
