@@ -33,26 +33,46 @@ than a refused command; the message says where and what was kept.
 Anything else -- a ValueError, TypeError, KeyError ... escaping from our own code -- is a bug of ours and
 keeps Python's traceback (status 1). That is why nothing here catches ValueError wholesale.
 --debug, or TINYDDPM_DEBUG=1, prints the traceback above the one line for every error. Ctrl-C: status 130.
+
+Under mpiexec -n N (``main``; the rules are tinyddpm/parallel/mpi.py's) every rank makes the same checks, each stage in
+step with the others (``together``): a failure on any rank, or ranks that disagree on the options or the data, ends
+every rank with the same status and one line from rank 0, naming the rank that failed when it is not 0.
+
+Besides the rule, this file holds what the scripts share: the training scripts' options and checks and their run
+(``train_then_draw``), and the noise-conditional classifier that sample.py and evaluate.py load (``load_guide``).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import io
 import math
 import os
 import shutil
 import sys
+import time
 import traceback
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from tinyddpm import backend
-from tinyddpm.checkpoint import CheckpointError
+import numpy as np
+
+from tinyddpm import backend, sample_classes, train, viz
+from tinyddpm.checkpoint import CheckpointError, load_checkpoint
+from tinyddpm.classifiers import guide as noisy_classifier
+from tinyddpm.data import DownloadError, FallbackUnavailable, load_mnist
+from tinyddpm.diffusion import SAMPLERS, Trajectory, max_steps
+from tinyddpm.nn.blocks import ACTIVATIONS, DOWNSAMPLES, UPSAMPLES
+from tinyddpm.parallel import mpi
+from tinyddpm.training.resume import CHECKPOINT_NAME
 
 # errno values that mean the user's files, folders or disk, not our code
 USER_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS,
                errno.ENOSPC, errno.EFBIG, errno.ENAMETOOLONG, errno.ELOOP, getattr(errno, "EDQUOT", errno.ENOSPC)}
+# --debug (or TINYDDPM_DEBUG=1): tracebacks too. main() sets it from the command line before parsing it, for the ranks
+DEBUG = os.environ.get("TINYDDPM_DEBUG", "") not in ("", "0")
 
 
 class UserError(Exception):
@@ -244,3 +264,329 @@ def run(prog: str, work, args, speak: bool = True) -> int:
                 traceback.print_exc()
             print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
         return status
+
+
+# --------------------------------------------------------------------------------------------
+# one process, or one rank of N (mpiexec -n N): the training scripts' main()
+# --------------------------------------------------------------------------------------------
+
+def main(prog: str, parse_args, work, argv=None) -> int:
+    """A training script's exit status: ``work(args, dp)`` on its parsed options, as one process (``dp`` None) or as
+    one rank of an MPI run (``dp``: tinyddpm.parallel.mpi.DataParallel), errors reported by the rule above.
+
+    Under mpiexec every rank parses, checks and trains; rank 0 alone prints (the others' stdout goes nowhere, their
+    tracebacks still reach stderr) and writes. ``work`` runs its checks through ``together`` so that the ranks go on
+    or stop together, and dp.run_main ends them all at once when one fails alone (a bug, Ctrl-C).
+    """
+    global DEBUG
+    try:
+        dp = mpi.connect()                    # None for one process (mpi4py is then not imported)
+    except mpi.LaunchError as e:              # a launcher started N, but mpi4py is missing or of another MPI library
+        if mpi.launched_rank() == 0:
+            print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    if dp is None:
+        return run(prog, work, parse_args(argv))
+    DEBUG = "--debug" in (sys.argv[1:] if argv is None else argv) or \
+        os.environ.get("TINYDDPM_DEBUG", "") not in ("", "0")    # before parsing: a failed parse shows it too
+    if not dp.root:
+        sys.stdout = open(os.devnull, "w")    # rank 0 speaks for all
+    dp.share_cores()                          # unless a thread count is set, the ranks of a machine share its cores
+
+    def this_rank() -> int:
+        args = together(dp, parse_quietly, prog, parse_args, argv)    # a bad option on any rank stops every rank
+        return run(prog, lambda a: work(a, dp), args, speak=dp.root)
+
+    return dp.run_main(this_rank, report=lambda message: print(f"{prog}: error: {one_line(message)}", file=sys.stderr,
+                                                                 flush=True))
+
+
+def together(dp, fn, *args):
+    """fn(*args); under mpiexec in step with the other ranks (DataParallel.together): if it fails on any rank, every
+    rank stops with that failure's status, and rank 0 reports it in one line."""
+    if dp is None:
+        return fn(*args)
+    return dp.together(fn, *args, judge=classify, debug=DEBUG)
+
+
+def root_first(dp, fn, *args):
+    """fn(*args); under mpiexec on rank 0 first, then on the others (DataParallel.root_first): rank 0 may download
+    what the others then read."""
+    if dp is None:
+        return fn(*args)
+    return dp.root_first(fn, *args, judge=classify, debug=DEBUG)
+
+
+def parse_quietly(prog: str, parse_args, argv):
+    """parse_args(argv) with argparse's one-line message kept as a UserError (rank 0 reports it, once for all ranks)."""
+    text = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(text):
+            return parse_args(argv)
+    except SystemExit as e:
+        if e.code in (0, None):
+            raise                             # --help: printed by rank 0; nothing is wrong
+        raise UserError(text.getvalue().strip().removeprefix(f"{prog}: error: ")) from None
+
+
+def check_same_run(dp, state) -> None:
+    """Under mpiexec: a UserError, on every rank, unless all ranks built the same run (options, data, resume point)."""
+    if dp is not None:
+        with blame("", mpi.RanksDisagree):
+            dp.check_same_run(state)
+
+
+# --------------------------------------------------------------------------------------------
+# the training scripts' options (train_mnist.py, train_images.py)
+# --------------------------------------------------------------------------------------------
+
+# Options that define the run: a resumed run takes them from the checkpoint and refuses new values.
+RUN_OPTIONS = {"preset": "preset", "batch_size": "batch-size", "lr": "lr", "seed": "seed",
+               "activation": "activation", "weight_standardisation": "weight-standardisation",
+               "downsample": "downsample", "upsample": "upsample"}
+BLOCK_OPTIONS = ("activation", "weight_standardisation", "downsample", "upsample")   # UNetConfig fields
+GIF_PER_CLASS = 4            # samples of each class in denoising.gif: noise compresses badly
+PICTURE_BYTES = 20_000_000   # room for samples.png, denoising.gif, loss.png and the previews, generously
+
+
+def add_training_options(p, items: str = "images") -> None:
+    """--steps, --batch-size, --lr, --seed: each the preset's unless given."""
+    p.add_argument("--steps", type=integer(1), default=None, help="total optimizer steps (default: the preset's)")
+    p.add_argument("--batch-size", type=integer(1), default=None, help=f"{items} per step (default: the preset's)")
+    p.add_argument("--lr", type=number(above=0), default=None, help="peak learning rate (default: the preset's)")
+    p.add_argument("--seed", type=integer(0), default=None, help="seed of the weights, batches and noise (default 0)")
+
+
+def add_resume_options(p) -> None:
+    """--resume and --until."""
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
+                   help=f"continue from CHECKPOINT (default: OUT/{CHECKPOINT_NAME})")
+    p.add_argument("--until", type=integer(1), default=None, metavar="STEP",
+                   help="stop at this step and save, as if interrupted (continue later with --resume)")
+
+
+def add_run_options(p) -> None:
+    """The device, how often to checkpoint, preview and log, the final samples (sampler, count), progress bars."""
+    p.add_argument("--device", choices=backend.DEVICES, default=None, help="default: cuda if CuPy finds a GPU")
+    p.add_argument("--checkpoint-every", type=integer(0), default=None,
+                   help="steps between checkpoints (0: only at the end)")
+    p.add_argument("--sample-every", type=integer(0), default=None, help="steps between preview grids (0: none)")
+    p.add_argument("--log-every", type=integer(1), default=None, help="steps between loss read-outs")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), default=None, help="final sampler (default: the preset's)")
+    p.add_argument("--sample-steps", type=integer(1), default=None, help="final sampler steps (default: the preset's)")
+    p.add_argument("--guidance", type=number(), default=None, help="final guidance scale (default: the preset's)")
+    p.add_argument("--n-per-class", "--n-per-digit", dest="n_per_class", type=integer(1), default=None,
+                   help="samples of each class in samples.png, a row each (default: the preset's; an unconditional "
+                        "network: the side of a square grid)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_block_options(p) -> None:
+    """--activation, --weight-standardisation, --downsample, --upsample (BLOCK_OPTIONS)."""
+    blocks = p.add_argument_group("U-Net building blocks (default: the preset's, i.e. Ho et al.'s network)")
+    blocks.add_argument("--activation", choices=sorted(ACTIVATIONS), default=None, help="every nonlinearity")
+    blocks.add_argument("--weight-standardisation", action="store_const", const=True, default=None,
+                        help="weight-standardised conv1 in every ResBlock")
+    blocks.add_argument("--downsample", choices=DOWNSAMPLES, default=None,
+                        help="3x3 stride-2 conv, or space-to-depth then a 1x1 conv")
+    blocks.add_argument("--upsample", choices=UPSAMPLES, default=None,
+                        help="nearest x2 then a 3x3 conv, or a 4x4 stride-2 transposed conv")
+
+
+def given(args, *names) -> dict:
+    """{name: value} of the options among ``names`` that were given (not None)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def bookkeeping(args) -> dict:
+    """The intervals given on the command line: a resumed run may change them."""
+    return given(args, "checkpoint_every", "sample_every", "log_every")
+
+
+def resume_path(args) -> Path:
+    return Path(args.resume) if args.resume else Path(args.out) / CHECKPOINT_NAME
+
+
+# --------------------------------------------------------------------------------------------
+# the training scripts' checks
+# --------------------------------------------------------------------------------------------
+
+def check_options(args, dp=None) -> tuple:
+    """(out, device): the options that need no data, --out (on the rank that writes), and the device."""
+    if args.resume is not None:
+        refused = [f"--{flag}" for key, flag in RUN_OPTIONS.items() if getattr(args, key) is not None]
+        if refused:
+            raise UserError(f"{', '.join(refused)} cannot change on --resume: a resumed run keeps the checkpoint's "
+                            "configuration (only --steps and the intervals may change)")
+    out = Path(args.out).expanduser()
+    if dp is None or dp.root:
+        out = check_out_dir("--out", args.out)      # before anything is loaded: a bad --out wastes nothing
+    device = choose_device(args.device)
+    if dp is not None and device == "cuda":
+        dp.use_gpu()                                # GPU (local rank mod GPUs), before any array is made
+    return out, device
+
+
+def check_until(args, state, path: Path) -> None:
+    if args.until is not None and args.until <= state.step:
+        raise UserError(f"--until {args.until}: the checkpoint {path} is already at step {state.step}")
+
+
+def check_run(args, state, out: Path, preset_name: str, dp=None) -> dict:
+    """The final samples' settings, once the run is built; first its batch against the processes (under mpiexec),
+    the settings against the run, and the room on --out's disk (of the rank that writes)."""
+    if dp is not None:
+        batch = state.config.batch_size
+        what = (f"--batch-size {batch}" if args.batch_size is not None else
+                f"the checkpoint's batch size {batch}" if args.resume is not None else
+                f"the {preset_name} preset's batch size {batch}")
+        with blame(f"mpiexec -n {dp.size}", ValueError):
+            dp.check_batch(batch, what)
+    settings = final_settings(state, args)
+    if dp is None or dp.root:
+        check_out_dir("--out", out, need_bytes=checkpoint_bytes(state) + PICTURE_BYTES)
+    return settings
+
+
+def final_settings(state, args) -> dict:
+    """The final samples' sampler, steps, guidance and count: the options, else the run's; checked now."""
+    cfg = state.config
+    settings = {"sampler": cfg.sampler if args.sampler is None else args.sampler,
+                "steps": cfg.sample_steps if args.sample_steps is None else args.sample_steps,
+                "guidance": cfg.guidance if args.guidance is None else args.guidance,
+                "n_per_class": cfg.final_per_class if args.n_per_class is None else args.n_per_class}
+    most = max_steps(settings["sampler"], cfg.num_timesteps)
+    if settings["sampler"] != "ddpm" and settings["steps"] > most:
+        flag = "--sample-steps" if args.sample_steps is not None else "the run's sample_steps"
+        raise UserError(f"{flag} {settings['steps']}: {settings['sampler']} takes at most {most} steps on this run's "
+                        f"T={cfg.num_timesteps} timesteps")
+    return settings
+
+
+def checkpoint_bytes(state) -> int:
+    """About the size of one checkpoint: weights, EMA and AdamW's two moments, plus the losses."""
+    weights = sum(int(p.size) * p.dtype.itemsize for p in state.params.values())
+    return 4 * weights + 32 * state.config.steps + 1_000_000
+
+
+# --------------------------------------------------------------------------------------------
+# the training scripts' run: train, then the pictures
+# --------------------------------------------------------------------------------------------
+
+def train_then_draw(state, out: Path, args, settings: dict, wall: float, *, resume_command: str, dp=None,
+                    paths=()) -> int:
+    """Train to the end (or --until), then loss.png and, for a finished run, the final samples (``final_pictures``);
+    print the wall time and every file written.
+
+    Ctrl-C: status 130 and where the last checkpoint is. A non-finite loss or a full disk: one line saying where
+    the last whole checkpoint is (nothing is saved over it). A run stopped by --until says how to continue
+    (``resume_command``). ``dp``: this process is one rank of N; only rank 0 draws and prints.
+    """
+    cfg = state.config
+    speaks = dp is None or dp.root
+    ckpt = out / CHECKPOINT_NAME
+    try:
+        train(state, out, until=args.until, progress=not args.no_progress, dp=dp)
+    except KeyboardInterrupt:
+        last = ckpt if ckpt.exists() else "not written yet"
+        if speaks:
+            print(f"\ninterrupted at step {state.step}; the last checkpoint is {last} (continue with --resume)",
+                  file=sys.stderr)
+        return 130
+    except FloatingPointError as e:   # a non-finite loss or weights: nothing was saved over the last checkpoint
+        raise FloatingPointError(f"{e}; {last_checkpoint(ckpt) if speaks else 'rank 0 says where'}") from e
+    except OSError as e:              # a full disk, a folder made read-only: the checkpoint is written atomically
+        if classify(e) is None:
+            raise
+        raise UserError(f"{describe(e)}; {last_checkpoint(ckpt) if speaks else 'rank 0 says where'}") from e
+    if not speaks:
+        return 0                      # the final pictures are rank 0's
+    if dp is not None:
+        dp.done = True                # no collective left: the other ranks need not wait for what follows
+        print(f"data parallel: the gradients went through {dp.transport}")   # decided at the first GPU collective
+    paths = [ckpt, *paths]
+    if state.losses:
+        paths.append(viz.plot_loss_curve(out / "loss.png", state.losses,
+                                         title=f"Training loss ({len(state.losses)} steps)"))
+    if state.step < cfg.steps:
+        print(f"stopped at step {state.step} of {cfg.steps}; continue with: {resume_command}")
+    else:
+        try:
+            paths += final_pictures(state, out, settings, progress=not args.no_progress)
+        except FloatingPointError as e:   # the checkpoint is saved: other settings may sample it (sample.py)
+            raise FloatingPointError(f"the final samples: {e}; {last_checkpoint(ckpt)}") from e
+    loss = f"loss (mean of the last 50 steps) {np.mean(state.losses[-50:]):.4f}; " if state.losses else ""
+    print(f"{loss}wall time {time.perf_counter() - wall:.0f} s")
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def final_pictures(state, out: Path, settings: dict, progress: bool) -> list:
+    """samples.png (a row per class, or an n x n grid from an unconditional network) and denoising.gif, from the EMA
+    weights with the final ``settings``; returns their paths."""
+    cfg = state.config
+    sampler, steps, guidance, n = (settings[k] for k in ("sampler", "steps", "guidance", "n_per_class"))
+    k = cfg.unet.num_classes
+    rows = list(range(k or n))                  # an unconditional network draws n rows of n: a square
+    names = None
+    if k:                                       # the class names (Fashion-MNIST's, a folder's), else the digits
+        names = list(state.class_names) if len(state.class_names) == k else [str(c) for c in rows]
+    num_steps = cfg.num_timesteps if sampler == "ddpm" else steps
+    trajectory = Trajectory()
+    start = time.perf_counter()
+    x = sample_classes(state.ema.params, cfg.unet, state.schedule, classes=rows, n_per_class=n, sampler=sampler,
+                       steps=steps, guidance=guidance, prediction=cfg.prediction, seed=cfg.seed, callback=trajectory,
+                       callback_every=max(1, num_steps // 30), progress=progress)     # at most ~30 GIF frames
+    steering = f"guidance {guidance:g}" if k else "unconditional"
+    print(f"sampled {len(x)} images with {sampler} ({num_steps} steps, {steering}) "
+          f"in {time.perf_counter() - start:.1f} s")
+    title = f"samples ({sampler}, {num_steps} steps, {steering}, EMA weights, step {state.step})"
+    return viz.save_sample_pictures(out / "samples.png", out / "denoising.gif", x, trajectory, len(rows), num_steps,
+                                    row_labels=names, title=title, gif_per_row=GIF_PER_CLASS)
+
+
+def last_checkpoint(path: Path) -> str:
+    """Where the last checkpoint is (whole, with finite weights: nothing else is ever saved), for a message."""
+    try:
+        return f"the last checkpoint is {path} (step {load_checkpoint(path).step})"
+    except (OSError, ValueError):
+        return "no checkpoint was written"
+
+
+# --------------------------------------------------------------------------------------------
+# classifier guidance: the noise-conditional classifier of sample.py and evaluate.py
+# --------------------------------------------------------------------------------------------
+
+def load_guide(args, schedule, unet_config):
+    """The noise-conditional classifier for ``schedule``: its cache, checked, or (without one) trained now.
+
+    ``args`` needs noisy_classifier_dir, data_dir and source. Returns (params, info).
+    """
+    flag = "--noisy-classifier-dir"
+    cache_dir = Path(args.noisy_classifier_dir).expanduser() if args.noisy_classifier_dir \
+        else noisy_classifier.default_cache_dir()
+    path = cache_dir / noisy_classifier.cache_name(schedule)
+    if path.is_file():
+        with blame(f"the noisy classifier cache ({flag})", CheckpointError):
+            params, info = noisy_classifier.load_noisy_classifier(path, schedule, where="")
+        print(f"tinyddpm.noisy_classifier: loaded {path}", flush=True)
+    else:
+        check_out_dir(flag if args.noisy_classifier_dir else "the noisy classifier cache folder", cache_dir)
+        with blame("cannot load MNIST to train the noisy classifier", ValueError, OSError, FallbackUnavailable,
+                   DownloadError):
+            train_data, test_data = (load_mnist(split, data_dir=args.data_dir, source=args.source)
+                                     for split in ("train", "test"))
+        if len(train_data) < noisy_classifier.BATCH_SIZE:
+            raise UserError(f"no noisy classifier in {cache_dir}, and the MNIST train split holds {len(train_data)} "
+                            f"digits: training one needs at least {noisy_classifier.BATCH_SIZE} (one batch)")
+        params, info = noisy_classifier.load_or_train_noisy_classifier(schedule, cache_dir, train_data=train_data,
+                                                                       test_data=test_data)
+    size, classes = params["conv1.w"].shape[1], params["fc2.w"].shape[0]
+    if unet_config.image_channels != size or unet_config.image_size != info.get("image_size") or \
+            classes < (unet_config.num_classes or 10):
+        raise UserError(f"{path}: the noisy classifier reads {info.get('image_size')}x{info.get('image_size')} "
+                        f"images of {size} channel(s) in {classes} classes; this checkpoint draws "
+                        f"{unet_config.image_size}x{unet_config.image_size} images of {unet_config.image_channels} "
+                        f"channel(s) in {unet_config.num_classes or 10} classes")
+    return params, info

@@ -1,13 +1,14 @@
 """How good are the samples? A table over samplers, step counts and guidance scales.
 
     python examples/evaluate.py runs/mnist/checkpoint.npz
-    python examples/evaluate.py runs/mnist/checkpoint.npz --configs ddim:50,dpm++2m:20 --guidance 1,2.5 --n-per-digit 100
+    python examples/evaluate.py runs/mnist/checkpoint.npz --configs ddim:50,dpm++2m:20 --guidance 1,2.5 \
+        --n-per-class 100
     python examples/evaluate.py runs/mnist/checkpoint.npz --configs dpm++2m:20 --guidance 0,1,2.5 --classifier-guidance 1,4
     python examples/evaluate.py runs/fashion/checkpoint.npz --nearest 32       # Fashion-MNIST (from the checkpoint)
     python examples/evaluate.py runs/images/checkpoint.npz --data my_pictures  # a folder: labelled, or flat
 
-For every (sampler, steps, guidance) it draws ``n_per_digit`` samples of each digit and measures them
-with the MNIST classifier of tinyddpm.classifier (trained once and cached):
+For every (sampler, steps, guidance) it draws --n-per-class samples of each digit (or class; --n-per-digit is the
+older spelling) and measures them with the MNIST classifier of tinyddpm/classifiers/judge.py (trained once and cached):
 
     FID-MNIST   Frechet distance between Gaussians fitted to the classifier's penultimate features of
                 the samples and of real test digits (lower is better; it grows as n shrinks)
@@ -17,7 +18,7 @@ with the MNIST classifier of tinyddpm.classifier (trained once and cached):
     IS          classifier-based Inception Score (10 at most for MNIST)
 
 --classifier-guidance adds rows steered by the noise-conditional classifier p(y | x_t, t) instead (classifier
-guidance, tinyddpm/noisy_classifier.py, cached in ~/.cache/tinyddpm/noisy_classifier or trained there once):
+guidance, tinyddpm/classifiers/guide.py, cached in ~/.cache/tinyddpm/noisy_classifier or trained there once):
 one row per scale s, with the network at the classifier-free scale --classifier-base (default 0: the
 unconditional network, steered by the classifier alone), from the same starting noise as the other rows.
 Their seconds per image include the classifier's forward and backward pass at every step.
@@ -29,13 +30,13 @@ written as Markdown and CSV next to a plot of quality against steps.
 Other data. --dataset fashion-mnist (or a checkpoint whose class names or data source say Fashion-MNIST)
 measures against Fashion-MNIST's test split in the features of a classifier trained on Fashion-MNIST
 (cached in ~/.cache/tinyddpm/classifier/fashion-mnist). --data FOLDER measures against a folder of pictures
-(tinyddpm.image_folder, loaded at the checkpoint's image size): with one subfolder per class, a classifier is
+(tinyddpm/data/folder.py, loaded at the checkpoint's image size): with one subfolder per class, a classifier is
 trained on 90% of its pictures (tested on the rest) and cached under a key made of the pictures' SHA-256, and
 the real reference is the folder itself; a flat folder has no labels to train a judge on, so only the
 nearest-neighbour check runs. The checkpoint's image size, channels and class count must match the data.
 
 --nearest N (any data): N samples (the first sampler and guidance), each beside its nearest training image
-(L2 in pixels, tinyddpm/nearest.py) in nearest.png, and the median distance beside the median distance of
+(L2 in pixels, tinyddpm/evaluation/nearest.py) in nearest.png, and the median distance beside the median distance of
 training images to their nearest other one: well below that baseline means copies.
 
 The options, the checkpoint, the classifier cache, the test digits, the device and --out are checked before
@@ -49,25 +50,27 @@ import csv
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-from _cli import (Parser, UserError, blame, check_out_dir, choose_device, current_device, integer, number,
+from _cli import (Parser, UserError, blame, check_out_dir, choose_device, current_device, integer, load_guide, number,
                   numbers, run)
-from sample import load_guide
 
-from tinyddpm import backend
+from tinyddpm import backend, load_for_sampling, sample_classes
 from tinyddpm.classifiers import guide as noisy_classifier
 from tinyddpm.checkpoint import CheckpointError, load_checkpoint
 from tinyddpm.classifiers.judge import BATCH_SIZE as CLASSIFIER_BATCH
 from tinyddpm.classifiers.judge import (CHECKPOINT_NAME, default_classifier_dir, features, folder_key, load_classifier,
     load_or_train_classifier, predict_proba)
 from tinyddpm.data import CLASS_NAMES, DATASETS, SOURCES, TITLES, DownloadError, FallbackUnavailable, load_dataset
+from tinyddpm.data.folder import load_image_folder
 from tinyddpm.data.pixels import pixels_to_model_range
 from tinyddpm.diffusion import SAMPLERS, max_steps
 from tinyddpm.evaluation.metrics import real_baseline, sample_quality
 from tinyddpm.evaluation.nearest import memorisation_check, plot_nearest
-from tinyddpm import load_for_sampling, sample_digits
 
 PROG = "evaluate.py"
 DEFAULT_CONFIGS = "ddpm:1000,ddim:50,ddim:20,ddim:10,dpm++2m:20,dpm++2m:10"
@@ -107,7 +110,8 @@ def build_parser():
                         help=f"SAMPLER:STEPS list (default {DEFAULT_CONFIGS})")
     parser.add_argument("--guidance", type=numbers, default=None,
                         help="guidance scales, e.g. 1,2.5 (default: the training run's)")
-    parser.add_argument("--n-per-digit", type=integer(2), default=50, help="samples of each digit per row of the table")
+    parser.add_argument("--n-per-class", "--n-per-digit", dest="n_per_class", type=integer(2), default=50,
+                        help="samples of each digit (or class) per row of the table")
     parser.add_argument("--seed", type=integer(0), default=0, help="seed of the starting noise")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: 'evaluation' next to the checkpoint)")
@@ -198,8 +202,6 @@ def load_real(args, config) -> RealData:
     """The real data, checked against the checkpoint's image size, channels and classes (one line if they differ)."""
     u = config.unet
     if args.data is not None:
-        from tinyddpm.data.folder import load_image_folder
-
         with blame(f"--data {args.data}", ValueError, OSError):
             folder = load_image_folder(args.data, image_size=u.image_size)
         print(f"tinyddpm.image_folder: {folder.source}", flush=True)
@@ -231,8 +233,6 @@ def load_real(args, config) -> RealData:
 
 def split_folder(folder):
     """(train, test): a seeded 90/10 split of a labelled folder's pictures for its classifier."""
-    from types import SimpleNamespace
-
     n = len(folder.images)
     order = np.random.default_rng(0).permutation(n)
     cut = n - max(1, int(round(FOLDER_TEST_SHARE * n)))
@@ -273,8 +273,8 @@ def nearest_check(args, params, config, schedule, real: RealData, n: int, out: P
     K = max(1, len(real.class_names))
     sampler, steps = args.configs[0]
     guidance = (args.guidance or [config.guidance])[0]
-    x = sample_digits(params, config.unet, schedule, range(K), -(-n // K), sampler=sampler, steps=steps,
-                      guidance=guidance, prediction=config.prediction, seed=args.seed, progress=True)
+    x = sample_classes(params, config.unet, schedule, classes=range(K), n_per_class=-(-n // K), sampler=sampler,
+                       steps=steps, guidance=guidance, prediction=config.prediction, seed=args.seed, progress=True)
     x = backend.to_numpy(x)[np.linspace(0, K * -(-n // K) - 1, n).round().astype(int)]   # (n, C, H, W) all classes
     pixels = pixels_to_model_range(train.images)                                       # (N, C, H, W)
     report = memorisation_check(x, pixels, n_baseline=NEAREST_BASELINE, seed=args.seed)
@@ -311,9 +311,6 @@ def write_outputs(rows, baseline, out: Path, fid_name: str = "FID-MNIST"):
 
 def plot_quality(rows, baseline, path: Path, fid_name: str = "FID-MNIST"):
     """FID and conditional accuracy against the number of model calls, one line per sampler and scale."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(10, 4), layout="constrained")
     FigureCanvasAgg(fig)
     ax_fid, ax_acc = fig.subplots(1, 2)
@@ -374,7 +371,7 @@ def work(args) -> int:
     guide = load_guide(args, schedule, config.unet)[0] if args.classifier_guidance else None
     out.mkdir(parents=True, exist_ok=True)
     K = len(real.class_names)
-    n = K * args.n_per_digit
+    n = K * args.n_per_class
     reference = pixels_to_model_range(real.reference.images[real.reference_picks(2 * n, args.seed)])  # (<= 2n, C, H, W)
     real_features = features(classifier, reference)                     # (<= 2n, D)
     baseline = real_baseline(real_features, min(n, len(reference) // 2), seed=args.seed)
@@ -387,16 +384,16 @@ def work(args) -> int:
           f"recall {baseline['recall']:.3f} (n={baseline['n']})", flush=True)
 
     rows = []
-    requested = np.repeat(np.arange(K), args.n_per_digit)                 # (n,) 0 0 .. 1 1 ..
+    requested = np.repeat(np.arange(K), args.n_per_class)                 # (n,) 0 0 .. 1 1 ..
     settings = [(g, 0.0) for g in guidances] + [(args.classifier_base, s) for s in args.classifier_guidance]
     for sampler, steps in args.configs:
         for guidance, cg in settings:
             start = time.perf_counter()
             # with cg: classifier guidance at scale cg on the network at classifier-free scale `guidance`
             steer = {"classifier_grad": noisy_classifier.gradient_fn(guide), "classifier_scale": cg} if cg else {}
-            x = sample_digits(params, config.unet, schedule, range(K), args.n_per_digit, sampler=sampler,
-                              steps=steps, guidance=guidance, prediction=config.prediction, seed=args.seed,
-                              progress=True, **steer)
+            x = sample_classes(params, config.unet, schedule, classes=range(K), n_per_class=args.n_per_class,
+                               sampler=sampler, steps=steps, guidance=guidance, prediction=config.prediction,
+                               seed=args.seed, progress=True, **steer)
             x = backend.to_numpy(x)
             seconds = (time.perf_counter() - start) / len(x)
             q = sample_quality(features(classifier, x), reference, predict_proba(classifier, x), requested)

@@ -2,20 +2,21 @@
 
     python examples/sample.py runs/mnist/checkpoint.npz
     python examples/sample.py runs/mnist/checkpoint.npz --sampler ddim --steps 50 --guidance 3 --digits 0,3,7
-    python examples/sample.py runs/mnist/checkpoint.npz --sampler ddpm --n-per-digit 4 --no-ema
+    python examples/sample.py runs/mnist/checkpoint.npz --sampler ddpm --n-per-class 4 --no-ema
     python examples/sample.py runs/mnist/checkpoint.npz --classifier-guidance 4
     python examples/sample.py runs/images/checkpoint.npz --classes rose,tulip      # examples/train_images.py's
 
 A checkpoint of examples/train_images.py draws pictures of its size and channels (grey or RGB): a labelled
 folder's by class (--classes takes the subfolder names or their indices; default every class, a row each), a
-flat folder's unconditionally (10 rows, or one per entry of --digits, of --n-per-digit pictures).
+flat folder's unconditionally (10 rows, or one per entry of --digits, of --n-per-class pictures). --n-per-digit and
+--gif-per-digit are the older spellings of --n-per-class and --gif-per-class.
 
 Samplers: 'dpm++2m' (DPM-Solver++(2M), good in 10-25 steps), 'ddim' (deterministic, 25-100 steps),
 'ddpm' (the original ancestral sampler, always all T steps: slow). --guidance is the classifier-free
 guidance scale w: 0 unconditional, 1 plain conditional, 2-4 sharper and more typical digits.
 By default the EMA weights are used; --no-ema samples with the raw weights of the last step.
 --classifier-guidance s steers the network with the gradient of a noise-conditional classifier
-p(y | x_t, t) instead (tinyddpm/noisy_classifier.py, Dhariwal & Nichol's classifier guidance): the network
+p(y | x_t, t) instead (tinyddpm/classifiers/guide.py, Dhariwal & Nichol's classifier guidance): the network
 then runs unconditionally (--guidance 0) unless --guidance is given; the classifier is read from its cache
 (--noisy-classifier-dir), or trained there once on MNIST (a few minutes on a CPU).
 Writes OUT/<sampler>_<steps>steps_g<guidance>[_cg<s>]_seed<seed>.png and .gif (OUT defaults to a folder
@@ -32,14 +33,13 @@ import sys
 import time
 from pathlib import Path
 
-from _cli import Parser, UserError, blame, check_out_dir, choose_device, integer, number, run
+from _cli import GIF_PER_CLASS, Parser, UserError, check_out_dir, choose_device, integer, load_guide, number, run
 
-from tinyddpm import backend, viz
+from tinyddpm import backend, load_for_sampling, sample_classes, viz
+from tinyddpm.checkpoint import load_checkpoint
 from tinyddpm.classifiers import guide as noisy_classifier
-from tinyddpm.checkpoint import CheckpointError, load_checkpoint
-from tinyddpm.data import SOURCES, DownloadError, FallbackUnavailable, load_mnist
+from tinyddpm.data import SOURCES
 from tinyddpm.diffusion import SAMPLERS, Trajectory, max_steps
-from tinyddpm import load_for_sampling, sample_digits
 
 PROG = "sample.py"
 
@@ -81,14 +81,15 @@ def parse_args(argv=None):
     p.add_argument("--classes", type=parse_classes, default=None, metavar="NAMES",
                    help="a train_images.py checkpoint's classes, by subfolder name or index, e.g. rose,tulip or 0,2 "
                         "(default: all)")
-    p.add_argument("--n-per-digit", "--n-per-class", type=integer(1), default=8,
-                   help="samples per digit or class (one row each)")
+    p.add_argument("--n-per-class", "--n-per-digit", dest="n_per_class", type=integer(1), default=8,
+                   help="samples of each digit or class (one row each)")
     p.add_argument("--seed", type=integer(0), default=0, help="seed of the starting noise (and DDPM's noise)")
     p.add_argument("--out", default=None, help="output folder (default: 'samples' next to the checkpoint)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
     p.add_argument("--device", choices=backend.DEVICES, default=None, help="default: cuda if CuPy finds a GPU")
     p.add_argument("--frames", type=integer(1), default=30, help="about this many frames in the GIF")
-    p.add_argument("--gif-per-digit", type=integer(1), default=4, help="samples of each digit shown in the GIF")
+    p.add_argument("--gif-per-class", "--gif-per-digit", dest="gif_per_class", type=integer(1), default=GIF_PER_CLASS,
+                   help="samples of each digit or class shown in the GIF")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--classifier-guidance", type=scale, default=None, metavar="S",
                    help="classifier guidance at scale S with the noise-conditional classifier (then --guidance "
@@ -101,44 +102,7 @@ def parse_args(argv=None):
 
 
 # --------------------------------------------------------------------------------------------
-# classifier guidance (examples/evaluate.py uses these two as well)
-# --------------------------------------------------------------------------------------------
-
-def load_guide(args, schedule, unet_config):
-    """The noise-conditional classifier for ``schedule``: its cache, checked, or (without one) trained now.
-
-    ``args`` needs noisy_classifier_dir, data_dir and source. Returns (params, info).
-    """
-    flag = "--noisy-classifier-dir"
-    cache_dir = Path(args.noisy_classifier_dir).expanduser() if args.noisy_classifier_dir \
-        else noisy_classifier.default_cache_dir()
-    path = cache_dir / noisy_classifier.cache_name(schedule)
-    if path.is_file():
-        with blame(f"the noisy classifier cache ({flag})", CheckpointError):
-            params, info = noisy_classifier.load_noisy_classifier(path, schedule, where="")
-        print(f"tinyddpm.noisy_classifier: loaded {path}", flush=True)
-    else:
-        check_out_dir(flag if args.noisy_classifier_dir else "the noisy classifier cache folder", cache_dir)
-        with blame("cannot load MNIST to train the noisy classifier", ValueError, OSError, FallbackUnavailable,
-                   DownloadError):
-            train, test = (load_mnist(split, data_dir=args.data_dir, source=args.source) for split in ("train", "test"))
-        if len(train) < noisy_classifier.BATCH_SIZE:
-            raise UserError(f"no noisy classifier in {cache_dir}, and the MNIST train split holds {len(train)} digits: "
-                            f"training one needs at least {noisy_classifier.BATCH_SIZE} (one batch)")
-        params, info = noisy_classifier.load_or_train_noisy_classifier(schedule, cache_dir, train_data=train,
-                                                                       test_data=test)
-    size, classes = params["conv1.w"].shape[1], params["fc2.w"].shape[0]
-    if unet_config.image_channels != size or unet_config.image_size != info.get("image_size") or \
-            classes < (unet_config.num_classes or 10):
-        raise UserError(f"{path}: the noisy classifier reads {info.get('image_size')}x{info.get('image_size')} "
-                        f"images of {size} channel(s) in {classes} classes; this checkpoint draws "
-                        f"{unet_config.image_size}x{unet_config.image_size} images of {unet_config.image_channels} "
-                        f"channel(s) in {unet_config.num_classes or 10} classes")
-    return params, info
-
-
-# --------------------------------------------------------------------------------------------
-# which rows, and the pictures (examples/train_images.py draws its final samples with these too)
+# which rows
 # --------------------------------------------------------------------------------------------
 
 def class_names_of(path) -> list:
@@ -158,7 +122,7 @@ def choose_rows(unet_config, class_names: list, digits=None, classes=None, steer
     if k is None:
         if classes is not None:
             raise UserError("--classes: this checkpoint draws without classes (it was trained on a flat folder); "
-                            "use --n-per-digit")
+                            "use --n-per-class")
         rows = list(range(10)) if digits is None else digits
         return rows, ([str(d) for d in rows] if steered else None)
     names = class_names if len(class_names) == k else [str(i) for i in range(k)]
@@ -180,23 +144,6 @@ def class_index(item: str, names: list) -> int:
         return int(item)
     shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
     raise UserError(f"--classes {item!r}: not a class of this checkpoint ({shown}; or an index 0..{len(names) - 1})")
-
-
-def draw_samples(png: Path, gif: Path, x, trajectory, rows: int, row_names, title: str, gif_per_row: int,
-                 num_steps: int) -> list:
-    """``png`` (the samples, ``rows`` rows) and ``gif`` (x_t beside the predicted x0); returns [png, gif].
-
-    x (rows * n, C, H, W) in [-1, 1], row after row; ``trajectory`` recorded while sampling it.
-    """
-    grid = backend.to_numpy(x).reshape((rows, -1) + tuple(x.shape[1:]))                  # (rows, n, C, H, W)
-    png = viz.plot_sample_grid(png, grid, row_labels=row_names, title=title)
-    k = min(grid.shape[1], gif_per_row)   # the GIF shows the first k of each row: noise compresses badly
-    frames = [viz.side_by_side(x_t.reshape(grid.shape)[:, :k], x0.reshape(grid.shape)[:, :k])  # (rows, 2k + 1, C, H, W)
-              for x_t, x0 in zip(trajectory.x, trajectory.x0)]
-    captions = [f"step {i + 1}/{num_steps}, t = {t}.  Left: x_t.  Right: predicted x0."
-                for i, t in zip(trajectory.steps, trajectory.timesteps)]
-    gif = viz.save_denoising_gif(gif, frames, captions=captions, scale=2)
-    return [png, gif]
 
 
 def work(args) -> int:
@@ -221,17 +168,19 @@ def work(args) -> int:
     start = time.perf_counter()
     every = max(1, num_steps // args.frames)
     steer = {} if guide is None else {"classifier_grad": noisy_classifier.gradient_fn(guide), "classifier_scale": cg}
-    x = sample_digits(params, config.unet, schedule, rows, args.n_per_digit, sampler=args.sampler,
-                      steps=num_steps, guidance=guidance, prediction=config.prediction, seed=args.seed,
-                      callback=trajectory, callback_every=every, progress=not args.no_progress, **steer)
+    x = sample_classes(params, config.unet, schedule, classes=rows, n_per_class=args.n_per_class,
+                       sampler=args.sampler, steps=num_steps, guidance=guidance, prediction=config.prediction,
+                       seed=args.seed, callback=trajectory, callback_every=every, progress=not args.no_progress,
+                       **steer)
     seconds = time.perf_counter() - start
 
     cg_part = "" if cg is None else f"_cg{cg:g}"
     stem = f"{args.sampler}_{num_steps}steps_g{guidance:g}{cg_part}_seed{args.seed}" + ("_raw" if args.no_ema else "")
     weights = "raw weights" if args.no_ema else "EMA weights"
     steering = f"guidance {guidance:g}" + ("" if cg is None else f", classifier guidance {cg:g}")
-    png, gif = draw_samples(out / f"{stem}.png", out / f"{stem}.gif", x, trajectory, len(rows), names,
-                            f"{args.sampler}, {num_steps} steps, {steering}, {weights}", args.gif_per_digit, num_steps)
+    png, gif = viz.save_sample_pictures(out / f"{stem}.png", out / f"{stem}.gif", x, trajectory, len(rows), num_steps,
+                                        row_labels=names, title=f"{args.sampler}, {num_steps} steps, {steering}, "
+                                                                f"{weights}", gif_per_row=args.gif_per_class)
     print(f"sampled {len(x)} images with {args.sampler} ({num_steps} steps, {steering}, {weights}) "
           f"in {seconds:.1f} s")
     print(f"wrote {png}")

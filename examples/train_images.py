@@ -5,8 +5,9 @@
     python examples/train_images.py --data my_pictures --flip           # mirror pictures at random while training
     python examples/train_images.py --data my_pictures --preset tiny    # a smoke test of a few seconds
     python examples/train_images.py --data my_pictures --resume         # continue runs/images/checkpoint.npz
+    mpiexec -n 2 python examples/train_images.py --data my_pictures     # one model, 2 processes (the mpi extra)
 
-The folder (tinyddpm/image_folder.py): PNG, JPEG, BMP or WebP files, any size, grey or colour, each centre-cropped
+The folder (tinyddpm/data/folder.py): PNG, JPEG, BMP or WebP files, any size, grey or colour, each centre-cropped
 to a square and resized to --image-size. One subfolder per class (``flowers/rose/``, ``flowers/tulip/``) trains a
 class-conditional network with classifier-free guidance (the preset's label dropout p_uncond); pictures all at the
 top of the folder train an unconditional one. The network is the preset's, at the pictures' size and channels
@@ -23,8 +24,12 @@ It writes into --out (default runs/images), as examples/train_mnist.py does:
 
 Sample again later: python examples/sample.py runs/images/checkpoint.npz --classes rose,tulip
 Every option, the folder, the device and --out are checked before the first step; what the user can fix ends in
-one line and exit status 2 (the rule: examples/_cli.py; --debug shows the traceback too). It runs as one process:
-under mpiexec it refuses to start (data-parallel training is train_mnist.py's).
+one line and exit status 2 (the rule: examples/_cli.py; --debug shows the traceback too).
+
+Under mpiexec -n N the N processes train one model, as examples/train_mnist.py's do (tinyddpm/parallel/mpi.py): each
+takes 1/N of every batch (a multiple of N), every rank reads the folder and makes the checks in step with the others,
+a failure on any rank or ranks that disagree (options, pictures) end every rank with one line from rank 0, and rank 0
+alone prints and writes.
 """
 from __future__ import annotations
 
@@ -33,20 +38,16 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from _cli import Parser, UserError, blame, check_out_dir, integer, number, run
-from sample import choose_rows, draw_samples
-from train_mnist import (BLOCK_OPTIONS, GIF_PER_DIGIT, PICTURE_BYTES, add_block_options, add_resume_options,
-                         add_run_options, check_options, checkpoint_bytes, final_settings, train_then_draw)
+from _cli import (BLOCK_OPTIONS, Parser, UserError, add_block_options, add_resume_options, add_run_options,
+                  add_training_options, blame, bookkeeping, check_options, check_run, check_same_run, check_until,
+                  given, integer, resume_path, together, train_then_draw)
+from _cli import main as cli_main
 
-from tinyddpm.parallel import mpi as distributed
-from tinyddpm import new_state, preset, resume_state, sample_digits
-from tinyddpm.training.resume import CHECKPOINT_NAME
+from tinyddpm import count_params, new_state, preset, resume_state
 from tinyddpm.checkpoint import load_checkpoint
-from tinyddpm.training.resume import read_train_config
-from tinyddpm.training.config import IMAGE_PRESETS, PRESETS, default_preset
-from tinyddpm.diffusion import Trajectory
 from tinyddpm.data.folder import load_image_folder
-from tinyddpm.nn.unet import count_params
+from tinyddpm.training.config import IMAGE_PRESETS, PRESETS, default_preset
+from tinyddpm.training.resume import read_train_config
 
 PROG = "train_images.py"
 PRESET_CHOICES = ("images-cpu", "images-gpu", "tiny")
@@ -65,16 +66,10 @@ def parse_args(argv=None):
     p.add_argument("--flip", action="store_true", help="mirror each training picture left-right with probability 1/2")
     p.add_argument("--preset", choices=PRESET_CHOICES, default=None,
                    help="model size and schedule; default 'images-gpu' on a GPU, else 'images-cpu'")
-    p.add_argument("--steps", type=integer(1), default=None, help="total optimizer steps (default: the preset's)")
-    p.add_argument("--batch-size", type=integer(1), default=None, help="pictures per step (default: the preset's)")
-    p.add_argument("--lr", type=number(above=0), default=None, help="peak learning rate (default: the preset's)")
-    p.add_argument("--seed", type=integer(0), default=None, help="seed of the weights, batches, flips and noise")
+    add_training_options(p, items="pictures")
     p.add_argument("--out", default="runs/images", help="output directory")
     add_resume_options(p)
     add_run_options(p)
-    p.add_argument("--n-per-class", dest="n_per_digit", type=integer(1), default=None,
-                   help="samples per class in samples.png (a flat folder: the side of the square grid)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_block_options(p)
     return p.parse_args(argv)
 
@@ -95,10 +90,10 @@ def base_config(args):
 def picture_format(args) -> tuple:
     """(image size, channels or None): from the checkpoint on --resume, else from the options and the preset."""
     if args.resume is not None:
-        given = [flag for flag, value in (("--image-size", args.image_size), ("--channels", args.channels),
-                                          ("--flip", args.flip or None)) if value is not None]
-        if given:
-            raise UserError(f"{', '.join(given)} cannot change on --resume: a resumed run keeps the checkpoint's "
+        refused = [flag for flag, value in (("--image-size", args.image_size), ("--channels", args.channels),
+                                            ("--flip", args.flip or None)) if value is not None]
+        if refused:
+            raise UserError(f"{', '.join(refused)} cannot change on --resume: a resumed run keeps the checkpoint's "
                             "pictures and flips")
         path = resume_path(args)
         with blame("cannot resume", ValueError, OSError):   # CheckpointError is a ValueError
@@ -111,10 +106,6 @@ def picture_format(args) -> tuple:
         raise UserError(f"--image-size {size}: the {preset_name(args)} preset's U-Net halves the pictures {halvings} "
                         f"time(s); use a multiple of {2 ** halvings}")
     return size, args.channels
-
-
-def resume_path(args) -> Path:
-    return Path(args.resume) if args.resume else Path(args.out) / CHECKPOINT_NAME
 
 
 def load_pictures(args, size: int, channels):
@@ -131,34 +122,28 @@ def network_for(args, data):
     size = data.images.shape[-1]
     attention = tuple(r * size // base.image_size for r in base.attention_resolutions
                       if r * size % base.image_size == 0)   # the same fraction of the picture as the preset's
-    blocks = {k: getattr(args, k) for k in BLOCK_OPTIONS if getattr(args, k) is not None}
     return replace(base, image_size=size, image_channels=data.channels, attention_resolutions=attention,
-                   num_classes=len(data.class_names) or None, **blocks)
+                   num_classes=len(data.class_names) or None, **given(args, *BLOCK_OPTIONS))
 
 
 def build_state(args, data):
-    bookkeeping = {k: v for k, v in (("checkpoint_every", args.checkpoint_every),
-                                     ("sample_every", args.sample_every), ("log_every", args.log_every))
-                   if v is not None}
     if args.resume is not None:
         path = resume_path(args)
         with blame("cannot resume", ValueError, OSError):
             state = resume_state(path, data.images, data.labels, steps=args.steps, data_source=data.source,
-                                 **bookkeeping)
+                                 **bookkeeping(args))
         if state.class_names != data.class_names:
             raise UserError(f"--data {args.data}: classes {data.class_names}, the checkpoint {path} was trained on "
                             f"{state.class_names}")
-        if args.until is not None and args.until <= state.step:
-            raise UserError(f"--until {args.until}: the checkpoint {path} is already at step {state.step}")
+        check_until(args, state, path)
         print(f"resuming {path} at step {state.step} of {state.config.steps}")
         return state
-    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr),
-                                   ("seed", args.seed)) if v is not None}
+    overrides = given(args, "steps", "batch_size", "lr", "seed")
     unet = network_for(args, data)
     if unet.num_classes is None:
         overrides["p_uncond"] = 0.0          # no labels to drop: the network is unconditional
     with blame("", ValueError):              # the options against each other (TrainConfig.validate)
-        config = preset(preset_name(args), unet=unet, **overrides, **bookkeeping)
+        config = preset(preset_name(args), unet=unet, **overrides, **bookkeeping(args))
     if config.batch_size > len(data):
         flag = "--batch-size" if args.batch_size is not None else f"the {preset_name(args)} preset's batch"
         raise UserError(f"--data {args.data}: {len(data)} usable image(s), {flag} is {config.batch_size}; add "
@@ -168,27 +153,10 @@ def build_state(args, data):
                          class_names=data.class_names)
 
 
-# --------------------------------------------------------------------------------------------
-# the pictures
-# --------------------------------------------------------------------------------------------
-
-def final_pictures(state, out: Path, settings: dict, progress: bool) -> list:
-    """samples.png (a row per class, or an n x n grid) and denoising.gif from the EMA weights; returns the paths."""
-    cfg = state.config
-    sampler, steps, guidance, n = settings["sampler"], settings["steps"], settings["guidance"], settings["n"]
-    rows, names = choose_rows(cfg.unet, state.class_names, digits=None if cfg.unet.num_classes else list(range(n)))
-    num_steps = cfg.num_timesteps if sampler == "ddpm" else steps
-    trajectory = Trajectory()
-    start = time.perf_counter()
-    x = sample_digits(state.ema.params, cfg.unet, state.schedule, rows, n, sampler=sampler, steps=steps,
-                      guidance=guidance, prediction=cfg.prediction, seed=cfg.seed, callback=trajectory,
-                      callback_every=max(1, num_steps // 30), progress=progress)     # at most ~30 GIF frames
-    steering = f"guidance {guidance:g}" if names else "unconditional"
-    print(f"sampled {len(rows) * n} pictures with {sampler} ({num_steps} steps, {steering}) "
-          f"in {time.perf_counter() - start:.1f} s")
-    title = f"samples ({sampler}, {num_steps} steps, {steering}, EMA weights, step {state.step})"
-    return draw_samples(out / "samples.png", out / "denoising.gif", x, trajectory, len(rows), names, title,
-                        GIF_PER_DIGIT, num_steps)
+def build_run(args, data, out, dp=None):
+    """(state, final sampling settings): the run's state, checked against the pictures, the processes and the disk."""
+    state = build_state(args, data)
+    return state, check_run(args, state, out, preset_name(args), dp)
 
 
 def write_skipped(out: Path, data) -> list:
@@ -206,34 +174,36 @@ def write_skipped(out: Path, data) -> list:
 # the run
 # --------------------------------------------------------------------------------------------
 
-def work(args) -> int:
+def work(args, dp=None) -> int:
+    """Every check, then training, then the final pictures. ``dp``: this process is one rank of N; each stage then
+    runs on every rank in step (``together``), and a failure on any rank stops them all before any trains or writes."""
     wall = time.perf_counter()
-    out, device = check_options(args)
-    size, channels = picture_format(args)
-    data = load_pictures(args, size, channels)
-    state = build_state(args, data)
-    settings = final_settings(state, args)
-    check_out_dir("--out", out, need_bytes=checkpoint_bytes(state) + PICTURE_BYTES)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = write_skipped(out, data)
-    cfg, u = state.config, state.config.unet
-    kind = f"{len(state.class_names)} classes, guidance {cfg.guidance:g}" if u.num_classes else "unconditional"
-    print(f"device {device}; U-Net {u.image_size}x{u.image_size}x{u.image_channels} ({kind}), base "
-          f"{u.base_channels}, mults {u.channel_mults}, attention at {u.attention_resolutions or 'none'}: "
-          f"{count_params(state.params):,} parameters")
-    print(f"{cfg.steps} steps of {cfg.batch_size} pictures{' (random flips)' if state.batches.flip else ''}, lr "
-          f"{cfg.lr:g} ({cfg.warmup_steps} warmup, {cfg.lr_decay}), EMA {cfg.ema_decay}; writing to {out}")
-    return train_then_draw(state, out, args, settings, wall, draw=final_pictures, paths=paths,
-                           resume_command=f"python examples/train_images.py --data {args.data} --out {out} --resume")
+    out, device = together(dp, check_options, args, dp)
+    size, channels = together(dp, picture_format, args)
+    data = together(dp, load_pictures, args, size, channels)
+    state, settings = together(dp, build_run, args, data, out, dp)
+    check_same_run(dp, state)                # options or pictures that differ between ranks: one line
+    paths = []
+    if dp is None or dp.root:
+        out.mkdir(parents=True, exist_ok=True)
+        paths = write_skipped(out, data)
+        cfg, u = state.config, state.config.unet
+        kind = f"{len(state.class_names)} classes, guidance {cfg.guidance:g}" if u.num_classes else "unconditional"
+        print(f"device {device}; U-Net {u.image_size}x{u.image_size}x{u.image_channels} ({kind}), base "
+              f"{u.base_channels}, mults {u.channel_mults}, attention at {u.attention_resolutions or 'none'}: "
+              f"{count_params(state.params):,} parameters")
+        print(f"{cfg.steps} steps of {cfg.batch_size} pictures{' (random flips)' if state.batches.flip else ''}, lr "
+              f"{cfg.lr:g} ({cfg.warmup_steps} warmup, {cfg.lr_decay}), EMA {cfg.ema_decay}; writing to {out}")
+        if dp is not None:
+            print(dp.describe(cfg.batch_size, device))
+    launcher = "" if dp is None else f"mpiexec -n {dp.size} "    # any N that divides the batch would do
+    return train_then_draw(state, out, args, settings, wall, dp=dp, paths=paths,
+                           resume_command=f"{launcher}python examples/train_images.py --data {args.data} --out {out} "
+                                          "--resume")
 
 
 def main(argv=None) -> int:
-    if distributed.launched_size() > 1:   # N copies would each train alone and write over each other's files
-        if distributed.launched_rank() == 0:
-            print(f"{PROG}: error: runs as one process; start it without mpiexec (data-parallel training is "
-                  "train_mnist.py's)", file=sys.stderr)
-        return 2
-    return run(PROG, work, parse_args(argv))
+    return cli_main(PROG, parse_args, work, argv)
 
 
 if __name__ == "__main__":

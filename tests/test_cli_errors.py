@@ -138,7 +138,7 @@ def ws(tmp_path_factory):
 TRAIN = ("--preset", "tiny", "--data-dir", "{ws}/idx", "--source", "idx", "--out", "{ws}/out/{case}",
          "--no-progress")
 SAMPLE = ("{ws}/run/checkpoint.npz", "--out", "{ws}/out/{case}", "--no-progress", "--device", "cpu")
-EVALUATE = ("{ws}/run/checkpoint.npz", "--configs", "ddim:2", "--n-per-digit", "2", "--data-dir", "{ws}/idx",
+EVALUATE = ("{ws}/run/checkpoint.npz", "--configs", "ddim:2", "--n-per-class", "2", "--data-dir", "{ws}/idx",
             "--source", "idx", "--classifier-dir", "{ws}/classifier", "--out", "{ws}/out/{case}", "--device", "cpu")
 
 REFUSALS = {
@@ -150,8 +150,10 @@ REFUSALS = {
     "train --lr 0": ("train_mnist", TRAIN + ("--lr", "0"), {}, "argument --lr: must be a number > 0"),
     "train --seed -1": ("train_mnist", TRAIN + ("--seed", "-1"), {}, "argument --seed: must be an integer >= 0"),
     "train --until 0": ("train_mnist", TRAIN + ("--until", "0"), {}, "argument --until: must be an integer >= 1"),
-    "train --n-per-digit -1": ("train_mnist", TRAIN + ("--n-per-digit", "-1"), {}, "argument --n-per-digit"),
-    "train --n-per-digit 0": ("train_mnist", TRAIN + ("--n-per-digit", "0"), {}, "argument --n-per-digit"),
+    "train --n-per-class -1": ("train_mnist", TRAIN + ("--n-per-class", "-1"), {},
+                               "argument --n-per-class/--n-per-digit: must be an integer >= 1, got '-1'"),
+    "train --n-per-digit 0": ("train_mnist", TRAIN + ("--n-per-digit", "0"), {},      # the older spelling, an alias
+                              "argument --n-per-class/--n-per-digit: must be an integer >= 1, got '0'"),
     "train --sample-steps 0": ("train_mnist", TRAIN + ("--sample-steps", "0"), {}, "argument --sample-steps"),
     "train --sample-steps 1000": ("train_mnist", TRAIN + ("--sample-steps", "1000"), {},
                                   "--sample-steps 1000: dpm++2m takes at most 999 steps"),
@@ -195,7 +197,8 @@ REFUSALS = {
     "sample missing checkpoint": ("sample", ("{ws}/nothing.npz", *SAMPLE[1:]), {}, "no file at {ws}/nothing.npz"),
     "sample --out under a file": ("sample", SAMPLE + ("--out", "{ws}/a_file/x"), {}, "--out {ws}/a_file/x: not a"),
     "sample --seed -1": ("sample", SAMPLE + ("--seed", "-1"), {}, "argument --seed: must be an integer >= 0"),
-    "sample --n-per-digit 0": ("sample", SAMPLE + ("--n-per-digit", "0"), {}, "argument --n-per-digit"),
+    "sample --n-per-class 0": ("sample", SAMPLE + ("--n-per-class", "0"), {}, "argument --n-per-class/--n-per-digit"),
+    "sample --n-per-digit 0": ("sample", SAMPLE + ("--n-per-digit", "0"), {}, "argument --n-per-class/--n-per-digit"),
     "sample --digits 12": ("sample", SAMPLE + ("--digits", "3,12"), {}, "--digits must list digits 0..9"),
     # evaluate.py
     "evaluate corrupt classifier cache": ("evaluate", EVALUATE + ("--classifier-dir", "{ws}/bad_classifier"), {},
@@ -208,7 +211,8 @@ REFUSALS = {
     "evaluate --guidance nan": ("evaluate", EVALUATE + ("--guidance", "1,nan"), {}, "argument --guidance: must be a"),
     "evaluate --configs dpm++2m:1000": ("evaluate", EVALUATE + ("--configs", "ddim:2,dpm++2m:1000"), {},
                                         "--configs dpm++2m:1000: dpm++2m takes at most 999 steps"),
-    "evaluate --n-per-digit 1": ("evaluate", EVALUATE + ("--n-per-digit", "1"), {}, "argument --n-per-digit"),
+    "evaluate --n-per-class 1": ("evaluate", EVALUATE + ("--n-per-class", "1"), {},
+                                 "argument --n-per-class/--n-per-digit: must be an integer >= 2, got '1'"),
     "evaluate NaN EMA weights": ("evaluate", ("{ws}/nan_ema/checkpoint.npz", *EVALUATE[1:]), {},
                                  "the EMA weights 'conv_in.w' hold 72 NaN"),
     "evaluate TINYDDPM_DEVICE=tpu": ("evaluate", EVALUATE[:-2], {"TINYDDPM_DEVICE": "tpu"},

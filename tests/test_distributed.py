@@ -1,9 +1,10 @@
-"""Data-parallel training (tinyddpm/distributed.py): N ranks train the model one process trains.
+"""Data-parallel training (tinyddpm/parallel/mpi.py): N ranks train the model one process trains.
 
 Two kinds of ranks. In this process: N threads, each holding its own TrainState and talking through a small stand-in
 for an mpi4py communicator (ThreadWorld), so the arithmetic is checked on any machine, in float64, tightly. Through
-MPI: `mpiexec -n 2 python examples/train_mnist.py` against one process, as a user runs it (skipped, with the reason,
-where mpi4py or its mpiexec is missing; CI installs the mpi extra, so it runs there).
+MPI: `mpiexec -n 2 python examples/train_mnist.py` (and examples/train_images.py on a folder of pictures) against one
+process, as a user runs it (skipped, with the reason, where mpi4py or its mpiexec is missing; CI installs the mpi
+extra, so it runs there).
 
 Tolerances. N ranks compute the same numbers as one process; only the order in which the images' gradients are
 added differs (each rank sums its share, the Allreduce sums the ranks). In float64 that is round-off of about 1e-16
@@ -27,15 +28,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from test_image_folder import make_pictures
 from tinyddpm import TrainConfig, load_mnist, new_state, preset, resume_state, train, train_step
 from tinyddpm.backend import get_device, to_numpy
 from tinyddpm.training.resume import CHECKPOINT_NAME
 from tinyddpm.checkpoint import load_checkpoint
-from tinyddpm.parallel.mpi import THREAD_VARIABLES, DataParallel, RanksDisagree, connect, launched_size
+from tinyddpm.parallel.mpi import THREAD_VARIABLES, DataParallel, RanksDisagree, Stopped, connect, launched_size
 from tinyddpm.nn.unet import UNetConfig, init_params
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_MNIST = ROOT / "examples" / "train_mnist.py"
+TRAIN_IMAGES = ROOT / "examples" / "train_images.py"
 TINY_UNET = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), attention_resolutions=(4,), heads=2,
                        groups=4, dropout=0.1)
 TINY = TrainConfig(unet=TINY_UNET, steps=4, batch_size=8, lr=1e-3, warmup_steps=2, lr_decay="cosine", p_uncond=0.25,
@@ -307,6 +310,96 @@ def test_a_failure_on_rank_0_alone_stops_every_rank():
     assert together0 and together1
 
 
+def judge(e):
+    """A stand-in for examples/_cli.py's classify: a ValueError is the user's (status 2), anything else a bug."""
+    return (2, str(e)) if isinstance(e, ValueError) else None
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_a_stage_that_fails_on_one_rank_stops_every_rank(failing, capsys):
+    """together(): the failing rank's message, on every rank, naming that rank unless it is 0; no rank goes on."""
+    went_on = []
+
+    def run(dp):
+        def stage():
+            if dp.rank == failing:
+                raise ValueError("--data: no such folder")
+            return "loaded"
+        try:
+            dp.together(stage, judge=judge)
+            went_on.append(dp.rank)
+        except Stopped as e:
+            return e.status, e.message, dp.failed_together
+    results = on_ranks(2, run)
+    prefix = "" if failing == 0 else f"rank {failing}: "
+    assert results == [(2, prefix + "--data: no such folder", True)] * 2 and went_on == []
+    assert "Traceback" not in capsys.readouterr().err             # the user's error: one line, no traceback
+
+
+def test_a_bug_in_a_stage_stops_every_rank_with_its_traceback_on_its_rank(capsys):
+    def run(dp):
+        def stage():
+            if dp.rank == 1:
+                {}["missing"]
+            return dp.rank
+        try:
+            dp.together(stage, judge=judge)
+        except Stopped as e:
+            return e.status, e.message
+    assert on_ranks(2, run) == [(1, "rank 1: a bug: KeyError: 'missing' (its traceback is on that rank's stderr)")] * 2
+    assert "KeyError: 'missing'" in capsys.readouterr().err
+
+
+def test_root_first_runs_on_rank_0_before_the_others():
+    order = []
+
+    def run(dp):
+        def load():
+            order.append(dp.rank)
+            return f"data read by rank {dp.rank}"
+        return dp.root_first(load, judge=judge)
+    assert on_ranks(3, run) == [f"data read by rank {r}" for r in range(3)]
+    assert order[0] == 0 and sorted(order[1:]) == [1, 2]
+
+
+@pytest.mark.parametrize("how", ["Stopped", "failed together", "alone", "bad status alone"])
+def test_run_main_ends_the_others_only_when_a_rank_fails_alone(how):
+    """run_main: Stopped -> its status, reported once by rank 0; a failure every rank shares or a normal end -> no
+    MPI_Abort; a failure or non-zero status on one rank alone -> MPI_Abort, so that no rank waits for ever."""
+    world = ThreadWorld(2)
+    reports, results = [], [None, None]
+
+    def body(rank):
+        dp = DataParallel(ThreadComm(world, rank), FAKE_MPI)
+
+        def main():
+            if how == "Stopped":
+                dp.together(lambda: 1 / 0 if dp.rank == 1 else None, judge=lambda e: (2, "division by zero"))
+            if how == "failed together":
+                dp.failed_together = True           # as on_root / alike / agree set it before raising everywhere
+                raise FloatingPointError("the loss is nan")
+            if how == "alone" and dp.rank == 1:
+                raise KeyError("a bug on rank 1")
+            return 3 if how == "bad status alone" and dp.rank == 1 else 0
+        try:
+            results[rank] = dp.run_main(main, report=reports.append)
+        except BaseException as e:                  # noqa: B902 -- what run_main re-raises
+            results[rank] = type(e).__name__
+
+    threads = [threading.Thread(target=body, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    if how == "Stopped":
+        assert results == [2, 2] and reports == ["rank 1: division by zero"] and world.aborted == []
+    elif how == "failed together":
+        assert results == ["FloatingPointError"] * 2 and world.aborted == []
+    elif how == "alone":
+        assert results == [0, "KeyError"] and world.aborted == [(1, 1)]
+    else:
+        assert results == [0, 3] and world.aborted == [(1, 3)]
+
 def test_weights_that_drift_apart_are_caught(tmp_path):
     images, labels = synthetic()
 
@@ -426,7 +519,7 @@ def test_only_rank_0_prints_and_writes(one_and_two):
                else "BLAS threads as the environment sets them")
     assert "data parallel: 2 processes" in two and threads in two, two
     lines = [line for line in two.splitlines() if line.startswith("train: step")]
-    assert all(line.endswith("in Allreduce") and "2 processes, " in line for line in lines), lines
+    assert all("2 processes, " in line and "% in Allreduce" in line for line in lines), lines
     names = sorted(p.relative_to(out[2]).as_posix() for p in out[2].rglob("*"))
     assert names == sorted(p.relative_to(out[1]).as_posix() for p in out[1].rglob("*"))
 
@@ -451,7 +544,7 @@ def test_bad_input_stops_every_rank_with_one_line(case, tmp_path):
     out = ("--out", tmp_path / "run")
     if case == "3 processes, batch 2":
         done, expected = train_mnist(*TINY_CLI, *out, "--batch-size", "2", n=3), \
-            "mpiexec -n 3: --batch-size 2 is smaller than the 3 processes"
+            "mpiexec -n 3: --batch-size 2 cannot be shared by 3 processes"
     elif case == "batch 7 on 2":
         done, expected = train_mnist(*TINY_CLI, *out, "--batch-size", "7", n=2), \
             "mpiexec -n 2: --batch-size 7 does not split into 2 equal shares"
@@ -518,17 +611,92 @@ def test_data_that_differs_between_ranks_is_refused(tmp_path):
 
 
 @needs_mpi
-def test_without_mpi4py_the_processes_refuse_to_train_alone(tmp_path):
+@pytest.mark.parametrize("script", [TRAIN_MNIST, TRAIN_IMAGES], ids=["train_mnist", "train_images"])
+def test_without_mpi4py_the_processes_refuse_to_train_alone(tmp_path, script):
     planted = tmp_path / "no_mpi4py" / "mpi4py"
     planted.mkdir(parents=True)
     (planted / "__init__.py").write_text("raise ImportError('No module named mpi4py (planted by the test)')\n")
     env = clean_env(PYTHONPATH=f"{planted.parent}{os.pathsep}{ROOT}")
-    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(TRAIN_MNIST), *TINY_CLI, "--out", tmp_path / "run"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    data = () if script == TRAIN_MNIST else ("--data", tmp_path)
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script), *TINY_CLI[:2], *TINY_CLI[4:], *data,
+                           "--out", tmp_path / "run"], env=env, capture_output=True, text=True, timeout=120)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr
-    assert "started as one of 2 MPI processes, but mpi4py did not import" in lines[0]
+    assert lines[0].startswith(f"{script.name}: error: started as one of 2 MPI processes, but mpi4py did not import")
     assert 'pip install -e ".[mpi]"' in lines[0]
+    assert not (tmp_path / "run").exists()                      # N copies did not each train alone
+
+
+# --------------------------------------------------------------------------------------------
+# through MPI: examples/train_images.py on a folder of pictures, the same way
+
+IMAGES_CLI = ("--preset", "tiny", "--image-size", "16", "--no-progress", "--device", "cpu")
+
+
+def train_images(*args, n=1, mpmd=None):
+    """examples/train_images.py alone (n=1) or under mpiexec -n n (mpmd: one argument list per rank)."""
+    one = [sys.executable, str(TRAIN_IMAGES)]
+    if mpmd is not None:
+        command = [MPIEXEC]
+        for i, rank_args in enumerate(mpmd):
+            command += ([":"] if i else []) + ["-n", "1", *one, *map(str, rank_args)]
+    else:
+        command = ([MPIEXEC, "-n", str(n)] if n > 1 else []) + one + [*map(str, args)]
+    return subprocess.run(command, env=clean_env(), capture_output=True, text=True, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory):
+    """Two small folders of 8 grey pictures each: one in two classes (moth, leaf), one flat."""
+    root = tmp_path_factory.mktemp("pictures")
+    return {"classes": make_pictures(root / "classes", classes=["moth", "leaf"], n=4, grey=True),
+            "flat": make_pictures(root / "flat", n=8, grey=True)}
+
+
+@needs_mpi
+def test_two_processes_train_on_a_folder_what_one_process_trains(pictures, tmp_path):
+    """mpiexec -n 2 python examples/train_images.py: the tiny preset (4 steps, random flips) against one process."""
+    runs = {n: train_images("--data", pictures["classes"], "--flip", *IMAGES_CLI, "--out", tmp_path / f"n{n}", n=n)
+            for n in (1, 2)}
+    for n, done in runs.items():
+        assert done.returncode == 0, (n, done.stderr[-3000:])
+    one, two = (load_checkpoint(tmp_path / f"n{n}" / CHECKPOINT_NAME) for n in (1, 2))
+    lr, steps = preset("tiny").lr, preset("tiny").steps
+    assert one.step == two.step == steps and two.extra["class_names"] == ["leaf", "moth"]
+    assert relative(two.extra["losses"], one.extra["losses"]) < 1e-5, (two.extra["losses"], one.extra["losses"])
+    for what in ("params", "ema_params"):                        # 1% of one step per step (the module docstring)
+        a, b = getattr(one, what), getattr(two, what)
+        assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 0.01 * lr * steps, what
+    assert one.rng_state == two.rng_state                        # the same batches, flips, noise and masks
+    printed = runs[2].stdout                                     # rank 0 alone prints and writes
+    assert printed.count("data parallel: 2 processes") == 1 and printed.count("8 images in 2 classes") == 1
+    assert printed.count("wrote ") == runs[1].stdout.count("wrote ") > 0
+    names = sorted(p.relative_to(tmp_path / "n2").as_posix() for p in (tmp_path / "n2").rglob("*"))
+    assert names == sorted(p.relative_to(tmp_path / "n1").as_posix() for p in (tmp_path / "n1").rglob("*"))
+
+
+@needs_mpi
+@pytest.mark.parametrize("case", ["batch 7 on 2", "no folder on rank 1", "other pictures on rank 1",
+                                  "an option refused on rank 1"])
+def test_bad_input_stops_every_rank_of_train_images_with_one_line(pictures, case, tmp_path):
+    mine = ("--data", pictures["classes"], *IMAGES_CLI, "--out", tmp_path / "run")
+    if case == "batch 7 on 2":
+        done, expected = train_images(*mine, "--batch-size", "7", n=2), \
+            "mpiexec -n 2: --batch-size 7 does not split into 2 equal shares"
+    elif case == "no folder on rank 1":
+        done, expected = train_images(mpmd=[mine, (*mine, "--data", tmp_path / "nowhere")]), \
+            f"rank 1: --data: {tmp_path / 'nowhere'}: no such folder"
+    elif case == "other pictures on rank 1":
+        done, expected = train_images(mpmd=[mine, (*mine, "--data", pictures["flat"])]), \
+            "the 2 processes disagree on the configuration: rank 1 has"
+    else:
+        done, expected = train_images(mpmd=[mine, (*mine, "--image-size", "4")]), \
+            "rank 1: argument --image-size: must be an integer >= 8, got '4'"
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("train_images.py: error: ") and expected in lines[0], lines[0]
+    assert not (tmp_path / "run").exists()                      # nothing trained, nothing written
 
 
 # --------------------------------------------------------------------------------------------

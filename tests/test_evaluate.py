@@ -44,7 +44,7 @@ def workspace(tmp_path_factory):
 def test_evaluate_writes_the_table(workspace, capsys):
     root, data, run, classifier = workspace
     out = root / "evaluation"
-    argv = [str(run / "checkpoint.npz"), "--configs", "ddim:2,dpm++2m:2", "--guidance", "1,2", "--n-per-digit", "2",
+    argv = [str(run / "checkpoint.npz"), "--configs", "ddim:2,dpm++2m:2", "--guidance", "1,2", "--n-per-class", "2",
             "--data-dir", str(data), "--source", "idx", "--classifier-dir", str(classifier), "--out", str(out),
             "--device", DEVICE]
     assert load_example("evaluate").main(argv) == 0
@@ -149,7 +149,7 @@ def pictures(tmp_path_factory):
 def test_evaluate_a_labelled_folder_with_its_own_classifier(pictures, capsys):
     root, labelled, _, checkpoint, _ = pictures
     out, cache = root / "eval_labelled", root / "classifier_cache"
-    argv = [str(checkpoint), "--data", str(labelled), "--configs", "ddim:2", "--n-per-digit", "4", "--nearest", "6",
+    argv = [str(checkpoint), "--data", str(labelled), "--configs", "ddim:2", "--n-per-class", "4", "--nearest", "6",
             "--classifier-dir", str(cache), "--classifier-epochs", "0.5", "--out", str(out), "--device", DEVICE]
     assert load_example("evaluate").main(argv) == 0
     printed = capsys.readouterr().out

@@ -1,4 +1,5 @@
 """The example scripts end to end on a small synthetic IDX data set, and the pictures they draw."""
+import ast
 import os
 import re
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 from helpers import load_example, synthetic_digits
-from tinyddpm import set_device, viz
+from tinyddpm import Trajectory, set_device, viz
 from tinyddpm.backend import get_device
 from tinyddpm.checkpoint import load_checkpoint
 from tinyddpm.data import FILES, write_idx
@@ -71,7 +72,7 @@ def test_train_script_writes_everything(tiny_run):
 def test_sample_script(tiny_run, tmp_path):
     _, out = tiny_run
     done = run_script("sample", out / "checkpoint.npz", "--sampler", "ddim", "--steps", "3", "--digits", "0,3,7",
-                      "--n-per-digit", "2", "--guidance", "3", "--seed", "5", "--out", tmp_path, "--device", DEVICE,
+                      "--n-per-class", "2", "--guidance", "3", "--seed", "5", "--out", tmp_path, "--device", DEVICE,
                       "--no-progress", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     png, gif = tmp_path / "ddim_3steps_g3_seed5.png", tmp_path / "ddim_3steps_g3_seed5.gif"
@@ -83,7 +84,7 @@ def test_sample_script(tiny_run, tmp_path):
 def test_sample_script_raw_weights_in_process(tiny_run, tmp_path, capsys):
     _, out = tiny_run
     sample = load_example("sample")
-    assert sample.main([str(out / "checkpoint.npz"), "--steps", "2", "--digits", "1", "--n-per-digit", "1",
+    assert sample.main([str(out / "checkpoint.npz"), "--steps", "2", "--digits", "1", "--n-per-digit", "1",   # alias
                         "--no-ema", "--out", str(tmp_path), "--device", DEVICE, "--no-progress"]) == 0
     assert (tmp_path / "dpm++2m_2steps_g2_seed0_raw.png").is_file()
     with pytest.raises(SystemExit):
@@ -131,6 +132,29 @@ def test_block_options_through_the_script(data_dir, tmp_path, capsys):
     assert train_mnist.main(["--resume", "--activation", "silu", *common[:-4]]) == 2   # without --preset, --until
     assert "--activation cannot change on --resume" in capsys.readouterr().err
 
+
+def test_examples_import_only_tinyddpm_and_cli():
+    """Examples are examples: each imports tinyddpm and examples/_cli.py, never another example."""
+    scripts = sorted(EXAMPLES.glob("*.py"))
+    names = {path.stem for path in scripts}
+    for path in scripts:
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
+        assert imported & names <= {"_cli"}, (path.name, sorted(imported & names))
+
+
+@pytest.mark.parametrize("script", ["train_mnist", "train_images", "sample", "evaluate"])
+def test_n_per_class_is_the_spelling_and_n_per_digit_its_alias(script):
+    parse = load_example(script)
+    parse = getattr(parse, "parse_args", None) or parse.build_parser().parse_args
+    first = {"train_images": ["--data", "x"], "sample": ["x.npz"], "evaluate": ["x.npz"]}.get(script, [])
+    for flag in ("--n-per-class", "--n-per-digit"):
+        args = parse([*first, flag, "3"])
+        assert args.n_per_class == 3 and not hasattr(args, "n_per_digit"), flag
 
 # --------------------------------------------------------------------------------------------
 # the pictures (tinyddpm.viz additions)
@@ -180,3 +204,19 @@ def test_loss_curve(tmp_path):
     np.testing.assert_allclose(viz.smooth_curve([1, 2, 3, 4], 2), [1, 1.5, 2.5, 3.5])
     with pytest.raises(ValueError, match="non-empty 1-D"):
         viz.plot_loss_curve(None, [])
+
+
+def test_sample_pictures_grid_and_gif(tmp_path):
+    """viz.save_sample_pictures: a grid of rows x n and a GIF of a few per row, a frame per recorded step."""
+    rng = np.random.default_rng(0)
+    trajectory = Trajectory()
+    for i, t in enumerate((999, 500, 0)):
+        trajectory(i, t, rng.uniform(-1, 1, (6, 1, 8, 8)), rng.uniform(-1, 1, (6, 1, 8, 8)))
+    x = rng.uniform(-1, 1, (6, 1, 8, 8))                                  # 2 rows of 3
+    png, gif = viz.save_sample_pictures(tmp_path / "s.png", tmp_path / "s.gif", x, trajectory, 2, 3,
+                                        row_labels=["a", "b"], title="t", gif_per_row=2)
+    with Image.open(png) as im:
+        assert im.format == "PNG"
+    with Image.open(gif) as im:
+        assert im.format == "GIF" and im.n_frames == 3
+        assert im.size == (2 * ((2 * 2 + 1) * 10 - 2), 2 * (2 * 10 - 2) + 16)   # 2k + 1 columns, 2 rows, the caption

@@ -1,5 +1,6 @@
 """examples/train_images.py end to end on folders the tests make (grey and RGB, flat and by class), sample.py on
-its checkpoints, exact resume with random flips, the flips themselves (Batches), and every bad input in one line."""
+its checkpoints, exact resume with random flips, the flips themselves (Batches), and every bad input in one line.
+Under mpiexec -n 2: tests/test_distributed.py, beside train_mnist.py's runs."""
 import os
 import subprocess
 import sys
@@ -229,13 +230,3 @@ def test_no_traceback_from_a_real_process(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr and done.stderr.count("\n") == 1
     assert done.stderr.startswith(f"train_images.py: error: --data: {path}: none of the 2 image file(s) could be read")
 
-
-def test_refuses_to_run_under_mpiexec(folders, tmp_path, monkeypatch, capsys):
-    """N copies under a launcher would each train alone into the same folder: rank 0 says so, every rank stops."""
-    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")
-    for rank, said in (("0", True), ("1", False)):
-        monkeypatch.setenv("OMPI_COMM_WORLD_RANK", rank)
-        assert train_images("--data", folders[True, False], "--out", tmp_path / "out", *FAST) == 2
-        err = capsys.readouterr().err
-        assert ("train_images.py: error: runs as one process; start it without mpiexec" in err) == said
-    assert not (tmp_path / "out").exists()

@@ -1,5 +1,5 @@
 """Pictures for the lessons and examples: noise schedules, the forward process, and training's pictures
-(sample grids with a row per digit, the denoising GIF, the loss curve).
+(sample grids with a row per class, the denoising GIF, the loss curve).
 
 Every function draws on its own ``matplotlib.figure.Figure`` with the Agg canvas: no pyplot, no global
 backend switch, no window, so it works on a server and never disturbs a notebook's own matplotlib state.
@@ -249,6 +249,25 @@ def save_denoising_gif(path, frames, ncol=None, captions=None, scale: int = 3, f
     pictures[0].save(path, format="GIF", save_all=True, append_images=pictures[1:], duration=durations,
                      loop=0, disposal=1)
     return path
+
+
+def save_sample_pictures(png, gif, x, trajectory, rows: int, num_steps: int, row_labels=None, title=None,
+                         gif_per_row: int = 4) -> list:
+    """A sampling run's two pictures: ``png``, the samples in ``rows`` rows, and ``gif``, the first ``gif_per_row``
+    samples of each row going from noise to pictures, x_t beside its predicted x0. Returns [png, gif].
+
+    x: (rows * n, C, H, W) in [-1, 1], row after row (as sample_classes returns n of each class in turn);
+    ``trajectory``: the diffusion.Trajectory recorded while sampling it, one GIF frame per recorded step;
+    ``num_steps``: the sampler's step count, for the captions. The GIF keeps a few per row: noise compresses badly.
+    """
+    grid = to_numpy(x).reshape((rows, -1) + tuple(x.shape[1:]))                           # (rows, n, C, H, W)
+    png = plot_sample_grid(png, grid, row_labels=row_labels, title=title)
+    k = min(grid.shape[1], gif_per_row)
+    frames = [side_by_side(x_t.reshape(grid.shape)[:, :k], x0.reshape(grid.shape)[:, :k])   # (rows, 2k + 1, C, H, W)
+              for x_t, x0 in zip(trajectory.x, trajectory.x0)]
+    captions = [f"step {i + 1}/{num_steps}, t = {t}.  Left: x_t.  Right: predicted x0."
+                for i, t in zip(trajectory.steps, trajectory.timesteps)]
+    return [png, save_denoising_gif(gif, frames, captions=captions, scale=2)]
 
 
 def smooth_curve(values, window: int) -> np.ndarray:

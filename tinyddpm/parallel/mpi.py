@@ -28,6 +28,14 @@ one flat buffer: one message, one latency, instead of one per tensor (167 of the
 
 GPUs. Each rank takes GPU (local rank mod the GPUs of its node). The sum goes through NCCL (cupy.cuda.nccl) when CuPy has
 it and no two ranks share a GPU; otherwise through MPI on host copies of the buffer.
+
+Agreeing before the work. The ranks meet at every collective (an Allreduce, a broadcast, an allgather) and each waits
+there for all the others, so a rank that stops alone leaves the others waiting for ever. A program therefore runs each
+stage before training (read the options, load the data, build the state) through ``dp.together(stage)``: one allgather
+after the stage tells every rank how each fared, and they go on together or all raise Stopped, whose message rank 0
+reports once for all. ``dp.check_same_run(state)`` then compares what the stages built (configuration, data, resume
+point), and ``dp.run_main(main)`` ends a rank that fails alone anyway (a bug, Ctrl-C) with MPI_Abort, taking the others
+with it. examples/_cli.py's main() shows the three in use; train_mnist.py and train_images.py both run under mpiexec.
 """
 from __future__ import annotations
 
@@ -35,7 +43,9 @@ import hashlib
 import os
 import pickle
 import socket
+import sys
 import time
+import traceback
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -57,6 +67,18 @@ class LaunchError(RuntimeError):
 
 class RanksDisagree(ValueError):
     """The ranks do not hold the same run (configuration, data, step, generators, or weights): raised on every rank."""
+
+
+class Stopped(Exception):
+    """A stage run through DataParallel.together failed on some rank: raised on every rank alike.
+
+    ``status``: the exit status every rank ends with; ``message``: what rank 0 reports for all of them (the first
+    failing rank's, prefixed 'rank r: ' when r is not 0; empty when there is nothing to say, e.g. after --help).
+    """
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
 
 
 def launched_size() -> int:
@@ -128,7 +150,8 @@ def run_fingerprint(state) -> dict:
             "step": state.step, "optimizer step": state.optimizer.t, "EMA updates": state.ema.num_updates,
             "batch order": state.batches.state_dict(), "timestep generator": generator(state.host_rng),
             "noise generator": generator(state.device_rng),
-            "loss history": digest(np.asarray(state.losses, dtype=np.float64))}
+            "loss history": digest(np.asarray(state.losses, dtype=np.float64)),
+            "class names": [str(name) for name in state.class_names]}
 
 
 class DataParallel:
@@ -190,14 +213,17 @@ class DataParallel:
     # ---------------------------------------------------------------------------------------------------
     # before the first step: the same run on every rank
 
-    def check_batch(self, batch_size: int) -> None:
-        """A ValueError unless every rank can take an equal, non-empty share of a batch of ``batch_size``."""
-        if batch_size < self.size:
-            raise ValueError(f"data parallel: a batch of {batch_size} cannot be shared by {self.size} processes "
-                             "(each needs at least one image)")
-        if batch_size % self.size:
-            raise ValueError(f"data parallel: a batch of {batch_size} does not split into {self.size} equal shares "
-                             f"(use a multiple of {self.size})")
+    def check_batch(self, batch_size: int, what: str | None = None) -> None:
+        """A ValueError unless every rank can take an equal, non-empty share of a batch of ``batch_size``.
+
+        ``what`` names the batch size in the message, e.g. '--batch-size 7' (default 'a batch of 7').
+        """
+        n, what = self.size, what or f"a batch of {batch_size}"
+        if batch_size < n:
+            raise ValueError(f"{what} cannot be shared by {n} processes (each takes an equal share of every batch, at "
+                             "least one image)")
+        if batch_size % n:
+            raise ValueError(f"{what} does not split into {n} equal shares; use a batch size that is a multiple of {n}")
 
     def start(self, state) -> None:
         """Before the first step: the ranks hold the same run, its batch splits into equal shares, and all take rank
@@ -239,6 +265,86 @@ class DataParallel:
         for a in arrays:
             a[...] = flat[offset:offset + a.size].reshape(a.shape)
             offset += a.size
+
+    # ---------------------------------------------------------------------------------------------------
+    # a program's stages, in step: no rank is left waiting for one that has stopped
+
+    def together(self, fn, *args, judge=None, debug: bool = False):
+        """fn(*args) on this rank; then every rank learns whether any failed, and if one did, all raise Stopped.
+
+        Why. A rank that fails alone -- a bad option on its command line, a data file it cannot read, a folder it
+        cannot write -- never reaches the next collective, and the others would wait there for ever (or, worse, meet
+        its next collective with one of theirs). So each stage before training runs through together(): one allgather
+        after it, and the ranks go on together or stop together, with the same status and one message.
+
+        ``judge(error)``: (status, message) for a failure the user can fix, None for a bug (default: all are bugs).
+        A bug prints its traceback on its own rank (``debug``: every failure does) and stops every rank with status 1.
+        SystemExit (argparse's --help) stops every rank with its status and nothing to report. Every rank must call
+        together() for the same stages, in the same order.
+        """
+        failure, value = None, None
+        try:
+            value = fn(*args)
+        except SystemExit as e:
+            failure = (0 if e.code is None else e.code if isinstance(e.code, int) else 1, "")
+        except Exception as e:
+            verdict = None if judge is None else judge(e)
+            if verdict is None or debug:
+                traceback.print_exc()
+            failure = verdict or (1, f"a bug: {type(e).__name__}: {e} (its traceback is on that rank's stderr)")
+        first = self.first_failure(failure)
+        if first is None:
+            return value
+        rank, (status, message) = first
+        raise Stopped(status, message if rank == 0 or not message else f"rank {rank}: {message}")
+
+    def root_first(self, fn, *args, judge=None, debug: bool = False):
+        """fn(*args) on rank 0, then -- once it has worked -- on the other ranks; each half through together().
+
+        For a stage that may create what the others then read: rank 0 downloads a data set into its cache, and the
+        others read those files instead of downloading them N times into the same place at once.
+        """
+        value = self.together(lambda: fn(*args) if self.root else None, judge=judge, debug=debug)
+        return self.together(lambda: value if self.root else fn(*args), judge=judge, debug=debug)
+
+    def run_main(self, main, report=None) -> int:
+        """main()'s exit status on this rank, ended so that no rank is left waiting for another.
+
+        - Stopped (a stage that failed on some rank, see together()): every rank returns its status, and rank 0 hands
+          the message to ``report`` (default: print it on stderr).
+        - A failure raised on every rank alike (``failed_together``: the ranks disagree, the loss went NaN, rank 0 could
+          not write a checkpoint) or after this rank's last collective (``done``) ends this rank as it would end one
+          process: the others end the same way, or have nothing left to wait for.
+        - Anything else -- a bug on this rank alone, Ctrl-C, a non-zero status the others cannot know of -- ends every
+          rank at once (MPI_Abort, after this rank's traceback): the others may be inside an Allreduce that this rank
+          will never join.
+        """
+        try:
+            status = main()
+        except Stopped as e:
+            if self.root and e.message:
+                (report or (lambda message: print(message, file=sys.stderr, flush=True)))(e.message)
+            return e.status
+        except BaseException:
+            if self.failed_together or self.done:
+                raise
+            traceback.print_exc()
+            sys.stderr.flush()
+            self.abort(1)
+            raise
+        if status != 0 and not (self.failed_together or self.done):
+            sys.stderr.flush()
+            self.abort(status)
+        return status
+
+    def describe(self, batch_size: int, device: str) -> str:
+        """One line for a run's log: the processes, each one's share of a batch, how the sums travel, the threads."""
+        threads = ("BLAS threads as the environment sets them" if self.threads is None
+                   else f"{self.threads} BLAS thread{'s' if self.threads > 1 else ''} each")
+        share = batch_size // self.size
+        return (f"data parallel: {self.size} processes ({self.local_size} on this machine), each {share} images of "
+                f"every batch, gradients summed through {'NCCL or MPI' if device == 'cuda' else 'MPI'}; {threads}; "
+                "rank 0 writes")
 
     # ---------------------------------------------------------------------------------------------------
     # what only rank 0 does, and failures
