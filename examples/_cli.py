@@ -570,7 +570,7 @@ def load_guide(args, schedule, unet_config):
     if path.is_file():
         with blame(f"the noisy classifier cache ({flag})", CheckpointError):
             params, info = noisy_classifier.load_noisy_classifier(path, schedule, where="")
-        print(f"tinyddpm.noisy_classifier: loaded {path}", flush=True)
+        print(f"tinyddpm.classifiers.guide: loaded {path}", flush=True)
     else:
         check_out_dir(flag if args.noisy_classifier_dir else "the noisy classifier cache folder", cache_dir)
         with blame("cannot load MNIST to train the noisy classifier", ValueError, OSError, FallbackUnavailable,

@@ -204,7 +204,7 @@ def load_real(args, config) -> RealData:
     if args.data is not None:
         with blame(f"--data {args.data}", ValueError, OSError):
             folder = load_image_folder(args.data, image_size=u.image_size)
-        print(f"tinyddpm.image_folder: {folder.source}", flush=True)
+        print(f"tinyddpm.data.folder: {folder.source}", flush=True)
         real = RealData("folder", "folder", "", folder.class_names, folder)
         if real.labelled:
             real.key = folder_key(folder.images, folder.labels)
@@ -249,7 +249,7 @@ def load_judge(args, real: RealData):
     if cache.is_file():
         with blame("the classifier cache (--classifier-dir)", CheckpointError):
             params, info = load_classifier(cache, where="", dataset=real.key)
-        print(f"tinyddpm.classifier: loaded {cache}", flush=True)
+        print(f"tinyddpm.classifiers.judge: loaded {cache}", flush=True)
         return params, info
     check_out_dir("--classifier-dir" if args.classifier_dir else "the classifier cache folder", cache_dir)
     train = real.train_split(args)

@@ -412,7 +412,7 @@ def load_or_train_noisy_classifier(schedule, cache_dir=None, *, epochs: float = 
     if path.is_file() and not retrain:
         params, config = load_noisy_classifier(path, schedule, where="load_or_train_noisy_classifier")
         if verbose:
-            print(f"tinyddpm.noisy_classifier: loaded {path}", flush=True)
+            print(f"tinyddpm.classifiers.guide: loaded {path}", flush=True)
         return params, config
 
     train = train_data if train_data is not None else load_mnist("train", data_dir=data_dir, source=source)
@@ -432,7 +432,7 @@ def load_or_train_noisy_classifier(schedule, cache_dir=None, *, epochs: float = 
     save_checkpoint(path, config=config, params=params, step=history["steps"], extra={"loss": history["loss"]})
     if verbose:
         shown = ", ".join(f"t={t}: {a:.3f}" for t, a in by_t.items())
-        print(f"tinyddpm.noisy_classifier: trained in {history['seconds']:.0f} s, test accuracy {shown}; "
+        print(f"tinyddpm.classifiers.guide: trained in {history['seconds']:.0f} s, test accuracy {shown}; "
               f"saved {path}", file=sys.stdout, flush=True)
     return params, config
 

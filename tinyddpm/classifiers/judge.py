@@ -348,7 +348,7 @@ def load_or_train_classifier(cache_dir=None, *, epochs: float = 2.0, seed: int =
         if verbose:
             accuracy_ = config.get("test_accuracy")
             shown = f"{accuracy_:.4f}" if isinstance(accuracy_, (int, float)) else "not recorded"
-            print(f"tinyddpm.classifier: loaded {path} (test accuracy {shown})", flush=True)
+            print(f"tinyddpm.classifiers.judge: loaded {path} (test accuracy {shown})", flush=True)
         return params, config
 
     train = train_data if train_data is not None else load_dataset(dataset, "train", data_dir=data_dir, source=source)
@@ -367,7 +367,7 @@ def load_or_train_classifier(cache_dir=None, *, epochs: float = 2.0, seed: int =
     save_checkpoint(path, config=config, params=params, step=history["steps"],
                     extra={"loss": history["loss"]})
     if verbose:
-        print(f"tinyddpm.classifier: trained in {history['seconds']:.0f} s, test accuracy {test_accuracy:.4f}; "
+        print(f"tinyddpm.classifiers.judge: trained in {history['seconds']:.0f} s, test accuracy {test_accuracy:.4f}; "
               f"saved {path}", file=sys.stdout, flush=True)
     return params, config
 
