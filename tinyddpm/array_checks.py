@@ -5,8 +5,8 @@ of timesteps, labels and step counts (``check_timesteps``, ``check_labels``, ``c
 (integers, reals, choices) are checked by ``tinyddpm/checks.py``.
 
 Each op file keeps its own rules in one small function at the bottom, ``_check_<op>(...)``, which the
-forward calls in its first line (``xp = check_conv2d(x, w, b, stride, padding)``) so that the math
-reads first. Those functions are built from the helpers here: ``float_inputs`` (float32 or float64,
+forward calls in its first line (``xp = _check_linear(x, w, b)``) so that the math reads first; conv2d's and
+groupnorm's are public (``check_conv2d``, ``check_groupnorm``) because ws_conv2d and groupnorm_fast reuse them. Those functions are built from the helpers here: ``float_inputs`` (float32 or float64,
 one dtype, one backend; returns the array module), ``require_array``, ``require_ndim``, ``require``
 and ``describe`` for the shapes in a message (inside a lambda, so that it is formatted only on failure).
 Integer hyper-parameters use ``tinyddpm.checks.is_int`` (an int or NumPy integer, never a bool).
@@ -14,8 +14,8 @@ Integer hyper-parameters use ``tinyddpm.checks.is_int`` (an int or NumPy integer
 Checks of array *values* (labels in [0, K), timesteps in [0, T)) run only where the values are on the host
 (``values_on_host``): on a GPU, ``int(labels.max())`` makes the program wait until the GPU has finished all
 the work queued so far, at every call, which would stall every training and sampling step. There the
-values are checked where they enter (train's check_data reads the whole label set once; sample_digits
-checks its digits), and an index that is out of range anyway gives NaN rows (``nan_where_out_of_range``)
+values are checked where they enter (train's check_data reads the whole label set once; sample_classes
+checks its classes), and an index that is out of range anyway gives NaN rows (``nan_where_out_of_range``)
 instead of the silently wrapped-around rows CuPy's indexing would give.
 """
 from __future__ import annotations

@@ -214,6 +214,8 @@ def default_cases(seed: int = 0) -> list[GradCase]:
         GradCase("l1_loss", ops.l1_loss_forward, ops.l1_loss_backward, {"pred": pred.copy(), "target": l1_target}),
         GradCase("class_log_prob", lambda logits: guide.class_log_prob_forward(logits, labels),
                  guide.class_log_prob_backward, {"logits": arr(5, 4)}),
+        GradCase("softmax_cross_entropy loss", lambda logits: ops.softmax_cross_entropy_forward(logits, labels),
+                 ops.softmax_cross_entropy_backward, {"logits": arr(5, 4)}),
         noisy_classifier_case(seed),
         unet_case(seed),
         unet_case(seed, block_options=True),

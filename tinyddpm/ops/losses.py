@@ -26,7 +26,9 @@ Softmax cross-entropy of logits z (N, K) and integer labels y (N,), averaged ove
 
 Proof: tests/test_losses.py (test_gradcheck: finite differences of both losses over hypothesis-drawn
 shapes, with and without weights; test_matches_torch: the PyTorch oracle; test_l1_gradient_at_zero_is_zero);
-``python -m tinyddpm.gradcheck --op loss``, rows 'mse_loss', 'mse_loss weighted' and 'l1_loss'.
+tests/test_classifier.py for softmax cross-entropy (hypothesis-drawn gradient checks, the torch oracle);
+``python -m tinyddpm.gradcheck --op loss``, rows 'mse_loss', 'mse_loss weighted', 'l1_loss' and
+'softmax_cross_entropy loss'.
 """
 from __future__ import annotations
 
