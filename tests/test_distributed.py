@@ -483,6 +483,155 @@ def train_mnist(*args, n=1, mpmd=None, cwd=None):
     return launch(TRAIN_MNIST, args, n, mpmd, cwd)
 
 
+@pytest.fixture(scope="module")
+def one_and_two(tmp_path_factory):
+    """The tiny preset trained by one process and by mpiexec -n 2: (completed processes, output folders)."""
+    if importlib.util.find_spec("mpi4py") is None or MPIEXEC is None:
+        pytest.skip("mpi4py or mpiexec not installed (pip install -e .[mpi]): MPI runs skipped")
+    root = tmp_path_factory.mktemp("mpi")
+    runs = {n: train_mnist(*TINY_CLI, "--out", root / f"n{n}", n=n) for n in (1, 2)}
+    return runs, {n: root / f"n{n}" for n in (1, 2)}
+
+
+@needs_mpi
+def test_two_processes_train_the_model_one_process_trains(one_and_two):
+    runs, out = one_and_two
+    for n, done in runs.items():
+        assert done.returncode == 0, (n, done.stderr[-3000:])
+    one, two = (load_checkpoint(out[n] / CHECKPOINT_NAME) for n in (1, 2))
+    config = preset("tiny")
+    assert one.step == two.step == config.steps
+    assert relative(two.extra["losses"], one.extra["losses"]) < 1e-5, (two.extra["losses"], one.extra["losses"])
+    limit = 0.01 * config.lr * config.steps                     # 1% of one step per step (the module docstring)
+    moved = max(np.abs(one.params[k] - init_params(config.unet, seed=config.seed)[k]).max() for k in one.params)
+    assert limit < moved / 10                                    # the limit is far below what training changes
+    for what in ("params", "ema_params"):
+        a, b = getattr(one, what), getattr(two, what)
+        worst = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+        assert worst < limit, (what, worst, limit)
+    assert one.rng_state == two.rng_state                        # the same batches, noise and masks were drawn
+
+
+@needs_mpi
+def test_only_rank_0_prints_and_writes(one_and_two):
+    runs, out = one_and_two
+    one, two = runs[1].stdout, runs[2].stdout
+    assert two.count("train: step") == one.count("train: step") > 0     # one progress line per step logged, not two
+    assert two.count("MNIST train:") == 1 and two.count("wrote ") == one.count("wrote ")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, cores // 2)                                   # each rank's share of this machine's cores
+    threads = (f"{share} BLAS thread{'s' if share > 1 else ''} each" if importlib.util.find_spec("threadpoolctl")
+               else "BLAS threads as the environment sets them")
+    assert "data parallel: 2 processes" in two and threads in two, two
+    lines = [line for line in two.splitlines() if line.startswith("train: step")]
+    assert all("2 processes, " in line and "% in Allreduce" in line for line in lines), lines
+    names = sorted(p.relative_to(out[2]).as_posix() for p in out[2].rglob("*"))
+    assert names == sorted(p.relative_to(out[1]).as_posix() for p in out[1].rglob("*"))
+
+
+@needs_mpi
+def test_a_checkpoint_of_two_processes_resumes_in_one(one_and_two, tmp_path):
+    runs, out = one_and_two
+    first = train_mnist(*TINY_CLI, "--out", tmp_path, "--until", "2", n=2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rest = train_mnist("--resume", "--source", "subset", "--no-progress", "--device", "cpu", "--out", tmp_path)
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    resumed, whole = load_checkpoint(tmp_path / CHECKPOINT_NAME), load_checkpoint(out[1] / CHECKPOINT_NAME)
+    assert relative(resumed.extra["losses"], whole.extra["losses"]) < 1e-5
+    limit = 0.01 * preset("tiny").lr * preset("tiny").steps
+    assert max(float(np.abs(resumed.params[k] - whole.params[k]).max()) for k in whole.params) < limit
+
+
+@needs_mpi
+@pytest.mark.parametrize("case", ["3 processes, batch 2", "batch 7 on 2", "seed differs", "no data on rank 1",
+                                  "an option refused on rank 1"])
+def test_bad_input_stops_every_rank_with_one_line(case, tmp_path):
+    out = ("--out", tmp_path / "run")
+    if case == "3 processes, batch 2":
+        done, expected = train_mnist(*TINY_CLI, *out, "--batch-size", "2", n=3), \
+            "mpiexec -n 3: --batch-size 2 cannot be shared by 3 processes"
+    elif case == "batch 7 on 2":
+        done, expected = train_mnist(*TINY_CLI, *out, "--batch-size", "7", n=2), \
+            "mpiexec -n 2: --batch-size 7 does not split into 2 equal shares"
+    elif case == "seed differs":
+        done, expected = train_mnist(mpmd=[(*TINY_CLI, *out), (*TINY_CLI, *out, "--seed", "1")]), \
+            "the 2 processes disagree on the configuration: rank 1 has seed=1, rank 0 has seed=0"
+    elif case == "no data on rank 1":
+        done, expected = train_mnist(mpmd=[(*TINY_CLI, *out), (*TINY_CLI, *out, "--source", "idx", "--data-dir",
+                                                                tmp_path / "nothing")]), \
+            "rank 1: cannot load the MNIST train split"
+    else:
+        done, expected = train_mnist(mpmd=[(*TINY_CLI, *out), (*TINY_CLI, *out, "--steps", "0")]), \
+            "rank 1: argument --steps: must be an integer >= 1, got '0'"
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("train_mnist.py: error: ") and expected in lines[0], lines[0]
+    assert not (tmp_path / "run").exists()                      # nothing trained, nothing written
+
+
+@needs_mpi
+def test_a_diverging_run_stops_every_rank_with_one_line(tmp_path):
+    done = train_mnist(*TINY_CLI, "--out", tmp_path / "run", "--lr", "1e20", n=2)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr
+    assert "the loss is" in lines[0] and "at step 2" in lines[0], lines[0]
+
+
+BUG_ON_RANK_1 = """
+import os, runpy, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))
+import tinyddpm.training.loop
+if os.environ.get("PMI_RANK") == "1":
+    def step(state, dp=None):
+        raise ValueError("a bug of ours, on rank 1 only")
+    tinyddpm.training.loop.train_step = step
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@needs_mpi
+def test_a_bug_on_one_rank_ends_every_rank_instead_of_hanging(tmp_path):
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", BUG_ON_RANK_1, str(TRAIN_MNIST), *TINY_CLI,
+                           "--out", str(tmp_path / "run")], env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "Traceback" in done.stderr and "ValueError: a bug of ours, on rank 1 only" in done.stderr, done.stderr
+
+
+@needs_mpi
+def test_data_that_differs_between_ranks_is_refused(tmp_path):
+    from tinyddpm.data import FILES, write_idx
+
+    subset = load_mnist("train", source="subset")
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    write_idx(idx / FILES["train"][0], 255 - subset.images)   # the same digits, inverted
+    write_idx(idx / FILES["train"][1], subset.labels.astype(np.uint8))
+    other = ("--preset", "tiny", "--source", "idx", "--data-dir", idx, "--no-progress", "--device", "cpu")
+    done = train_mnist(mpmd=[(*TINY_CLI, "--out", tmp_path / "run"), (*other, "--out", tmp_path / "run")])
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "the 2 processes disagree on the data: rank 1 has '5000 images, SHA-256" in lines[0], lines[0]
+
+
+@needs_mpi
+@pytest.mark.parametrize("script", [TRAIN_MNIST, TRAIN_IMAGES], ids=["train_mnist", "train_images"])
+def test_without_mpi4py_the_processes_refuse_to_train_alone(tmp_path, script):
+    planted = tmp_path / "no_mpi4py" / "mpi4py"
+    planted.mkdir(parents=True)
+    (planted / "__init__.py").write_text("raise ImportError('No module named mpi4py (planted by the test)')\n")
+    env = clean_env(PYTHONPATH=f"{planted.parent}{os.pathsep}{ROOT}")
+    data = () if script == TRAIN_MNIST else ("--data", tmp_path)
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script), *TINY_CLI[:2], *TINY_CLI[4:], *data,
+                           "--out", tmp_path / "run"], env=env, capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"{script.name}: error: started as one of 2 MPI processes, but mpi4py did not import")
+    assert 'pip install -e ".[mpi]"' in lines[0]
+    assert not (tmp_path / "run").exists()                      # N copies did not each train alone
+
+
 # --------------------------------------------------------------------------------------------
 # through MPI: examples/train_images.py on a folder of pictures, the same way
 
