@@ -33,6 +33,14 @@ scatter such as add.at). For s = 1, substituting u = t - i (one spatial axis sho
 Cropping p from dxpad is the same as padding dy by k-1-p instead of k-1, so dx = conv(dy,
 flip(w)^T, padding k-1-p), which has exactly H x W entries.
 
+Memory: the cache keeps x, not cols. cols is k*k times the size of x (9x for a 3x3 kernel), and a U-Net's
+backward needs the caches of every layer at once, so keeping cols made the unrolled inputs about 70% of a
+training step's memory. The backward unrolls x again instead: one more im2col per convolution (a copy, no
+arithmetic), traded for 1/9 of the memory (measured in benchmarks/NOTES_kernels.md).
+
+A 1x1 convolution (stride 1, no padding) needs no unrolling at all: y[n] = w (F, C) @ x[n] (C, H*W), one
+batched GEMM straight in the (N, C, H, W) layout, and its backward the two products of a linear layer.
+
 For s = 2 the textbook recipe inserts s-1 zeros between the rows/columns of dy and then applies
 the same formula; 3/4 of its multiplications would hit those zeros. We use the zero-free
 polyphase form instead. Write t = s*q + r with 0 <= r < s: only taps i = r + s*m reach t, from
@@ -62,7 +70,7 @@ from ..checks import is_int
 
 
 class Conv2dCache(NamedTuple):
-    cols: object    # (K, L) the unrolled padded input, needed for dW
+    x: object       # (N, C, H, W) the input (a reference, not a copy), unrolled again for dW
     w: object       # (F, C, k, k) the weight, needed for dx
     x_shape: tuple  # (N, C, H, W)
     stride: int
@@ -112,31 +120,55 @@ def conv2d_forward(x, w, b=None, stride=1, padding=None):
     F, _, k, _ = w.shape
     stride, padding = int(stride), (k // 2 if padding is None else int(padding))
     Ho, Wo = _out_size(H, k, stride, padding), _out_size(W, k, stride, padding)
+    cache = Conv2dCache(x, w, (N, C, H, W), stride, padding, b is not None)
 
-    xc = x.transpose(1, 0, 2, 3)  # (C, N, H, W), a view: im2col reads it in place
-    cols = im2col(xc, k, k, stride, padding, padding, Ho, Wo)  # (K, L)
+    if _is_pointwise(k, stride, padding):  # 1x1: y[n] = w @ x[n], no unrolling
+        y = xp.matmul(w.reshape(F, C), x.reshape(N, C, H * W))  # (F, C) @ (N, C, HW) -> (N, F, HW)
+        if b is not None:
+            y += b[:, None]
+        return y.reshape(N, F, H, W), cache
+
+    cols = _unroll(x, k, stride, padding, Ho, Wo)  # (K, L), dropped on return: the backward unrolls x again
     y = xp.matmul(w.reshape(F, C * k * k), cols)  # (F, K) @ (K, L) -> (F, L)
     if b is not None:
         y += b[:, None]
     y = xp.ascontiguousarray(y.reshape(F, N, Ho, Wo).transpose(1, 0, 2, 3))  # (N, F, Ho, Wo)
-    return y, Conv2dCache(cols, w, (N, C, H, W), stride, padding, b is not None)
+    return y, cache
+
+
+def _is_pointwise(k, stride, padding):
+    return k == 1 and stride == 1 and padding == 0
+
+
+def _unroll(x, k, stride, padding, Ho, Wo):
+    """im2col of x (N, C, H, W): cols (C*k*k, N*Ho*Wo)."""
+    return im2col(x.transpose(1, 0, 2, 3), k, k, stride, padding, padding, Ho, Wo)  # reads (C, N, H, W) in place
 
 
 def conv2d_backward(dy, cache: Conv2dCache):
     """Gradients (dx, dw, db) of conv2d_forward; db is None when there was no bias."""
     xp = _check_conv2d_backward(dy, cache)
-    cols, w, (N, C, H, W), s, p, has_bias = cache
+    x, w, (N, C, H, W), s, p, has_bias = cache
     F, _, k, _ = w.shape
     Ho, Wo = _out_size(H, k, s, p), _out_size(W, k, s, p)
+
+    if _is_pointwise(k, s, p):  # in the forward pass this was: y[n] = w @ x[n] + b, so now we have:
+        dy3 = dy.reshape(N, F, H * W)                                             # (N, F, HW)
+        db = dy3.sum(axis=(0, 2)) if has_bias else None                           # (F,)
+        dw = xp.matmul(dy3, x.reshape(N, C, H * W).transpose(0, 2, 1)).sum(axis=0)  # sum_n dy[n] x[n]^T: (F, C)
+        dx = xp.matmul(w.reshape(F, C).T, dy3)                                    # w^T dy[n]: (N, C, HW)
+        return dx.reshape(N, C, H, W), dw.reshape(w.shape), db
 
     dyc = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3))  # (F, N, Ho, Wo), a fresh copy
     dy2 = dyc.reshape(F, N * Ho * Wo)                        # (F, L)
     # in the forward pass this was: y += b[:, None], so now we have:
     db = dy2.sum(axis=1) if has_bias else None  # (F,)
     # in the forward pass this was: y = w.reshape(F, K) @ cols, so now we have:
+    cols = _unroll(x, k, s, p, Ho, Wo)                     # (K, L), unrolled again (the cache keeps x, not cols)
     # dW = dY @ cols^T, computed as (cols @ dY^T)^T: the same sums, but BLAS streams the long L axis of both
     # operands far better this way round (1.5-1.7x faster at the cpu preset's shapes; benchmarks/NOTES_train_step.md v4)
     dw = xp.matmul(cols, dy2.T).T.reshape(w.shape)  # ((K, L) @ (L, F))^T -> (F, K) -> (F, C, k, k)
+    del cols                                         # free before the phases unroll dy
     # and for x, a transposed convolution of dy, one stride-1 conv per phase (see docstring)
     # the phases together write every entry of dx, unless a phase has no taps (k=1, s=2): only then start at 0
     dx = (xp.zeros if k < s else xp.empty)((N, C, H, W), dtype=dy.dtype)

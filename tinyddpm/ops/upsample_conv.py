@@ -27,7 +27,8 @@ per phase instead of u 9 times, and never forms u.
 Backward, phase by phase from the chain rule (each phase is an ordinary convolution):
 
     db[f]        = sum over all outputs of dy[n, f, ., .]
-    dw_rs        = dy_rs @ cols_rs^T                     (as conv2d's dW; dy_rs = dy[:, :, r::2, s::2])
+    dw_rs        = dy_rs @ cols_rs^T                     (as conv2d's dW; dy_rs = dy[:, :, r::2, s::2]; cols_rs
+                                                          unrolled again from x, which the cache keeps instead)
     dw[f,c,i,j]  = sum_{r, s, a, a'} MERGE[r][a, i] MERGE[s][a', j] dw_rs[f, c, a, a']    (the merge, transposed)
     dx           = sum over phases of the transposed 2x2 convolution of dy_rs: dy_rs padded by r on top and s on
                    the left, correlated with w_rs flipped in space (in/out channels swapped). The four phases'
@@ -48,7 +49,7 @@ MERGE = ((1, 0, 0), (0, 1, 1)), ((1, 1, 0), (0, 0, 1))  # MERGE[r][a][i]: tap i 
 
 
 class UpsampleConvCache(NamedTuple):
-    cols: list      # four (4C, N*H*W) unrolled inputs, phases (0, 0), (0, 1), (1, 0), (1, 1)
+    x: object       # (N, C, H, W) the input (a reference), unrolled again per phase in the backward (as conv2d)
     w_phase: object  # (2, 2, F, C, 2, 2) the merged 2x2 kernels
     x_shape: tuple   # (N, C, H, W)
     has_bias: bool
@@ -63,7 +64,6 @@ def upsample_conv3x3_forward(x, w, b=None):
     w_phase = xp.einsum("rai,sbj,fcij->rsfcab", merge, merge, w, optimize=True)  # (2, 2, F, C, 2, 2)
     xc = x.transpose(1, 0, 2, 3)                                               # (C, N, H, W), a view
     y = xp.empty((N, F, 2 * H, 2 * W), dtype=x.dtype)
-    cols = []
     for r in (0, 1):
         for s in (0, 1):
             cols_rs = im2col(xc, 2, 2, 1, 1 - r, 1 - s, H, W)                 # (4C, L), L = N*H*W
@@ -71,15 +71,15 @@ def upsample_conv3x3_forward(x, w, b=None):
             if b is not None:
                 y_rs += b[:, None]
             y[:, :, r::2, s::2] = y_rs.reshape(F, N, H, W).transpose(1, 0, 2, 3)  # phase (r, s) of (N, F, 2H, 2W)
-            cols.append(cols_rs)
-    return y, UpsampleConvCache(cols, w_phase, (N, C, H, W), b is not None)
+    return y, UpsampleConvCache(x, w_phase, (N, C, H, W), b is not None)
 
 
 def upsample_conv3x3_backward(dy, cache: UpsampleConvCache):
     """Gradients (dx, dw, db) of upsample_conv3x3_forward; db is None when there was no bias."""
     xp = _check_upsample_conv_backward(dy, cache)
-    cols, w_phase, (N, C, H, W), has_bias = cache
+    x, w_phase, (N, C, H, W), has_bias = cache
     F = w_phase.shape[2]
+    xc = x.transpose(1, 0, 2, 3)                                               # (C, N, H, W), a view
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None                          # (F,)
     dw_phase = xp.empty_like(w_phase)                                          # (2, 2, F, C, 2, 2)
     dcols = xp.empty((2, 2, F, 2, 2, N, H, W), dtype=dy.dtype)                 # every phase's unrolled dy_rs
@@ -88,7 +88,8 @@ def upsample_conv3x3_backward(dy, cache: UpsampleConvCache):
             dy_rs = xp.ascontiguousarray(dy[:, :, r::2, s::2].transpose(1, 0, 2, 3))   # (F, N, H, W)
             dy2 = dy_rs.reshape(F, N * H * W)                                  # (F, L)
             # in the forward pass this was: y_rs = w_rs @ cols_rs, so now we have (as conv2d's dW, turned round):
-            dw_phase[r, s] = xp.matmul(cols[2 * r + s], dy2.T).T.reshape(F, C, 2, 2)
+            cols_rs = im2col(xc, 2, 2, 1, 1 - r, 1 - s, H, W)                 # (4C, L), unrolled again
+            dw_phase[r, s] = xp.matmul(cols_rs, dy2.T).T.reshape(F, C, 2, 2)
             # and for x: correlate dy_rs, padded by r on top and s on the left, with w_rs flipped
             dcols[r, s] = im2col(dy_rs, 2, 2, 1, r, s, H, W).reshape(F, 2, 2, N, H, W)
     w_flipped = w_phase[..., ::-1, ::-1].transpose(3, 0, 1, 2, 4, 5)          # (C, 2, 2, F, 2, 2), dcols' row order
