@@ -11,12 +11,19 @@ EMA 0.995, seed 0, the full MNIST train split (whatever load_mnist finds).
 """
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from blas_env import blas_description, unset_blas_overrides  # noqa: E402
 
-import tinyddpm as td
+if __name__ == "__main__":
+    unset_blas_overrides()   # before NumPy loads OpenBLAS (blas_env.py says why)
+
+import numpy as np  # noqa: E402
+
+import tinyddpm as td  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -28,6 +35,7 @@ def main(argv=None) -> int:
     base = td.preset("cpu")
     config = td.preset("cpu", unet=td.UNetConfig(**{**base.unet.to_dict(), **args.options}), steps=args.steps,
                        checkpoint_every=0, sample_every=0)
+    print(blas_description(), flush=True)
     data = td.load_mnist("train")
     state = td.new_state(config, data.images, data.labels, data_source=data.source)
     start = time.perf_counter()

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from blas_env import blas_description, unset_blas_overrides  # noqa: E402
 TAG = "RESULT "
 
 
@@ -112,7 +114,8 @@ def main(argv=None) -> None:
                   f"{result['images_per_s']:.0f} img/s, Allreduce {result['comm_share']:.1%} "
                   f"({result['comm_ms']:.1f} ms/step)", flush=True)
     print(f"\n{args.preset} preset, {args.steps} timed steps per run (median), {args.repeats} runs each, "
-          f"os.cpu_count() = {os.cpu_count()}\n")
+          f"os.cpu_count() = {os.cpu_count()}")
+    print(f"{blas_description()} (this process; the runs inherit its environment)\n")
     print("| set-up | ms/step (median of runs) | images/s | Allreduce share of a step | runs (ms/step) |")
     print("| --- | ---: | ---: | ---: | --- |")
     for processes, threads in setups:
@@ -126,4 +129,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    unset_blas_overrides()   # before NumPy loads OpenBLAS; the runs it launches inherit the environment
     main()

@@ -24,7 +24,13 @@ import os
 import sys
 import time
 from functools import partial
+from pathlib import Path
 from typing import NamedTuple
+
+BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+from blas_env import blas_description, unset_blas_overrides  # noqa: E402
 
 OPS = ("conv2d", "groupnorm", "silu", "attention", "upsample", "upsample_conv")
 CHECK_TOLERANCE = 1e-3  # float32 outputs and gradients vs torch, relative to the largest entry
@@ -246,7 +252,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(True)
     print(f"# tinyddpm ops vs torch {torch.__version__} (CPU), NumPy {np.__version__}, float32, "
-          f"{args.threads} thread(s), batch {args.batch}, best of {args.rounds} x {args.repeats} (fwd + bwd)\n")
+          f"{args.threads} thread(s), batch {args.batch}, best of {args.rounds} x {args.repeats} (fwd + bwd)")
+    print(f"# {blas_description()}\n")
     rows, notes, failed = [], [], False
     cases = op_cases(args.batch, args.quick)
     for op in args.ops:
@@ -280,4 +287,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    unset_blas_overrides()   # before NumPy loads OpenBLAS (blas_env.py says why; tests leave them alone)
     sys.exit(main())
