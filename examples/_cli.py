@@ -135,6 +135,17 @@ def number(above: float | None = None):
     return parse
 
 
+def timestep_interval(text: str) -> tuple:
+    """An argparse type: two timesteps LO,HI with 0 <= LO <= HI, e.g. 100,700 (guidance applies for LO <= t <= HI)."""
+    parts = [item.strip() for item in text.split(",")]
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"must be two timesteps LO,HI like 100,700, got {text!r}")
+    lo, hi = int(parts[0]), int(parts[1])
+    if lo > hi:
+        raise argparse.ArgumentTypeError(f"LO must not exceed HI, got {text!r}")
+    return lo, hi
+
+
 def numbers(text: str) -> list:
     """An argparse type: finite numbers separated by commas, e.g. 1,2.5."""
     parse = number()

@@ -57,7 +57,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from _cli import (Parser, UserError, blame, check_out_dir, choose_device, current_device, integer, load_guide, number,
-                  numbers, run)
+                  numbers, run, timestep_interval)
 
 from tinyddpm import backend, load_for_sampling, sample_classes
 from tinyddpm.classifiers import guide as noisy_classifier
@@ -75,7 +75,7 @@ from tinyddpm.evaluation.nearest import memorisation_check, plot_nearest
 PROG = "evaluate.py"
 DEFAULT_CONFIGS = "ddpm:1000,ddim:50,ddim:20,ddim:10,dpm++2m:20,dpm++2m:10"
 COLUMNS = ["sampler", "steps", "guidance", "classifier_scale", "n", "fid", "precision", "recall", "accuracy", "inception_score",
-           "seconds_per_image"]
+           "seconds_per_image", "guidance_interval"]
 MIN_TEST_DIGITS = 8   # the real-vs-real baseline compares two halves with k-NN (k = 3): more than 3 each
 FOLDER_TEST_SHARE = 0.1   # of a labelled folder's pictures, held out to measure its classifier's accuracy
 FOLDER_MIN_STEPS = 500    # a folder's classifier trains for at least this many steps (2 epochs of MNIST: 936)
@@ -134,6 +134,9 @@ def build_parser():
                         help="write nearest.png: N samples beside their nearest training images, and the median "
                              f"distances (default: none; a flat folder: {NEAREST_FLAT})")
     parser.add_argument("--device", choices=backend.DEVICES, default=None, help="default: the current device")
+    parser.add_argument("--guidance-interval", type=timestep_interval, default=None, metavar="LO,HI",
+                        help="apply the guidance only at timesteps LO <= t <= HI, the plain conditional prediction "
+                             "elsewhere (Kynkaanniemi et al. 2024; default: every step)")
     parser.add_argument("--classifier-guidance", type=scales, default=[], metavar="S,...",
                         help="also rows with classifier guidance at these scales, e.g. 1,4 (default: none)")
     parser.add_argument("--classifier-base", type=number(), default=0.0, metavar="W",
@@ -301,7 +304,8 @@ def write_outputs(rows, baseline, out: Path, fid_name: str = "FID-MNIST"):
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         cg = f"{r['classifier_scale']:g}" if r["classifier_scale"] else "-"
-        lines.append(f"| {r['sampler']} | {r['steps']} | {r['guidance']:g} | {cg} | {r['n']} | {r['fid']:.2f} | "
+        interval = f" (t {r['guidance_interval']})" if r.get("guidance_interval") else ""
+        lines.append(f"| {r['sampler']} | {r['steps']} | {r['guidance']:g}{interval} | {cg} | {r['n']} | {r['fid']:.2f} | "
                      f"{r['precision']:.3f} | {r['recall']:.3f} | {r['accuracy']:.3f} | {r['inception_score']:.2f} | "
                      f"{r['seconds_per_image']:.3f} |")
     (out / "evaluation.md").write_text("\n".join(lines) + "\n")
@@ -348,6 +352,9 @@ def work(args) -> int:
         if sampler != "ddpm" and steps > max_steps(sampler, T):
             raise UserError(f"--configs {sampler}:{steps}: {sampler} takes at most {max_steps(sampler, T)} steps on "
                             f"this checkpoint's T={T} timesteps")
+    if args.guidance_interval is not None and args.guidance_interval[0] >= T:
+        raise UserError(f"--guidance-interval {args.guidance_interval[0]},{args.guidance_interval[1]}: this checkpoint's "
+                        f"timesteps are 0..{T - 1}")
     guidances = args.guidance or [config.guidance]
     if args.classifier_guidance and config.unet.num_classes is None and args.classifier_base != 0.0:
         raise UserError(f"--classifier-base {args.classifier_base:g}: this checkpoint's network is unconditional; "
@@ -393,14 +400,15 @@ def work(args) -> int:
             steer = {"classifier_grad": noisy_classifier.gradient_fn(guide), "classifier_scale": cg} if cg else {}
             x = sample_classes(params, config.unet, schedule, classes=range(K), n_per_class=args.n_per_class,
                                sampler=sampler, steps=steps, guidance=guidance, prediction=config.prediction,
-                               seed=args.seed, progress=True, **steer)
+                               seed=args.seed, progress=True, guidance_interval=args.guidance_interval, **steer)
             x = backend.to_numpy(x)
             seconds = (time.perf_counter() - start) / len(x)
             q = sample_quality(features(classifier, x), reference, predict_proba(classifier, x), requested)
             row = {"sampler": sampler, "steps": steps if sampler != "ddpm" else schedule.T, "guidance": guidance,
                    "classifier_scale": cg, "n": len(x), "fid": q["fid"], "precision": q["precision"], "recall": q["recall"],
                    "accuracy": q["accuracy"], "inception_score": q["inception_score"],
-                   "seconds_per_image": seconds}
+                   "seconds_per_image": seconds,
+                   "guidance_interval": "" if args.guidance_interval is None else "%d-%d" % args.guidance_interval}
             rows.append(row)
             steering = f"guidance {guidance:g}" + (f", classifier guidance {cg:g}" if cg else "")
             print(f"{sampler} {row['steps']} steps, {steering}: {fid_name} {q['fid']:.2f}, precision "

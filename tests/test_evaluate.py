@@ -270,3 +270,17 @@ def test_a_folders_reference_is_drawn_from_every_class_a_splits_is_its_first_ima
     split = evaluate.RealData("mnist", "MNIST", "mnist", [str(k) for k in range(10)], part)
     assert np.array_equal(split.reference_picks(200, seed=0), np.arange(200))
     assert np.array_equal(split.reference_picks(5000, seed=0), np.arange(1000))
+
+
+def test_evaluate_guidance_interval(workspace, capsys):
+    """--guidance-interval LO,HI reaches every row: in the CSV's guidance_interval column and the table's guidance."""
+    root, data, run, classifier = workspace
+    out = root / "evaluation_interval"
+    argv = [str(run / "checkpoint.npz"), "--configs", "ddim:2", "--guidance", "2", "--n-per-class", "2",
+            "--guidance-interval", "100,600", "--data-dir", str(data), "--source", "idx",
+            "--classifier-dir", str(classifier), "--out", str(out), "--device", DEVICE]
+    assert load_example("evaluate").main(argv) == 0
+    with open(out / "evaluation.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["guidance_interval"] for r in rows] == ["100-600"]
+    assert "| 2 (t 100-600) |" in (out / "evaluation.md").read_text()

@@ -220,3 +220,22 @@ def test_sample_pictures_grid_and_gif(tmp_path):
     with Image.open(gif) as im:
         assert im.format == "GIF" and im.n_frames == 3
         assert im.size == (2 * ((2 * 2 + 1) * 10 - 2), 2 * (2 * 10 - 2) + 16)   # 2k + 1 columns, 2 rows, the caption
+
+
+def test_sample_script_guidance_interval(tiny_run, tmp_path, capsys):
+    """--guidance-interval LO,HI reaches the sampler (its file name and line say so); a bad one is one line, exit 2."""
+    _, out = tiny_run
+    sample = load_example("sample")
+    assert sample.main([str(out / "checkpoint.npz"), "--steps", "2", "--digits", "1", "--n-per-class", "1",
+                        "--guidance-interval", "0,500", "--out", str(tmp_path), "--device", DEVICE, "--no-progress"]) == 0
+    assert (tmp_path / "dpm++2m_2steps_g2_seed0_t0-500.png").is_file()
+    assert "at t in [0, 500]" in capsys.readouterr().out
+    for bad, message in (("500,100", "LO must not exceed HI"), ("1", "must be two timesteps"),
+                         ("5000,6000", "timesteps are 0..")):
+        code = sample.main([str(out / "checkpoint.npz"), "--guidance-interval", bad, "--out", str(tmp_path),
+                            "--device", DEVICE, "--no-progress"]) if bad == "5000,6000" else None
+        if code is None:
+            with pytest.raises(SystemExit) as e:
+                sample.parse_args(["x.npz", "--guidance-interval", bad])
+            code = e.value.code
+        assert code == 2 and message in capsys.readouterr().err, bad

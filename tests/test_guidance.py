@@ -95,3 +95,49 @@ def test_bad_input():
     with pytest.raises(TypeError, match="model must be callable"):
         GuidedModel("model", 2.0, NULL)
     assert "scale=2.0" in repr(guided)
+
+
+# ----------------------------------------------------------------------------- guidance in an interval
+
+def test_interval_guides_inside_and_is_conditional_outside():
+    """Inside [lo, hi] the guided mix, outside the plain conditional prediction bit for bit, from one call each."""
+    x, _, labels = _inputs()
+    xp = device_xp()
+    for t_value, inside in ((3, False), (5, True), (7, True), (9, False)):
+        t = xp.full((4,), t_value, dtype=np.int64)
+        model = ToyModel()
+        got = GuidedModel(model, 3.0, NULL, interval=(5, 7))(x, t, labels)
+        want = GuidedModel(ToyModel(), 3.0 if inside else 1.0, NULL)(x, t, labels)
+        np.testing.assert_array_equal(to_numpy(got), to_numpy(want))
+        assert len(model.calls) == 1 and model.calls[0][0] == (8 if inside else 4)
+
+
+def test_interval_per_sample_when_the_batch_straddles_it():
+    """A batch whose t lie on both sides gets w per sample (what the CuPy path always does)."""
+    x, _, labels = _inputs()
+    t = to_device(np.array([2, 5, 6, 9]))
+    got = to_numpy(GuidedModel(ToyModel(), 2.5, NULL, interval=(5, 6))(x, t, labels))
+    for n, inside in enumerate((False, True, True, False)):
+        want = to_numpy(GuidedModel(ToyModel(), 2.5 if inside else 1.0, NULL)(x[n:n + 1], t[n:n + 1], labels[n:n + 1]))
+        np.testing.assert_allclose(got[n:n + 1], want, rtol=1e-12, atol=1e-14)
+
+
+def test_interval_in_a_sampler_run():
+    """Over a whole DDIM run: the interval covering every step is plain guidance; one covering none is no guidance."""
+    schedule = make_schedule("cosine", 100)
+    x, _, labels = _inputs()
+
+    def run(**kw):
+        return to_numpy(ddim_sample(GuidedModel(ToyModel(), kw.pop("scale", 4.0), NULL, **kw), schedule, x_T=x,
+                                    labels=labels, num_steps=10, progress=False))
+
+    np.testing.assert_array_equal(run(interval=(0, 99)), run())
+    np.testing.assert_array_equal(run(interval=(200, 300)), run(scale=1.0))
+    middle = run(interval=(30, 70))
+    assert not np.allclose(middle, run()) and not np.allclose(middle, run(scale=1.0))
+
+
+@pytest.mark.parametrize("bad", [(5,), (7, 5), (-1, 3), (1.5, 3), "5,7", 5])
+def test_interval_refused(bad):
+    with pytest.raises(ValueError, match="GuidedModel: the guidance interval"):
+        GuidedModel(ToyModel(), 2.0, NULL, interval=bad)

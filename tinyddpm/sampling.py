@@ -19,7 +19,7 @@ import numpy as np
 
 from .backend import device_xp
 from .checks import check_choice, check_int, check_real
-from .diffusion import SAMPLERS, ClassifierGuidedModel, GuidedModel, Schedule, sample
+from .diffusion import SAMPLERS, ClassifierGuidedModel, GuidedModel, Schedule, check_interval, sample
 from .nn.unet import UNetConfig
 from .parallel.threads import unet_forward_in_shards
 
@@ -41,10 +41,12 @@ def sample_classes(params: dict, unet_config: UNetConfig, schedule: Schedule, cl
                    *,
                    sampler: str = "dpm++2m", steps: int = 20, guidance: float = 2.0, prediction: str = "eps",
                    seed: int = 0, clip: str = "static", callback=None, callback_every: int = 1,
-                   progress: bool = False, classifier_grad=None, classifier_scale: float = 0.0):
+                   progress: bool = False, classifier_grad=None, classifier_scale: float = 0.0,
+                   guidance_interval=None):
     """Samples (len(classes) * n_per_class, C, H, W) in [-1, 1] roughly, ``n_per_class`` of each class in turn.
 
-    With ``guidance`` != 1 the conditional and unconditional predictions are mixed (GuidedModel);
+    With ``guidance`` != 1 the conditional and unconditional predictions are mixed (GuidedModel), at every step
+    or, with ``guidance_interval=(lo, hi)``, only at timesteps lo <= t <= hi (Kynkaanniemi et al. 2024);
     an unconditional network ignores ``classes`` except for the count. ``clip='static'`` clips every x0
     estimate to [-1, 1], which a briefly trained model needs (without it some samples stay noise).
     With ``classifier_grad`` (grad(x_t, t, labels) -> grad_x log p(y | x_t, t), e.g.
@@ -57,6 +59,10 @@ def sample_classes(params: dict, unet_config: UNetConfig, schedule: Schedule, cl
     check_choice(where, "sampler", sampler, tuple(SAMPLERS))
     n_per_class = check_int(where, "n_per_class", n_per_class, minimum=1)
     guidance = check_real(where, "guidance", guidance)
+    guidance_interval = check_interval(where, guidance_interval)
+    if guidance_interval is not None and guidance_interval[0] >= schedule.num_timesteps:
+        raise ValueError(f"{where}: the guidance interval {guidance_interval} starts beyond the last timestep "
+                         f"{schedule.num_timesteps - 1}")
     xp = device_xp()
     classes = [check_int(where, "each class", c) for c in classes]
     if not classes:
@@ -70,7 +76,7 @@ def sample_classes(params: dict, unet_config: UNetConfig, schedule: Schedule, cl
             raise ValueError(f"{where}: classes {bad} are outside 0..{unet_config.num_classes - 1}")
         labels = xp.asarray(labels_host)
         if guidance != 1.0:
-            model = GuidedModel(model, guidance, unet_config.null_label)
+            model = GuidedModel(model, guidance, unet_config.null_label, interval=guidance_interval)
     elif classifier_grad is not None:   # an unconditional network reads no labels; the classifier does
         net, labels = model, xp.asarray(labels_host)
         model = lambda x, t, _labels: net(x, t, None)   # noqa: E731

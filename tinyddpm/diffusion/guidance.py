@@ -15,6 +15,14 @@ functions of each other (forward_process.py), and an affine map commutes with a 
 it stacks the batch twice, [x_t; x_t] with labels [labels; null_label], evaluates both halves in one call,
 and mixes them. At w = 1 (or 0) only the conditional (or unconditional) half is evaluated.
 
+Guidance in an interval (Kynkaanniemi et al. 2024, "Applying guidance in a limited interval improves sample and
+distribution quality"): guidance at the noisiest steps pulls every sample of a class towards the same few layouts
+(less variety), and at the least noisy ones it does little; applied only for t in [lo, hi], and w = 1 (the plain
+conditional prediction) elsewhere, it keeps the sharpness and gives back variety. The paper states the interval in
+EDM's sigma; here it is in timesteps, sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t) growing with t. Outside the
+interval only the conditional half is evaluated when t can be read without waiting for a GPU (NumPy); on CuPy both
+halves run and the weight is chosen per sample on the device, w where lo <= t <= hi and 1 elsewhere.
+
 Classifier guidance (Dhariwal & Nichol 2021): a separate classifier p_phi(y | x_t, t), trained on noisy images,
 steers the same samplers through its gradient. The noise prediction is a scaled score,
 eps(x_t, t) = -b grad_x log p_t(x_t) with b = sqrt(1 - alpha_bar_t), and the score of the tilted density
@@ -39,6 +47,7 @@ added directly rather than converted to eps and back (a is small at the noisiest
 """
 from __future__ import annotations
 
+from ..array_checks import values_on_host
 from ..backend import get_xp
 from ..checks import check_choice, check_real, is_int
 from .forward_process import PREDICTIONS
@@ -55,18 +64,23 @@ class GuidedModel:
 
         guided = GuidedModel(model, scale=3.0, null_label=10)    # 10 classes, label 10 = "no class"
         x = ddim_sample(guided, schedule, (16, 1, 28, 28), labels=np.arange(16) % 10)
+
+    ``interval=(lo, hi)``: guide only at timesteps lo <= t <= hi, the plain conditional prediction elsewhere
+    (see the module docstring); None guides at every step.
     """
 
-    def __init__(self, model, scale: float, null_label: int):
+    def __init__(self, model, scale: float, null_label: int, interval=None):
         if not callable(model):
             raise TypeError(f"GuidedModel: model must be callable as model(x_t, t, labels), got {type(model).__name__}")
         if not is_int(null_label):
             raise ValueError(f"GuidedModel: null_label must be an int (the class id trained as 'no label'), "
                              f"got {null_label!r}")
         self.model, self.scale, self.null_label = model, float(scale), int(null_label)
+        self.interval = check_interval("GuidedModel", interval)
 
     def __repr__(self) -> str:
-        return f"GuidedModel(scale={self.scale}, null_label={self.null_label})"
+        where = "" if self.interval is None else f", interval={self.interval}"
+        return f"GuidedModel(scale={self.scale}, null_label={self.null_label}{where})"
 
     def __call__(self, x_t, t, labels):
         if labels is None:
@@ -77,15 +91,39 @@ class GuidedModel:
             raise ValueError(f"GuidedModel: labels must have shape ({n},), got {tuple(labels.shape)}")
         xp = get_xp(x_t)
         null = xp.full((n,), self.null_label, dtype=labels.dtype)  # (N,)
+        scale = self.scale
+        if self.interval is not None and values_on_host(t):
+            lo, hi = self.interval
+            inside = (t >= lo) & (t <= hi)
+            if not inside.any():
+                return self.model(x_t, t, labels)      # w = 1 at every sample: the conditional half alone
+            if not inside.all():
+                scale = xp.where(inside, self.scale, 1.0).astype(x_t.dtype)[:, None, None, None]  # (N, 1, 1, 1)
+        elif self.interval is not None:             # CuPy t: choose the weight per sample on the device
+            lo, hi = self.interval
+            scale = xp.where((t >= lo) & (t <= hi), self.scale, 1.0).astype(x_t.dtype)[:, None, None, None]
         if self.scale == 1.0:
             return self.model(x_t, t, labels)
-        if self.scale == 0.0:
+        if self.interval is None and self.scale == 0.0:
             return self.model(x_t, t, null)
         x2 = xp.concatenate([x_t, x_t], axis=0)         # (2N, C, H, W): conditional half, then unconditional
         t2 = xp.concatenate([t, t], axis=0)             # (2N,)
         labels2 = xp.concatenate([labels, null], axis=0)  # (2N,)
         out = self.model(x2, t2, labels2)
-        return cfg_combine(out[:n], out[n:], self.scale)
+        return cfg_combine(out[:n], out[n:], scale)
+
+
+def check_interval(where: str, interval):
+    """None, or (lo, hi) as two ints with 0 <= lo <= hi: the timesteps at which guidance applies."""
+    if interval is None:
+        return None
+    try:
+        lo, hi = interval
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: the guidance interval must be two timesteps (lo, hi), got {interval!r}") from None
+    if not (is_int(lo) and is_int(hi) and 0 <= lo <= hi):
+        raise ValueError(f"{where}: the guidance interval must be two integer timesteps 0 <= lo <= hi, got {interval!r}")
+    return int(lo), int(hi)
 
 
 class ClassifierGuidedModel:
