@@ -70,13 +70,15 @@ MORPH_DIGIT = 7                          # the digit of the lerp / slerp morph
 MORPH_FRAMES = 5 if FAST else 10         # points along each path, ends included
 MORPH_STEPS = 4 if FAST else 20          # DDIM steps of the morph
 GUIDANCE = None                          # classifier-free guidance scale (lesson 15); None: the network's own
+GUIDANCE_INTERVAL = None                 # (lo, hi): guide only at timesteps lo <= t <= hi, e.g. (100, 600)
+                                         # (Kynkaanniemi et al. 2024); None: at every step
 # ===================================================================================================
 
 params, config, schedule, where = trained_model()
 print(f"  network: {where}")
 train_first_note(where)
 w = config.guidance if GUIDANCE is None else GUIDANCE
-model = GuidedModel(unet_model(params, config.unet), w, config.unet.null_label)
+model = GuidedModel(unet_model(params, config.unet), w, config.unet.null_label, interval=GUIDANCE_INTERVAL)
 dtype = params["conv_in.w"].dtype
 labels = np.array(DIGITS)
 T = schedule.num_timesteps
