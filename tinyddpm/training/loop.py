@@ -14,6 +14,10 @@ One step, for a batch of images x0 (N, C, H, W) in [-1, 1] with labels y (N,):
     theta <- AdamW(theta, g, lr(step))               linear warmup, then constant or cosine decay
     ema  <- d ema + (1 - d) theta                    the EMA weights are the ones sampling uses
 
+The last three lines are one pass over flat buffers (training/fused_update.py: whole-array NumPy, or on the GPU
+one reduction and one elementwise CUDA kernel), equal to optim.py's per-tensor clip_grad_norm, AdamW and EMA, which
+remain the readable reference.
+
 Replacing a share p_uncond of the labels by the null label trains the same network to predict without
 a label too, which classifier-free guidance needs at sampling time (diffusion/guidance.py).
 
@@ -48,7 +52,7 @@ from ..parallel import share
 from ..parallel.threads import shards_for, sum_over_shards
 from ..progress import Progress
 from ..sampling import write_preview
-from .optim import clip_grad_norm, lr_schedule
+from .optim import lr_schedule
 from .resume import CHECKPOINT_NAME, save_state
 from .state import TrainState
 
@@ -85,10 +89,10 @@ def train_step(state: TrainState, dp=None):
     loss, grads = sum_over_shards(forward_loss_backward, mine, shards_for(cfg.unet, mine.stop - mine.start))
     if dp is not None:
         loss, grads = dp.sum_gradients(loss, grads)                       # one Allreduce: the whole batch's L, g
-    clip_grad_norm(grads, cfg.grad_clip)                                  # g <- g min(1, clip / ||g||)
+    state.flat.grads.gather(grads)                                        # g: every gradient into one flat array
     lr = lr_schedule(state.optimizer.t, cfg.lr, cfg.warmup_steps, decay_steps(cfg), cfg.min_lr)
-    state.optimizer.step(params, grads, lr=lr)                            # theta <- AdamW(theta, g, lr)
-    state.ema.update(params)                                              # ema <- d ema + (1 - d) theta
+    state.flat.clip_adamw_ema(lr, cfg.grad_clip)   # clip g, theta <- AdamW(theta, g, lr), ema <- d ema + (1 - d) theta:
+                                                   # one pass (fused_update.py); the per-tensor reference is optim.py
     state.step += 1
     state.pending.append(loss)
     return loss

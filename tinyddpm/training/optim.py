@@ -1,5 +1,9 @@
 """Optimisation: AdamW, a learning-rate schedule, global-norm gradient clipping, an EMA of the weights.
 
+These per-tensor versions are the readable reference. The training step runs the same arithmetic as one pass over
+flat buffers (fused_update.py: clip + AdamW + EMA at once; on the GPU a reduction and one elementwise CUDA kernel,
+kernels/adamw_ema.cu), which tests/test_fused_update.py checks against the classes and functions here.
+
 Parameters and gradients are flat dicts with the same keys, ``{"down.0.res.conv1.w": array, ...}``,
 NumPy or CuPy. Every update below is a handful of whole-array operations per tensor (a loop over
 the dict's tensors, never over elements), done in place so that the arrays keep their identity:

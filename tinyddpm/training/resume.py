@@ -22,8 +22,7 @@ from ..backend import device_xp, get_device, get_xp
 from ..checkpoint import CheckpointError, generator_state, load_checkpoint, restore_generator, save_checkpoint
 from ..nn.unet import init_params
 from .config import TrainConfig, make_run_schedule
-from .optim import EMA
-from .state import TrainState, batches_for, check_data, optimizer_for, seed_for
+from .state import TrainState, batches_for, check_data, flat_update_for, seed_for
 
 CHECKPOINT_NAME = "checkpoint.npz"
 CHECKPOINT_KIND = "tinyddpm.train"   # meta/config["kind"] of a training checkpoint
@@ -128,9 +127,9 @@ def resume_state(path, images, labels=None, steps: int | None = None, data_sourc
     _check_finite(path, "optimizer moments", {k: v for k, v in ckpt.optimizer_state.items() if hasattr(v, "dtype")})
     if any(p.dtype != np.dtype(config.dtype) for p in params.values()):
         raise CheckpointError(f"{path}: weights are not {config.dtype} as the stored config says")
+    flat = flat_update_for(config, params)   # load_state_dict below copies into its flat buffers' views
     state = TrainState(config=config, schedule=make_run_schedule(config), params=params,
-                       optimizer=optimizer_for(config, params),
-                       ema=EMA(params, decay=config.ema_decay, warmup=config.ema_warmup),
+                       optimizer=flat.optimizer, ema=flat.ema, flat=flat,
                        batches=batches_for(config, images, labels), host_rng=None, device_rng=None,
                        step=ckpt.step, data_source=data_source)
     try:

@@ -3,6 +3,9 @@
     state = new_state(preset("cpu"), images, labels)     # uint8 (N, 28, 28) or (N, C, H, W), int (N,)
     state.params, state.ema.params, state.optimizer, state.step, state.losses
 
+The weights, AdamW's moments and the EMA each live in one flat array (flat.py), and the dicts above hold views into
+them: ``state.flat`` (fused_update.py) updates all of them in one pass per step.
+
 Randomness comes from three seeded streams derived from ``config.seed``: the batches (data order), a host
 generator (timesteps and label dropout, NumPy on every device) and a device generator (noise and dropout
 masks). Their states are part of a checkpoint (training/resume.py), which is what makes
@@ -24,6 +27,7 @@ from ..data.pixels import pixels_to_model_range
 from ..diffusion import Schedule
 from ..nn.unet import init_params
 from .config import TrainConfig, make_run_schedule
+from .fused_update import FusedUpdate
 from .optim import EMA, AdamW
 
 
@@ -41,9 +45,10 @@ def no_decay(name: str) -> bool:
 class TrainState:
     config: TrainConfig
     schedule: Schedule
-    params: dict                 # {name: array} on the device, updated in place
-    optimizer: AdamW
-    ema: EMA
+    params: dict                 # {name: array} on the device, views into flat.params, updated in place
+    optimizer: AdamW             # its m and v: views into flat.m, flat.v
+    ema: EMA                     # its params: views into flat.avg
+    flat: FusedUpdate            # the flat buffers and the one-pass clip + AdamW + EMA over them
     batches: Batches             # endless seeded batches of (x0 (B, C, H, W) in [-1, 1], labels (B,))
     host_rng: np.random.Generator  # timesteps and label dropout (NumPy on every device: exact resume)
     device_rng: object           # noise and dropout masks (NumPy or CuPy)
@@ -115,6 +120,12 @@ def optimizer_for(config: TrainConfig, params: dict) -> AdamW:
     return AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, no_decay=no_decay)
 
 
+def flat_update_for(config: TrainConfig, params: dict) -> FusedUpdate:
+    """The run's AdamW and EMA of ``params``, all moved into flat buffers (``params``' entries become views)."""
+    optimizer = optimizer_for(config, params)
+    return FusedUpdate(params, optimizer, EMA(params, decay=config.ema_decay, warmup=config.ema_warmup))
+
+
 def new_state(config: TrainConfig, images, labels=None, data_source: str = "", *, flip: bool = False,
               class_names=()) -> TrainState:
     """A fresh run: initial weights from ``config.seed``, step 0. images uint8 (N, H, W) or (N, C, H, W), labels (N,).
@@ -125,9 +136,9 @@ def new_state(config: TrainConfig, images, labels=None, data_source: str = "", *
     config.validate()
     check_data(config, images, labels)
     params = init_params(config.unet, seed=config.seed, dtype=np.dtype(config.dtype))
+    flat = flat_update_for(config, params)
     return TrainState(config=config, schedule=make_run_schedule(config), params=params,
-                      optimizer=optimizer_for(config, params),
-                      ema=EMA(params, decay=config.ema_decay, warmup=config.ema_warmup),
+                      optimizer=flat.optimizer, ema=flat.ema, flat=flat,
                       batches=batches_for(config, images, labels, flip=flip),
                       host_rng=np.random.default_rng(seed_for(config.seed, 1)),
                       device_rng=device_xp().random.default_rng(seed_for(config.seed, 2)),
