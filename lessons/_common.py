@@ -12,16 +12,30 @@ the path when it runs ``python lessons/NN_topic.py``).
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from tinyddpm.environment import EnvironmentVariableError, check_all, read_or
+
 LESSONS = Path(__file__).resolve().parent
 REPO = LESSONS.parent
-FAST = "--fast" in sys.argv[1:] or os.environ.get("TINYDDPM_LESSON_FAST", "") not in ("", "0")
+
+
+def _check_environment() -> None:
+    """Every TINYDDPM_* variable (tinyddpm/environment.py), checked before the lesson does anything: a bad one is
+    one line and exit status 2, as in the example scripts, rather than a traceback halfway through."""
+    try:
+        check_all()
+    except EnvironmentVariableError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+_check_environment()
+FAST = "--fast" in sys.argv[1:] or read_or("TINYDDPM_LESSON_FAST", False)
 
 # The network examples/train_mnist.py writes (its CPU preset, 4,500 steps, makes good digits in about 13 minutes:
 # 12 min 34 s on an idle 2-core machine).
@@ -31,7 +45,7 @@ _failures: list[str] = []
 
 
 def output_root() -> Path:
-    return Path(os.environ.get("TINYDDPM_LESSON_OUT", LESSONS / "output"))
+    return read_or("TINYDDPM_LESSON_OUT", LESSONS / "output")
 
 
 def output_dir(lesson_file) -> Path:
@@ -148,7 +162,7 @@ def trained_model(prefer_example: bool = True):
     from tinyddpm import load_for_sampling, new_state, train
     from tinyddpm.training.resume import CHECKPOINT_NAME
 
-    prefer_example = prefer_example and os.environ.get("TINYDDPM_LESSON_MODEL", "") != "own"
+    prefer_example = prefer_example and read_or("TINYDDPM_LESSON_MODEL", "example") != "own"
     if prefer_example and not FAST and EXAMPLE_CHECKPOINT.exists():
         params, config, schedule = load_for_sampling(EXAMPLE_CHECKPOINT)
         return params, config, schedule, f"{EXAMPLE_CHECKPOINT} (examples/train_mnist.py)"

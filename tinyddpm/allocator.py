@@ -18,13 +18,14 @@ What. Three glibc settings (``mallopt``), made once when tinyddpm is imported:
 
 The cost: the process keeps its peak memory after a peak has passed (it is reused, not returned), and threads
 share malloc's lock (NumPy allocates a few hundred blocks per step, not millions). On a non-glibc system (macOS,
-musl, Windows) nothing is changed. ``TINYDDPM_MALLOC=system`` in the environment leaves malloc as it is.
+musl, Windows) nothing is changed. ``TINYDDPM_MALLOC=system`` in the environment leaves malloc as it is (``keep``, the default, makes the settings).
 """
 from __future__ import annotations
 
 import ctypes
-import os
 from functools import cache
+
+from .environment import EnvironmentVariableError, read
 
 # glibc's mallopt parameter numbers (malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -39,7 +40,12 @@ TRIM_THRESHOLD = (1 << 31) - 1    # 2 GiB - 1, the largest value an int paramete
 @cache
 def keep_freed_memory() -> bool:
     """Make the settings above, once per process. True when they are in effect, False when malloc was left as it is."""
-    if os.environ.get("TINYDDPM_MALLOC", "").strip().lower() == "system":
+    try:
+        if read("TINYDDPM_MALLOC") == "system":
+            return False
+    except EnvironmentVariableError:
+        # runs at ``import tinyddpm``, where an error would be a traceback before any script could report it: a bad
+        # value leaves malloc as it is, and environment.check_all (the scripts' first call) refuses it in one line
         return False
     libc = _glibc()
     if libc is None:

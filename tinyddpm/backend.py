@@ -11,12 +11,12 @@ nothing silently falls back.
 """
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
 
 from .checks import check_int
+from .environment import read_or
 
 DEVICES = ("cpu", "cuda")
 _device: str | None = None  # resolved lazily from TINYDDPM_DEVICE on first use
@@ -53,9 +53,10 @@ def set_device(name: str) -> None:
 
 
 def get_device() -> str:
-    """The current device name, read from TINYDDPM_DEVICE the first time it is asked for."""
+    """The current device name, read from TINYDDPM_DEVICE the first time it is asked for (a bad value:
+    environment.EnvironmentVariableError; cuda without CuPy or a GPU: RuntimeError)."""
     if _device is None:
-        set_device(os.environ.get("TINYDDPM_DEVICE", "cpu") or "cpu")
+        set_device(read_or("TINYDDPM_DEVICE", "cpu"))
     return _device
 
 

@@ -37,7 +37,6 @@ one data set is refused for another.
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -52,6 +51,7 @@ from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..data.batches import Batches
 from ..data.mnist import load_dataset
 from ..data.pixels import pixels_to_model_range
+from ..environment import read_or
 from ..ops.conv2d import conv2d_backward, conv2d_forward
 from ..ops.linear import linear_backward, linear_forward
 from ..ops.losses import softmax, softmax_cross_entropy_backward, softmax_cross_entropy_forward
@@ -258,8 +258,7 @@ def train_classifier(images, labels, *, cfg: ClassifierConfig | None = None, epo
 
 def default_cache_dir(kind: str = "classifier") -> Path:
     """$TINYDDPM_CACHE/<kind> if that variable is set, else ~/.cache/tinyddpm/<kind> (kind: the cached model's folder)."""
-    root = os.environ.get("TINYDDPM_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "tinyddpm") / kind
+    return read_or("TINYDDPM_CACHE", Path.home() / ".cache" / "tinyddpm") / kind
 
 
 def folder_key(images, labels) -> str:

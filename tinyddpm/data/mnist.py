@@ -57,6 +57,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..environment import read_or
+
 SPLITS = ("train", "test")
 SOURCES = ("auto", "idx", "package", "download", "subset", "system")   # every dataset's; DATASET_SOURCES below
 FILES = {  # split -> (images, labels), the standard names without .gz
@@ -264,9 +266,9 @@ def mnist_dir(data_dir=None, dataset: str = "mnist") -> Path:
     """The data directory: ``data_dir``; else for MNIST $TINYDDPM_DATA, else ~/.cache/tinyddpm/mnist; for
     Fashion-MNIST $TINYDDPM_CACHE/fashion-mnist, else ~/.cache/tinyddpm/fashion-mnist."""
     if data_dir is None and dataset == "mnist":
-        data_dir = os.environ.get("TINYDDPM_DATA") or Path.home() / ".cache" / "tinyddpm" / "mnist"
+        data_dir = read_or("TINYDDPM_DATA", Path.home() / ".cache" / "tinyddpm" / "mnist")
     elif data_dir is None:
-        data_dir = Path(os.environ.get("TINYDDPM_CACHE") or Path.home() / ".cache" / "tinyddpm") / dataset
+        data_dir = read_or("TINYDDPM_CACHE", Path.home() / ".cache" / "tinyddpm") / dataset
     return Path(data_dir).expanduser()
 
 

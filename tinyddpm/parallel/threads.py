@@ -25,13 +25,13 @@ Holding BLAS to one thread uses threadpoolctl; without it, one shard.
 from __future__ import annotations
 
 import contextlib
-import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
 
 from ..backend import device_xp
+from ..environment import read
 from ..nn.unet import unet_forward
 
 
@@ -47,9 +47,11 @@ def _blas_controller():
 
 
 def default_shards() -> int:
-    """TINYDDPM_SHARDS if set, else the number of BLAS threads NumPy runs with (1 without threadpoolctl)."""
-    if os.environ.get("TINYDDPM_SHARDS"):
-        return max(1, int(os.environ["TINYDDPM_SHARDS"]))
+    """TINYDDPM_SHARDS if set (an integer >= 1, else environment.EnvironmentVariableError), else the number of BLAS
+    threads NumPy runs with (1 without threadpoolctl)."""
+    shards = read("TINYDDPM_SHARDS")
+    if shards is not None:
+        return shards
     controller = _blas_controller()
     if controller is None:
         return 1
