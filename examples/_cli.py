@@ -32,7 +32,10 @@ than a refused command; the message says where and what was kept.
 
 Anything else -- a ValueError, TypeError, KeyError ... escaping from our own code -- is a bug of ours and
 keeps Python's traceback (status 1). That is why nothing here catches ValueError wholesale.
---debug, or TINYDDPM_DEBUG=1, prints the traceback above the one line for every error. Ctrl-C: status 130.
+--debug, or TINYDDPM_DEBUG=1, prints the traceback above the one line for every error. Ctrl-C: status 130;
+SIGTERM (a job scheduler's stop) is handled the same way, status 143; while training, either first lets the step
+finish and saves the checkpoint (train_then_draw). Every TINYDDPM_* variable is checked like an option before any
+work (tinyddpm/environment.py; check_environment).
 
 Under mpiexec -n N (``main``; the rules are tinyddpm/parallel/mpi.py's) every rank makes the same checks, each stage in
 step with the others (``together``): a failure on any rank, or ranks that disagree on the options or the data, ends
@@ -50,7 +53,9 @@ import io
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -64,6 +69,7 @@ from tinyddpm.checkpoint import CheckpointError, load_checkpoint
 from tinyddpm.classifiers import guide as noisy_classifier
 from tinyddpm.data import DownloadError, FallbackUnavailable, load_mnist
 from tinyddpm.diffusion import SAMPLERS, Trajectory, max_steps
+from tinyddpm.environment import EnvironmentVariableError, check_all, read
 from tinyddpm.nn.blocks import ACTIVATIONS, DOWNSAMPLES, UPSAMPLES
 from tinyddpm.parallel import mpi
 from tinyddpm.training.resume import CHECKPOINT_NAME
@@ -71,12 +77,33 @@ from tinyddpm.training.resume import CHECKPOINT_NAME
 # errno values that mean the user's files, folders or disk, not our code
 USER_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS,
                errno.ENOSPC, errno.EFBIG, errno.ENAMETOOLONG, errno.ELOOP, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def debug_wanted(argv_or_args=None) -> bool:
+    """--debug (in parsed args, or in an argv list) or TINYDDPM_DEBUG=1. A bad TINYDDPM_DEBUG counts as off here:
+    check_environment reports it, in one line."""
+    if isinstance(argv_or_args, list):
+        given = "--debug" in argv_or_args
+    else:
+        given = bool(getattr(argv_or_args, "debug", False))
+    try:
+        return given or bool(read("TINYDDPM_DEBUG"))
+    except EnvironmentVariableError:
+        return given
+
+
 # --debug (or TINYDDPM_DEBUG=1): tracebacks too. main() sets it from the command line before parsing it, for the ranks
-DEBUG = os.environ.get("TINYDDPM_DEBUG", "") not in ("", "0")
+DEBUG = debug_wanted()
 
 
 class UserError(Exception):
     """Something the user asked for that cannot work: an option, a file, a folder, the device. One line, status 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (a job scheduler's "stop now, or be killed"): handled as Ctrl-C is, with exit status 143
+    (128 + 15, what a shell reports for a process SIGTERM ended). A KeyboardInterrupt, so that every place that
+    cleans up after Ctrl-C (the MPI ranks' ending together, the atomic checkpoint write) does so for it too."""
 
 
 class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -146,6 +173,13 @@ def timestep_interval(text: str) -> tuple:
     return lo, hi
 
 
+def out_folder(text: str) -> str:
+    """An argparse type: a folder's path that is not empty or blank ('' would write into the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must name a folder, got {text!r}")
+    return text
+
+
 def numbers(text: str) -> list:
     """An argparse type: finite numbers separated by commas, e.g. 1,2.5."""
     parse = number()
@@ -183,6 +217,20 @@ def check_out_dir(flag: str, path, need_bytes: int = 0) -> Path:
     return path
 
 
+def check_out_files(flag: str, folder: Path, names) -> None:
+    """A UserError if a file the run will write in ``folder`` exists and is not a regular file (a folder named
+    checkpoint.npz, a FIFO): found now rather than at the first save, after minutes of training. A symbolic link to
+    a file is fine: the write replaces the link."""
+    for name in names:
+        path = Path(folder) / name
+        try:
+            if path.exists() and not path.is_file():
+                raise UserError(f"{flag} {folder}: {path} is in the way: it exists and is not a regular file "
+                                f"(a folder?); the run writes a file there")
+        except OSError as e:    # a symbolic link loop, a name too long: the write would fail the same way
+            raise UserError(f"{flag} {folder}: {path}: {e.strerror or e}") from e
+
+
 def _read_only(path: Path) -> bool:
     try:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
@@ -190,24 +238,39 @@ def _read_only(path: Path) -> bool:
         return False
 
 
-def choose_device(requested):
-    """set the device: ``requested`` ('cpu', 'cuda'), or 'cuda' when CuPy finds a GPU, else 'cpu'. Returns its name."""
+def choose_device(requested, auto: bool = True) -> tuple:
+    """Set the device and return (its name, why it was chosen): ``requested`` (--device) when given, else
+    TINYDDPM_DEVICE when set, else (``auto``) 'cuda' when CuPy finds a GPU and 'cpu' otherwise, or (not ``auto``) 'cpu'.
+
+    The option wins over the variable, so a script run with --device cpu from a shell that exported
+    TINYDDPM_DEVICE=cuda does what its command line says. 'cuda' asked for by either, without CuPy or a GPU, is a
+    UserError naming which asked: nothing falls back to the CPU silently.
+    """
     if requested is not None:
-        with blame(f"--device {requested}", RuntimeError, ValueError):
-            backend.set_device(requested)   # 'cuda' without CuPy fails loudly: nothing falls back silently
-        return requested
+        name, why = requested, "--device"
+    else:
+        with blame("", EnvironmentVariableError):
+            name, why = read("TINYDDPM_DEVICE"), "TINYDDPM_DEVICE"
+    if name is not None:
+        with blame(f"{why} {name}" if why == "--device" else f"{why}={name}", RuntimeError, ValueError):
+            backend.set_device(name)
+        return name, why
+    if not auto:
+        backend.set_device("cpu")
+        return "cpu", "the default"
     try:
         backend.set_device("cuda")
-        return "cuda"
+        return "cuda", "CuPy found a GPU"
     except RuntimeError:
         backend.set_device("cpu")
-        return "cpu"
+        return "cpu", "no GPU found"
 
 
-def current_device() -> str:
-    """The device chosen by TINYDDPM_DEVICE (default 'cpu'), or a UserError naming the variable."""
-    with blame(f"TINYDDPM_DEVICE={os.environ.get('TINYDDPM_DEVICE', '')}", RuntimeError, ValueError):
-        return backend.get_device()
+def check_environment() -> None:
+    """Every TINYDDPM_* variable (tinyddpm/environment.py) checked like an option, before any work: a UserError
+    naming each bad one and what it allows."""
+    with blame("", EnvironmentVariableError):
+        check_all()
 
 
 @contextmanager
@@ -238,7 +301,7 @@ def describe(e: BaseException) -> str:
 
 def classify(e: BaseException):
     """(status, message) for an error the user caused or a run that went non-finite; None for a bug of ours."""
-    if isinstance(e, (UserError, CheckpointError)):
+    if isinstance(e, (UserError, CheckpointError, EnvironmentVariableError)):
         return 2, describe(e)
     if isinstance(e, (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError)) \
             or (isinstance(e, OSError) and e.errno in USER_ERRNOS):
@@ -248,23 +311,93 @@ def classify(e: BaseException):
     return None
 
 
+# --------------------------------------------------------------------------------------------
+# signals: Ctrl-C (SIGINT) and SIGTERM, what job schedulers send before they kill
+# --------------------------------------------------------------------------------------------
+
+def interrupted_status(e: KeyboardInterrupt) -> int:
+    """128 + the signal's number, as a shell reports it: 143 for SIGTERM, 130 for Ctrl-C."""
+    return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()   # only there can Python handle signals
+
+
+@contextmanager
+def terminate_on_sigterm():
+    """Inside, SIGTERM raises Terminated (Python's default would end the process with no word and no cleanup);
+    the handler before is put back on the way out."""
+    if not _in_main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+class StopAfterStep:
+    """train()'s ``stop`` for Ctrl-C and SIGTERM: the first of either lets the current step finish, then train saves
+    the checkpoint and returns; ``signum`` says which came. A second signal stops at once (KeyboardInterrupt or
+    Terminated), as Ctrl-C always did: the checkpoint on disk is then the last one saved, whole (written atomically).
+
+    Why not at once: a scheduler's SIGTERM comes seconds before its SIGKILL, and a step takes well under a second,
+    so finishing it and saving loses nothing, where stopping mid-step would lose every step since the last save.
+    """
+
+    def __init__(self):
+        self.signum = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        self.signum = signum
+
+    @contextmanager
+    def installed(self):
+        """The handler, for SIGINT and SIGTERM, while inside; the handlers before are put back on the way out."""
+        if not _in_main_thread():
+            yield self
+            return
+        before = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in before.items():
+                signal.signal(s, handler)
+
+    def status(self) -> int:
+        return 128 + self.signum
+
+
 def run(prog: str, work, args, speak: bool = True) -> int:
     """``work(args)``'s status, with errors reported by the rule of this module's docstring.
 
     ``speak=False``: the one-line messages are not printed (ranks > 0 of an MPI run: rank 0 speaks for all).
     """
-    debug = getattr(args, "debug", False) or os.environ.get("TINYDDPM_DEBUG", "") not in ("", "0")
+    debug = debug_wanted(args)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), terminate_on_sigterm():
             if not debug:   # NumPy's overflow / invalid-value warnings (from any thread) say again, in several
                 # lines, what the finite checks of the loss and the samples report in one
                 warnings.filterwarnings("ignore", message="(overflow|invalid value|divide by zero) encountered",
                                         category=RuntimeWarning)
+            check_environment()
             return work(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:   # Ctrl-C, or SIGTERM (Terminated)
         if speak:
-            print(f"\n{prog}: interrupted", file=sys.stderr)
-        return 130
+            print(f"\n{prog}: {'terminated (SIGTERM)' if isinstance(e, Terminated) else 'interrupted'}",
+                  file=sys.stderr)
+        return interrupted_status(e)
     except Exception as e:
         verdict = classify(e)
         if verdict is None:
@@ -298,8 +431,7 @@ def main(prog: str, parse_args, work, argv=None) -> int:
         return 2
     if dp is None:
         return run(prog, work, parse_args(argv))
-    DEBUG = "--debug" in (sys.argv[1:] if argv is None else argv) or \
-        os.environ.get("TINYDDPM_DEBUG", "") not in ("", "0")    # before parsing: a failed parse shows it too
+    DEBUG = debug_wanted(list(sys.argv[1:] if argv is None else argv))   # before parsing: a failed parse shows it too
     if not dp.root:
         sys.stdout = open(os.devnull, "w")    # rank 0 speaks for all
     dp.share_cores()                          # unless a thread count is set, the ranks of a machine share its cores
@@ -357,6 +489,7 @@ RUN_OPTIONS = {"preset": "preset", "batch_size": "batch-size", "lr": "lr", "seed
                "downsample": "downsample", "upsample": "upsample"}
 BLOCK_OPTIONS = ("activation", "weight_standardisation", "downsample", "upsample")   # UNetConfig fields
 GIF_PER_CLASS = 4            # samples of each class in denoising.gif: noise compresses badly
+OUT_FILES = (CHECKPOINT_NAME, "loss.png", "samples.png", "denoising.gif")   # what a training run writes in --out
 PICTURE_BYTES = 20_000_000   # room for samples.png, denoising.gif, loss.png and the previews, generously
 
 
@@ -378,7 +511,7 @@ def add_resume_options(p) -> None:
 
 def add_run_options(p) -> None:
     """The device, how often to checkpoint, preview and log, the final samples (sampler, count), progress bars."""
-    p.add_argument("--device", choices=backend.DEVICES, default=None, help="default: cuda if CuPy finds a GPU")
+    p.add_argument("--device", choices=backend.DEVICES, default=None, help="default: TINYDDPM_DEVICE, else cuda if CuPy finds a GPU")
     p.add_argument("--checkpoint-every", type=integer(0), default=None,
                    help="steps between checkpoints (0: only at the end)")
     p.add_argument("--sample-every", type=integer(0), default=None, help="steps between preview grids (0: none)")
@@ -432,7 +565,8 @@ def check_options(args, dp=None) -> tuple:
     out = Path(args.out).expanduser()
     if dp is None or dp.root:
         out = check_out_dir("--out", args.out)      # before anything is loaded: a bad --out wastes nothing
-    device = choose_device(args.device)
+        check_out_files("--out", out, OUT_FILES)
+    device, _ = choose_device(args.device)
     if dp is not None and device == "cuda":
         dp.use_gpu()                                # GPU (local rank mod GPUs), before any array is made
     return out, device
@@ -489,27 +623,38 @@ def train_then_draw(state, out: Path, args, settings: dict, wall: float, *, resu
     """Train to the end (or --until), then loss.png and, for a finished run, the final samples (``final_pictures``);
     print the wall time and every file written.
 
-    Ctrl-C: status 130 and where the last checkpoint is. A non-finite loss or a full disk: one line saying where
-    the last whole checkpoint is (nothing is saved over it). A run stopped by --until says how to continue
-    (``resume_command``). ``dp``: this process is one rank of N; only rank 0 draws and prints.
+    Ctrl-C or SIGTERM while training (``StopAfterStep``): the current step finishes, the checkpoint is written, one
+    line says so, status 130 (Ctrl-C) or 143 (SIGTERM); a second signal stops at once, naming the last checkpoint.
+    Under mpiexec the ranks would see a signal at different steps, so there the first signal stops at once (the ranks
+    end together). A non-finite loss or a full disk: one line saying where the last whole checkpoint is (nothing is
+    saved over it). A run stopped by --until says how to continue (``resume_command``). ``dp``: this process is one
+    rank of N; only rank 0 draws and prints.
     """
     cfg = state.config
     speaks = dp is None or dp.root
     ckpt = out / CHECKPOINT_NAME
+    stop = StopAfterStep() if dp is None else None
     try:
-        train(state, out, until=args.until, progress=not args.no_progress, dp=dp)
-    except KeyboardInterrupt:
+        with stop.installed() if stop is not None else contextlib.nullcontext():
+            train(state, out, until=args.until, progress=not args.no_progress, dp=dp, stop=stop)
+    except KeyboardInterrupt as e:    # a second signal, or any signal under mpiexec
         last = ckpt if ckpt.exists() else "not written yet"
         if speaks:
-            print(f"\ninterrupted at step {state.step}; the last checkpoint is {last} (continue with --resume)",
+            what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+            print(f"\n{what} at step {state.step}; the last checkpoint is {last} (continue with --resume)",
                   file=sys.stderr)
-        return 130
+        return interrupted_status(e)
     except FloatingPointError as e:   # a non-finite loss or weights: nothing was saved over the last checkpoint
         raise FloatingPointError(f"{e}; {last_checkpoint(ckpt) if speaks else 'rank 0 says where'}") from e
     except OSError as e:              # a full disk, a folder made read-only: the checkpoint is written atomically
         if classify(e) is None:
             raise
         raise UserError(f"{describe(e)}; {last_checkpoint(ckpt) if speaks else 'rank 0 says where'}") from e
+    if stop is not None and stop():
+        what = "terminated (SIGTERM)" if stop.signum == signal.SIGTERM else "interrupted"
+        print(f"\n{what} at step {state.step}: the step finished and {ckpt} was written (continue with --resume)",
+              file=sys.stderr)
+        return stop.status()
     if not speaks:
         return 0                      # the final pictures are rank 0's
     if dp is not None:

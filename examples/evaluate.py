@@ -56,8 +56,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from _cli import (Parser, UserError, blame, check_out_dir, choose_device, current_device, integer, load_guide, number,
-                  numbers, run, timestep_interval)
+from _cli import (Parser, UserError, blame, check_out_dir, choose_device, integer, load_guide, number,
+                  numbers, out_folder, run, timestep_interval)
 
 from tinyddpm import backend, load_for_sampling, sample_classes
 from tinyddpm.classifiers import guide as noisy_classifier
@@ -113,7 +113,7 @@ def build_parser():
     parser.add_argument("--n-per-class", "--n-per-digit", dest="n_per_class", type=integer(2), default=50,
                         help="samples of each digit (or class) per row of the table")
     parser.add_argument("--seed", type=integer(0), default=0, help="seed of the starting noise")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=out_folder, default=None,
                         help="output folder (default: 'evaluation' next to the checkpoint)")
     parser.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
     parser.add_argument("--dataset", choices=DATASETS, default=None,
@@ -133,7 +133,7 @@ def build_parser():
     parser.add_argument("--nearest", type=integer(1), default=None, metavar="N",
                         help="write nearest.png: N samples beside their nearest training images, and the median "
                              f"distances (default: none; a flat folder: {NEAREST_FLAT})")
-    parser.add_argument("--device", choices=backend.DEVICES, default=None, help="default: the current device")
+    parser.add_argument("--device", choices=backend.DEVICES, default=None, help="default: TINYDDPM_DEVICE, else cpu")
     parser.add_argument("--guidance-interval", type=timestep_interval, default=None, metavar="LO,HI",
                         help="apply the guidance only at timesteps LO <= t <= HI, the plain conditional prediction "
                              "elsewhere (Kynkaanniemi et al. 2024; default: every step)")
@@ -338,14 +338,12 @@ def plot_quality(rows, baseline, path: Path, fid_name: str = "FID-MNIST"):
 
 
 def work(args) -> int:
-    out = args.out or args.checkpoint.parent / "evaluation"
+    out = Path(args.out) if args.out else args.checkpoint.parent / "evaluation"
     check_out_dir("--out" if args.out else "the output folder (--out)", out)
     if args.dataset and args.data:
         raise UserError(f"--dataset {args.dataset} and --data {args.data}: give one (the real data to measure against)")
-    if args.device:
-        choose_device(args.device)
-    else:
-        current_device()   # TINYDDPM_DEVICE, checked now rather than at the first array
+    device, why = choose_device(args.device, auto=False)   # --device, else TINYDDPM_DEVICE, else cpu; checked now
+    print(f"device {device} ({why})")
     params, config, schedule = load_for_sampling(args.checkpoint, use_ema=not args.no_ema)   # one line if unusable
     T = schedule.num_timesteps
     for sampler, steps in args.configs:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _cli import Parser, UserError, blame, check_out_dir, integer, run
+from _cli import Parser, UserError, blame, check_out_dir, integer, out_folder, run
 
 from tinyddpm.data import DATASETS, DownloadError, FallbackUnavailable, load_dataset
 
@@ -26,7 +26,7 @@ def parse_args(argv=None):
     p = Parser(prog="export_images.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", choices=DATASETS, default="fashion-mnist", help="which data set")
     p.add_argument("--split", choices=("train", "test"), default="train", help="which split")
-    p.add_argument("--out", required=True, help="the folder to write (one subfolder per class)")
+    p.add_argument("--out", required=True, type=out_folder, help="the folder to write (one subfolder per class)")
     p.add_argument("--per-class", type=integer(1), default=600, help="pictures of each class (at most)")
     p.add_argument("--data-dir", default=None, help="where the data set's IDX files are (default: its cache)")
     p.add_argument("--source", default="auto", help="where to load the data set from (see tinyddpm.data)")
@@ -47,8 +47,15 @@ def write_png(image: np.ndarray, path: Path) -> None:
     from PIL import Image
 
     partial = path.with_name(path.name + ".partial")
-    Image.fromarray(image, mode="L").save(partial, format="PNG")
-    os.replace(partial, path)
+    try:
+        Image.fromarray(image, mode="L").save(partial, format="PNG")
+        os.replace(partial, path)
+    except OSError as e:   # a full disk: name the picture (the write's own error names no file), keep that error
+        try:
+            partial.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise OSError(e.errno, f"cannot write the picture: {e.strerror or e}", str(path)) from e
 
 
 def work(args) -> int:

@@ -33,8 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-from _cli import (GIF_PER_CLASS, Parser, UserError, check_out_dir, choose_device, integer, load_guide, number, run,
-                  timestep_interval)
+from _cli import (GIF_PER_CLASS, Parser, UserError, check_out_dir, choose_device, integer, load_guide, number, out_folder,
+                  run, timestep_interval)
 
 from tinyddpm import backend, load_for_sampling, sample_classes, viz
 from tinyddpm.checkpoint import load_checkpoint
@@ -88,9 +88,9 @@ def parse_args(argv=None):
     p.add_argument("--n-per-class", "--n-per-digit", dest="n_per_class", type=integer(1), default=8,
                    help="samples of each digit or class (one row each)")
     p.add_argument("--seed", type=integer(0), default=0, help="seed of the starting noise (and DDPM's noise)")
-    p.add_argument("--out", default=None, help="output folder (default: 'samples' next to the checkpoint)")
+    p.add_argument("--out", type=out_folder, default=None, help="output folder (default: 'samples' next to the checkpoint)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of their EMA")
-    p.add_argument("--device", choices=backend.DEVICES, default=None, help="default: cuda if CuPy finds a GPU")
+    p.add_argument("--device", choices=backend.DEVICES, default=None, help="default: TINYDDPM_DEVICE, else cuda if CuPy finds a GPU")
     p.add_argument("--frames", type=integer(1), default=30, help="about this many frames in the GIF")
     p.add_argument("--gif-per-class", "--gif-per-digit", dest="gif_per_class", type=integer(1), default=GIF_PER_CLASS,
                    help="samples of each digit or class shown in the GIF")
@@ -153,7 +153,8 @@ def class_index(item: str, names: list) -> int:
 def work(args) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "samples"
     check_out_dir("--out" if args.out else "the output folder (--out)", out)
-    choose_device(args.device)
+    device, why = choose_device(args.device)
+    print(f"device {device} ({why})")
     # a missing file, a corrupt one, NaN weights: FileNotFoundError, CheckpointError, reported in one line by run()
     params, config, schedule = load_for_sampling(args.checkpoint, use_ema=not args.no_ema)
     T = schedule.num_timesteps

@@ -20,7 +20,8 @@ It writes into --out (default runs/images), as examples/train_mnist.py does:
     samples.png               the final samples: a row per class, or a square grid for a flat folder
     denoising.gif             the first samples of each row going from noise to pictures (x_t | predicted x0)
     loss.png                  the training loss per step and its running mean
-    skipped_files.txt         only when some files could not be used: each with the reason
+    skipped_files.txt         only when some files could not be used: each with the reason, one per line (a header
+                              line first says how unprintable characters in names are escaped)
 
 Sample again later: python examples/sample.py runs/images/checkpoint.npz --classes rose,tulip
 Every option, the folder, the device and --out are checked before the first step; what the user can fix ends in
@@ -40,7 +41,7 @@ from pathlib import Path
 
 from _cli import (BLOCK_OPTIONS, Parser, UserError, add_block_options, add_resume_options, add_run_options,
                   add_training_options, blame, bookkeeping, check_options, check_run, check_same_run, check_until,
-                  given, integer, resume_path, together, train_then_draw)
+                  given, integer, out_folder, resume_path, together, train_then_draw)
 from _cli import main as cli_main
 
 from tinyddpm import count_params, new_state, preset, resume_state
@@ -52,6 +53,8 @@ from tinyddpm.training.resume import read_train_config
 PROG = "train_images.py"
 PRESET_CHOICES = ("images-cpu", "images-gpu", "tiny")
 SKIPPED_LOG = "skipped_files.txt"
+SKIPPED_HEADER = ("# the files that could not be used, one per line as 'file: reason'; in names a backslash is written "
+                  "\\\\, a newline \\n and any other unprintable character as in a Python string (\\t, \\x1b, \\udcff)")
 
 
 def parse_args(argv=None):
@@ -67,7 +70,7 @@ def parse_args(argv=None):
     p.add_argument("--preset", choices=PRESET_CHOICES, default=None,
                    help="model size and schedule; default 'images-gpu' on a GPU, else 'images-cpu'")
     add_training_options(p, items="pictures")
-    p.add_argument("--out", default="runs/images", help="output directory")
+    p.add_argument("--out", type=out_folder, default="runs/images", help="output directory")
     add_resume_options(p)
     add_run_options(p)
     add_block_options(p)
@@ -165,7 +168,11 @@ def write_skipped(out: Path, data) -> list:
     if not data.skipped:
         log.unlink(missing_ok=True)          # a list left by an earlier run of this folder would mislead
         return []
-    log.write_text("".join(f"{line}\n" for line in data.skipped))
+    lines = [SKIPPED_HEADER, *data.skipped]   # each "file: reason", made one line by tinyddpm.data.folder.printable
+    try:
+        log.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    except OSError as e:                     # a full disk reports no file name of its own
+        raise OSError(e.errno, e.strerror or str(e), str(log)) from e
     print(f"skipped {len(data.skipped)} file(s) that could not be used; the list is in {log}")
     return [log]
 

@@ -45,7 +45,7 @@ from dataclasses import replace
 
 from _cli import (BLOCK_OPTIONS, Parser, UserError, add_block_options, add_resume_options, add_run_options,
                   add_training_options, blame, bookkeeping, check_options, check_run, check_same_run, check_until,
-                  given, resume_path, root_first, together, train_then_draw)
+                  given, out_folder, resume_path, root_first, together, train_then_draw)
 from _cli import main as cli_main
 
 from tinyddpm import PRESETS, count_params, default_preset, new_state, preset, resume_state
@@ -60,7 +60,7 @@ def parse_args(argv=None):
                    help="model size and schedule; default 'gpu' on a GPU, else 'cpu'")
     add_training_options(p)
     p.add_argument("--dataset", choices=DATASETS, default="mnist", help="what to train on")
-    p.add_argument("--out", default=None, help="output directory (default runs/mnist, or runs/fashion-mnist)")
+    p.add_argument("--out", type=out_folder, default=None, help="output directory (default runs/mnist, or runs/fashion-mnist)")
     add_resume_options(p)
     p.add_argument("--data-dir", default=None,
                    help="folder of the IDX files (default ~/.cache/tinyddpm/mnist, or .../fashion-mnist)")

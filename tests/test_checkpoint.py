@@ -288,6 +288,31 @@ def test_a_full_disk_names_the_checkpoint_and_leaves_no_temporary(tmp_path, monk
     assert files_in(tmp_path) == ["checkpoint.npz"] and load_checkpoint(path).config == {"version": "old"}
 
 
+def test_a_read_only_file_system_names_the_checkpoint_even_when_the_cleanup_fails_too(tmp_path, monkeypatch):
+    """On a read-only file system removing the temporary file fails as well (EROFS, though it was never made): the
+    error reported is the first one, naming the checkpoint, not the cleanup's naming a file that does not exist."""
+    import errno
+    from pathlib import Path
+
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, config={"version": "old"}, params={"w": np.zeros(3)})
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    def refuse_to_open(file, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(file))
+
+    monkeypatch.setattr(checkpoint, "open", refuse_to_open, raising=False)   # the temporary file cannot be made
+    monkeypatch.setattr(Path, "unlink", read_only)                           # and its cleanup fails too
+    with pytest.raises(OSError) as raised:
+        save_checkpoint(path, config={"version": "new"}, params={"w": np.ones(3)})
+    monkeypatch.undo()
+    assert raised.value.errno == errno.EROFS and raised.value.filename == str(path), raised.value
+    assert str(raised.value) == f"[Errno {errno.EROFS}] cannot write the checkpoint: Read-only file system: '{path}'"
+    assert files_in(tmp_path) == ["checkpoint.npz"] and load_checkpoint(path).config == {"version": "old"}
+
+
 def test_random_bytes_are_not_called_pickled_data(tmp_path):
     planted = b"\x80\x04\x95 a pickle stream"
     for name, data in (("random.npz", np.random.default_rng(1).bytes(300)), ("planted.npz", planted)):

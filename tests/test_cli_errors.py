@@ -8,8 +8,10 @@ The refusals run side by side in two worker threads (each is a fresh Python, abo
 time one of them is asked for; the runs that train or inject a fault run in their own test.
 """
 import os
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -74,8 +76,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def run_script(name, *args, cwd, fault=None, env=None):
     """examples/<name>.py with ``args`` in a fresh Python (with ``fault`` planted first); the CompletedProcess."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
-    env.pop("TINYDDPM_DEBUG", None)
+    ours = {k: v for k, v in os.environ.items() if k != "TINYDDPM_DEBUG"}   # a case may set it: env below
+    env = dict(ours, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
     script = [str(EXAMPLES / f"{name}.py"), *map(str, args)]
     if fault is not None:
         env["TINYDDPM_TEST_FAULT"] = fault
@@ -121,6 +123,7 @@ def ws(tmp_path_factory):
                     optimizer_state=ckpt.optimizer_state, step=ckpt.step, rng_state=ckpt.rng_state, extra=ckpt.extra)
     (root / "random.npz").write_bytes(np.random.default_rng(0).bytes(4000))
     (root / "a_file").write_text("a regular file, not a folder")
+    (root / "ckpt_is_a_folder" / CHECKPOINT_NAME).mkdir(parents=True)     # OUT/checkpoint.npz in the way
     cfg = ClassifierConfig()
     save_checkpoint(root / "classifier" / "classifier.npz", params=init_params(cfg),
                     config={"kind": "tinyddpm.classifier", **asdict(cfg), "test_accuracy": 0.1})
@@ -216,12 +219,44 @@ REFUSALS = {
     "evaluate NaN EMA weights": ("evaluate", ("{ws}/nan_ema/checkpoint.npz", *EVALUATE[1:]), {},
                                  "the EMA weights 'conv_in.w' hold 72 NaN"),
     "evaluate TINYDDPM_DEVICE=tpu": ("evaluate", EVALUATE[:-2], {"TINYDDPM_DEVICE": "tpu"},
-                                     "TINYDDPM_DEVICE=tpu: tinyddpm.set_device: unknown device 'tpu'"),
+                                     "TINYDDPM_DEVICE='tpu': must be one of cpu, cuda"),
+    # the environment, checked like the options before any work (tinyddpm/environment.py)
+    "train TINYDDPM_SHARDS=abc": ("train_mnist", TRAIN, {"TINYDDPM_SHARDS": "abc"},      # was: a traceback after
+                                  "TINYDDPM_SHARDS='abc': must be an integer >= 1"),     # the whole training run
+    "train TINYDDPM_SHARDS=0": ("train_mnist", TRAIN, {"TINYDDPM_SHARDS": "0"}, "TINYDDPM_SHARDS='0': must be"),
+    "train TINYDDPM_DEVICE=tpu": ("train_mnist", TRAIN, {"TINYDDPM_DEVICE": "tpu"},
+                                  "TINYDDPM_DEVICE='tpu': must be one of cpu, cuda"),
+    "sample TINYDDPM_DEBUG=yes": ("sample", SAMPLE, {"TINYDDPM_DEBUG": "yes"}, "TINYDDPM_DEBUG='yes': must be 0 or 1"),
+    "sample TINYDDPM_MALLOC=fast": ("sample", SAMPLE, {"TINYDDPM_MALLOC": "fast"},
+                                    "TINYDDPM_MALLOC='fast': must be one of keep, system"),
+    "evaluate TINYDDPM_CACHE blank": ("evaluate", EVALUATE, {"TINYDDPM_CACHE": " "},
+                                      "TINYDDPM_CACHE=' ': must be a folder's path, not blank"),
+    "train_images TINYDDPM_SHARD=2": ("train_images", ("--data", "{ws}/idx", "--out", "{ws}/out/{case}"),
+                                      {"TINYDDPM_SHARD": "2"}, "TINYDDPM_SHARD: not a tinyddpm variable; did you "
+                                                               "mean TINYDDPM_SHARDS?"),
+    "export_images TINYDDPM_FUSED_KERNELS=no": ("export_images", ("--out", "{ws}/out/{case}"),
+                                                {"TINYDDPM_FUSED_KERNELS": "no"}, "TINYDDPM_FUSED_KERNELS='no'"),
+    # paths
+    "train --out empty": ("train_mnist", TRAIN + ("--out", ""), {}, "argument --out: must name a folder, got ''"),
+    "train --out blank": ("train_mnist", TRAIN + ("--out", "  "), {}, "argument --out: must name a folder, got '  '"),
+    "sample --out empty": ("sample", SAMPLE + ("--out", ""), {}, "argument --out: must name a folder, got ''"),
+    "evaluate --out blank": ("evaluate", EVALUATE + ("--out", " "), {}, "argument --out: must name a folder"),
+    "train_images --out empty": ("train_images", ("--data", "{ws}/idx", "--out", ""), {},
+                                 "argument --out: must name a folder"),
+    "export_images --out empty": ("export_images", ("--out", ""), {}, "argument --out: must name a folder"),
+    "train OUT/checkpoint.npz a folder": ("train_mnist", TRAIN + ("--out", "{ws}/ckpt_is_a_folder"), {},
+                                          "--out {ws}/ckpt_is_a_folder: {ws}/ckpt_is_a_folder/checkpoint.npz is in "
+                                          "the way: it exists and is not a regular file"),
 }
 if not HAVE_CUPY:   # the message, not two chained tracebacks
     REFUSALS["train --device cuda"] = ("train_mnist", TRAIN + ("--device", "cuda"), {},
                                        "--device cuda: tinyddpm: device 'cuda' needs CuPy")
     REFUSALS["sample --device cuda"] = ("sample", SAMPLE[:-2] + ("--device", "cuda"), {}, "--device cuda: tinyddpm")
+    # TINYDDPM_DEVICE=cuda is honoured by every script (three of them once ran on the CPU instead, status 0)
+    for name, args in (("train_mnist", TRAIN), ("sample", SAMPLE[:-2]), ("evaluate", EVALUATE[:-2]),
+                       ("train_images", ("--data", "{ws}/idx", "--out", "{ws}/out/{case}"))):
+        REFUSALS[f"{name} TINYDDPM_DEVICE=cuda"] = (name, args, {"TINYDDPM_DEVICE": "cuda"},
+                                                    "TINYDDPM_DEVICE=cuda: tinyddpm: device 'cuda' needs CuPy")
 
 
 @pytest.fixture(scope="module")
@@ -344,6 +379,46 @@ def test_the_next_run_removes_stale_temporaries_of_killed_writes(ws, tmp_path):
     assert done.returncode == 0, done.stderr
     assert not killed.exists() and writing.exists()
     assert "nan" not in done.stdout and "stopped at step 2 of 4" in done.stdout
+
+
+@pytest.mark.parametrize("sig, status, what", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                               (signal.SIGINT, 130, "interrupted")])
+def test_sigterm_or_ctrl_c_while_training_finishes_the_step_and_saves(ws, tmp_path, sig, status, what):
+    """What a job scheduler does before it kills: SIGTERM. The step in progress finishes, the checkpoint is written
+    (at that step: nothing lost), one line, 143. Ctrl-C does the same with 130."""
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               PYTHONUNBUFFERED="1")
+    env.pop("TINYDDPM_DEBUG", None)
+    args = train_args(ws, out, "--steps", "100000", "--checkpoint-every", "1", "--sample-every", "0")
+    child = subprocess.Popen([sys.executable, str(EXAMPLES / "train_mnist.py"), *args], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ckpt = out / CHECKPOINT_NAME
+        while not ckpt.exists() and child.poll() is None:   # a checkpoint at step 1: training (and the handler) is on
+            time.sleep(0.05)
+        child.send_signal(sig)
+        stdout, stderr = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    lines = stderr.strip().splitlines()
+    assert child.returncode == status, (child.returncode, stderr)
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    step = load_checkpoint(ckpt).step
+    assert lines[0] == f"{what} at step {step}: the step finished and {ckpt} was written (continue with --resume)"
+    assert 1 <= step < 100000
+    assert sorted(p.name for p in out.iterdir()) == [CHECKPOINT_NAME]   # no temporary file, no final pictures
+
+
+def test_the_device_option_wins_over_the_variable_and_the_script_says_which(ws, tmp_path):
+    common = (ws / "run" / CHECKPOINT_NAME, "--steps", "2", "--digits", "1", "--n-per-digit", "1", "--no-progress")
+    done = run_script("sample", *common, "--out", tmp_path / "a", "--device", "cpu", cwd=tmp_path,
+                      env={"TINYDDPM_DEVICE": "cuda"})
+    assert done.returncode == 0 and "device cpu (--device)" in done.stdout, done.stderr
+    done = run_script("sample", *common, "--out", tmp_path / "b", cwd=tmp_path, env={"TINYDDPM_DEVICE": "cpu"})
+    assert done.returncode == 0 and "device cpu (TINYDDPM_DEVICE)" in done.stdout, done.stderr
 
 
 # --------------------------------------------------------------------------------------------

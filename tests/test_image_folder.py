@@ -265,3 +265,79 @@ def test_a_decompression_bomb_is_skipped(tmp_path, monkeypatch):
 def test_bad_arguments(tmp_path, size, channels, message):
     with pytest.raises(ValueError, match=re.escape(f"load_image_folder: {message}")):
         load_image_folder(tmp_path, size, channels)
+
+
+# --------------------------------------------------------------------------------------------
+# entries that cannot be looked at, and names that would break a line (issue 26, item 5)
+# --------------------------------------------------------------------------------------------
+
+def test_a_symlink_loop_is_skipped_and_listed_not_a_refusal_of_the_folder(tmp_path):
+    make_pictures(tmp_path, classes=["cat", "dog"], n=2)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")                  # at the top: could have been a class
+    (tmp_path / "cat" / "self.png").symlink_to(tmp_path / "cat" / "self.png")
+    (tmp_path / "dog" / "a").symlink_to(tmp_path / "dog" / "b")        # a loop of two
+    (tmp_path / "dog" / "b").symlink_to(tmp_path / "dog" / "a")
+    logged = []
+    data = load_image_folder(tmp_path, 16, log=logged.append)          # before: OSError ELOOP for the whole folder
+    assert len(data) == 4 and data.class_names == ["cat", "dog"]
+    loop = "a symbolic link loop (it points, in the end, at itself)"
+    assert sorted(data.skipped) == sorted(f"{tmp_path / name}: {loop}"
+                                          for name in ("loop", "cat/self.png", "dog/a", "dog/b"))
+    assert logged == [f"skipped {line}" for line in data.skipped]
+    assert "4 file(s) skipped" in data.source
+
+
+def test_a_symlink_loop_in_a_flat_folder(tmp_path):
+    make_pictures(tmp_path, n=2)
+    (tmp_path / "x.jpg").symlink_to(tmp_path / "x.jpg")
+    data = load_image_folder(tmp_path, 16)
+    assert len(data) == 2 and data.labels is None
+    assert data.skipped == [f"{tmp_path / 'x.jpg'}: a symbolic link loop (it points, in the end, at itself)"]
+
+
+def test_an_unreadable_subfolder_is_skipped_and_listed(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from tinyddpm.data import folder
+
+    make_pictures(tmp_path, classes=["cat", "dog", "eel"], n=2)
+    real = os.scandir
+
+    def scandir(path):   # the tests may run as root, whom permissions do not stop: refuse the listing here
+        if str(path) == str(tmp_path / "dog"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(folder.os, "scandir", scandir)
+    data = load_image_folder(tmp_path, 16)
+    assert data.class_names == ["cat", "eel"] and len(data) == 4
+    assert data.skipped == [f"{tmp_path / 'dog'}: cannot be read (permission denied)"]
+
+
+def test_a_file_name_with_a_newline_stays_on_one_line(tmp_path):
+    from tinyddpm.data.folder import printable
+
+    make_pictures(tmp_path, n=2)
+    (tmp_path / "two\nlines.png").write_bytes(b"not a picture")
+    (tmp_path / "back\\slash\x1b.png").write_bytes(b"not a picture")
+    data = load_image_folder(tmp_path, 16)
+    assert all("\n" not in line and "\x1b" not in line for line in data.skipped)
+    assert f"{tmp_path}/two\\nlines.png: not an image Pillow can read" in data.skipped
+    assert f"{tmp_path}/back\\\\slash\\x1b.png: not an image Pillow can read" in data.skipped
+    assert printable("é \t\r\udcff\u2028") == "é \\t\\r\\udcff\\u2028"   # letters stay; line breaks of any kind do not
+
+
+def test_skipped_files_txt_says_its_escaping_and_keeps_one_line_per_file(tmp_path):
+    from helpers import load_example
+
+    make_pictures(tmp_path / "data", n=2)
+    (tmp_path / "data" / "two\nlines.png").write_bytes(b"not a picture")
+    data = load_image_folder(tmp_path / "data", 16)
+    out = tmp_path / "out"
+    out.mkdir()
+    train_images = load_example("train_images")
+    assert train_images.write_skipped(out, data) == [out / "skipped_files.txt"]
+    lines = (out / "skipped_files.txt").read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("# ") and "a newline \\n" in lines[0]
+    assert lines[1:] == [f"{tmp_path / 'data'}/two\\nlines.png: not an image Pillow can read"]

@@ -131,7 +131,9 @@ def test_unreadable_files_are_listed_and_the_run_goes_on(folders, tmp_path, caps
     printed = capsys.readouterr().out
     log = tmp_path / "run" / "skipped_files.txt"
     assert f"skipped 2 file(s) that could not be used; the list is in {log}" in printed
-    assert log.read_text() == (f"{data / 'broken.png'}: not an image Pillow can read\n"
+    header = load_example("train_images").SKIPPED_HEADER
+    assert log.read_text() == (f"{header}\n"
+                               f"{data / 'broken.png'}: not an image Pillow can read\n"
                                f"{data / 'speck.png'}: 5x5 px, smaller than 8 px on a side\n")
 
 

@@ -77,3 +77,53 @@ def test_viz_does_not_use_pyplot():
     code = "import sys, tinyddpm.viz as v; v.plot_schedules(None, None, 50); print('matplotlib.pyplot' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_failed_picture_write_names_the_picture_and_keeps_the_old_one(tmp_path, monkeypatch):
+    """A full disk while a PNG is written: the OSError names the picture (a file object's write names none), the
+    earlier picture stays whole, no temporary file is left; the first error is kept when the cleanup fails too."""
+    import errno
+    from pathlib import Path
+
+    path = viz.plot_loss_curve(tmp_path / "loss.png", np.linspace(1.0, 0.1, 20))
+    before = path.read_bytes()
+
+    def full(self, f, **kwargs):
+        f.write(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full)
+    with pytest.raises(OSError) as raised:
+        viz.plot_loss_curve(path, np.linspace(2.0, 0.2, 20))
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(path)
+    assert "cannot write the picture: No space left on device" in str(raised.value)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["loss.png"]
+
+    real_unlink = Path.unlink
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(OSError) as raised:
+        viz.plot_loss_curve(path, np.linspace(2.0, 0.2, 20))
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(path)   # not the cleanup's EROFS
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    for p in tmp_path.glob(".loss.png.*.tmp"):
+        p.unlink()
+
+
+def test_a_failed_gif_write_names_the_gif(tmp_path, monkeypatch):
+    import errno
+
+    from PIL import Image as PILImage
+
+    def full(self, fp, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PILImage.Image, "save", full)
+    frames = [np.zeros((2, 1, 4, 4)), np.ones((2, 1, 4, 4))]
+    with pytest.raises(OSError) as raised:
+        viz.save_denoising_gif(tmp_path / "d.gif", frames)
+    assert raised.value.filename == str(tmp_path / "d.gif") and raised.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []

@@ -201,7 +201,10 @@ def save_checkpoint(path, *, config: dict, params: dict, ema: dict | None = None
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
+        try:
+            Path(tmp).unlink(missing_ok=True)
+        except OSError:   # on a read-only file system the cleanup fails too (EROFS, even for a file never made):
+            pass          # the error to report is the first one, not the cleanup's about a file that may not exist
         if isinstance(e, OSError) and e.errno is not None:  # a full disk, a read-only folder: name the checkpoint
             raise OSError(e.errno, f"cannot write the checkpoint: {e.strerror or e}", str(path)) from e
         raise

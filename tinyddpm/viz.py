@@ -3,14 +3,16 @@
 
 Every function draws on its own ``matplotlib.figure.Figure`` with the Agg canvas: no pyplot, no global
 backend switch, no window, so it works on a server and never disturbs a notebook's own matplotlib state.
-Given a path it saves a PNG there (creating parent folders) and returns the path; given path=None it
-returns the Figure instead (a notebook displays it; ``fig.savefig`` saves it later).
+Given a path it saves a PNG there (creating parent folders; written whole or not at all, ``write_whole``) and
+returns the path; given path=None it returns the Figure instead (a notebook displays it; ``fig.savefig`` saves it
+later).
 
 Images follow the project's layout: (C, H, W) or (H, W) arrays with values in [-1, 1] (the range the
 models are trained on), NumPy or CuPy. ``to_display`` turns one into what imshow wants.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +34,32 @@ def _finish(fig: Figure, path):
     """Save to ``path`` as a PNG and return the path, or return the figure when path is None."""
     if path is None:
         return fig
+    return write_whole(path, lambda f: fig.savefig(f, format="png"))
+
+
+def write_whole(path, write) -> Path:
+    """``write(file object)`` into a temporary file beside ``path``, then renamed onto it; returns ``path``.
+
+    Why: a picture half-written by a full disk would replace the whole one of an earlier run, and the OSError of a
+    failed write names no file (it comes from a file object). Here a failure leaves the old picture whole and raises
+    an OSError naming ``path``, with the original error's errno and reason: kept even when removing the temporary
+    file fails as well (on a read-only file system it does). The parent folders are created first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")   # same folder: the rename is atomic
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass   # the first error is the one to report
+        if isinstance(e, OSError) and e.errno is not None:
+            raise OSError(e.errno, f"cannot write the picture: {e.strerror or e}", str(path)) from e
+        raise
     return path
 
 
@@ -244,11 +269,8 @@ def save_denoising_gif(path, frames, ncol=None, captions=None, scale: int = 3, f
             image = framed
         pictures.append(image.convert("P", palette=Image.ADAPTIVE, colors=256))
     durations = [frame_ms] * (len(pictures) - 1) + [last_ms]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pictures[0].save(path, format="GIF", save_all=True, append_images=pictures[1:], duration=durations,
-                     loop=0, disposal=1)
-    return path
+    return write_whole(path, lambda f: pictures[0].save(f, format="GIF", save_all=True, append_images=pictures[1:],
+                                                        duration=durations, loop=0, disposal=1))
 
 
 def save_sample_pictures(png, gif, x, trajectory, rows: int, num_steps: int, row_labels=None, title=None,

@@ -40,10 +40,17 @@ Bad input. A path that does not exist raises FileNotFoundError; a file instead o
 image file, images at the top and in subfolders, or no readable image raise ValueError; each message is one
 line naming the path and the problem. A file that cannot be decoded (corrupt, truncated, not really an image,
 a decompression bomb: more than twice Image.MAX_IMAGE_PIXELS) is skipped, listed in ``skipped`` with the
-reason and passed to ``log`` if given; nothing is unpickled, and Pillow's own exception never escapes.
+reason and passed to ``log`` if given; nothing is unpickled, and Pillow's own exception never escapes. So is an
+entry that cannot be looked at -- a symbolic link loop, a subfolder or file that cannot be read (permission denied)
+-- inside the folder: one bad entry costs that entry, not the run. Only the folder itself must be readable.
+
+Each ``skipped`` line is "file: reason" on one line: a file name may hold a newline, so the line is passed through
+``printable`` (a backslash, a newline or any other unprintable character written as Python writes it in a string:
+\\\\, \\n, \\x1b, \\udcff), which keeps skipped_files.txt one line per file and every message one line.
 """
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 from contextlib import contextmanager
@@ -81,17 +88,22 @@ def load_image_folder(path, image_size: int, channels: int | None = None, *, log
     """
     image_size, channels = _check_arguments(image_size, channels)
     root = Path(path).expanduser()
-    classes, empty, ignored = _find_files(root)           # {class name or "": [files]}, empty subfolders, count
-    skipped, pictures, labels, lost = [], [], [], []
+    classes, empty, ignored, unusable = _find_files(root)  # {class name or "": [files]}, empty subfolders, count,
+    skipped, pictures, labels, lost = [], [], [], []       # [(entry, reason, label or -1)]
+    for entry, reason, label in unusable:
+        skipped.append(printable(f"{entry}: {reason}"))
+        lost.append(label)
+        if log is not None:
+            log(f"skipped {skipped[-1]}")
     with _truncated_files_fail():
         for label, (name, files) in enumerate(classes.items()):
             for file in files:
                 picture, reason = _read_picture(file, image_size)
                 if picture is None:
-                    skipped.append(f"{file}: {reason}")
+                    skipped.append(printable(f"{file}: {reason}"))
                     lost.append(label)
                     if log is not None:
-                        log(f"skipped {file}: {reason}")
+                        log(f"skipped {skipped[-1]}")
                     continue
                 pictures.append(picture)
                 labels.append(label)
@@ -158,6 +170,33 @@ def _to_grey_or_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def printable(text: str) -> str:
+    """``text`` on one line: a backslash doubled, and every character str.isprintable refuses (newline, carriage
+    return, tab, escape, the undecodable bytes of a file name as surrogates) written as a Python escape (\\n, \\x1b,
+    \\udcff). Plain spaces and printable non-ASCII letters stay as they are."""
+    out = []
+    for ch in str(text):
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            code = ord(ch)
+            named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch)
+            out.append(named or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000
+                                 else f"\\U{code:08x}"))
+    return "".join(out)
+
+
+def _entry_reason(e: OSError) -> str:
+    """Why a folder entry cannot be looked at, in words."""
+    if e.errno == errno.ELOOP:
+        return "a symbolic link loop (it points, in the end, at itself)"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return "cannot be read (permission denied)"
+    return f"cannot be read ({e.strerror or type(e).__name__})"
+
+
 def _reason(e: Exception) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     if text.startswith("cannot identify image file"):
@@ -193,17 +232,26 @@ def _looks_grey(rgb: np.ndarray) -> bool:
 # the folder: which files, which classes
 
 def _find_files(root: Path):
-    """({class name: sorted image files}, [subfolders without images], ignored count); {"": files} when flat."""
+    """({class name: sorted image files}, [subfolders without images], ignored count, [(entry, reason, label)] of
+    entries that cannot be looked at); {"": files} when flat. ``label``: the entry's class index, else -1."""
     _check_folder(root)
-    top_images, subfolders, ignored = _scan(root)
-    classes, empty = {}, []
+    top_images, subfolders, ignored, bad_top = _scan(root)
+    classes, empty, bad = {}, [], []
     for folder in sorted(subfolders, key=lambda p: p.name):
-        images, _, extra = _scan(folder)
+        try:
+            images, _, extra, bad_here = _scan(folder)
+        except OSError as e:   # a class subfolder that cannot be listed: skipped and named, like a corrupt picture
+            bad.append((folder, _entry_reason(e), -1))
+            continue
         ignored += extra
         if images:
+            bad += [(entry, reason, len(classes)) for entry, reason in bad_here]
             classes[folder.name] = images
         else:
+            bad += [(entry, reason, -1) for entry, reason in bad_here]
             empty.append(folder.name)
+    flat_label = 0 if top_images and not classes else -1
+    bad = [(entry, reason, flat_label) for entry, reason in bad_top] + bad
     if top_images and classes:
         raise ValueError(f"{root}: holds {len(top_images)} image(s) at its top level and class subfolders "
                          f"({_names(classes)}); put every image in a class subfolder, or all of them at the top "
@@ -211,22 +259,30 @@ def _find_files(root: Path):
     if not top_images and not classes:
         raise ValueError(f"{root}: no image files (PNG, JPEG, BMP or WebP) at its top level or in its subfolders"
                          f"{_ignored_note(ignored)}")
-    return ({"": top_images} if top_images else classes), empty, ignored
+    return ({"": top_images} if top_images else classes), empty, ignored, bad
 
 
 def _scan(folder: Path):
-    """(sorted image files, subfolders, count of other files) directly in ``folder``; hidden names left out."""
-    images, subfolders, other = [], [], 0
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+    """(sorted image files, subfolders, count of other files, [(entry, reason)] of entries that cannot be looked at)
+    directly in ``folder``; hidden names left out. Listing ``folder`` itself may raise OSError."""
+    images, subfolders, other, bad = [], [], 0, []
+    with os.scandir(folder) as listing:
+        entries = sorted(listing, key=lambda e: e.name)
+    for entry in entries:
         if entry.name.startswith("."):
             continue
-        if entry.is_dir():
+        try:
+            is_dir = entry.is_dir()         # follows a symbolic link: a loop raises ELOOP here
+        except OSError as e:
+            bad.append((Path(entry.path), _entry_reason(e)))
+            continue
+        if is_dir:
             subfolders.append(Path(entry.path))
         elif Path(entry.name).suffix.lower() in EXTENSIONS:
             images.append(Path(entry.path))
         else:
             other += 1
-    return images, subfolders, other
+    return images, subfolders, other, bad
 
 
 def _check_arguments(image_size, channels):

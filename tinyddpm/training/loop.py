@@ -104,13 +104,15 @@ def decay_steps(cfg) -> int | None:
 
 
 def train(state: TrainState, out_dir=None, *, until: int | None = None, progress: bool = True,
-          log_lines: int = 20, on_log=None, dp=None) -> TrainState:
+          log_lines: int = 20, on_log=None, dp=None, stop=None) -> TrainState:
     """Train from ``state.step`` to ``until`` (default: ``config.steps``) and return the state.
 
     With ``out_dir``: a checkpoint ``out_dir/checkpoint.npz`` every ``checkpoint_every`` steps and when
     the loop ends, and a preview grid ``out_dir/previews/step_NNNNNN.png`` every ``sample_every`` steps.
     ``until`` < steps stops early, as an interruption would; ``resume_state`` continues from there.
     ``on_log(state, window)`` is called whenever the losses are copied to the host (every ``log_every`` steps).
+    ``stop()``, checked after every step, True ends training there as ``until`` would: the checkpoint is saved and
+    the state returned (a signal handler's flag: examples/_cli.py stops this way on Ctrl-C and SIGTERM).
     Progress: with ``progress`` and a terminal, a tqdm bar shows the mean loss of the last ``log_every``
     steps, images per second and the ETA; otherwise (``progress=False``, or output to a file) a plain line
     says the same about every ``log_lines``-th of the run (0: silent).
@@ -145,6 +147,8 @@ def train(state: TrainState, out_dir=None, *, until: int | None = None, progress
                 save(state, out_dir / CHECKPOINT_NAME, dp)
             if out_dir is not None and due(step, cfg.sample_every) and step < cfg.steps:   # preview
                 preview(state, out_dir / "previews" / f"step_{step:06d}.png", dp)
+            if stop is not None and stop():                                    # asked to stop: save below
+                break
         flush_losses(state, dp)
         if out_dir is not None:
             save(state, out_dir / CHECKPOINT_NAME, dp)
