@@ -40,6 +40,7 @@ from . import ops
 from .backend import get_xp, make_rng, to_device, to_numpy
 from .classifiers import guide
 from .nn.unet import UNetConfig, init_params, known_zero_gradients, unet_backward, unet_forward
+from .ops.groupnorm_silu import groupnorm_silu_backward, groupnorm_silu_forward
 
 OP_TOLERANCE = 1e-7     # one op
 BLOCK_TOLERANCE = 1e-5  # a block or the whole network
@@ -168,6 +169,9 @@ def default_cases(seed: int = 0) -> list[GradCase]:
     pred, target = arr(3, 2, 4), arr(3, 2, 4)
     l1_target = pred - to_device(np.sign(rng.standard_normal((3, 2, 4))) * rng.uniform(0.1, 1.0, (3, 2, 4)))
     weights = to_device(rng.uniform(0.5, 2.0, size=3))
+    # the fused GroupNorm + SiLU draws from a stream of its own, so that every row after it keeps its inputs
+    fused_rng = np.random.default_rng((seed, 23))
+    fused_x, fused_gamma, fused_beta = (to_device(fused_rng.standard_normal(s)) for s in ((2, 4, 3, 3), (4,), (4,)))
 
     cases = [
         GradCase("linear", ops.linear_forward, ops.linear_backward,
@@ -194,6 +198,10 @@ def default_cases(seed: int = 0) -> list[GradCase]:
                  {"x": arr(2, 4, 3, 3), "gamma": arr(4), "beta": arr(4)}),
         GradCase("groupnorm (fast, the U-Net's)", bind(ops.groupnorm_fast_forward, groups=2),
                  ops.groupnorm_fast_backward, {"x": arr(2, 4, 3, 3), "gamma": arr(4), "beta": arr(4)}),
+        GradCase("groupnorm_silu (fused, the U-Net's)", bind(groupnorm_silu_forward, groups=2),
+                 groupnorm_silu_backward, {"x": fused_x, "gamma": fused_gamma, "beta": fused_beta}),
+        GradCase("groupnorm_silu (fused, no affine)", lambda x: groupnorm_silu_forward(x, None, None, 2),
+                 groupnorm_silu_backward, {"x": fused_x.copy()}),
         GradCase("silu", ops.silu_forward, ops.silu_backward, {"x": arr(3, 4, 5)}),
         GradCase("gelu", ops.gelu_forward, ops.gelu_backward, {"x": 3 * arr(3, 4, 5)}),
         GradCase("dropout p=0.3", dropout, ops.dropout_backward, {"x": arr(3, 4, 5)}, random_masks=True),

@@ -44,12 +44,12 @@ import numpy as np
 
 from ..backend import get_xp, to_device
 from ..ops.embedding import label_embedding_backward, label_embedding_forward, timestep_embedding_forward
-from ..ops.groupnorm_fast import groupnorm_fast_backward, groupnorm_fast_forward
 from ..ops.linear import linear_backward, linear_forward
 from ..ops.skip import add_backward, add_forward, concat_backward, concat_forward
 from .blocks import (ACTIVATIONS, DOWNSAMPLES, UPSAMPLES, activation_backward, activation_forward,
                      attention_block_backward, attention_block_forward, conv_block_backward, conv_forward,
-                     downsample_forward, resblock_backward, resblock_forward, upsample_forward)
+                     downsample_forward, norm_act_backward, norm_act_forward, resblock_backward, resblock_forward,
+                     upsample_forward)
 
 
 @dataclass(frozen=True)
@@ -245,8 +245,7 @@ class UNetCache(NamedTuple):
     temb_act: object
     conv_in: object
     layers: list         # (Layer, block cache, concat cache or None) in forward order
-    out_norm: object
-    out_act: object
+    out_norm_act: object  # the last groupnorm + activation (blocks.NormActCache)
     conv_out: object
 
 
@@ -308,21 +307,19 @@ def unet_forward(params, cfg: UNetConfig, x, t, labels=None, *, train=False, rng
         if layer.push_skip:
             skips.append(h)
         layers.append((layer, cache, concat) if keep_cache else None)
-    h, out_norm = groupnorm_fast_forward(h, p["out.norm.g"], p["out.norm.b"], cfg.groups)
-    h, out_act = activation_forward(h, cfg.activation)
+    h, out_norm_act = norm_act_forward(h, p["out.norm.g"], p["out.norm.b"], cfg.groups, cfg.activation)
     out, conv_out = conv_forward(p, "conv_out", h)
     if not keep_cache:
         return out, None
     return out, UNetCache(time_lin1, time_act, time_lin2, label, label_add, temb_act_cache,
-                          conv_in, layers, out_norm, out_act, conv_out)
+                          conv_in, layers, out_norm_act, conv_out)
 
 
 def unet_backward(dout, cache: UNetCache):
     """(dx, grads): the gradient of the input image and a dict of parameter gradients keyed like ``params``."""
     grads = {}
     dh = conv_block_backward(dout, cache.conv_out, grads)
-    dh = activation_backward(dh, cache.out_act)
-    dh, grads["out.norm.g"], grads["out.norm.b"] = groupnorm_fast_backward(dh, cache.out_norm)
+    dh, grads["out.norm.g"], grads["out.norm.b"] = norm_act_backward(dh, cache.out_norm_act)
 
     dtemb_act = 0
     dskips = []  # gradients for the skips, in the order the up path consumed them
