@@ -11,8 +11,10 @@ For every shape the script first checks that our output and input gradient agree
 several repeats each, so that noise from other programs on the machine hits both sides alike.
 It prints a Markdown table: op, shape, ours ms, torch ms, ratio = ours / torch (below 1: we win).
 Each op is timed as the U-Net runs it: GroupNorm is ops/groupnorm_fast.py (the reference ops/groupnorm.py is
-tested against it), and "upsample_conv" is the up step, nearest 2x then a 3x3 conv, which the U-Net computes
-on the small input (ops/upsample_conv.py) and torch as F.interpolate then F.conv2d.
+tested against it; the U-Net runs it alone before attention), "groupnorm_silu" the fused GroupNorm + SiLU of every
+ResBlock (ops/groupnorm_silu.py; on a GPU its CUDA kernel, kernels/groupnorm_silu.cu) against torch's two ops,
+and "upsample_conv" is the up step, nearest 2x then a 3x3 conv, which the U-Net computes on the small input
+(ops/upsample_conv.py) and torch as F.interpolate then F.conv2d.
 
 The exit status is 1 if any check failed.
 """
@@ -32,7 +34,7 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 from blas_env import blas_description, unset_blas_overrides  # noqa: E402
 
-OPS = ("conv2d", "groupnorm", "silu", "attention", "upsample", "upsample_conv")
+OPS = ("conv2d", "groupnorm", "silu", "groupnorm_silu", "attention", "upsample", "upsample_conv")
 CHECK_TOLERANCE = 1e-3  # float32 outputs and gradients vs torch, relative to the largest entry
 # the MNIST U-Net's shapes: conv2d (C, H, Co, stride) with 3x3 kernels and padding 1; (C, H) for the others
 CONV_SHAPES = ((32, 28, 32, 1), (64, 28, 64, 1), (64, 14, 128, 1), (128, 14, 128, 1), (128, 7, 128, 1),
@@ -124,6 +126,19 @@ def _silu_torch(t, F):
     return y, t["x"].grad
 
 
+def _groupnorm_silu_ours(a):
+    from tinyddpm.ops.groupnorm_silu import groupnorm_silu_backward, groupnorm_silu_forward
+
+    y, cache = groupnorm_silu_forward(a["x"], a["g"], a["b"], GROUPS)
+    return y, groupnorm_silu_backward(a["dy"], cache)[0]
+
+
+def _groupnorm_silu_torch(t, F):
+    y = F.silu(F.group_norm(t["x"], GROUPS, t["g"], t["b"], eps=1e-5))
+    y.backward(t["dy"])
+    return y, t["x"].grad
+
+
 def _attention_ours(a):
     from tinyddpm.ops import attention_backward, attention_forward
 
@@ -195,6 +210,11 @@ def op_cases(batch: int, quick: bool) -> list:
     for C, H in pick(NORM_SHAPES):
         arrays = {"x": randn(batch, C, H, H), "dy": randn(batch, C, H, H)}
         cases.append(OpCase("silu", "", f"({batch},{C},{H},{H})", arrays, _silu_ours, _silu_torch))
+    for C, H in pick(NORM_SHAPES):
+        arrays = {"x": randn(batch, C, H, H), "g": 1 + randn(C, scale=0.1), "b": randn(C, scale=0.1),
+                  "dy": randn(batch, C, H, H)}
+        cases.append(OpCase("groupnorm_silu", f"G={GROUPS}, fused", f"({batch},{C},{H},{H})", arrays,
+                            _groupnorm_silu_ours, _groupnorm_silu_torch))
     for C, H in pick(ATTN_SHAPES):
         arrays = {"x": randn(batch, C, H, H), "w_qkv": randn(3 * C, C, scale=1 / math.sqrt(C)),
                   "b_qkv": randn(3 * C, scale=0.1), "w_out": randn(C, C, scale=1 / math.sqrt(C)),

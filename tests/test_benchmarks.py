@@ -15,7 +15,7 @@ def _load(name):
 def test_bench_ops_quick(torch, capsys):
     assert _load("bench_ops").main(["--quick", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    for op in ("conv2d", "groupnorm", "silu", "attention", "upsample nearest", "upsample_conv"):
+    for op in ("conv2d", "groupnorm", "silu", "groupnorm_silu", "attention", "upsample nearest", "upsample_conv"):
         assert f"| {op}" in out
 
 

@@ -71,7 +71,7 @@ def test_dry_run_figures(dry_run):
     a = parts["a"]["result"]
     assert a["passed"] > 0 and a["failed"] == a["errors"] == 0 and a["source"] == "junit xml"
     c = parts["c"]["result"]
-    assert {row["op"].split()[0] for row in c["ops"]} == {"conv2d", "groupnorm", "silu", "attention", "upsample",
+    assert {row["op"].split()[0] for row in c["ops"]} == {"conv2d", "groupnorm", "silu", "groupnorm_silu", "attention", "upsample",
                                                                 "upsample_conv"}
     assert [row["preset"] for row in c["train"]] == ["cpu", "gpu"]
     assert [row["sampler"] for row in c["sampling"]] == ["ddpm", "ddim", "dpm++2m"]

@@ -18,6 +18,7 @@ from .embedding import (label_embedding_backward, label_embedding_forward, times
 from .gelu import gelu_backward, gelu_forward
 from .groupnorm import groupnorm_backward, groupnorm_forward
 from .groupnorm_fast import groupnorm_fast_backward, groupnorm_fast_forward
+from .groupnorm_silu import groupnorm_silu_backward, groupnorm_silu_forward
 from .linear import linear_backward, linear_forward
 from .losses import (l1_loss_backward, l1_loss_forward, mse_loss_backward, mse_loss_forward,
                      softmax_cross_entropy_backward, softmax_cross_entropy_forward)
