@@ -106,13 +106,13 @@ def test_run_part_records_errors_and_caps_in_process(tmp_path):
 
     def sleeps(suite, res, cap):
         res["partial"] = 2
-        time.sleep(5)
+        time.sleep(60)
 
     suite_module.run_part(suite, "b", raises, cap=10)
     suite_module.run_part(suite, "c", sleeps, cap=0.3)
     parts = json.loads((tmp_path / "report.json").read_text())["parts"]
     assert parts["b"]["status"] == "failed" and "ValueError: no such thing" in parts["b"]["error"]
-    assert parts["c"]["status"] == "timeout" and parts["c"]["seconds"] < 3
+    assert parts["c"]["status"] == "timeout" and parts["c"]["seconds"] < 60   # cut short, however loaded the machine
     assert parts["b"]["result"] == {"partial": 1} and parts["c"]["result"] == {"partial": 2}   # partial results kept
 
 
