@@ -48,7 +48,7 @@ from tinyddpm import count_params, new_state, preset, resume_state
 from tinyddpm.checkpoint import load_checkpoint
 from tinyddpm.data.folder import load_image_folder
 from tinyddpm.training.config import IMAGE_PRESETS, PRESETS, default_preset
-from tinyddpm.training.resume import read_train_config
+from tinyddpm.training.resume import read_train_config, training_checkpoint
 
 PROG = "train_images.py"
 PRESET_CHOICES = ("images-cpu", "images-gpu", "tiny")
@@ -100,7 +100,7 @@ def picture_format(args) -> tuple:
                             "pictures and flips")
         path = resume_path(args)
         with blame("cannot resume", ValueError, OSError):   # CheckpointError is a ValueError
-            unet = read_train_config(load_checkpoint(path), path).unet
+            unet = read_train_config(load_checkpoint(path, expect=training_checkpoint()), path).unet
         return unet.image_size, unet.image_channels
     base = base_config(args).unet
     size = args.image_size or (base.image_size if preset_name(args) in IMAGE_PRESETS else 32)

@@ -41,13 +41,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
 import socket
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -280,12 +283,131 @@ def _device_module(device):
     raise ValueError(f"load_checkpoint: unknown device {device!r}; choose 'cpu' or 'cuda'")
 
 
-def load_checkpoint(path, device: str | None = None) -> Checkpoint:
+MAX_META_BYTES = 64 * 2**20   # a meta/ JSON entry above this is refused: a million steps' losses are ~20 MB
+
+
+class Member(NamedTuple):
+    """One array of the .npz as its zip directory and its .npy header declare it, before it is read."""
+    shape: tuple
+    dtype: np.dtype
+    nbytes: int       # what the shape and dtype need: prod(shape) * itemsize
+
+
+class Expected(NamedTuple):
+    """What a loader expects of a checkpoint, derived from the checkpoint's own config (see load_checkpoint).
+
+    ``arrays``: {entry: (shape, dtype)} for every entry of the parts it covers (``"params/conv_in.w"``,
+    ``"ema/avg/..."``, ``"optim/m/..."``; a scalar has shape () and dtype None: any bool, int or float);
+    ``finite``: {entry: how to name it} of the weights the loader will use, which must hold no NaN or inf;
+    ``advice``: appended to the NaN message (what to do about it).
+    """
+    arrays: dict
+    finite: dict = {}
+    advice: str = ""
+
+
+class _Counting:
+    """A read-only file wrapper that counts the bytes read (the length of a .npy header)."""
+
+    def __init__(self, f):
+        self.f, self.count = f, 0
+
+    def read(self, n=-1):
+        data = self.f.read(n)
+        self.count += len(data)
+        return data
+
+
+def _read_directory(path, zf) -> dict:
+    """{entry: Member} of every member, from the zip directory and each .npy header: nothing decompressed beyond
+    the headers. A member whose uncompressed size is not its header plus what its shape and dtype need (a
+    compressed bomb, padding, truncation), a damaged header, an object dtype or a duplicate name: CheckpointError."""
+    members = {}
+    for info in zf.infolist():
+        key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+        shown = repr(key)
+        if key in members:
+            raise CheckpointError(f"{path}: entry {shown} appears twice in the zip directory")
+        try:
+            with zf.open(info) as f:
+                counted = _Counting(f)
+                version = np.lib.format.read_magic(counted)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(counted)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(counted)
+                else:
+                    raise ValueError(f".npy format version {version} (this reader knows 1.0 and 2.0)")
+        except Exception as e:   # noqa: BLE001 -- zipfile, zlib and numpy report a bad member with many types
+            raise CheckpointError(f"{path}: entry {shown} is damaged ({type(e).__name__}: {e})") from None
+        if dtype.hasobject:
+            raise CheckpointError(f"{path}: entry {shown} has dtype object, which would need pickle: refused")
+        if any(d < 0 for d in shape):
+            raise CheckpointError(f"{path}: entry {shown} declares the impossible shape {shape}")
+        nbytes = math.prod(shape) * dtype.itemsize     # Python ints: no overflow however large the claim
+        if info.file_size != counted.count + nbytes:
+            raise CheckpointError(f"{path}: entry {shown} is damaged: its zip directory says {info.file_size} bytes "
+                                  f"uncompressed ({info.compress_size} stored), its header declares {dtype} "
+                                  f"{shape}, which is {counted.count + nbytes} bytes with the header")
+        members[key] = Member(tuple(shape), dtype, nbytes)
+    return members
+
+
+def _check_expected(path, members: dict, manifest: dict, expected: Expected) -> None:
+    """Every array of the parts ``expected`` covers: its name, declared shape and dtype; before any is read."""
+    covered = {key.split("/", 1)[0] for key in expected.arrays}
+    listed = {f"{prefix}/{k}" for prefix in covered for k in manifest.get(prefix, {}).get("keys", [])}
+    uncovered = sorted((set(PARTS.values()) & set(manifest)) - covered)
+    if uncovered:
+        raise CheckpointError(f"{path}: holds a part this kind of checkpoint does not have: {uncovered}")
+    present = {key.split("/", 1)[0] for key in listed}
+    wanted = {key for key in expected.arrays if key.split("/", 1)[0] in present}   # a part may be absent as a whole
+    missing, extra = sorted(wanted - listed), sorted(listed - wanted)
+    if missing or extra:
+        raise CheckpointError(f"{path}: the tensors do not match the stored config: missing {missing[:5]}"
+                              f"{' ...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
+                              f"{' ...' if len(extra) > 5 else ''}")
+    for key in sorted(wanted):
+        shape, dtype = expected.arrays[key]
+        got = members[key]
+        if got.shape != tuple(shape):
+            raise CheckpointError(f"{path}: tensor {key!r} has shape {got.shape}, the stored config gives "
+                                  f"{tuple(shape)}")
+        if dtype is None:
+            if got.dtype.kind not in "biuf":
+                raise CheckpointError(f"{path}: scalar {key!r} has dtype {got.dtype}, not a number")
+        elif got.dtype != np.dtype(dtype):
+            raise CheckpointError(f"{path}: tensor {key!r} is {got.dtype}, the stored config says "
+                                  f"{np.dtype(dtype)}")
+
+
+def _check_finite(path, arrays: dict, expected: Expected) -> None:
+    """CheckpointError naming the file and the first of ``expected.finite`` that holds NaN or inf."""
+    bad = []
+    for key, label in expected.finite.items():
+        a = arrays.get(key)
+        if a is not None and a.dtype.kind == "f":
+            count = int(np.count_nonzero(~np.isfinite(a)))
+            if count:
+                bad.append((label, count, a.size))
+    if bad:
+        (label, count, size), more = bad[0], (f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else "")
+        raise CheckpointError(f"{path}: {label} hold {count} NaN or infinite values of {size}{more}{expected.advice}")
+
+
+def load_checkpoint(path, device: str | None = None, expect=None) -> Checkpoint:
     """Read a checkpoint written by save_checkpoint; arrays go to ``device`` ('cpu', 'cuda'; None = current).
 
     Raises FileNotFoundError for a missing file and CheckpointError (a ValueError) naming the file
     for anything else: not an .npz (empty, random or truncated bytes), not a tinyddpm checkpoint,
     another format version, missing or damaged entries.
+
+    Sizes before memory: the zip directory and every member's .npy header are read first, and a member
+    whose uncompressed size is not what its declared shape and dtype need is refused before it is
+    decompressed; a meta/ entry may hold at most MAX_META_BYTES. ``expect(config, path, members)``, given by
+    every loader of the project, returns an Expected from the checkpoint's own config and the declared
+    {entry: Member} (it may raise CheckpointError itself, e.g. for another kind of checkpoint): then every tensor's name, shape and dtype is checked against
+    it before any tensor is read, and the weights it names are checked to be finite once read.
     """
     path = Path(path)
     if not path.is_file():
@@ -294,54 +416,78 @@ def load_checkpoint(path, device: str | None = None) -> Checkpoint:
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
-    if not head.startswith((b"PK", b"\x93NUMPY")):   # a zip archive (.npz) or a single .npy array
+    if head.startswith(b"\x93NUMPY"):
+        raise CheckpointError(f"{path}: holds a single .npy array, not a checkpoint (an .npz archive)")
+    if not head.startswith(b"PK"):   # a zip archive (.npz)
         shown = f"it begins with {head.hex(' ')}" if head else "the file is empty"
         raise CheckpointError(f"{path}: not a readable .npz checkpoint ({size} bytes, not a zip archive: {shown})")
     try:
-        npz = np.load(path, allow_pickle=False)
-    except Exception as e:  # empty file, random bytes, a truncated zip, a pickle: all land here
+        zf = zipfile.ZipFile(path)
+    except Exception as e:  # noqa: BLE001 -- empty file, random bytes, a truncated zip: all land here
         raise CheckpointError(f"{path}: not a readable .npz checkpoint ({size} bytes; "
                               f"{type(e).__name__}: {e})") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise CheckpointError(f"{path}: holds a single .npy array {getattr(npz, 'shape', '')}, not a checkpoint")
-    with npz:
-        files = set(npz.files)
+    with zf:
+        members = _read_directory(path, zf)
+        files = set(members)
+        names = {key: (key + ".npy" if key + ".npy" in zf.NameToInfo else key) for key in members}
 
-        def read(key):
+        def read(key, limit=None):
             if key not in files:
                 raise CheckpointError(f"{path}: missing entry {key!r} (the file has {len(files)} entries)")
+            if limit is not None and members[key].nbytes > limit:
+                raise CheckpointError(f"{path}: entry {key!r} declares {members[key].nbytes} bytes "
+                                      f"({members[key].dtype} {members[key].shape}), more than the {limit} "
+                                      "such an entry may hold")
             try:
-                return npz[key]
-            except Exception as e:  # a damaged member: CRC mismatch, truncated data
+                with zf.open(names[key]) as f:
+                    return np.lib.format.read_array(f, allow_pickle=False)
+            except Exception as e:  # noqa: BLE001 -- a damaged member: CRC mismatch, truncated data
                 raise CheckpointError(f"{path}: entry {key!r} is damaged ({type(e).__name__}: {e})") from None
+
+        def read_json(key):
+            return _decode_json(path, key, read(key, MAX_META_BYTES))
 
         if "tinyddpm/magic" not in files:
             shown = sorted(files)[:5]
             raise CheckpointError(f"{path}: not a tinyddpm checkpoint (no 'tinyddpm/magic' entry; "
                                   f"it has {len(files)} entries, e.g. {shown})")
-        magic = read("tinyddpm/magic")
+        magic = read("tinyddpm/magic", len(MAGIC))
         if magic.dtype != np.uint8 or magic.tobytes() != MAGIC.encode():
             raise CheckpointError(f"{path}: not a tinyddpm checkpoint (wrong 'tinyddpm/magic' value)")
-        version = read("tinyddpm/format_version")
+        version = read("tinyddpm/format_version", 64)
         if version.shape != () or version.dtype.kind not in "iu" or int(version) != FORMAT_VERSION:
             shown = version.item() if version.size == 1 else f"of shape {version.shape}"
             raise CheckpointError(f"{path}: checkpoint format version {shown}; this tinyddpm reads "
                                   f"version {FORMAT_VERSION}")
         version = int(version)
-        manifest = _decode_json(path, "meta/manifest", read("meta/manifest"))
+        manifest = read_json("meta/manifest")
         well_formed = isinstance(manifest, dict) and all(
             isinstance(entry, dict) and isinstance(entry.get("keys"), list) and isinstance(entry.get("scalars"), list)
+            and all(isinstance(k, str) for k in entry["keys"] + entry["scalars"])
             for entry in manifest.values())
         if not well_formed:
             raise CheckpointError(f"{path}: damaged manifest (meta/manifest)")
-        expected = [f"{prefix}/{k}" for prefix in PARTS.values() for k in manifest.get(prefix, {}).get("keys", [])]
-        missing = [k for k in ["meta/config", "meta/step"] + expected if k not in files]
+        expected_keys = [f"{prefix}/{k}" for prefix in PARTS.values() for k in manifest.get(prefix, {}).get("keys", [])]
+        missing = [k for k in ["meta/config", "meta/step"] + expected_keys if k not in files]
         if missing:
             raise CheckpointError(f"{path}: missing entries {missing[:10]}{' ...' if len(missing) > 10 else ''} "
                                   f"({len(missing)} in all)")
         if "params" not in manifest:
             raise CheckpointError(f"{path}: the manifest lists no params")
-        parts = {}
+        for prefix in PARTS.values():   # a scalar is one number, whoever checks the rest
+            for key in manifest.get(prefix, {}).get("scalars", []):
+                entry = f"{prefix}/{key}"
+                if entry in files and (members[entry].shape != () or members[entry].dtype.kind not in "biuf"):
+                    raise CheckpointError(f"{path}: entry {entry!r} should be a number, it is declared "
+                                          f"{members[entry].dtype} {members[entry].shape}")
+        config = read_json("meta/config")
+        step = read("meta/step", 64)
+        if step.shape != () or step.dtype.kind not in "iu":
+            raise CheckpointError(f"{path}: entry 'meta/step' should be an integer, it is {step.dtype} {step.shape}")
+        expected = expect(config, path, members) if expect is not None else None
+        if expected is not None:
+            _check_expected(path, members, manifest, expected)
+        host, parts = {}, {}
         for what, prefix in PARTS.items():
             if prefix not in manifest:
                 parts[what] = None
@@ -349,15 +495,20 @@ def load_checkpoint(path, device: str | None = None) -> Checkpoint:
             scalars = set(manifest[prefix]["scalars"])
             part = {}
             for key in manifest[prefix]["keys"]:
-                value = read(f"{prefix}/{key}")
-                part[key] = value.item() if key in scalars else xp.asarray(value)
+                value = host[f"{prefix}/{key}"] = read(f"{prefix}/{key}")
+                part[key] = value.item() if key in scalars else value
             parts[what] = part
-        optional = {what: _decode_json(path, f"meta/{what}", read(f"meta/{what}"))
-                    if f"meta/{what}" in files else None for what in ("rng_state", "extra")}
-        return Checkpoint(path=str(path), config=_decode_json(path, "meta/config", read("meta/config")),
-                          step=int(read("meta/step")), format_version=version, manifest=manifest,
-                          **parts, **optional)
+        if expected is not None:
+            _check_finite(path, host, expected)
+        for part in parts.values():   # to the device once every check has passed
+            for key, value in (part or {}).items():
+                if isinstance(value, np.ndarray):
+                    part[key] = xp.asarray(value)
+        optional = {what: read_json(f"meta/{what}") if f"meta/{what}" in files else None
+                    for what in ("rng_state", "extra")}
+        return Checkpoint(path=str(path), config=config, step=int(step), format_version=version,
+                          manifest=manifest, **parts, **optional)
 
 
-__all__ = ["Checkpoint", "CheckpointError", "FORMAT_VERSION", "generator_state", "load_checkpoint",
+__all__ = ["Checkpoint", "CheckpointError", "Expected", "FORMAT_VERSION", "MAX_META_BYTES", "Member", "generator_state", "load_checkpoint",
            "remove_stale_temporaries", "restore_generator", "save_checkpoint"]

@@ -77,7 +77,8 @@ from ..training.optim import AdamW, lr_schedule
 from .judge import CONV_LAYERS, ClassifierConfig
 from .judge import default_cache_dir as classifier_cache_dir
 from .judge import init_params as init_base_params
-from .judge import weights_problem
+from .judge import cache_expectation, weights_problem
+from .judge import param_shapes as base_param_shapes
 
 BATCH_SIZE = 128                            # images per training step
 REPORT_TIMESTEPS = (0, 250, 500, 750, 999)  # the test accuracy saved with the cache is measured at these t (< T)
@@ -353,26 +354,27 @@ def load_noisy_classifier(path, schedule=None, where: str = "load_noisy_classifi
     """
 
     prefix, fix = f"{where}: " if where else "", "delete it, or pass retrain=True, to train a new one"
-    try:
-        ckpt = load_checkpoint(path)
+    expect = cache_expectation(CACHE_KIND, "a noisy-classifier cache", None, _time_weights_problem, param_shapes,
+                               NoisyClassifierConfig)
+    try:   # names, shapes, dtype (float32), sizes and finiteness, checked by load_checkpoint against the config
+        ckpt = load_checkpoint(path, expect=expect)
     except CheckpointError as e:
-        raise CheckpointError(f"{prefix}{e}; {fix}") from e
-    config = ckpt.config if isinstance(ckpt.config, dict) else {}
-    if config.get("kind") != CACHE_KIND:
-        raise CheckpointError(f"{prefix}{path} is not a noisy-classifier cache (config kind {config.get('kind')!r}, "
-                              f"expected {CACHE_KIND!r}); {fix}")
-    problem = _time_weights_problem(ckpt.params)
-    if problem:
-        raise CheckpointError(f"{prefix}{path} does not hold noisy-classifier weights ({problem}); {fix}")
-    for name, a in ckpt.params.items():
-        bad = int((~get_xp(a).isfinite(a)).sum())
-        if bad:
-            raise CheckpointError(f"{prefix}{path}: the weights {name!r} hold {bad} NaN or infinite values; {fix}")
+        raise CheckpointError(f"{prefix}{e}" + ("" if str(e).endswith(fix) else f"; {fix}")) from None
+    config = ckpt.config
     if schedule is not None and config.get("schedule_fingerprint") != schedule_fingerprint(schedule):
         raise CheckpointError(f"{prefix}{path} was trained for the schedule {config.get('schedule')!r} with "
                               f"T={config.get('num_timesteps')}, not for {schedule.name!r} with T={schedule.T} "
                               f"(alpha_bar differs); {fix}")
     return ckpt.params, config
+
+
+def param_shapes(cfg: NoisyClassifierConfig) -> dict:
+    """{name: shape} of init_params(cfg), computed without making the arrays."""
+    shapes, E = base_param_shapes(cfg.base()), cfg.time_dim
+    shapes["time.w"], shapes["time.b"] = (E, E), (E,)
+    for (name, _), c in zip(CONV_LAYERS, cfg.channels):
+        shapes[f"{name}.t.w"], shapes[f"{name}.t.b"] = (c, E), (c,)
+    return shapes
 
 
 def _time_weights_problem(params: dict) -> str:

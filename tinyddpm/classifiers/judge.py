@@ -47,7 +47,7 @@ import numpy as np
 
 from ..array_checks import describe, float_inputs, require
 from ..backend import device_xp, get_xp, to_numpy
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, Expected, load_checkpoint, save_checkpoint
 from ..data.batches import Batches
 from ..data.mnist import load_dataset
 from ..data.pixels import pixels_to_model_range
@@ -285,25 +285,75 @@ def load_classifier(path, where: str = "load_classifier", dataset: str | None = 
     load_or_train_classifier, to train a new one). A cache that records no data set is MNIST's.
     """
 
-    ckpt = load_checkpoint(path)
-    config = ckpt.config if isinstance(ckpt.config, dict) else {}
-    fix, where = "delete it to train a new classifier", f"{where}: " if where else ""
-    if config.get("kind") != "tinyddpm.classifier":
-        raise CheckpointError(f"{where}{path} is not a classifier checkpoint (config kind {config.get('kind')!r}, "
-                              f"a classifier cache has 'tinyddpm.classifier'); {fix}")
-    trained_on = config.get("dataset", "mnist")
-    if dataset is not None and trained_on != dataset:
-        raise CheckpointError(f"{where}{path} holds a classifier of {trained_on!r}, this evaluation needs one of "
-                              f"{dataset!r}; pass another --classifier-dir, or {fix}")
-    problem = weights_problem(ckpt.params)
-    if problem:
-        raise CheckpointError(f"{where}{path} does not hold classifier weights ({problem}); {fix}")
-    for name, a in ckpt.params.items():
-        bad = int((~get_xp(a).isfinite(a)).sum())
-        if bad:
-            raise CheckpointError(f"{where}{path}: the classifier weights {name!r} hold {bad} NaN or infinite "
-                                  f"values; {fix}")
-    return ckpt.params, config
+    where = f"{where}: " if where else ""
+    try:   # names, shapes, dtype (float32), sizes and finiteness, checked by load_checkpoint against the config
+        ckpt = load_checkpoint(path, expect=cache_expectation("tinyddpm.classifier", "a classifier checkpoint", dataset,
+                                                              weights_problem, param_shapes))
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}{e}") from None
+    return ckpt.params, ckpt.config
+
+
+ARCHITECTURE = ("image_size", "channels", "features", "num_classes")   # the config fields that fix the weights' shapes
+DTYPE = np.dtype(np.float32)   # a classifier cache's weights (load_or_train_classifier trains in float32)
+
+
+def config_of(config, cls):
+    """``cls`` (ClassifierConfig or NoisyClassifierConfig) from a cache's config dict when it records every field
+    of ARCHITECTURE (older caches and hand-made ones may not), else None; ValueError when they are not usable."""
+    if not all(key in config for key in ARCHITECTURE):
+        return None
+    fields = {key: config[key] for key in cls.__dataclass_fields__ if key in config}
+    fields["channels"] = tuple(fields["channels"]) if isinstance(fields["channels"], list) else fields["channels"]
+    ok = all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16
+             for v in [fields[k] for k in fields if k != "channels"] + list(fields["channels"] or [None]))
+    if not ok or len(fields["channels"]) != len(CONV_LAYERS):
+        raise ValueError(f"its config's architecture is not usable ({ {k: fields[k] for k in fields} })")
+    return cls(**fields)
+
+
+def cache_expectation(kind: str, what: str, dataset, problem_of, shapes_of, cls=ClassifierConfig):
+    """The ``expect`` of load_checkpoint for a classifier cache of ``kind`` (shared with classifiers/guide.py):
+    its config's kind (and data set), the weights' names and chained shapes (``problem_of``), the shapes its config
+    gives (``shapes_of(cfg)``) where it records them, float32, and no NaN or inf."""
+    fix = ("delete it to train a new classifier" if kind == "tinyddpm.classifier"
+           else "delete it, or pass retrain=True, to train a new one")
+
+    def expect(config, path, members) -> Expected:
+        config = config if isinstance(config, dict) else {}
+        if config.get("kind") != kind:
+            raise CheckpointError(f"{path} is not {what} (config kind {config.get('kind')!r}, {what} has "
+                                  f"{kind!r}); {fix}")
+        trained_on = config.get("dataset", "mnist")
+        if dataset is not None and trained_on != dataset:
+            raise CheckpointError(f"{path} holds a classifier of {trained_on!r}, this evaluation needs one of "
+                                  f"{dataset!r}; pass another --classifier-dir, or {fix}")
+        declared = {key[len("params/"):]: m for key, m in members.items() if key.startswith("params/")}
+        problem = problem_of(declared)
+        if problem:
+            noun = "classifier weights" if kind == "tinyddpm.classifier" else "noisy-classifier weights"
+            raise CheckpointError(f"{path} does not hold {noun} ({problem}); {fix}")
+        try:
+            cfg = config_of(config, cls)
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {e}; {fix}") from None
+        shapes = {name: m.shape for name, m in declared.items()} if cfg is None else shapes_of(cfg)
+        label = "the classifier weights" if kind == "tinyddpm.classifier" else "the weights"
+        return Expected(arrays={f"params/{name}": (shape, DTYPE) for name, shape in shapes.items()},
+                        finite={f"params/{name}": f"{label} {name!r}" for name in shapes}, advice=f"; {fix}")
+    return expect
+
+
+def param_shapes(cfg: ClassifierConfig) -> dict:
+    """{name: shape} of init_params(cfg), computed without making the arrays."""
+    shapes, c_in = {}, cfg.image_channels
+    for (name, _), c_out in zip(CONV_LAYERS, cfg.channels):
+        shapes[f"{name}.w"], shapes[f"{name}.b"] = (c_out, c_in, 3, 3), (c_out,)
+        c_in = c_out
+    s = _spatial_after_convs(cfg.image_size)
+    shapes["fc1.w"], shapes["fc1.b"] = (cfg.features, c_in * s * s), (cfg.features,)
+    shapes["fc2.w"], shapes["fc2.b"] = (cfg.num_classes, cfg.features), (cfg.num_classes,)
+    return shapes
 
 
 def weights_problem(params: dict) -> str:

@@ -42,6 +42,7 @@ import gzip
 import hashlib
 import importlib.util
 import io
+import math
 import os
 import pickle
 import struct
@@ -58,6 +59,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..environment import read_or
+from ..memory import MemoryTooLarge, check_fits
 
 SPLITS = ("train", "test")
 SOURCES = ("auto", "idx", "package", "download", "subset", "system")   # every dataset's; DATASET_SOURCES below
@@ -169,26 +171,44 @@ MNISTData = ImageData   # its name before Fashion-MNIST shared it
 # IDX files
 # --------------------------------------------------------------------------------------------
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped when they start with the gzip signature (whatever the name says)."""
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; truncation an EOFError
-            raise ValueError(f"{path}: corrupt or truncated gzip data ({e})") from None
+RAW_LIMIT = 64 * 2**20   # _read_bytes reads no more than this (the largest published file is 47 MB uncompressed)
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def _open(path: Path):
+    """The file opened for reading, through gzip when it starts with the gzip signature (whatever the name says)."""
+    return gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
+
+
+def _read_bytes(path: Path, limit: int = RAW_LIMIT) -> bytes:
+    """The file's bytes, gunzipped when they start with the gzip signature; at most ``limit`` bytes are
+    decompressed (ValueError naming the file beyond that: a compressed bomb never fills the memory)."""
+    gzipped = _is_gzip(path)
+    try:
+        with _open(path) as f:
+            raw = f.read(limit + 1)
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; truncation an EOFError
+        if not gzipped:
+            raise
+        raise ValueError(f"{path}: corrupt or truncated gzip data ({e})") from None
+    if len(raw) > limit:
+        raise ValueError(f"{path}: more than {limit} bytes uncompressed; no data set file here is that large")
     return raw
 
 
-def _parse_idx(raw: bytes, name: str):
-    """(array in native byte order, magic number) from the bytes of an IDX file; ValueError names ``name``."""
-    if len(raw) < 4:
-        raise ValueError(f"{name}: too short for an IDX header ({len(raw)} bytes, need at least 4)")
-    magic = struct.unpack(">I", raw[:4])[0]
-    if raw[0] != 0 or raw[1] != 0:
+def _parse_header(head: bytes, name: str):
+    """(magic, dtype, dims, header length) from the first bytes of an IDX file; ValueError naming ``name``."""
+    if len(head) < 4:
+        raise ValueError(f"{name}: too short for an IDX header ({len(head)} bytes, need at least 4)")
+    magic = struct.unpack(">I", head[:4])[0]
+    if head[0] != 0 or head[1] != 0:
         raise ValueError(f"{name}: not an IDX file: the magic number 0x{magic:08X} should begin with two "
                          "zero bytes (e.g. 0x00000803 for images, 0x00000801 for labels)")
-    code, ndim = raw[2], raw[3]
+    code, ndim = head[2], head[3]
     if code not in IDX_TYPES:
         known = ", ".join(f"0x{c:02X}" for c in IDX_TYPES)
         raise ValueError(f"{name}: magic number 0x{magic:08X} has unknown element type 0x{code:02X} "
@@ -196,26 +216,68 @@ def _parse_idx(raw: bytes, name: str):
     if ndim == 0:
         raise ValueError(f"{name}: magic number 0x{magic:08X} declares 0 dimensions")
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{name}: truncated header: {ndim} dimensions need {header} bytes, file has {len(raw)}")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(IDX_TYPES[code])
-    count = 1
-    for d in dims:
-        count *= d  # a Python int: no overflow however large the header claims
-    expected = header + count * dtype.itemsize
-    if len(raw) != expected:
-        what = "truncated" if len(raw) < expected else "has extra bytes"
-        raise ValueError(f"{name}: {what}: the header (magic 0x{magic:08X}, dims {dims}) promises "
-                         f"{expected} bytes, the file has {len(raw)}")
-    array = np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(dims)
-    return array.astype(dtype.newbyteorder("="), copy=True), magic
+    if len(head) < header:
+        raise ValueError(f"{name}: truncated header: {ndim} dimensions need {header} bytes, file has {len(head)}")
+    return magic, np.dtype(IDX_TYPES[code]), struct.unpack(f">{ndim}I", head[4:header]), header
+
+
+def _read_idx(path: Path, check_header=None):
+    """(array in native byte order, magic number, SHA-256 of the uncompressed bytes) of an IDX file (plain or gzip).
+
+    Sizes before memory: the header is read first; the size it promises is checked against the file's size (a
+    plain file) and the available memory before any data is read, and a gzip stream is decompressed straight
+    into an array of the promised size, reading one byte more to notice extra bytes, never the whole stream.
+    A corrupt file raises ValueError naming it; so does ``check_header(magic, dims)``, called before the data
+    is read (what the caller expects of the header, e.g. an image file's magic number).
+    """
+    name, gzipped = str(path), _is_gzip(path)
+    try:
+        with _open(path) as f:
+            head = f.read(4)
+            if len(head) == 4 and head[:2] == b"\0\0":
+                head += f.read(4 * head[3])
+            magic, dtype, dims, header = _parse_header(head, name)
+            if check_header is not None:
+                check_header(magic, dims)
+            count = math.prod(dims)
+            expected = header + count * dtype.itemsize
+            if gzipped:
+                size = None
+            else:
+                size = os.fstat(f.fileno()).st_size
+                if size != expected:
+                    what = "truncated" if size < expected else "has extra bytes"
+                    raise ValueError(f"{name}: {what}: the header (magic 0x{magic:08X}, dims {dims}) promises "
+                                     f"{expected} bytes, the file has {size}")
+            try:
+                check_fits(f"reading it (the header, magic 0x{magic:08X}, promises dims {dims})",
+                           2 * count * dtype.itemsize, what=name)   # the big-endian read and its native copy
+            except MemoryTooLarge as e:
+                raise ValueError(str(e)) from None
+            data = np.empty(count, dtype=dtype)               # (count,) in the file's big-endian order
+            view, got = memoryview(data).cast("B"), 0
+            while got < len(view):
+                n = f.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+            if got < len(view) or (size is None and f.read(1)):
+                what = "truncated" if got < len(view) else "has extra bytes"
+                shown = f"{header + got}" if got < len(view) else "more"
+                raise ValueError(f"{name}: {what}: the header (magic 0x{magic:08X}, dims {dims}) promises "
+                                 f"{expected} bytes, the file has {shown}")
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; truncation an EOFError
+        if not gzipped:
+            raise
+        raise ValueError(f"{name}: corrupt or truncated gzip data ({e})") from None
+    digest = hashlib.sha256(head[:header])
+    digest.update(view)
+    return data.reshape(dims).astype(dtype.newbyteorder("="), copy=True), magic, digest.hexdigest()
 
 
 def read_idx(path) -> np.ndarray:
     """The array stored in an IDX file (plain or gzip). A corrupt file raises ValueError naming it."""
-    path = Path(path)
-    return _parse_idx(_read_bytes(path), str(path))[0]
+    return _read_idx(Path(path))[0]
 
 
 def write_idx(path, array) -> None:
@@ -239,15 +301,18 @@ def _digits_from_idx(images_path: Path, labels_path: Path, raw_sha256=None):
     ``verified`` is True when both files are byte for byte the published data set whose uncompressed
     SHA-256 are ``raw_sha256`` (default MNIST's RAW_SHA256).
     """
-    raw_images, raw_labels = _read_bytes(images_path), _read_bytes(labels_path)
-    images, magic = _parse_idx(raw_images, str(images_path))
-    if magic != IMAGES_MAGIC:
-        raise ValueError(f"{images_path}: wrong magic number 0x{magic:08X} (dims {images.shape}); an image "
-                         f"file has 0x{IMAGES_MAGIC:08X}: unsigned bytes, 3-D (N, rows, cols)")
-    labels, magic = _parse_idx(raw_labels, str(labels_path))
-    if magic != LABELS_MAGIC:
-        raise ValueError(f"{labels_path}: wrong magic number 0x{magic:08X} (dims {labels.shape}); a label "
-                         f"file has 0x{LABELS_MAGIC:08X}: unsigned bytes, 1-D (N,)")
+    def image_file(magic, dims):
+        if magic != IMAGES_MAGIC:
+            raise ValueError(f"{images_path}: wrong magic number 0x{magic:08X} (dims {dims}); an image "
+                             f"file has 0x{IMAGES_MAGIC:08X}: unsigned bytes, 3-D (N, rows, cols)")
+
+    def label_file(magic, dims):
+        if magic != LABELS_MAGIC:
+            raise ValueError(f"{labels_path}: wrong magic number 0x{magic:08X} (dims {dims}); a label "
+                             f"file has 0x{LABELS_MAGIC:08X}: unsigned bytes, 1-D (N,)")
+
+    images, _, images_sha256 = _read_idx(images_path, image_file)   # the headers checked before the data is read
+    labels, _, labels_sha256 = _read_idx(labels_path, label_file)
     if len(images) != len(labels):
         raise ValueError(f"label count != image count: {labels_path} holds {len(labels)} labels, "
                          f"{images_path} holds {len(images)} images")
@@ -256,7 +321,7 @@ def _digits_from_idx(images_path: Path, labels_path: Path, raw_sha256=None):
     if labels.max() > 9:
         bad = int(np.argmax(labels > 9))
         raise ValueError(f"{labels_path}: labels must lie in 0..9, label {bad} is {int(labels[bad])}")
-    digests = hashlib.sha256(raw_images).hexdigest(), hashlib.sha256(raw_labels).hexdigest()
+    digests = images_sha256, labels_sha256
     raw_sha256 = RAW_SHA256 if raw_sha256 is None else raw_sha256
     verified = any(digests == (raw_sha256[stem], raw_sha256[lstem]) for stem, lstem in FILES.values())
     return images, labels.astype(np.int64), verified

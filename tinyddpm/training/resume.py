@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import device_xp, get_device, get_xp
-from ..checkpoint import CheckpointError, generator_state, load_checkpoint, restore_generator, save_checkpoint
+from ..checkpoint import (CheckpointError, Expected, generator_state, load_checkpoint, restore_generator,
+                          save_checkpoint)
 from ..nn.unet import init_params
 from .config import TrainConfig, make_run_schedule
 from .state import TrainState, batches_for, check_data, flat_update_for, seed_for
@@ -53,7 +54,12 @@ def save_state(state: TrainState, path) -> Path:
 
 def read_train_config(ckpt, path) -> TrainConfig:
     """The TrainConfig stored in a loaded checkpoint; CheckpointError naming ``path`` if there is none."""
-    config = ckpt.config if isinstance(ckpt.config, dict) else {}
+    return train_config_of(ckpt.config, path)
+
+
+def train_config_of(config, path) -> TrainConfig:
+    """The TrainConfig of a checkpoint's meta/config dict; CheckpointError naming ``path`` if there is none."""
+    config = config if isinstance(config, dict) else {}
     if config.get("kind") != CHECKPOINT_KIND or not isinstance(config.get("train"), dict):
         raise CheckpointError(f"{path}: a tinyddpm checkpoint, but not one written by tinyddpm.train "
                               f"(its config has kind={config.get('kind')!r} and keys {sorted(config)[:8]})")
@@ -76,24 +82,37 @@ def _not_finite(arrays: dict) -> list:
     return bad
 
 
-def _check_finite(path, what: str, arrays: dict) -> None:
-    """CheckpointError naming ``path`` and the first tensor of ``arrays`` that holds NaN or inf."""
-    bad = _not_finite(arrays)
-    if bad:
-        (name, count, size), more = bad[0], (f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else "")
-        raise CheckpointError(f"{path}: the {what} {name!r} hold {count} NaN or infinite values of {size}{more}: "
-                              "a diverged run; these weights cannot be used")
+DIVERGED = ": a diverged run; these weights cannot be used"
+EMA_SCALARS, OPTIMIZER_SCALARS = ("decay", "warmup", "num_updates"), ("t", "lr", "beta1", "beta2", "eps", "weight_decay")
 
 
-def _check_param_names(path, what: str, got: dict, expected: dict) -> None:
-    missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
-    if missing or extra:
-        raise CheckpointError(f"{path}: {what} do not match the stored U-Net config: "
-                              f"missing {missing[:5]}, unexpected {extra[:5]}")
-    for name, ref in expected.items():
-        if tuple(got[name].shape) != tuple(ref.shape):
-            raise CheckpointError(f"{path}: {what} {name!r} has shape {tuple(got[name].shape)}, "
-                                  f"the stored U-Net config gives {tuple(ref.shape)}")
+def expected_arrays(config: TrainConfig) -> dict:
+    """{entry: (shape, dtype)} of every tensor a training checkpoint of ``config`` holds (scalars: (), None):
+    the weights, the EMA's average and counters, AdamW's moments and hyper-parameters, all in config.dtype."""
+    dtype = np.dtype(config.dtype)
+    shapes = {name: tuple(a.shape) for name, a in init_params(config.unet, seed=0, dtype=dtype).items()}
+    arrays = {f"params/{name}": (shape, dtype) for name, shape in shapes.items()}
+    arrays.update({f"ema/avg/{name}": (shape, dtype) for name, shape in shapes.items()})
+    arrays.update({f"optim/{m}/{name}": (shape, dtype) for m in "mv" for name, shape in shapes.items()})
+    arrays.update({f"ema/{key}": ((), None) for key in EMA_SCALARS})
+    arrays.update({f"optim/{key}": ((), None) for key in OPTIMIZER_SCALARS})
+    return arrays
+
+
+def training_checkpoint(finite: tuple = ("params", "ema", "optim")):
+    """The ``expect`` of load_checkpoint for a training checkpoint: every tensor as its own config gives it, and
+    the parts in ``finite`` free of NaN and inf (sampling reads one set of weights and checks only that one)."""
+    labels = {"params": "the weights", "ema": "the EMA weights", "optim": "the optimizer moments"}
+
+    def expect(config, path, members) -> Expected:
+        arrays = expected_arrays(train_config_of(config, path))
+        named = {}
+        for key, (shape, _) in arrays.items():
+            part, name = key.split("/", 1)
+            if part in finite and shape != ():
+                named[key] = f"{labels[part]} {(name[4:] if part == 'ema' else name)!r}"
+        return Expected(arrays=arrays, finite=named, advice=DIVERGED)
+    return expect
 
 
 def resume_state(path, images, labels=None, steps: int | None = None, data_source: str = "", **overrides) -> TrainState:
@@ -108,7 +127,7 @@ def resume_state(path, images, labels=None, steps: int | None = None, data_sourc
         raise ValueError(f"resume_state: only {sorted(allowed)} and steps can change on resume, "
                          f"got {sorted(set(overrides) - allowed)}")
     path = Path(path)
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, expect=training_checkpoint())   # names, shapes, dtypes, sizes and finiteness
     config = read_train_config(ckpt, path)
     if steps is not None:
         overrides["steps"] = steps
@@ -118,15 +137,7 @@ def resume_state(path, images, labels=None, steps: int | None = None, data_sourc
         if getattr(ckpt, what) is None:
             raise CheckpointError(f"{path}: has no {what}: it can be sampled from but not resumed")
     check_data(config, images, labels)
-    reference = init_params(config.unet, seed=0, dtype=np.dtype(config.dtype))  # names and shapes only
-    _check_param_names(path, "params", ckpt.params, reference)
-    _check_param_names(path, "EMA weights", ckpt.ema_params, reference)
-    params = {name: ckpt.params[name] for name in reference}
-    _check_finite(path, "weights", params)
-    _check_finite(path, "EMA weights", ckpt.ema_params)
-    _check_finite(path, "optimizer moments", {k: v for k, v in ckpt.optimizer_state.items() if hasattr(v, "dtype")})
-    if any(p.dtype != np.dtype(config.dtype) for p in params.values()):
-        raise CheckpointError(f"{path}: weights are not {config.dtype} as the stored config says")
+    params = dict(ckpt.params)
     flat = flat_update_for(config, params)   # load_state_dict below copies into its flat buffers' views
     state = TrainState(config=config, schedule=make_run_schedule(config), params=params,
                        optimizer=flat.optimizer, ema=flat.ema, flat=flat,
@@ -170,17 +181,9 @@ def load_for_sampling(path, use_ema: bool = True):
     a CheckpointError naming the file (and the first tensor that is not finite).
     """
     path = Path(path)
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, expect=training_checkpoint(finite=("ema",) if use_ema else ("params",)))
     config = read_train_config(ckpt, path)
-    reference = init_params(config.unet, seed=0, dtype=np.dtype(config.dtype))
-    if use_ema:
-        if ckpt.ema_params is None:
-            raise CheckpointError(f"{path}: holds no EMA weights; sample with the raw weights (--no-ema)")
-        params = ckpt.ema_params
-    else:
-        params = ckpt.params
-    what = "EMA weights" if use_ema else "params"
-    _check_param_names(path, what, params, reference)
-    params = {name: params[name] for name in reference}
-    _check_finite(path, what if use_ema else "weights", params)
-    return params, config, make_run_schedule(config)
+    if use_ema and ckpt.ema_params is None:
+        raise CheckpointError(f"{path}: holds no EMA weights; sample with the raw weights (--no-ema)")
+    params = ckpt.ema_params if use_ema else ckpt.params
+    return dict(params), config, make_run_schedule(config)
