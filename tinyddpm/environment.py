@@ -100,6 +100,10 @@ VARIABLES = _declare(
     # tinyddpm/kernels/groupnorm_silu.py (its is-the-kernel-on check)
     Variable("TINYDDPM_FUSED_KERNELS", "0, 1", "1",
              "0 turns the fused CUDA kernels off (GroupNorm+SiLU): the plain CuPy ops run instead", flag),
+    # tinyddpm/training/loop.py (train)
+    Variable("TINYDDPM_CUDA_GRAPH", "0, 1", "0",
+             "1: on a GPU without MPI, training replays each step from a CUDA graph after 2 eager steps "
+             "(training/cuda_graph.py; off until it has run on a GPU)", flag),
     # examples/_cli.py (run, main)
     Variable("TINYDDPM_DEBUG", "0, 1", "0", "1: the example scripts print the traceback above an error's one line "
              "(as --debug)", flag),

@@ -52,7 +52,17 @@ class AdamWEMAKernel:
 
     def __call__(self, p, m, v, e, g, n_decay: int, hyper):
         """One step over the 1-D buffers p, m, v, e (updated in place) with gradient g; returns ||g|| (0-d)."""
-        self.hyper.set(np.asarray(hyper, dtype=self.dtype))        # host -> device, before the launches
+        self.load(hyper)
+        return self.launch(p, m, v, e, g, n_decay)
+
+    def load(self, hyper):
+        """Copy this step's scalars (in HYPER's order) host -> device into ``self.hyper``, where the kernel reads them.
+
+        Outside a CUDA graph's capture: a graph replays ``launch`` with whatever ``self.hyper`` holds then."""
+        self.hyper.set(np.asarray(hyper, dtype=self.dtype))
+
+    def launch(self, p, m, v, e, g, n_decay: int):
+        """The two kernels, reading the scalars ``load`` put on the device; returns ||g|| (0-d, overwritten next)."""
         n = p.size
         self.sum_of_squares((NORM_BLOCKS,), (BLOCK,), (g, np.int64(n), self.partials))
         blocks = max(1, min(MAX_BLOCKS, -(-n // BLOCK)))             # ceil(n / BLOCK), at least 1, at most MAX

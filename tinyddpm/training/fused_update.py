@@ -117,7 +117,15 @@ class FusedUpdate:
 
         Equals ``clip_grad_norm(grads, max_norm); optimizer.step(params, grads, lr); ema.update(params)`` (optim.py).
         Returns ||g|| before clipping as a 0-d device array (on CuPy a buffer the next step overwrites: copy it to
-        keep it). ``max_norm=inf`` does not clip.
+        keep it). ``max_norm=inf`` does not clip. It is ``prepare`` (the host's part) then ``apply`` (the device's).
+        """
+        return self.apply(self.prepare(lr, max_norm))
+
+    def prepare(self, lr: float | None = None, max_norm: float = math.inf) -> StepScalars:
+        """The host's part of a step: count it, compute its scalars and, on CuPy, copy them to the device.
+
+        Split from ``apply`` so that a CUDA graph (training/cuda_graph.py) can replay ``apply`` with each step's
+        scalars: they are written to the device buffer the kernel reads, outside the graph.
         """
         if not max_norm > 0.0:
             raise ValueError(f"FusedUpdate.clip_adamw_ema: max_norm must be > 0, got {max_norm}")
@@ -126,7 +134,13 @@ class FusedUpdate:
         optimizer.t += 1                                   # AdamW counts the step before using t
         scalars = step_scalars(optimizer, ema, lr, max_norm)
         ema.num_updates += 1                               # the EMA counts its update after using it
+        if self.kernel is not None:
+            self.kernel.load(scalars)                      # host -> device, before the launches
+        return scalars
+
+    def apply(self, scalars: StepScalars):
+        """The device's part: the update of the flat buffers with the scalars ``prepare`` made (no host work)."""
         buffers = (self.params.data, self.m.data, self.v.data, self.avg.data, self.grads.data)
         if self.kernel is not None:                        # CuPy: two kernels, kernels/adamw_ema.cu
-            return self.kernel(*buffers, self.n_decay, scalars)
+            return self.kernel.launch(*buffers, self.n_decay)
         return update_arrays(*buffers, self.n_decay, scalars)

@@ -42,19 +42,32 @@ import sys
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from ..backend import device_xp
 from ..diffusion import diffusion_loss, q_sample
+from ..environment import read_or
 from ..nn.unet import unet_backward, unet_forward
 from ..parallel import share
 from ..parallel.threads import shards_for, sum_over_shards
 from ..progress import Progress
 from ..sampling import write_preview
+from .cuda_graph import GraphedSteps
 from .optim import lr_schedule
 from .resume import CHECKPOINT_NAME, save_state
 from .state import TrainState
+
+
+class StepInputs(NamedTuple):
+    """Everything random or decided on the host for one step, drawn before any device work (draw_step_inputs)."""
+    x0: object      # (B, C, H, W) the batch in [-1, 1]
+    labels: object  # (B,) the labels after label dropout (y'), or None (unconditional)
+    t: object       # (B,) int64 timesteps, on the device
+    noise: object   # (B, C, H, W) eps
+    rng: object     # what the dropout masks are drawn from during the forward
+    lr: float       # this step's learning rate
 
 
 def train_step(state: TrainState, dp=None):
@@ -62,23 +75,50 @@ def train_step(state: TrainState, dp=None):
 
     ``dp`` (parallel.mpi.DataParallel): this process is one of N; it computes the loss and gradient of its share of
     the batch, and one Allreduce sums the shares' into the whole batch's.
+
+    The step is two halves: draw_step_inputs does everything random or host-side (the batch, t, y', eps, the learning
+    rate and the optimizer's counters), and step_on_inputs the device work (forward, loss, backward, clip + AdamW +
+    EMA) without reading or making anything on the host, so that a GPU can replay it as one CUDA graph
+    (training/cuda_graph.py).
     """
-    cfg, params, schedule, xp = state.config, state.params, state.schedule, device_xp()
+    inputs = draw_step_inputs(state, dp)
+    loss = step_on_inputs(state, inputs, dp)
+    state.step += 1
+    state.pending.append(loss)
+    return loss
+
+
+def draw_step_inputs(state: TrainState, dp=None) -> StepInputs:
+    """The batch and every random draw of a step, and its learning rate: the host's half of train_step."""
+    cfg, xp = state.config, device_xp()
     x0, labels = next(state.batches)                                      # (B, C, H, W) in [-1, 1], (B,)
     B = x0.shape[0]
     t = state.host_rng.integers(0, cfg.num_timesteps, size=B)             # (B,) t ~ U{0..T-1}, on the host
     if labels is not None and cfg.p_uncond > 0:                           # y' = the null label with prob p_uncond
         labels = xp.where(xp.asarray(state.host_rng.random(B) < cfg.p_uncond), cfg.unet.null_label, labels)
     noise = state.device_rng.standard_normal(x0.shape, dtype=x0.dtype)    # eps ~ N(0, I)
-    rng = state.device_rng                                                # dropout masks
-    mine = slice(0, B) if dp is None else dp.rows(B)                      # an MPI rank's rows [r B/N, (r + 1) B/N)
+    rng = state.device_rng                                                # dropout masks, drawn in the forward
     if dp is not None:   # every rank drew all B rows above (their generators stay in step); it keeps its own
-        rng = dp.batch_rows(state.device_rng, B, mine)                    # masks drawn for B rows, its own kept
+        rng = dp.batch_rows(state.device_rng, B, dp.rows(B))              # masks drawn for B rows, its own kept
+    lr = lr_schedule(state.optimizer.t, cfg.lr, cfg.warmup_steps, decay_steps(cfg), cfg.min_lr)
+    return StepInputs(x0, labels, xp.asarray(t), noise, rng, lr)
+
+
+def step_on_inputs(state: TrainState, inputs: StepInputs, dp=None, update=True):
+    """Forward, loss, backward and the update on drawn inputs: the device's half of train_step. Returns the loss.
+
+    ``update=False`` stops before clip + AdamW + EMA (the gradient is left in state.flat.grads): a CUDA graph
+    replays the update with the scalars its host part (FusedUpdate.prepare) wrote, so it runs that part itself.
+    """
+    cfg, params, schedule = state.config, state.params, state.schedule
+    x0, labels, t, noise, rng, lr = inputs
+    B = x0.shape[0]
+    mine = slice(0, B) if dp is None else dp.rows(B)                      # an MPI rank's rows [r B/N, (r + 1) B/N)
 
     def forward_loss_backward(rows):                                      # some rows of the batch (a shard)
         y = None if labels is None else labels[rows]
         x_t = q_sample(schedule, x0[rows], t[rows], noise[rows])          # sqrt(ab_t) x0 + sqrt(1 - ab_t) eps
-        out, cache = unet_forward(params, cfg.unet, x_t, xp.asarray(t[rows]), y, train=True, rng=rng)
+        out, cache = unet_forward(params, cfg.unet, x_t, t[rows], y, train=True, rng=rng)
         loss, dout = diffusion_loss(schedule, out, x0[rows], t[rows], noise[rows], cfg.prediction, cfg.loss,
                                     cfg.min_snr_gamma)                    # L = mean (out - eps)^2 over the rows
         part = share(rows, B)                                             # the rows' weight in the batch's mean
@@ -90,11 +130,9 @@ def train_step(state: TrainState, dp=None):
     if dp is not None:
         loss, grads = dp.sum_gradients(loss, grads)                       # one Allreduce: the whole batch's L, g
     state.flat.grads.gather(grads)                                        # g: every gradient into one flat array
-    lr = lr_schedule(state.optimizer.t, cfg.lr, cfg.warmup_steps, decay_steps(cfg), cfg.min_lr)
-    state.flat.clip_adamw_ema(lr, cfg.grad_clip)   # clip g, theta <- AdamW(theta, g, lr), ema <- d ema + (1 - d) theta:
-                                                   # one pass (fused_update.py); the per-tensor reference is optim.py
-    state.step += 1
-    state.pending.append(loss)
+    if update:
+        state.flat.clip_adamw_ema(lr, cfg.grad_clip)  # clip g, theta <- AdamW(theta, g, lr), ema <- d ema + (1 - d) theta:
+                                                      # one pass (fused_update.py); the per-tensor reference is optim.py
     return loss
 
 
@@ -131,10 +169,11 @@ def train(state: TrainState, out_dir=None, *, until: int | None = None, progress
     bar = Progress(cfg.steps, "train", initial=state.step, enabled=speaks, bar=progress, lines=log_lines,
                    stream=sys.stdout)
     speed = Speed(state, dp)
+    graphed = graphed_steps(state, dp)
     with bar:
         while state.step < until:
             with speed.timing():
-                train_step(state, dp)                                          # step
+                train_step(state, dp) if graphed is None else graphed.step(state)   # step
             bar.advance()
             step = state.step
             if step % cfg.log_every == 0 or step == until:                     # log
@@ -153,6 +192,13 @@ def train(state: TrainState, out_dir=None, *, until: int | None = None, progress
         if out_dir is not None:
             save(state, out_dir / CHECKPOINT_NAME, dp)
     return state
+
+
+def graphed_steps(state: TrainState, dp):
+    """GraphedSteps (cuda_graph.py) when TINYDDPM_CUDA_GRAPH=1 on a GPU without MPI, else None (train_step, eagerly)."""
+    if dp is not None or device_xp() is np or not read_or("TINYDDPM_CUDA_GRAPH", False):
+        return None
+    return GraphedSteps(state, draw_step_inputs, step_on_inputs)
 
 
 def due(step: int, every: int) -> bool:
