@@ -18,11 +18,11 @@ from .common import FAIL_HOOK
 EXCLUDED_TESTS = ("test_lessons.py", "test_gpu_suite.py")   # minutes of CPU lessons; the suite's own test
 # Most telling first, so that a run stopped at its cap has covered the CuPy-specific parts.
 FIRST_TESTS = ("test_cupy_parity.py", "test_kernels.py", "test_groupnorm_silu.py", "test_fused_update.py",
-               "test_float32.py", "test_backend.py", "test_linear.py", "test_conv2d.py", "test_groupnorm.py",
-               "test_silu.py", "test_attention.py", "test_upsample.py", "test_upsample_conv.py", "test_embedding.py",
-               "test_skip.py", "test_dropout.py", "test_losses.py", "test_unet.py", "test_gradcheck.py",
-               "test_optim.py", "test_forward_process.py", "test_schedules.py", "test_samplers.py", "test_guidance.py",
-               "test_train.py", "test_checkpoint.py", "test_classifier.py", "test_metrics.py")
+               "test_cuda_graph.py", "test_float32.py", "test_backend.py", "test_linear.py", "test_conv2d.py",
+               "test_groupnorm.py", "test_silu.py", "test_attention.py", "test_upsample.py", "test_upsample_conv.py",
+               "test_embedding.py", "test_skip.py", "test_dropout.py", "test_losses.py", "test_unet.py",
+               "test_gradcheck.py", "test_optim.py", "test_forward_process.py", "test_schedules.py", "test_samplers.py",
+               "test_guidance.py", "test_train.py", "test_checkpoint.py", "test_classifier.py", "test_metrics.py")
 PYTEST_WORKERS = 12  # pytest-xdist processes for part a (each holds its own CuPy context, ~0.5 GB)
 DRY_TESTS = ("test_backend.py", "test_cupy_parity.py", "test_skip.py")   # a few seconds on the CPU
 # At the cap pytest gets SIGINT, prints its summary and writes the XML. A test may swallow one (examples/

@@ -238,11 +238,37 @@ def time_train_step(suite, peers, config, row):
         row["ours_img_s"] = config.batch_size / row["ours_ms"] * 1e3
         row["ours_mem"] = peers.ours_peak_mb(ours)
         row["ours_loss_finite"] = bool(np.all(np.isfinite(state.flush_losses())))
+        time_graphed_step(suite, config, images, labels, row)
     if torch_step is not None:
         row["torch_ms"] = step_ms(torch_step, peers.sync_torch, sz.train_warmup, sz.train_steps)
         row["torch_mem"] = peers.torch_peak_mb(torch_step)
         row["torch_loss_finite"] = bool(math.isfinite(float(torch_step().detach())))
         row["ratio"] = row["ours_ms"] / row["torch_ms"]
+
+
+def time_graphed_step(suite, config, images, labels, row):
+    """The same step replayed from a CUDA graph (training/cuda_graph.py, TINYDDPM_CUDA_GRAPH=1 in training), on a
+    fresh state: its ms, and its losses beside eager steps' from the same start (equal: the same draws and kernels).
+    In the dry run NumPy runs the same machinery uncaptured."""
+    from tinyddpm import new_state, train_step
+    from tinyddpm.training import loop
+    from tinyddpm.training.cuda_graph import GraphedSteps
+
+    sz = suite.sizes
+    try:
+        eager, graphed_state = new_state(config, images, labels), new_state(config, images, labels)
+        graphed = GraphedSteps(graphed_state, loop.draw_step_inputs, loop.step_on_inputs)
+        for _ in range(4):   # two warm-up steps, the capture, one replay: compared with four eager steps
+            train_step(eager)
+            graphed.step(graphed_state)
+        a, b = np.asarray(eager.flush_losses()), np.asarray(graphed_state.flush_losses())
+        row["graph_vs_eager_loss_err"] = float(np.max(np.abs(a - b) / np.maximum(np.abs(a), 1e-12)))
+        row["graph_ms"] = step_ms(partial(graphed.step, graphed_state), suite.sync, 1, sz.train_steps)
+        row["graph_speedup"] = row["ours_ms"] / row["graph_ms"]
+    except Exception as e:
+        row["graph_error"] = short_error(e)
+    print(f"  train step {config.unet.base_channels}-wide, CUDA graph: {fmt(row.get('graph_ms'), '.1f')} ms, loss "
+          f"vs eager {fmt(row.get('graph_vs_eager_loss_err'), '.1e')} {row.get('graph_error', '')}", flush=True)
 
 
 class _StopSampling(Exception):

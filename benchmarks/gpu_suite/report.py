@@ -158,12 +158,14 @@ def render_c(r) -> list:
                    f"| {fmt(o.get('ratio'))} | {check} | {_mem(o.get('ours_mem'))} | {_mem(o.get('torch_mem'))} |")
     out += ["", f"Ops: geometric mean of ours / torch = {fmt(r.get('ops_ratio_geomean'))}.", "",
             "| training step | batch | params | ours ms | torch ms | ratio | ours img/s | ours peak MB "
-            "| torch peak MB |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| torch peak MB | CUDA graph ms | graph loss vs eager |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for t in r.get("train", []):
+        graph = fmt(t.get("graph_ms"), ".1f") if "graph_error" not in t else f"failed: {t['graph_error']}"
         out.append(f"| {t['preset']} preset (dropout 0) | {t['batch']} | {fmt(t.get('params'), ',')} "
                    f"| {fmt(t.get('ours_ms'), '.1f')} | {fmt(t.get('torch_ms'), '.1f')} | {fmt(t.get('ratio'))} "
-                   f"| {fmt(t.get('ours_img_s'), '.0f')} | {_mem(t.get('ours_mem'))} | {_mem(t.get('torch_mem'))} |")
+                   f"| {fmt(t.get('ours_img_s'), '.0f')} | {_mem(t.get('ours_mem'))} | {_mem(t.get('torch_mem'))} "
+                   f"| {graph} | {fmt(t.get('graph_vs_eager_loss_err'), '.1e')} |")
     out += ["", f"Sampling (ours; {r.get('sampling_network', '')}; guidance doubles the network's batch):", "",
             "| sampler | steps | images | guidance | seconds | img/s | peak MB |",
             "|---|---:|---:|---:|---:|---:|---:|"]
