@@ -13,7 +13,7 @@ Run it:
     python lessons/10_training_loop.py          # about a minute on one CPU core, most of it the 250-step run
     python lessons/10_training_loop.py --fast   # tiny sizes, the same code paths (what the tests run)
 
-Figures, written to lessons/output/09_training_loop/:
+Figures, written to lessons/output/10_training_loop/:
     loss_curve.png        the loss of every step and its running mean; one weight, raw and EMA
     loss_per_timestep.png the trained network's loss at each noise level t (raw and EMA weights)
     x0_predictions.png    held-out digits noised to several t, and the x0 the network recovers

@@ -16,7 +16,7 @@ Run it:
                                                 # the lessons' network if none exists)
     python lessons/12_ddpm_sampling.py --fast   # tiny sizes, the same code paths (what the tests run)
 
-Figures, written to lessons/output/10_ddpm_sampling/:
+Figures, written to lessons/output/12_ddpm_sampling/:
     posterior.png     pairs (x_t, x_{t-1}) drawn forward at t = 1: the posterior mean, and the spread around it
     variances.png     beta_t and beta_tilde_t against t, for the linear and cosine schedules, and their ratio
     trajectory.png    a few digits being sampled: x_t and the predicted x0 at several t

@@ -13,7 +13,7 @@ Run it
   python lessons/13_ddim.py            # about a minute on 2 CPU cores (plus ~1 min once if no network exists yet)
   python lessons/13_ddim.py --fast     # tiny sizes, the same code paths (what the tests run)
 
-Figures (in lessons/output/11_ddim/)
+Figures (in lessons/output/13_ddim/)
   steps_grid.png        one row per step count, the same starting noise in every row
   steps_convergence.png how far each step count lands from a many-step reference (the ODE's solution)
   eta_comparison.png    eta = 0 and eta = 1, each with two different noise seeds for the steps

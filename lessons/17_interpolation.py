@@ -14,7 +14,7 @@ Run it
                                               # exists yet)
   python lessons/17_interpolation.py --fast   # tiny sizes, the same code paths (what the tests run)
 
-Figures (in lessons/output/13_interpolation/)
+Figures (in lessons/output/17_interpolation/)
   noise_norm.png            the norm along the lerp and slerp paths, and the norms of fresh noise and midpoints
   interpolation_strips.png  samples from lerp- and slerp-interpolated noise, a pair of rows per digit
   slerp_morph.gif           the slerp strips as an animation, there and back

@@ -15,7 +15,7 @@ Run it
                                            # classifier has to be trained first)
   python lessons/19_evaluation.py --fast   # tiny sizes, the same code paths (what the tests run)
 
-Figures (in lessons/output/14_evaluation/)
+Figures (in lessons/output/19_evaluation/)
   toy_precision_recall.png  2-D point clouds: the real k-NN balls, and which generated points fall inside
   fid_vs_n.png              FID of real vs real digits against n (the bias), with the network's FID at its n
   model_samples.png         the generated digits that were measured

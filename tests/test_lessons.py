@@ -61,6 +61,15 @@ def test_every_lesson_with_exercises_has_a_solution(lesson):
     assert (SOLUTIONS / lesson.name).exists(), f"no worked solution lessons/solutions/{lesson.name}"
 
 
+@pytest.mark.parametrize("lesson", LESSON_FILES, ids=lambda p: p.stem)
+def test_the_docstring_names_the_folder_the_lesson_writes(lesson):
+    """output_dir(__file__) writes lessons/output/<the lesson's file name>/: the docstring must name that folder
+    (lessons were renumbered once, and five docstrings kept their old folders)."""
+    doc = ast.get_docstring(ast.parse(lesson.read_text())) or ""
+    named = set(re.findall(r"lessons/output/([0-9]{2}_[a-z0-9_]+)/", doc))
+    assert named == {lesson.stem}, named
+
+
 def test_every_solution_belongs_to_a_lesson():
     names = {p.name for p in LESSON_FILES}
     strays = [p.name for p in SOLUTION_FILES if p.name not in names]
