@@ -70,6 +70,7 @@ from tinyddpm.classifiers import guide as noisy_classifier
 from tinyddpm.data import DownloadError, FallbackUnavailable, load_mnist
 from tinyddpm.diffusion import SAMPLERS, Trajectory, max_steps
 from tinyddpm.environment import EnvironmentVariableError, check_all, read
+from tinyddpm.memory import MemoryTooLarge, check_fits, human
 from tinyddpm.nn.blocks import ACTIVATIONS, DOWNSAMPLES, UPSAMPLES
 from tinyddpm.parallel import mpi
 from tinyddpm.training.resume import CHECKPOINT_NAME
@@ -588,6 +589,9 @@ def check_run(args, state, out: Path, preset_name: str, dp=None) -> dict:
         with blame(f"mpiexec -n {dp.size}", ValueError):
             dp.check_batch(batch, what)
     settings = final_settings(state, args)
+    rows = state.config.unet.num_classes or 10     # the final pictures: a row per class (10 rows unconditionally)
+    flag = "--n-per-class" if args.n_per_class is not None else "the run's final_per_class"
+    check_sampling_fits(f"{flag} {settings['n_per_class']}", state.config.unet, rows * settings["n_per_class"])
     if dp is None or dp.root:
         check_out_dir("--out", out, need_bytes=checkpoint_bytes(state) + PICTURE_BYTES)
     return settings
@@ -606,6 +610,29 @@ def final_settings(state, args) -> dict:
         raise UserError(f"{flag} {settings['steps']}: {settings['sampler']} takes at most {most} steps on this run's "
                         f"T={cfg.num_timesteps} timesteps")
     return settings
+
+
+def sampling_bytes(unet, count: int, frames: int = 0, itemsize: int = 4) -> int:
+    """A generous, honest estimate of the memory that sampling ``count`` images of ``unet`` takes (sample_classes
+    runs them as one batch): per image, the sampler's live copies of x (x_t, the model output, x0, DPM-Solver++'s
+    history, the noise: 8 counted) and ``frames`` kept for the GIF; and the network's activations for a batch
+    of 2 * count (guidance runs the conditional and unconditional halves together): at full resolution a 3x3
+    conv's unrolled input (9x) plus its input, output and the block's other tensors, about 12 tensors of
+    base_channels * channel_mults[0] channels per image."""
+    pixels = unet.image_size ** 2
+    images = count * unet.image_channels * pixels * itemsize * (8 + frames)
+    network = 2 * count * 12 * unet.base_channels * unet.channel_mults[0] * pixels * itemsize
+    return images + network
+
+
+def check_sampling_fits(flag: str, unet, count: int, frames: int = 0) -> None:
+    """UserError (one line, exit 2) when sampling ``count`` images would need more memory than is available."""
+    need = sampling_bytes(unet, count, frames)
+    try:
+        check_fits(f"sampling {count:,} images of {unet.image_channels}x{unet.image_size}x{unet.image_size}", need,
+                   what=flag)
+    except MemoryTooLarge as e:
+        raise UserError(f"{e}; ask for fewer") from None
 
 
 def checkpoint_bytes(state) -> int:

@@ -33,8 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-from _cli import (GIF_PER_CLASS, Parser, UserError, check_out_dir, choose_device, integer, load_guide, number, out_folder,
-                  run, timestep_interval)
+from _cli import (GIF_PER_CLASS, Parser, UserError, check_out_dir, check_sampling_fits, choose_device, integer,
+                  load_guide, number, out_folder, run, timestep_interval)
 
 from tinyddpm import backend, load_for_sampling, sample_classes, viz
 from tinyddpm.checkpoint import load_checkpoint
@@ -167,6 +167,7 @@ def work(args) -> int:
     cg = args.classifier_guidance
     rows, names = choose_rows(config.unet, class_names_of(args.checkpoint), args.digits, args.classes,
                               steered=cg is not None)
+    check_sampling_fits(f"--n-per-class {args.n_per_class}", config.unet, len(rows) * args.n_per_class, args.frames)
     default_guidance = config.guidance if cg is None else 0.0   # classifier guidance: the unconditional network
     guidance = default_guidance if args.guidance is None else args.guidance
     guide = None if cg is None else load_guide(args, schedule, config.unet)[0]
