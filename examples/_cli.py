@@ -66,11 +66,11 @@ import numpy as np
 
 from tinyddpm import backend, sample_classes, train, viz
 from tinyddpm.checkpoint import CheckpointError, load_checkpoint
+from tinyddpm.checks import MemoryTooLarge, check_fits
 from tinyddpm.classifiers import guide as noisy_classifier
 from tinyddpm.data import DownloadError, FallbackUnavailable, load_mnist
 from tinyddpm.diffusion import SAMPLERS, Trajectory, max_steps
 from tinyddpm.environment import EnvironmentVariableError, check_all, read
-from tinyddpm.memory import MemoryTooLarge, check_fits, human
 from tinyddpm.nn.blocks import ACTIVATIONS, DOWNSAMPLES, UPSAMPLES
 from tinyddpm.parallel import mpi
 from tinyddpm.training.resume import CHECKPOINT_NAME

@@ -233,7 +233,7 @@ def test_a_gzip_idx_bomb_is_refused_after_the_promised_bytes(tmp_path):
 
 def test_an_idx_header_promising_more_than_the_memory_is_refused_before_reading(tmp_path, monkeypatch):
     import tinyddpm.data.mnist as mnist
-    import tinyddpm.memory as memory
+    import tinyddpm.checks as memory
     path = tmp_path / "images.gz"
     write_idx(path, np.zeros((7, 28, 28), np.uint8))
     monkeypatch.setattr(memory, "available_bytes", lambda: 1000)
@@ -241,7 +241,7 @@ def test_an_idx_header_promising_more_than_the_memory_is_refused_before_reading(
         read_idx(path)
     assert one_line(e).startswith(f"{path}: reading it (the header, magic 0x00000803, promises dims (7, 28, 28)) "
                                   "needs about 11.0 kB of memory, this machine has 1.0 kB available")
-    assert mnist   # the reader goes through tinyddpm.memory
+    assert mnist   # the reader goes through tinyddpm.checks
 
 
 def test_a_plain_idx_file_is_checked_against_its_size_before_reading(tmp_path):

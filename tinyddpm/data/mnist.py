@@ -58,8 +58,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..checks import MemoryTooLarge, check_fits
 from ..environment import read_or
-from ..memory import MemoryTooLarge, check_fits
 
 SPLITS = ("train", "test")
 SOURCES = ("auto", "idx", "package", "download", "subset", "system")   # every dataset's; DATASET_SOURCES below
