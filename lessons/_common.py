@@ -40,6 +40,10 @@ FAST = "--fast" in sys.argv[1:] or read_or("TINYDDPM_LESSON_FAST", False)
 # The network examples/train_mnist.py writes (its CPU preset, 4,500 steps, makes good digits in about 13 minutes:
 # 12 min 34 s on an idle 2-core machine).
 EXAMPLE_CHECKPOINT = REPO / "runs" / "mnist" / "checkpoint.npz"
+# What the lessons ship with (lessons/assets/README.md says how each was made): the EMA weights of one run of that
+# main job, and tinyddpm's evaluation classifier trained on the full MNIST. A first run draws readable digits.
+SHIPPED_NETWORK = LESSONS / "assets" / "network.npz"
+SHIPPED_JUDGE = LESSONS / "assets" / "judge.npz"
 
 _failures: list[str] = []
 
@@ -154,10 +158,11 @@ def lesson_train_config():
 def trained_model(prefer_example: bool = True):
     """(params, TrainConfig, Schedule, where) of a class-conditional network that makes digits.
 
-    Uses the checkpoint examples/train_mnist.py writes when it exists (the best digits); otherwise trains
-    the small network of ``lesson_train_config`` once (about a minute) and caches it in
-    lessons/output/_model/, where the other lessons find it. Fast mode always trains its own tiny model;
-    TINYDDPM_LESSON_MODEL=own skips the example's checkpoint (what a fresh install sees).
+    In this order: the checkpoint examples/train_mnist.py writes, when you have trained it (runs/mnist/); else the
+    network the lessons ship with (lessons/assets/network.npz: the same job's EMA weights); else, only when asked
+    with TINYDDPM_LESSON_MODEL=own (or the shipped file is missing), the small network of ``lesson_train_config``,
+    trained once here (about a minute) and cached in lessons/output/_model/. Fast mode always trains its own tiny
+    model (the test suite's few seconds).
     """
     from tinyddpm import load_for_sampling, new_state, train
     from tinyddpm.training.resume import CHECKPOINT_NAME
@@ -165,7 +170,11 @@ def trained_model(prefer_example: bool = True):
     prefer_example = prefer_example and read_or("TINYDDPM_LESSON_MODEL", "example") != "own"
     if prefer_example and not FAST and EXAMPLE_CHECKPOINT.exists():
         params, config, schedule = load_for_sampling(EXAMPLE_CHECKPOINT)
-        return params, config, schedule, f"{EXAMPLE_CHECKPOINT} (examples/train_mnist.py)"
+        return params, config, schedule, f"{EXAMPLE_CHECKPOINT} (examples/train_mnist.py: your own run)"
+    if prefer_example and not FAST and SHIPPED_NETWORK.exists():
+        params, config, schedule = load_for_sampling(SHIPPED_NETWORK, use_ema=False)   # its params are EMA weights
+        return params, config, schedule, (f"{SHIPPED_NETWORK.relative_to(REPO)} (shipped: the EMA weights of "
+                                          f"examples/train_mnist.py's {config.steps}-step run)")
     cache = output_root() / ("_model_fast" if FAST else "_model")
     path = cache / CHECKPOINT_NAME
     if not path.exists():
@@ -195,44 +204,31 @@ def train_first_note(where: str) -> None:
 # ---------------------------------------------------------------------------------------------------
 # A classifier that reads digits, for the lessons that measure samples
 
-JUDGE_EPOCHS = 0.25      # ~8 s on 2 cores, 93.9% test accuracy; the evaluation classifier trains 2 epochs
-
-
 def judge():
-    """(classifier params, a sentence naming it) for reading generated digits (lessons 15 and 19).
+    """(classifier params, a sentence naming it and its accuracy) for reading generated digits (lessons 00, 15-19).
 
-    tinyddpm's evaluation classifier (tinyddpm.classifiers.judge, 2 epochs, cached in ~/.cache/tinyddpm/classifier by
-    examples/evaluate.py) when it exists. Otherwise a lighter one trained here for a quarter of an epoch and cached in
-    lessons/output/_judge/ (it stays out of the evaluation cache, whose numbers must not change). Fast mode
-    trains a stand-in on 1,000 digits for a few steps: the pipeline runs, its readings mean little.
+    tinyddpm's evaluation classifier (tinyddpm.classifiers.judge) when examples/evaluate.py has cached it in
+    ~/.cache/tinyddpm/classifier; else the same classifier as the lessons ship it (lessons/assets/judge.npz, trained
+    on the full MNIST: lessons/assets/README.md); without that file, the evaluation classifier trained here once
+    (2 epochs, about a minute on 2 cores) and cached where evaluate.py looks. Fast mode trains a stand-in on 1,000
+    digits for a few steps: the pipeline runs, its readings mean little.
     """
-    from tinyddpm.backend import to_numpy
-    from tinyddpm.classifiers.judge import (CHECKPOINT_NAME, accuracy, default_cache_dir, load_or_train_classifier,
-        train_classifier)
-    from tinyddpm.checkpoint import load_checkpoint, save_checkpoint
+    from tinyddpm.classifiers.judge import (CHECKPOINT_NAME, default_cache_dir, load_classifier,
+        load_or_train_classifier, train_classifier)
 
-    if (default_cache_dir() / CHECKPOINT_NAME).exists():
-        params, info = load_or_train_classifier(verbose=False)
-        return params, f"tinyddpm's evaluation classifier ({info['test_accuracy']:.2%} test accuracy)"
     if FAST:
         images, labels = mnist_digits(1000, seed=1)
         params, _ = train_classifier(images, labels, epochs=1, verbose=False)
         return params, "a stand-in classifier trained on 1,000 digits for 7 steps (fast mode)"
-    path = output_root() / "_judge" / "judge.npz"
-    if path.exists():
-        ckpt = load_checkpoint(path)
-        return ckpt.params, str(ckpt.config["note"])
-    print(f"  training the lessons' classifier ({JUDGE_EPOCHS} epoch of MNIST; cached in {path.parent}) ...")
-    from tinyddpm.data.pixels import to_model_range
-
-    train_set, test_set = mnist("train"), mnist("test")
-    params, _ = train_classifier(to_model_range(train_set.images), train_set.labels, epochs=JUDGE_EPOCHS,
-                                 verbose=False)
-    acc = accuracy(params, to_model_range(test_set.images), test_set.labels)
-    note = f"the lessons' classifier ({JUDGE_EPOCHS} epoch, {acc:.2%} test accuracy)"
-    save_checkpoint(path, config={"kind": "lessons.judge", "note": note},
-                    params={k: to_numpy(v) for k, v in params.items()})
-    return params, note
+    if not (default_cache_dir() / CHECKPOINT_NAME).exists() and SHIPPED_JUDGE.exists():
+        params, info = load_classifier(SHIPPED_JUDGE, where="lessons", dataset="mnist")
+        return params, (f"the shipped classifier, {SHIPPED_JUDGE.relative_to(REPO)} ({info['test_accuracy']:.2%} of "
+                        f"MNIST's {info['test_size']:,} test digits read right)")
+    if not (default_cache_dir() / CHECKPOINT_NAME).exists():
+        print("  training tinyddpm's evaluation classifier once (2 epochs of MNIST, about a minute; cached in "
+              f"{default_cache_dir()}) ...")
+    params, info = load_or_train_classifier(verbose=False)
+    return params, f"tinyddpm's evaluation classifier ({info['test_accuracy']:.2%} test accuracy)"
 
 
 def try_this(doc: str) -> None:

@@ -116,7 +116,8 @@ VARIABLES = _declare(
     Variable("TINYDDPM_LESSON_OUT", "a folder", "lessons/output", "where the lessons write their figures", folder),
     Variable("TINYDDPM_LESSON_FAST", "0, 1", "0", "1: the lessons run with tiny sizes (as --fast)", flag),
     Variable("TINYDDPM_LESSON_MODEL", "example, own", "example",
-             "own: lessons 12-19 train their small network even when runs/mnist/checkpoint.npz exists",
+             "own: the lessons train and use their small network instead of runs/mnist/checkpoint.npz or the shipped "
+             "lessons/assets/network.npz",
              choice("example", "own")),
 )
 
