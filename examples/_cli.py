@@ -588,6 +588,7 @@ def check_run(args, state, out: Path, preset_name: str, dp=None) -> dict:
                 f"the {preset_name} preset's batch size {batch}")
         with blame(f"mpiexec -n {dp.size}", ValueError):
             dp.check_batch(batch, what)
+    check_training_fits(args, state.config, preset_name)
     settings = final_settings(state, args)
     rows = state.config.unet.num_classes or 10     # the final pictures: a row per class (10 rows unconditionally)
     flag = "--n-per-class" if args.n_per_class is not None else "the run's final_per_class"
@@ -633,6 +634,37 @@ def check_sampling_fits(flag: str, unet, count: int, frames: int = 0) -> None:
                    what=flag)
     except MemoryTooLarge as e:
         raise UserError(f"{e}; ask for fewer") from None
+
+
+def training_step_bytes(unet, batch: int, itemsize: int = 4) -> int:
+    """A generous, honest estimate of a training step's memory for ``batch`` images (measured: the cpu preset's
+    step peaks at 119-138 MB at batch 32 on the CPU, docs/speed.md): what the forward keeps for the backward, about
+    48 tensors of base_channels * channel_mults[0] channels at full resolution per image (the caches of every
+    block, the lower levels' smaller tensors included), counted twice for the backward's gradients and unrolled
+    inputs alive beside them."""
+    return 2 * batch * 48 * unet.base_channels * unet.channel_mults[0] * unet.image_size ** 2 * itemsize
+
+
+def check_training_fits(args, config, preset_name: str) -> None:
+    """UserError (one line, exit 2) when one training step at the run's batch size would not fit in memory."""
+    batch, unet = config.batch_size, config.unet
+    flag = (f"--batch-size {batch}" if getattr(args, "batch_size", None) is not None else
+            f"the {preset_name} preset's batch size {batch}")
+    try:
+        check_fits(f"a training step of {batch:,} images of {unet.image_channels}x{unet.image_size}x{unet.image_size}",
+                   training_step_bytes(unet, batch), what=flag)
+    except MemoryTooLarge as e:
+        raise UserError(f"{e}; use a smaller batch") from None
+
+
+def check_dataset_fits(flag: str, count: int, channels: int, size: int) -> None:
+    """UserError when ``count`` pictures of ``channels`` x ``size`` x ``size`` would not fit in memory as training
+    data: uint8 as read, plus the float32 copy in [-1, 1] that training keeps (5 bytes per value)."""
+    try:
+        check_fits(f"{count:,} pictures of {channels}x{size}x{size} as training data", 5 * count * channels * size ** 2,
+                   what=flag)
+    except MemoryTooLarge as e:
+        raise UserError(f"{e}; use a smaller --image-size or fewer pictures") from None
 
 
 def checkpoint_bytes(state) -> int:

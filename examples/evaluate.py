@@ -56,8 +56,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from _cli import (Parser, UserError, blame, check_out_dir, choose_device, integer, load_guide, number,
-                  numbers, out_folder, run, timestep_interval)
+from _cli import (Parser, UserError, blame, check_out_dir, check_sampling_fits, choose_device, integer, load_guide,
+                  number, numbers, out_folder, run, timestep_interval)
 
 from tinyddpm import backend, load_for_sampling, sample_classes
 from tinyddpm.classifiers import guide as noisy_classifier
@@ -350,6 +350,9 @@ def work(args) -> int:
         if sampler != "ddpm" and steps > max_steps(sampler, T):
             raise UserError(f"--configs {sampler}:{steps}: {sampler} takes at most {max_steps(sampler, T)} steps on "
                             f"this checkpoint's T={T} timesteps")
+    # the K * n samples of one setting are drawn as one batch: checked against the memory before any loading
+    check_sampling_fits(f"--n-per-class {args.n_per_class}", config.unet,
+                        (config.unet.num_classes or 10) * args.n_per_class)
     if args.guidance_interval is not None and args.guidance_interval[0] >= T:
         raise UserError(f"--guidance-interval {args.guidance_interval[0]},{args.guidance_interval[1]}: this checkpoint's "
                         f"timesteps are 0..{T - 1}")

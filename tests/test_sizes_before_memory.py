@@ -54,3 +54,64 @@ def test_the_defaults_stay_well_inside_a_small_machine(name):
     rows = config.unet.num_classes or 10
     assert sampling_bytes(config.unet, rows * 8, frames=30) < 2e9          # sample.py's default --n-per-class 8
     assert sampling_bytes(config.unet, rows * config.final_per_class) < 2e9
+
+
+# ----------------------------------------------------------------------------- batch sizes, image sizes, evaluate
+
+def tiny_idx(folder: Path) -> Path:
+    for split in ("train", "test"):
+        write_idx(folder / FILES[split][0], np.zeros((16, 28, 28), np.uint8))
+        write_idx(folder / FILES[split][1], (np.arange(16) % 10).astype(np.uint8))
+    return folder
+
+
+def test_a_training_step_that_does_not_fit_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    """train_mnist.py: --batch-size against the memory, one line, exit 2, before the first step."""
+    import tinyddpm.checks as checks
+    from helpers import load_example
+
+    monkeypatch.setattr(checks, "available_bytes", lambda: 1_000_000)     # a machine with 1 MB to spare
+    out = tmp_path / "run"
+    code = load_example("train_mnist").main(["--preset", "tiny", "--batch-size", "16", "--out", str(out),
+                                             "--data-dir", str(tiny_idx(tmp_path)), "--source", "idx",
+                                             "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "--batch-size 16: a training step of 16 images of 1x28x28 needs about " in err[0], err[0]
+    assert err[0].endswith("1.0 MB available; use a smaller batch")
+    assert not (out / "checkpoint.npz").exists()
+
+
+def test_training_step_estimate_covers_what_a_step_measures():
+    """The estimate is generous: at least the ~130 MB peak a cpu-preset step of 32 measures (docs/speed.md)."""
+    from _cli import training_step_bytes
+
+    assert training_step_bytes(preset("cpu").unet, 32) >= 138e6
+    assert training_step_bytes(preset("gpu").unet, 128) < 8e9       # and the gpu preset's step stays plausible
+
+
+def test_an_image_size_that_does_not_fit_is_refused_before_decoding(tmp_path, monkeypatch):
+    import tinyddpm.checks as checks
+    from PIL import Image
+
+    from tinyddpm.data.folder import load_image_folder
+
+    for i in range(3):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / f"{i}.png")
+    monkeypatch.setattr(checks, "available_bytes", lambda: 10_000_000)
+    with pytest.raises(ValueError) as e:
+        load_image_folder(tmp_path, 4096)
+    assert str(e.value).startswith(f"{tmp_path}: image_size 4096: 3 pictures of up to 3x4096x4096 as training data "
+                                   "needs about 755.0 MB of memory, this machine has 10.0 MB available"), str(e.value)
+    assert load_image_folder(tmp_path, 8).images.shape == (3, 1, 8, 8)   # black pictures read as grey
+
+
+def test_evaluate_refuses_more_samples_than_memory(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (16, 28, 28), dtype=np.uint8)
+    path = tmp_path / "checkpoint.npz"
+    save_state(new_state(preset("tiny"), images, np.arange(16) % 10), path)
+    done = run("evaluate.py", path, "--n-per-class", 10_000_000, "--device", "cpu", "--out", tmp_path / "eval")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("evaluate.py: error: --n-per-class 10000000: sampling 100,000,000 images"), lines[0]
+    assert not (tmp_path / "eval").exists()

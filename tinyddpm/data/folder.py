@@ -60,6 +60,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from ..checks import check_fits
+
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")   # compared in lower case
 MIN_SIDE = 8                                               # pictures below this (shorter side, pixels) are skipped
 RESAMPLE = getattr(Image, "Resampling", Image).LANCZOS     # Image.Resampling from Pillow 9.1 on
@@ -90,6 +92,11 @@ def load_image_folder(path, image_size: int, channels: int | None = None, *, log
     root = Path(path).expanduser()
     classes, empty, ignored, unusable = _find_files(root)  # {class name or "": [files]}, empty subfolders, count,
     skipped, pictures, labels, lost = [], [], [], []       # [(entry, reason, label or -1)]
+    count = sum(len(files) for files in classes.values())
+    # before decoding anything: every picture at image_size, RGB at most (3 uint8 values per pixel), plus the float32
+    # copy in [-1, 1] that training keeps (4 more bytes per value)
+    check_fits(f"{count:,} pictures of up to 3x{image_size}x{image_size} as training data", 15 * count * image_size ** 2,
+               what=f"{root}: image_size {image_size}")
     for entry, reason, label in unusable:
         skipped.append(printable(f"{entry}: {reason}"))
         lost.append(label)
