@@ -36,7 +36,7 @@ def exercises(path: Path) -> str:
 
 def test_the_lessons_are_numbered_from_00_without_gaps():
     numbers = [int(p.name[:2]) for p in LESSON_FILES]
-    assert numbers == list(range(0, 21)), [p.name for p in LESSON_FILES]
+    assert numbers == list(range(0, 22)), [p.name for p in LESSON_FILES]
 
 
 def test_the_index_lists_every_lesson():
