@@ -88,10 +88,11 @@ section("Exercise 2 (modify): CAPTURE_T every 50th timestep; the spread of x_t a
 # look like real digits noised to t, x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, whose pixel spread is
 #     std(x_t) = sqrt(abar_t var(x0) + (1 - abar_t))       (x0 and eps independent; var(x0) over pixels and digits).
 # So with an exact network the two spreads agree at every t. With a real one they agree at the noisy end, where x_t is
-# nearly all noise, and drift apart towards the clean end, the sampler's x_t the more spread: by ~10% with
-# examples/train_mnist.py's network, ~20% with the lessons' small one. The lab's sampler clips x0_hat to [-1, 1]; run
-# it without the clip and the drift grows several times: the network's x0 estimates overshoot the data range and DDIM
-# carries them into x_t. The clip is what keeps this sampler near the forward marginals. With 'trailing' spacing and n
+# nearly all noise, and drift apart towards the clean end, the sampler's x_t the more spread. By how much depends on
+# the network (a rougher one drifts more) and on the batch (one failed, blotchy sample raises the whole batch's
+# spread), so the file prints the table and checks only the shape: agreement at the noisy end, a drift under a quarter
+# at the clean end. The lab's sampler clips x0_hat to [-1, 1]; run it without the clip and the drift grows several
+# times: the network's x0 estimates overshoot the data range and DDIM carries them into x_t. The clip is what keeps this sampler near the forward marginals. With 'trailing' spacing and n
 # steps DDIM visits t = 999 - k T / n; with n = 200 (steps of 5; --fast: 20, steps of 50) that includes every t = 999
 # - 50 j.
 n_capture = 20 if FAST else 200
