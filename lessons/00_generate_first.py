@@ -7,13 +7,13 @@ What you will see
   - a grid of digits, a row per digit you ask for, and a classifier's reading of them;
   - where in the course each piece of that loop is taken apart.
 
-Which network: the one examples/train_mnist.py trains (runs/mnist/checkpoint.npz, clean digits) when it exists;
-otherwise the lessons' small network, trained here once in about a minute, which draws rough digits. To get the
-better one run `python examples/train_mnist.py` (about 13 minutes on 2 CPU cores), then rerun this lesson.
+Which network: the one the lessons ship (lessons/assets/network.npz, the weights of one run of
+examples/train_mnist.py), which draws clean digits from the first run; once you have trained your own with
+`python examples/train_mnist.py` (about 13 minutes on 2 CPU cores, runs/mnist/checkpoint.npz), that one, and the
+lesson says so.
 
 Run it
-  python lessons/00_generate_first.py          # under a minute on 2 CPU cores (plus ~1 min once if no network
-                                               # exists yet)
+  python lessons/00_generate_first.py          # under a minute on 2 CPU cores
   python lessons/00_generate_first.py --fast   # tiny sizes, the same code paths (what the tests run)
 
 Figures (in lessons/output/00_generate_first/)
@@ -27,7 +27,9 @@ Try this
   2. modify: set STEPS = 1: the one step returns the network's guess x0_hat at t = 999. The best possible guess
              from pure noise is the average of all the ways to write the digit, a blur. Predict what this network's
              guess looks like instead, knowing x0_hat = (x_T - sqrt(1 - abar) eps_hat) / sqrt(abar) and
-             sqrt(abar_999) = 0.0064. How many steps does it take before digits appear?
+             sqrt(abar_999) = 0.0064. How many steps does it take before digits appear? (The checks still hold:
+             the one step divides the network's float32 round-off by sqrt(abar_999) too, and the check against
+             sample_digits allows for exactly that; it prints the allowance.)
   3. create: write draw_number("2025") that draws a number as one image, its digits side by side, with a single
              call of the sampling loop, and save it. Is each digit the same as when you draw it alone from the
              same starting noise?
@@ -110,9 +112,15 @@ check("the finished pictures lie in the pixel range [-1, 1]", float(np.abs(x).ma
 # so its digits must be our first two rows.
 x_lib = sample_digits(params, config.unet, schedule, DIGITS[:2], PER_DIGIT, sampler="dpm++2m", steps=STEPS,
                       guidance=config.guidance, seed=SEED)
+# A different batch size may change the network's last float32 bits; the last step's x0_hat divides them by
+# sqrt(abar_t) (lesson 02), 0.0064 at t = 999: so the allowance grows by that factor when the run ends early.
 diff = float(np.max(np.abs(x_lib - x[:2 * PER_DIGIT])))
-check("tinyddpm.sample_digits with the same seed draws the same digits", diff < 1e-4,
-      f"digits 0 and 1, max |difference| {diff:.1e} (a different batch size may change the last bits)")
+abar_last = float(schedule.alpha_bar[sampler.timesteps[-1]])
+gain = max(1.0, float(np.sqrt((1 - abar_last) / abar_last)))          # x0_hat = (x_t - sqrt(1 - abar) eps) / sqrt(abar)
+allowed = 1e-4 * gain
+check("tinyddpm.sample_digits with the same seed draws the same digits", diff < allowed,
+      f"digits 0 and 1, max |difference| {diff:.1e}, allowed {allowed:.0e} (float32 round-off of another batch size"
+      f", times {gain:.1f} in the last step's x0_hat at t = {sampler.timesteps[-1]})")
 
 # ---------------------------------------------------------------------------------------------------
 section("4. Pictures: the GIF, a still, the grid")
@@ -170,7 +178,8 @@ print("""  the noise levels t and abar_t ........................ 01 noise sched
   training it ........................................... 10 training loop, 11 data-parallel training
   the step from x_t to a less noisy picture ............. 12 DDPM, 13 DDIM, 14 DPM-Solver++ (this loop)
   steering towards the requested digit .................. 15 classifier-free guidance, 16 classifier guidance
-  interpolating noise, a lab to play with, measuring .... 17 interpolation, 18 sampler lab, 19 evaluation""")
+  interpolating noise, a lab to play with, measuring .... 17 interpolation, 18 sampler lab, 19 evaluation
+  running it on a GPU ................................... 20 your first GPU kernel""")
 train_first_note(where)
 
 try_this(__doc__)
