@@ -17,12 +17,12 @@ What the lab shows
   - a morph between two noises, lerp and slerp side by side (lesson 17), as one GIF.
 
 Run it
-  python lessons/18_sampler_lab.py          # ~1.5 minutes on 2 CPU cores: 1,300+ network calls (plus ~1 min once
-                                            # if no network exists yet)
+  python lessons/18_sampler_lab.py          # ~1.5 minutes on 2 CPU cores: 1,300+ network calls
   python lessons/18_sampler_lab.py --fast   # tiny sizes, steps 2 / 10 / 40 (what the tests run)
 
 Figures (in lessons/output/18_sampler_lab/)
-  steps_compare.png   the same noises after 50, 250 and 1000 steps, with the wall time and the scores of each
+  steps_compare.png   the same noises after 50, 250 and 1000 steps, with the wall time of each (the distances and the
+                      classifier's scores are printed)
   forward.png         one digit at the FORWARD_T timesteps, and the measured signal share against sqrt(abar_t)
   seeds.png           seed, the same seed again, another seed
   captured.png        x_t and x0_hat at the CAPTURE_T timesteps of the 1000-step run
