@@ -10,6 +10,8 @@ What you will learn
   - How tinyddpm.nn.unet.plan lays out the U-Net: levels going down that keep skips, a middle, levels
     going up that concatenate the skips back, and the shape of every tensor on the way.
   - Where the parameters sit, and that the hand-written backward of the whole network is right.
+  - Why a U-Net: the receptive field of every layer (each 3x3 conv adds 2 x the stride product so far, each
+    downsampling doubles it), checked by tracing the convs; and what the skips carry, by zeroing them.
 
 Run it:
     python lessons/08_resblock_and_unet.py          # ~15 s on one CPU core (+ once: the lessons' network, if none)
@@ -18,6 +20,7 @@ Run it:
 Figures, written to lessons/output/08_resblock_and_unet/:
     unet_diagram.png   the cpu preset's U-Net: a box per layer at the height of its resolution, skips as brackets
     feature_maps.png   one noisy digit going through a trained network: a few channels at every level
+    why_unet.png       the receptive field per layer against the 28-pixel image; x0_hat with and without the skips
 
 Try this
   1. run:    set PRESET = "gpu" at the top and rerun. The table gets two ResBlocks per level and 64 base
@@ -61,6 +64,7 @@ FEATURE_T = 100          # the noise level of the digit whose feature maps we dr
 BLOCK_ENTRIES = 4 if FAST else 16   # finite-difference entries per tensor in the ResBlock check
 UNET_ENTRIES = 1 if FAST else 3     # ... and in the whole-network check
 
+# %%
 # ---------------------------------------------------------------------------------------------------
 section("1. The ResBlock, op by op")
 # Legend: N batch, Ci / Co channels in / out, H = W the spatial size, E the time-embedding width, G groups.
@@ -184,6 +188,7 @@ err = float(np.max(np.abs(y_same - x_same)))
 check("with conv2 at zero (its initial value) a ResBlock with Ci == Co returns its input", err == 0.0,
       f"max |out - x| = {err:.1e}")
 
+# %%
 # ---------------------------------------------------------------------------------------------------
 section(f"2. The U-Net of the {PRESET!r} preset, layer by layer")
 # The network (tinyddpm/nn/unet.py), for x_t (N, 1, 28, 28), timesteps t (N,) and labels y (N,):
@@ -202,8 +207,9 @@ section(f"2. The U-Net of the {PRESET!r} preset, layer by layer")
 # Here is the forward written straight from the plan, recording every layer's shapes on the way.
 
 
-def unet_forward_in_the_open(params, cfg, x, t, labels):
-    """The U-Net forward from plan(cfg), recording (layer name, kind, input shape, skip shape, output) per layer."""
+def unet_forward_in_the_open(params, cfg, x, t, labels, zero_skips_at=()):
+    """The U-Net forward from plan(cfg), recording (layer name, kind, input shape, skip shape, output) per layer.
+    zero_skips_at: resolutions whose skips arrive as zeros (section 7 asks what they carry)."""
     e, _ = timestep_embedding_forward(t, cfg.base_channels, dtype=x.dtype)        # (N, base)
     e, _ = linear_forward(e, params["time.lin1.w"], params["time.lin1.b"])        # (N, E)
     e, _ = silu_forward(e)
@@ -220,6 +226,8 @@ def unet_forward_in_the_open(params, cfg, x, t, labels):
         if layer.pop_skip:
             skip = skips.pop()
             skip_shape = skip.shape
+            if skip.shape[-1] in zero_skips_at:
+                skip = np.zeros_like(skip)                                        # the same shapes, no content
             h = np.concatenate([h, skip], axis=1)                                 # (N, C + C_skip, S, S)
         if layer.kind == "res":
             h, _ = resblock_forward(params, layer.name, h, temb_act, groups=cfg.groups)
@@ -272,6 +280,7 @@ for lname, kind, shape_in, skip_shape, h in records:
         pushed += 1
     print(f"  {lname:<20}{kind:<6}{str(tuple(shape_in)):<18}{skip_txt:<18}{str(tuple(h.shape)):<18}{note}")
 
+# %%
 # ---------------------------------------------------------------------------------------------------
 section("3. The class label: a row of a table, added to the time embedding")
 # A conditional network is told which digit to draw. The label y is an integer 0..9; the network turns it into a
@@ -343,6 +352,7 @@ moved = [k for k in range(small.num_classes + 1) if np.any(g_small["label.table"
 check("in the whole network's backward only the table rows of the batch's labels get a gradient", moved == [3],
       f"rows with a gradient: {moved} (the batch asked for 3 twice)")
 
+# %%
 # ---------------------------------------------------------------------------------------------------
 section("4. Where the parameters are")
 # Counting by hand, for a layer from c_in to c_out channels (E = time-embedding width, k x k kernels):
@@ -392,6 +402,7 @@ check("the parameter count by formula matches init_params, part by part",
       not mismatch and sum(formula.values()) == total,
       f"{total:,} parameters" + (f"; mismatched parts {mismatch}" if mismatch else ""))
 
+# %%
 # ---------------------------------------------------------------------------------------------------
 section("5. The whole network's backward, checked by finite differences")
 # tinyddpm.gradcheck.unet_case: a tiny U-Net (8x8 images, two levels, attention, dropout on, class labels) in
@@ -406,6 +417,7 @@ check(f"gradient check of the whole U-Net ({len(errors)} tensors, {UNET_ENTRIES}
       errors[worst] < BLOCK_TOLERANCE,
       f"worst {worst}: {errors[worst]:.1e} (limit {BLOCK_TOLERANCE:.0e}), {time.perf_counter() - tic:.1f} s")
 
+# %%
 # ---------------------------------------------------------------------------------------------------
 section("6. Pictures: the diagram, and a digit's feature maps at every level")
 # The diagram: columns in the order the layers run, rows by the resolution of each layer's output.
@@ -486,5 +498,169 @@ fig.savefig(out / "feature_maps.png", dpi=100)
 plt.close(fig)
 saved(out / "feature_maps.png")
 
+# %%
+# ---------------------------------------------------------------------------------------------------
+section("7. Why a U-Net: how far each layer sees, and what the skips carry")
+# To predict the noise at one pixel the network must know what that pixel belongs to: whether a grey smudge is part
+# of a 3 or an 8 is decided by the whole digit, 28 pixels across. A 3x3 convolution sees one pixel further each way,
+# so 3x3 convs at full resolution would need 14 layers (1 + 2 * 14 = 29) to see the whole image. Halving the
+# resolution doubles how far every later 3x3 conv reaches. The receptive field r (in input pixels) and the jump j
+# (input pixels between neighbouring positions of a layer) follow two rules:
+#     a 3x3 conv:            r += 2 j            (stride 2: then j *= 2)
+#     nearest upsampling x2: j /= 2              (its 3x3 conv then adds 2 j at the finer spacing)
+# A ResBlock holds two 3x3 convs on its main path (its skip is 1x1): r += 4 j. Attention mixes every position of its
+# level at once: from there on every output sees the whole image.
+# The price of the coarse levels is resolution: a 7x7 map cannot say where a stroke's edge is to the pixel. The skips
+# hand the up path the down path's maps at the same resolution, so fine detail does not have to survive the trip
+# through 7x7. Both claims are measured below.
+
+
+def receptive_fields(cfg):
+    """(layer name, kind, resolution, jump j, receptive field r, whole image through attention) per layer."""
+    r, j, size, seen_all = 3, 1, cfg.image_size, False                 # conv_in: one 3x3 conv
+    rows = [("conv_in", "conv", size, j, r, False)]
+    for layer in sum(plan(cfg), []):
+        if layer.kind == "res":
+            r += 4 * j
+        elif layer.kind == "down":
+            r, j, size = r + 2 * j, 2 * j, size // 2
+        elif layer.kind == "up":
+            j, size = j // 2, size * 2
+            r += 2 * j
+        else:
+            seen_all = True
+        rows.append((layer.name, layer.kind, size, j, r, seen_all))
+    rows.append(("conv_out", "conv", size, j, r + 2 * j, seen_all))
+    return rows
+
+
+def traced_fields(cfg, big):
+    """The same numbers measured: the layers' 3x3 convs as a linear chain (all-ones kernels; no GroupNorm, whose
+    statistics would make every pixel depend a little on every other; no attention; skips left out, since a skip
+    comes from an earlier, narrower layer). For each layer, the input pixels that its centre output depends on:
+    the support of the gradient of that output, by conv2d_backward."""
+    ones = np.ones((1, 1, 3, 3))
+    ops = [("conv", 1)]
+    ends = {"conv_in": 1}
+    for layer in sum(plan(cfg), []):
+        ops += {"res": [("conv", 1), ("conv", 1)], "down": [("conv", 2)], "up": [("repeat", 0), ("conv", 1)],
+                "attn": []}[layer.kind]
+        ends[layer.name] = len(ops)
+    ops.append(("conv", 1))
+    ends["conv_out"] = len(ops)
+    widths = {}
+    for name, n_ops in ends.items():
+        h, caches = np.zeros((1, 1, big, big)), []
+        for kind, stride in ops[:n_ops]:
+            if kind == "conv":
+                h, c = conv2d_forward(h, ones, None, stride=stride)
+            else:
+                h, c = h.repeat(2, axis=2).repeat(2, axis=3), None           # nearest x2
+            caches.append((kind, c))
+        spread = []
+        for shift in range(4):                          # four neighbouring outputs: every place in a 4x4 block
+            dh = np.zeros_like(h)
+            dh[0, 0, h.shape[2] // 2 + shift, h.shape[3] // 2] = 1.0                  # one output near the centre
+            for kind, c in reversed(caches):
+                if kind == "conv":
+                    dh = conv2d_backward(dh, c)[0]
+                else:                                                           # each input fed a 2x2 block
+                    n_, c_, hh, ww = dh.shape
+                    dh = dh.reshape(n_, c_, hh // 2, 2, ww // 2, 2).sum(axis=(3, 5))
+            rows_hit = np.nonzero(np.abs(dh[0, 0]).sum(axis=1))[0]
+            spread.append(int(rows_hit[-1] - rows_hit[0] + 1))
+        widths[name] = (min(spread), max(spread))
+    return widths
+
+
+fields = receptive_fields(cfg)
+big = 4 * (max(r for *_, r, _ in fields) // 4 + 8)                            # no field touches the border
+traced = traced_fields(cfg, big)
+print(f"\n  {'layer':<20}{'size':>6}{'jump':>6}{'field':>7}  (input pixels; the image is {cfg.image_size} wide)")
+for lname, kind, size, j, r, seen_all in fields:
+    print(f"  {lname:<20}{size:>4}x{size:<2}{j:>5}{r:>7}" + ("   + attention: the whole image" if seen_all else ""))
+# Down the network every output sees exactly r pixels. Nearest upsampling copies one value into a 2x2 block, so on the
+# up path two neighbouring outputs may share a parent or not: there r is the field's typical width, and an output's
+# own field is a few pixels wider or narrower depending on where it sits in its block.
+first_up = next(i for i, row in enumerate(fields) if row[1] == "up")
+exact = [n for n, _, _, _, r, _ in fields[:first_up + 1] if n in traced and traced[n] != (r, r)]
+within = [n for n, _, _, j, r, _ in fields[first_up + 1:] if n in traced and not traced[n][0] <= r <= traced[n][1]]
+check("receptive fields by the two rules == traced through the convs with conv2d_backward, layer by layer",
+      not exact and not within, f"{len(traced)} layers on a {big}x{big} canvas: exact down to {fields[first_up][0]}, "
+      f"then within the spread over positions (conv_out: {traced['conv_out'][0]}-{traced['conv_out'][1]} pixels, "
+      f"rules {fields[-1][4]})" + (f"; mismatched: {exact + within}" if exact or within else ""))
+first_whole = next(n for n, _, _, _, r, _ in fields if r >= cfg.image_size)
+n_convs = 1 + sum({"res": 2, "down": 1, "up": 1}.get(layer.kind, 0) for layer in sum(plan(cfg), [])
+                  [:[layer.name for layer in sum(plan(cfg), [])].index(first_whole) + 1])
+flat = -(-(cfg.image_size - 1) // 2)                                             # 1 + 2 L >= image size
+check(f"the field passes the {cfg.image_size}-pixel image at {first_whole}, {n_convs} convs deep "
+      f"(3x3 convs at full resolution need {flat})", n_convs < flat,
+      f"field {dict((n, r) for n, *_, r, _ in fields)[first_whole]} pixels")
+
+# What the skips carry: give the trained network test digits at a low noise level (t = 100: little noise, so the
+# answer is in the details) and let the skips of some resolutions arrive as zeros. Its estimate of the clean digit,
+# x0_hat = (x_t - b eps_hat) / a, shows what went missing. The noise itself is pixel-level detail: a prediction built
+# from 7x7 and 14x14 maps alone cannot say which speck is noise, so x0_hat keeps the specks (its edge contrast rises
+# above the clean digits'), and the error more than doubles.
+n_show = 4 if FAST else 8
+digits_s, labels_s = mnist_digits(n_show, split="test", seed=11)
+digits_s = digits_s.astype(net_params["conv_in.w"].dtype)
+t_s = np.full(n_show, FEATURE_T)
+x_t_s = q_sample(schedule, digits_s, t_s, np.random.default_rng(2).standard_normal(digits_s.shape).astype(digits_s.dtype))
+lab_s = labels_s if ncfg.num_classes else None
+sizes_net = sorted({layer.size for layer in sum(plan(ncfg), [])}, reverse=True)            # 28, 14, 7
+variants = {"all skips": (), f"no {sizes_net[0]}x{sizes_net[0]} skips": (sizes_net[0],), "no skips": tuple(sizes_net)}
+x0_by, err_by, detail_by = {}, {}, {}
+for vname, drop in variants.items():
+    eps_v, _ = unet_forward_in_the_open(net_params, ncfg, x_t_s, t_s, lab_s, zero_skips_at=drop)
+    x0_by[vname] = np.clip(x0_from_eps(schedule, x_t_s, t_s, eps_v), -1, 1).astype(np.float64)
+    err_by[vname] = float(np.sqrt(np.mean((x0_by[vname] - digits_s) ** 2)))
+    # fine detail: the mean |difference| between neighbouring pixels (edges); a blur has little of it
+    detail_by[vname] = float(np.mean(np.abs(np.diff(x0_by[vname], axis=-1))))
+print(f"  x0_hat at t = {FEATURE_T}, RMS distance to the clean digits (edge contrast; clean digits: "
+      f"{float(np.mean(np.abs(np.diff(digits_s.astype(np.float64), axis=-1)))):.3f}):")
+for vname in variants:
+    print(f"    {vname:<16} {err_by[vname]:.3f}   ({detail_by[vname]:.3f})")
+full_name, fine_name = list(variants)[:2]
+if FAST:
+    print("  (fast mode: the network is barely trained, so what the skips carry is printed, not checked)")
+else:
+    check(f"without the {sizes_net[0]}x{sizes_net[0]} skips x0_hat is far worse (at least 2x the error)",
+          err_by[fine_name] > 2 * err_by[full_name], f"RMS {err_by[full_name]:.3f} -> {err_by[fine_name]:.3f}")
+
+fig = plt.figure(figsize=(14, 4.6))
+ax = fig.add_axes([0.05, 0.14, 0.36, 0.74])
+rf = [r for *_, r, _ in fields]
+colors_rf = [{s_: f"C{i}" for i, s_ in enumerate(sorted({row[2] for row in fields}, reverse=True))}[row[2]]
+             for row in fields]
+ax.bar(range(len(fields)), rf, color=colors_rf)
+ax.axhline(cfg.image_size, color="k", ls="--", lw=1)
+ax.text(0, cfg.image_size + 2, f"the image: {cfg.image_size} pixels", fontsize=8)
+convs_so_far = np.cumsum([{"res": 2, "attn": 0}.get(row[1], 1) for row in fields])   # 3x3 convs up to each layer
+ax.plot(range(len(fields)), 1 + 2 * convs_so_far, ":", color="0.4",
+        label="as many 3x3 convs, all at full resolution")
+ax.set_xticks(range(len(fields)), [row[0] for row in fields], rotation=90, fontsize=6)
+ax.set(ylabel="receptive field (input pixels, convs only)", yscale="log",
+       title=f"How far each layer sees (colour: resolution {', '.join(str(s_) for s_ in sorted({row[2] for row in fields}, reverse=True))})")
+ax.legend(fontsize=7, loc="upper left")
+shown = min(n_show, 4)
+rows_img = [("clean", digits_s), (f"x_t, t = {FEATURE_T}", x_t_s)] + [(k, v) for k, v in x0_by.items()]
+for r_i, (rname, imgs) in enumerate(rows_img):
+    for c_i in range(shown):
+        a_ = fig.add_axes([0.47 + 0.1 * c_i, 0.80 - 0.17 * r_i, 0.095, 0.15])
+        a_.imshow(np.asarray(imgs[c_i, 0], dtype=np.float64), cmap="gray", vmin=-1, vmax=1)
+        a_.set_xticks([])
+        a_.set_yticks([])
+        if c_i == 0:
+            a_.set_ylabel(rname if r_i < 2 else f"x0_hat,\n{rname}", fontsize=7)
+fig.suptitle("Why a U-Net: downsampling lets a few convs see the whole digit; the full-resolution skips carry the "
+             "pixel-level detail (here: which speck is noise)",
+             fontsize=10)
+fig.savefig(out / "why_unet.png", dpi=100)
+plt.close(fig)
+saved(out / "why_unet.png")
+
+# %%
 try_this(__doc__)
+print("\nNext: lessons/09_elbo.py - what the network is trained to minimise, from the variational bound.")
 finish(started)
