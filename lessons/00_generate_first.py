@@ -33,7 +33,10 @@ Try this
   3. create: write draw_number("2025") that draws a number as one image, its digits side by side, with a single
              call of the sampling loop, and save it. Is each digit the same as when you draw it alone from the
              same starting noise?
+
+Next: lessons/01_noise_schedules.py - how much noise each timestep adds: linear, cosine and sigmoid schedules.
 """
+# %%
 import time
 
 import matplotlib
@@ -49,6 +52,7 @@ from tinyddpm.diffusion import DPMSolverSampler, GuidedModel  # noqa: E402
 from tinyddpm.sampling import unet_model  # noqa: E402
 from tinyddpm.viz import plot_sample_grid, save_denoising_gif, side_by_side  # noqa: E402
 
+# %%
 started = time.perf_counter()
 out = output_dir(__file__)
 banner("Lesson 00: generate first")
@@ -58,6 +62,7 @@ STEPS = 5 if FAST else 20                   # network calls from noise to digit
 PER_DIGIT = 2 if FAST else 8                # samples of each digit in the grid
 DIGITS = np.arange(10)                      # the digits we ask for
 
+# %% 1. A trained network
 # ---------------------------------------------------------------------------------------------------
 section("1. A trained network")
 # A diffusion model is a network that looks at a noisy picture x_t and says which noise is in it, eps_hat. It was
@@ -74,6 +79,7 @@ check("the network answers a batch of noisy pictures with one noise guess each, 
       model(np.zeros((2, 1, 28, 28), dtype=params["conv_in.w"].dtype), np.array([999, 0]), np.array([3, 7])).shape
       == (2, 1, 28, 28), "(2, 1, 28, 28) in, (2, 1, 28, 28) out")
 
+# %% 2. Start from pure noise
 # ---------------------------------------------------------------------------------------------------
 section("2. Start from pure noise")
 # x_T ~ N(0, I): every pixel an independent draw from the standard normal distribution. Nothing of a digit in it.
@@ -84,6 +90,7 @@ check("the start is standard normal noise: mean ~0, standard deviation ~1",
       abs(float(x_T.mean())) < 0.03 and abs(float(x_T.std()) - 1) < 0.02,
       f"{x_T.size:,} pixels: mean {x_T.mean():+.4f}, std {x_T.std():.4f}")
 
+# %% 3. The loop: ask the network, take a step, repeat
 # ---------------------------------------------------------------------------------------------------
 section("3. The loop: ask the network, take a step, repeat")
 # The sampler (DPM-Solver++, lesson 14) picks STEPS noise levels from t = 999 down towards 0. At each one:
@@ -122,6 +129,7 @@ check("tinyddpm.sample_digits with the same seed draws the same digits", diff < 
       f"digits 0 and 1, max |difference| {diff:.1e}, allowed {allowed:.0e} (float32 round-off of another batch size"
       f", times {gain:.1f} in the last step's x0_hat at t = {sampler.timesteps[-1]})")
 
+# %% 4. Pictures: the GIF, a still, the grid
 # ---------------------------------------------------------------------------------------------------
 section("4. Pictures: the GIF, a still, the grid")
 first = np.arange(len(DIGITS)) * PER_DIGIT                      # one sample of each digit for the GIF
@@ -143,6 +151,7 @@ grid = x.reshape((len(DIGITS), PER_DIGIT) + x.shape[1:])                        
 saved(plot_sample_grid(out / "samples.png", grid, row_labels=[str(d) for d in DIGITS],
                        title=f"{PER_DIGIT} samples of each digit, {STEPS} steps, guidance {config.guidance:g}"))
 
+# %% 5. Do they read as the digits we asked for?
 # ---------------------------------------------------------------------------------------------------
 section("5. Do they read as the digits we asked for?")
 # A separate classifier, trained on real MNIST, reads every sample and says how likely each digit is, p(d | picture).
@@ -169,6 +178,7 @@ else:
     if uses_small_network(where):
         print("  (the network of examples/train_mnist.py gets nearly all of them right)")
 
+# %% 6. Where each piece is explained
 # ---------------------------------------------------------------------------------------------------
 section("6. Where each piece is explained")
 print("""  the noise levels t and abar_t ........................ 01 noise schedules, 02 forward diffusion
@@ -182,5 +192,6 @@ print("""  the noise levels t and abar_t ........................ 01 noise sched
   running it on a GPU ................................... 20 your first GPU kernel""")
 train_first_note(where)
 
+# %% Exercises
 try_this(__doc__)
 finish(started)

@@ -28,7 +28,10 @@ Try this:
   3. create: write your own schedule - e.g. Stable Diffusion's "scaled linear" betas,
              np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, T) ** 2 - wrap it with tinyddpm.diffusion.Schedule(betas,
              name="scaled linear") and add it to the crossing table and the figures.
+
+Next: lessons/02_forward_diffusion.py - q(x_t | x_0) in closed form, checked against a thousand single steps.
 """
+# %%
 import time
 
 import matplotlib
@@ -42,12 +45,14 @@ from _common import (FAST, banner, check, finish, mnist_digits, output_dir, rela
 from tinyddpm.diffusion import (cosine_betas, linear_betas, make_schedule, q_sample,  # noqa: E402
                                 sigmoid_betas)
 
+# %%
 started = time.perf_counter()
 out = output_dir(__file__)
 banner("Lesson 01: noise schedules")
 
 T = 1000  # number of diffusion steps; t runs over 0 .. T-1
 
+# %% 1. The linear schedule and alpha_bar
 # ---------------------------------------------------------------------------------------------------
 section("1. The linear schedule and alpha_bar")
 # One noising step takes x_{t-1} to x_t by shrinking it a little and adding a little noise:
@@ -75,6 +80,7 @@ check("alpha_bar = cumprod(1 - beta) == make_schedule('linear').alpha_bar", err 
       f"max relative error {err:.1e}")
 print(f"  linear: alpha_bar goes from {abar_lin[0]:.6f} at t = 0 to {abar_lin[-1]:.2e} at t = {T - 1}")
 
+# %% 2. The cosine schedule: define alpha_bar first, then the betas
 # ---------------------------------------------------------------------------------------------------
 section("2. The cosine schedule: define alpha_bar first, then the betas")
 # Nichol & Dhariwal noticed that with linear betas the last few hundred steps of a small image are
@@ -111,6 +117,7 @@ check("cumprod of the betas telescopes back to f((t+1)/T) / f(0) (all but the cl
 print(f"  cosine: first beta {betas_cos[0]:.2e}, last beta {betas_cos[-1]} (clipped; unclipped it is "
       f"{1.0 - abar_curve[-1] / abar_curve[-2]:.6f})")
 
+# %% 3. The sigmoid schedule
 # ---------------------------------------------------------------------------------------------------
 section("3. The sigmoid schedule")
 # Another designed curve: alpha_bar follows a falling sigmoid. With sig(z) = 1 / (1 + exp(-z)) and
@@ -136,6 +143,7 @@ check("sigmoid alpha_bar == make_schedule('sigmoid').alpha_bar", err < 1e-12, f"
 
 schedules = {"linear": lin, "cosine": cos, "sigmoid": sgm}
 
+# %% 4. Properties every schedule must have
 # ---------------------------------------------------------------------------------------------------
 section("4. Properties every schedule must have")
 # alpha_bar is a product of factors alpha_t = 1 - beta_t. If every beta lies in (0, 1), every factor
@@ -149,6 +157,7 @@ for name, sched in schedules.items():
     check(f"{name}: alpha_bar strictly decreasing and inside (0, 1)", ok,
           f"largest step {steps.max():.1e} (< 0), alpha_bar from {ab[0]:.6f} down to {ab[-1]:.2e}")
 
+# %% 5. Signal-to-noise ratio and how fast the signal disappears
 # ---------------------------------------------------------------------------------------------------
 section("5. Signal-to-noise ratio and how fast the signal disappears")
 # At step t, x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, so the signal has variance
@@ -213,6 +222,7 @@ fig.savefig(path, dpi=100)
 plt.close(fig)
 saved(path)
 
+# %% 6. What a digit looks like under each schedule
 # ---------------------------------------------------------------------------------------------------
 section("6. What a digit looks like under each schedule")
 # The same digit and the same noise eps, noised to the same timesteps under each schedule with the
@@ -249,6 +259,7 @@ fig.savefig(path, dpi=100)
 plt.close(fig)
 saved(path)
 
+# %% Exercises
 # ---------------------------------------------------------------------------------------------------
 try_this(__doc__)
 finish(started)

@@ -30,7 +30,10 @@ Try this:
              (tinyddpm.diffusion.training_target(..., prediction="v") and x0_from_v): check that
              x0_from_v(x_t, v) returns x0 at every t and that, unlike x0_from_eps, it stays accurate in
              float32 at t = T-1. (Getting v through v_from_eps divides by sqrt(abar) again: try it.)
+
+Next: lessons/03_linear_and_gradcheck.py - the network's first layer by hand, and the gradient check that proves every backward.
 """
+# %%
 import time
 
 import matplotlib
@@ -43,6 +46,7 @@ from _common import (FAST, banner, check, finish, mnist_digits, output_dir, rela
                      try_this)
 from tinyddpm.diffusion import make_schedule, q_sample, x0_from_eps  # noqa: E402
 
+# %%
 started = time.perf_counter()
 out = output_dir(__file__)
 banner("Lesson 02: the forward process q(x_t | x0)")
@@ -54,6 +58,7 @@ images, labels = mnist_digits(8, seed=1)
 x0 = images[0].astype(np.float64)       # (1, 28, 28), values in [-1, 1]
 print(f"  a digit '{labels[0]}' of shape {x0.shape}; schedule {schedule}")
 
+# %% 1. From one step to the closed form
 # ---------------------------------------------------------------------------------------------------
 section("1. From one step to the closed form")
 # One step shrinks the previous image and adds fresh noise (alpha_t = 1 - beta_t):
@@ -93,6 +98,7 @@ err = relative_error(x_t_formula, x_t_lib32)
 check("q_sample in float32 keeps float32 and matches to float32 precision",
       x_t_lib32.dtype == np.float32 and err < 1e-6, f"dtype {x_t_lib32.dtype}, max relative error {err:.1e}")
 
+# %% 2. A digit on its way to noise
 # ---------------------------------------------------------------------------------------------------
 section("2. A digit on its way to noise")
 # One eps for every panel, so the strip shows the same noise pattern slowly taking over. Remember that
@@ -114,6 +120,7 @@ fig.savefig(path, dpi=100)
 plt.close(fig)
 saved(path)
 
+# %% 3. The closed form against a thousand steps, with many chains
 # ---------------------------------------------------------------------------------------------------
 section("3. The closed form against a thousand steps, with many chains")
 # Now run the process the slow way: M independent chains, all starting from the same x0, each taking
@@ -214,6 +221,7 @@ fig.savefig(path, dpi=100)
 plt.close(fig)
 saved(path)
 
+# %% 4. Running the reparameterisation backwards: x0 from (x_t, eps)
 # ---------------------------------------------------------------------------------------------------
 section("4. Running the reparameterisation backwards: x0 from (x_t, eps)")
 # x_t = a x0 + b eps (a = sqrt(abar_t), b = sqrt(1 - abar_t)) is a deterministic function of x0 and
@@ -246,6 +254,7 @@ for k, t in enumerate(t_all):
     e32 = float(np.max(np.abs(x0_32[k].astype(np.float64) - x0_k[k])))
     print(f"  {t:>5} {b_k[k, 0, 0, 0] / a_k[k, 0, 0, 0]:>9.3g} {e32:>20.1e}")
 
+# %% Exercises
 # ---------------------------------------------------------------------------------------------------
 try_this(__doc__)
 finish(started)

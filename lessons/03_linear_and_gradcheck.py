@@ -29,7 +29,10 @@ Try this:
   3. create: write tanh_forward(x) -> (y, cache) and tanh_backward(dy, cache) = dy * (1 - y^2) in the same
              style, prove them with check_gradients (< 1e-7), then chain linear -> tanh -> linear into a tiny
              MLP with one forward and one backward and check the whole block (< 1e-5).
+
+Next: lessons/04_conv2d.py - the convolution, by loops and by im2col + one GEMM, and its backward.
 """
+# %%
 import time
 
 import matplotlib
@@ -43,6 +46,7 @@ from tinyddpm.gradcheck import OP_TOLERANCE, check_gradients  # noqa: E402
 from tinyddpm.ops import (linear_backward, linear_forward, mse_loss_backward, mse_loss_forward,  # noqa: E402
                           silu_backward, silu_forward)
 
+# %%
 started = time.perf_counter()
 out = output_dir(__file__)
 banner("Lesson 03: the linear layer and gradient checking")
@@ -55,6 +59,7 @@ W = rng.standard_normal((F, D))        # (F, D) PyTorch's (out, in) layout
 b = rng.standard_normal(F)             # (F,)
 dy = rng.standard_normal((N, F))       # (N, F) an upstream gradient, dL/dy, from "the rest of the network"
 
+# %% 1. Forward: y = x W^T + b
 # ---------------------------------------------------------------------------------------------------
 section("1. Forward: y = x W^T + b")
 # Each output feature f of row n is a weighted sum of that row's inputs plus a bias:
@@ -65,6 +70,7 @@ y_lib, cache = linear_forward(x, W, b)
 err = relative_error(y, y_lib)
 check("x @ W.T + b == tinyddpm linear_forward", err < 1e-15, f"max relative error {err:.1e}")
 
+# %% 2. Backward by hand: dx = dy W, dW = dy^T x, db = sum over rows of dy
 # ---------------------------------------------------------------------------------------------------
 section("2. Backward by hand: dx = dy W, dW = dy^T x, db = sum over rows of dy")
 # Backprop hands each layer dy = dL/dy, the gradient of the final loss L with respect to the layer's
@@ -96,6 +102,7 @@ err = max(relative_error(dW3, dW3_lib), relative_error(dy3 @ W, dx3_lib),
           relative_error(dy3.sum(axis=(0, 1)), db3_lib))
 check("with leading axes (B, S, D): dW sums over every row", err < 1e-15, f"max relative error {err:.1e}")
 
+# %% 3. Gradient checking: central differences and relative error
 # ---------------------------------------------------------------------------------------------------
 section("3. Gradient checking: central differences and relative error")
 # How do we know the formulas above are right, rather than right-looking? Compare them with the
@@ -152,6 +159,7 @@ for k, (name, analytic) in enumerate((("dx", dx), ("dW", dW), ("db", db))):
     check(f"{name} == central difference (h = 1e-5, float64)", err < OP_TOLERANCE,
           f"max relative error {err:.1e} (limit {OP_TOLERANCE:.0e})")
 
+# %% 4. The step h and the precision: truncation against round-off
 # ---------------------------------------------------------------------------------------------------
 section("4. The step h and the precision: truncation against round-off")
 # L is linear in each of x, W, b, so for this op the difference quotient is exact up to round-off. Most
@@ -251,6 +259,7 @@ fig.savefig(path, dpi=100)
 plt.close(fig)
 saved(path)
 
+# %% 5. Break the backward on purpose: the check must catch it
 # ---------------------------------------------------------------------------------------------------
 section("5. Break the backward on purpose: the check must catch it")
 # A check that never fails proves nothing. tinyddpm.gradcheck.check_gradients(forward, backward, arrays)
@@ -290,6 +299,7 @@ except ValueError as error:
     message = str(error)
 check("when D != F the forgotten transpose is a shape error", "shape" in message, message)
 
+# %% 6. tinyddpm's linear through check_gradients
 # ---------------------------------------------------------------------------------------------------
 section("6. tinyddpm's linear through check_gradients")
 # The real op, as `python -m tinyddpm.gradcheck --op linear` and the test suite check it: every input
@@ -308,6 +318,7 @@ errors = check_gradients(lambda x, w: linear_forward(x, w), lambda dy, c: linear
 check("linear without a bias", max(errors.values()) < OP_TOLERANCE,
       ", ".join(f"d{k} {v:.1e}" for k, v in errors.items()))
 
+# %% 7. Use it: fit a linear map by gradient descent
 # ---------------------------------------------------------------------------------------------------
 section("7. Use it: fit a linear map by gradient descent")
 # With a proven backward we can train. Data from a hidden linear map plus a little noise; the loss is the
@@ -354,6 +365,7 @@ fig.savefig(path, dpi=100)
 plt.close(fig)
 saved(path)
 
+# %% Exercises
 # ---------------------------------------------------------------------------------------------------
 try_this(__doc__)
 finish(started)

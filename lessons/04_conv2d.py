@@ -24,7 +24,10 @@ Try this
             and blur panels do not change at all (why?).
  3. create: build a 5x5 Gaussian kernel exp(-(di^2 + dj^2) / 2) / sum, apply it with stride 2, padding 2,
             and check that it equals the stride-1 result subsampled at [::2, ::2].
+
+Next: lessons/05_groupnorm.py - GroupNorm and its compact backward.
 """
+# %%
 import time
 
 import matplotlib
@@ -39,6 +42,7 @@ from tinyddpm.gradcheck import OP_TOLERANCE, check_gradients  # noqa: E402
 from tinyddpm.ops import conv2d_backward, conv2d_forward  # noqa: E402
 from tinyddpm.ops.conv2d import im2col as tinyddpm_im2col  # noqa: E402
 
+# %%
 started = time.perf_counter()
 out = output_dir(__file__)
 banner("Lesson 04: conv2d = im2col + one matrix multiply")
@@ -49,6 +53,7 @@ rng = np.random.default_rng(0)
 N_TIMING = 1 if FAST else 4       # images in the naive-vs-im2col timing
 N_DIGITS = 2 if FAST else 4       # digits in the filter picture
 
+# %% 1. The definition, as a loop
 # ---------------------------------------------------------------------------------------------------
 section("1. The definition, as a loop")
 # A conv layer slides F filters w[f] (each C x k x k) over the zero-padded input xpad and takes a dot
@@ -93,6 +98,7 @@ for s, p in [(1, 1), (2, 1), (1, 0), (2, 0)]:
     check(f"loop == tinyddpm conv2d_forward, stride {s} padding {p}", y_loop.shape == y_op.shape and err < 1e-13,
           f"output {y_op.shape[2]}x{y_op.shape[3]}, max relative error {err:.1e}")
 
+# %% 2. im2col: every window becomes a column
 # ---------------------------------------------------------------------------------------------------
 section("2. im2col: every window becomes a column")
 # Look at the sum again: for a fixed output pixel (n, u, v) it is a dot product between the filter,
@@ -192,6 +198,7 @@ saved(out / "im2col.png")
 check("the centre row of cols (tap (1, 1)) is the patch itself", np.array_equal(pcols[4], patch.reshape(-1)),
       "a shift by (0, 0)")
 
+# %% 3. The backward: db, dW = dY @ cols^T, dx by col2im
 # ---------------------------------------------------------------------------------------------------
 section("3. The backward: db, dW = dY @ cols^T, dx by col2im")
 # Given dy = dLoss/dy (N, F, Ho, Wo), read it in the forward's (F, L) order as dY. The forward was
@@ -278,6 +285,7 @@ errors = check_gradients(lambda x_, w_, b_: (conv_im2col(x_, w_, b_, 2, 1)[0], (
 check("gradient check of this lesson's im2col/col2im conv, stride 2", max(errors.values()) < OP_TOLERANCE,
       ", ".join(f"{k} {e:.1e}" for k, e in errors.items()))
 
+# %% 4. Using it: edge filters on MNIST digits
 # ---------------------------------------------------------------------------------------------------
 section("4. Using it: edge filters on MNIST digits")
 # A trained network learns its filters; classic image processing wrote them by hand. Sobel-x weighs
@@ -332,6 +340,7 @@ fig.savefig(out / "filters.png", dpi=90)
 plt.close(fig)
 saved(out / "filters.png")
 
+# %% Exercises
 # ---------------------------------------------------------------------------------------------------
 try_this(__doc__)
 finish(started)

@@ -24,7 +24,10 @@ Try this
  3. create: write BatchNorm's forward (statistics over N, H, W per channel) and its backward with the
             same three-term formula (the group is now a channel across the batch), and gradient-check it
             with tinyddpm.gradcheck.check_gradients.
+
+Next: lessons/06_silu_and_time_embedding.py - SiLU, and the sinusoidal embedding that tells the network the timestep.
 """
+# %%
 import time
 
 import matplotlib
@@ -38,6 +41,7 @@ from _common import (FAST, banner, check, finish, mnist_digits, output_dir, rela
 from tinyddpm.gradcheck import OP_TOLERANCE, check_gradients  # noqa: E402
 from tinyddpm.ops import conv2d_forward, groupnorm_backward, groupnorm_forward  # noqa: E402
 
+# %%
 started = time.perf_counter()
 out = output_dir(__file__)
 banner("Lesson 05: GroupNorm")
@@ -47,6 +51,7 @@ rng = np.random.default_rng(0)
 EPS = 1e-5                        # the U-Net's eps (as torch's default)
 N_DIGITS = 8 if FAST else 64      # digits pushed through a conv for the pictures
 
+# %% 1. The forward, in plain NumPy
 # ---------------------------------------------------------------------------------------------------
 section("1. The forward, in plain NumPy")
 # For each sample n and group g, take its M entries x_1 .. x_M (C/G channels x all pixels):
@@ -97,6 +102,7 @@ check("two-pass float32 variance is accurate where the one-pass formula is not",
       f"two-pass {err_two:.1e} vs one-pass {err_one:.1e}")
 check("tinyddpm's float32 GroupNorm matches float64 at mean 1000", err_op < 1e-4, f"max relative error {err_op:.1e}")
 
+# %% 2. The backward: three terms
 # ---------------------------------------------------------------------------------------------------
 section("2. The backward: three terms")
 # The parameters are easy, per-channel sums (gamma and beta act on every entry of their channel):
@@ -159,6 +165,7 @@ errors = check_gradients(lambda x_, g_, b_: (groupnorm_mine(x_, g_, b_, 3)[0], (
 check("gradient check of this lesson's backward, groups=3", max(errors.values()) < OP_TOLERANCE,
       ", ".join(f"{k} {e:.1e}" for k, e in errors.items()))
 
+# %% 3. Why groups: one sample's statistics, and the two extremes
 # ---------------------------------------------------------------------------------------------------
 section("3. Why groups: one sample's statistics, and the two extremes")
 # BatchNorm normalises each channel over (N, H, W): sample 0's output depends on the other samples
@@ -190,6 +197,7 @@ err_in = relative_error(groupnorm_forward(xs8, None, None, 6)[0], inorm)
 check("groups=1 is LayerNorm over (C, H, W)", err_ln < 1e-14, f"max relative error {err_ln:.1e}")
 check("groups=C is InstanceNorm over (H, W)", err_in < 1e-14, f"max relative error {err_in:.1e}")
 
+# %% 4. Using it: conv features of MNIST digits, before and after
 # ---------------------------------------------------------------------------------------------------
 section("4. Using it: conv features of MNIST digits, before and after")
 # Push digits through a random 3x3 conv with 16 channels whose filters have very different scales and
@@ -250,6 +258,7 @@ fig.savefig(out / "histograms.png", dpi=90)
 plt.close(fig)
 saved(out / "histograms.png")
 
+# %% Exercises
 # ---------------------------------------------------------------------------------------------------
 try_this(__doc__)
 finish(started)

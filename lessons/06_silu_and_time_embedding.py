@@ -27,7 +27,10 @@ Try this
  3. create: a learned alternative is a table with one row per timestep (label_embedding_forward with
             T rows). Write it, and use the rotation check above to argue why the sinusoidal embedding
             still means something for a timestep the table never saw (t = 1000.5, say).
+
+Next: lessons/07_self_attention.py - multi-head self-attention over pixels, forward and backward.
 """
+# %%
 import time
 
 import matplotlib
@@ -45,6 +48,7 @@ from tinyddpm.ops import (  # noqa: E402
     timestep_embedding_forward,
 )
 
+# %%
 started = time.perf_counter()
 out = output_dir(__file__)
 banner("Lesson 06: SiLU and the timestep embedding")
@@ -54,6 +58,7 @@ T = 200 if FAST else 1000         # timesteps 0 .. T-1, as in a DDPM schedule
 DIM = 32 if FAST else 128         # embedding width (the U-Net uses base_channels: 16 in the cpu preset)
 MAX_PERIOD = 10000.0              # as DDPM and the Transformer
 
+# %% 1. SiLU and a sigmoid that never overflows
 # ---------------------------------------------------------------------------------------------------
 section("1. SiLU and a sigmoid that never overflows")
 # SiLU (also "swish"): y = x * s with s = sigmoid(x) = 1 / (1 + exp(-x)). It is ReLU-like for large |x|
@@ -159,6 +164,7 @@ fig.savefig(out / "silu.png", dpi=90)
 plt.close(fig)
 saved(out / "silu.png")
 
+# %% 2. The sinusoidal timestep embedding
 # ---------------------------------------------------------------------------------------------------
 section("2. The sinusoidal timestep embedding")
 # The network is told t, an integer from 0 to 999, as a vector of sines and cosines (half = dim // 2):
@@ -224,6 +230,7 @@ fig.savefig(out / "timestep_embedding.png", dpi=90)
 plt.close(fig)
 saved(out / "timestep_embedding.png")
 
+# %% 3. What the encoding gives: similarity by distance, and shifts as rotations
 # ---------------------------------------------------------------------------------------------------
 section("3. What the encoding gives: similarity by distance, and shifts as rotations")
 # Every embedding has the same length: sin^2 + cos^2 = 1 per frequency, so |emb(t)|^2 = half.
@@ -278,6 +285,7 @@ fig.savefig(out / "similarity.png", dpi=90)
 plt.close(fig)
 saved(out / "similarity.png")
 
+# %% Exercises
 # ---------------------------------------------------------------------------------------------------
 try_this(__doc__)
 finish(started)

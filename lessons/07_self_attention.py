@@ -25,7 +25,10 @@ Try this
  3. create: add a third head (C = 12, heads = 3) that attends to the pixels in the query's row: score
             -G (r_i - r_j)^2, made from q = [2G r_i, -G] and k = [r_j, r_j^2] as head 0 does, with G large
             enough that the row stands out (at G = GAMMA = 0.1 it spreads over a band of rows). Draw its map.
+
+Next: lessons/08_resblock_and_unet.py - the ResBlock and the U-Net, assembled from these ops.
 """
+# %%
 import time
 
 import matplotlib
@@ -39,6 +42,7 @@ from _common import (FAST, banner, check, finish, mnist_digits, output_dir, rela
 from tinyddpm.gradcheck import OP_TOLERANCE, check_gradients  # noqa: E402
 from tinyddpm.ops import attention_backward, attention_forward, conv2d_forward  # noqa: E402
 
+# %%
 started = time.perf_counter()
 out = output_dir(__file__)
 banner("Lesson 07: self-attention")
@@ -50,6 +54,7 @@ GAMMA = 0.1                       # head 0's distance penalty, per squared pixel
 BETA = 6.0                        # head 0's bonus for ink
 ALPHA = 0.5                       # head 1's weight on edge alignment
 
+# %% 1. The forward, in plain NumPy
 # ---------------------------------------------------------------------------------------------------
 section("1. The forward, in plain NumPy")
 # Read x (N, C, H, W) as X (N, C, L): column i is the C features of pixel i, a "token". Then
@@ -114,6 +119,7 @@ check("for scores in the thousands the textbook softmax gives NaN, the stable on
       f"largest |score| {np.abs(S_big).max():.0f}, NaN rows in the textbook version: "
       f"{int(np.isnan(p_naive).any(axis=-1).sum())}, stable == tinyddpm to {err:.1e}")
 
+# %% 2. The backward
 # ---------------------------------------------------------------------------------------------------
 section("2. The backward")
 # Walk the forward from the bottom up (dZ means dLoss/dZ, sums over the batch for the parameters).
@@ -206,6 +212,7 @@ errors = check_gradients(attention_mine_with_cache,
 check("gradient check of this lesson's backward, heads=2", max(errors.values()) < OP_TOLERANCE,
       ", ".join(f"{n} {e:.1e}" for n, e in errors.items()))
 
+# %% 3. Attention does not know where pixels are
 # ---------------------------------------------------------------------------------------------------
 section("3. Attention does not know where pixels are")
 # Shuffle the L pixels with a permutation pi. Every token still meets every other token, the scores
@@ -234,6 +241,7 @@ for side in (7, 14, 28):
     print(f"  {side:>2} x {side:<2} feature map: L = {side * side:>3}, P holds {64 * 4 * side ** 4 / 1e6:6.1f}M numbers"
           f" = {64 * 4 * side ** 4 * 4 / 2 ** 20:6.0f} MiB in float32")
 
+# %% 4. What a head looks at: hand-set weights on a digit
 # ---------------------------------------------------------------------------------------------------
 section("4. What a head looks at: hand-set weights on a digit")
 # A feature map of C = 8 channels made from one digit, with two heads of d = 4:
@@ -328,6 +336,7 @@ fig.savefig(out / "attention_maps.png", dpi=90)
 plt.close(fig)
 saved(out / "attention_maps.png")
 
+# %% Exercises
 # ---------------------------------------------------------------------------------------------------
 try_this(__doc__)
 finish(started)

@@ -39,7 +39,10 @@ Try this
   3. create: the bound is a sum over T terms; training estimates it from one random t per image. Write that
              one-sample estimator twice - t uniform (T L_{t-1}) and t drawn with probability p_t proportional to
              the closed-form L_{t-1} (weight L_{t-1} / p_t) - and compare their means and variances on the toy.
+
+Next: lessons/10_training_loop.py - one training step in the open, then a short run whose loss falls.
 """
+# %%
 import time
 
 import matplotlib
@@ -54,6 +57,7 @@ from tinyddpm.training.config import PRESETS  # noqa: E402
 from tinyddpm.diffusion import diffusion_loss, make_schedule, min_snr_weights, q_sample  # noqa: E402
 from tinyddpm.sampling import unet_model  # noqa: E402
 
+# %%
 started = time.perf_counter()
 out = output_dir(__file__)
 banner("Lesson 09: the variational bound (ELBO)")
@@ -72,6 +76,7 @@ def log_normal(x, mean, var):
     return -0.5 * np.log(2 * np.pi * var) - (x - mean) ** 2 / (2 * var)
 
 
+# %% 1. The bound, and why it splits into one term per step
 # ---------------------------------------------------------------------------------------------------
 section("1. The bound, and why it splits into one term per step")
 # The model is a reverse chain p_theta(x_{0:T}) = p(x_T) prod_{t=1..T} p_theta(x_{t-1} | x_t), with p(x_T) = N(0, I).
@@ -157,6 +162,7 @@ err = float(np.max(np.abs(direct - split)) / np.max(np.abs(direct)))
 check("on every sampled path, log q(x_1:T | x_0) - log p(x_0:T) == prior + sum of step terms + decoder", err < 1e-10,
       f"{N_TRAJ} paths of {T} steps, max relative difference {err:.1e} (the telescope is exact, not only on average)")
 
+# %% 2. The KL divergence of two Gaussians
 # ---------------------------------------------------------------------------------------------------
 section("2. The KL divergence of two Gaussians")
 # KL(q || p) = E_q[log q(x) - log p(x)]. For q = N(m1, s1^2) and p = N(m2, s2^2), log q - log p is a quadratic in x, and
@@ -189,6 +195,7 @@ check("the slip log(v2 / v1) is caught by the same Monte Carlo", abs(mc - wrong)
 check("KL(q || p) != KL(p || q): the order matters", abs(right - kl_gauss(m2, s2**2, m1, s1**2)) > 0.1,
       f"{right:.3f} vs {kl_gauss(m2, s2**2, m1, s1**2):.3f}")
 
+# %% 3. The bound on the toy: three estimates, and the likelihood it bounds
 # ---------------------------------------------------------------------------------------------------
 section("3. The bound on the toy: three estimates, and the likelihood it bounds")
 # Every term of section 1 has a closed form for the toy, given x_0:
@@ -288,6 +295,7 @@ fig.savefig(out / "elbo_terms.png", dpi=100)
 plt.close(fig)
 saved(out / "elbo_terms.png")
 
+# %% 4. The weight lambda_t: each KL term is a weighted squared error on the noise
 # ---------------------------------------------------------------------------------------------------
 section("4. The weight lambda_t: each KL term is a weighted squared error on the noise")
 # With equal variances (p_theta uses sigma_t^2 = beta_tilde_t) the KL of section 2 is only its mean term,
@@ -344,6 +352,7 @@ fig.savefig(out / "lambda_t.png", dpi=100)
 plt.close(fig)
 saved(out / "lambda_t.png")
 
+# %% 5. L_simple drops lambda_t; Min-SNR truncates it; what the trained networks use
 # ---------------------------------------------------------------------------------------------------
 section("5. L_simple drops lambda_t; Min-SNR truncates it; what the trained networks use")
 # Ho et al. (2020, section 3.4) train instead with
@@ -431,6 +440,7 @@ fig.savefig(out / "weightings.png", dpi=100)
 plt.close(fig)
 saved(out / "weightings.png")
 
+# %% Exercises
 # ---------------------------------------------------------------------------------------------------
 try_this(__doc__)
 finish(started)

@@ -27,7 +27,10 @@ Try this
   3. create: train with prediction="x0" in the config (the network outputs x0 itself; see
              tinyddpm.diffusion.training_target) and compare its per-timestep error in x0 space with this
              lesson's noise-predicting network.
+
+Next: lessons/11_data_parallel.py - data-parallel training: the batch's gradient as a sum over shares, the ring Allreduce.
 """
+# %%
 import time
 
 import matplotlib
@@ -45,6 +48,7 @@ from tinyddpm import new_state, preset, train_step  # noqa: E402
 from tinyddpm.nn.unet import UNetConfig, unet_backward, unet_forward  # noqa: E402
 from tinyddpm.viz import plot_sample_grid, smooth_curve  # noqa: E402
 
+# %%
 started = time.perf_counter()
 out = output_dir(__file__)
 banner("Lesson 10: the training loop")
@@ -61,6 +65,7 @@ images, labels = data.images[:n_train], data.labels[:n_train]
 held_out = to_model_range(data.images[-N_EVAL:])                 # (N_EVAL, 1, 28, 28), never trained on
 held_out_labels = data.labels[-N_EVAL:]
 
+# %% 1. The objective and its gradient
 # ---------------------------------------------------------------------------------------------------
 section("1. The objective and its gradient")
 # The forward process gives x_t in one jump from the data (lesson 02):
@@ -95,6 +100,7 @@ errors = check_gradients(mse_loss_forward, mse_loss_backward, {"pred": out_demo.
 check("gradient check of the MSE loss (one op)", max(errors.values()) < OP_TOLERANCE,
       f"pred {errors['pred']:.1e}, target {errors['target']:.1e} (limit {OP_TOLERANCE:.0e})")
 
+# %%
 # ---------------------------------------------------------------------------------------------------
 section(f"2. One training step in the open, {STEPS_COMPARED} times, against train_step")
 # Two training states made from the same config are identical twins: the same initial weights (seeded),
@@ -194,6 +200,7 @@ worst = max(errors, key=errors.get)
 check(f"finite differences of L == the gradient train_step uses ({len(checked)} tensors, {GRAD_ENTRIES} entries each)",
       errors[worst] < BLOCK_TOLERANCE, f"worst {worst}: {errors[worst]:.1e} (limit {BLOCK_TOLERANCE:.0e})")
 
+# %%
 # ---------------------------------------------------------------------------------------------------
 section(f"3. A short run on real MNIST: {RUN_STEPS} steps")
 # Now the library's train_step in a loop (section 2 showed it is our step), on a small U-Net in float32.
@@ -266,6 +273,7 @@ print("  MSE(eps) EMA" + " ".join(f"{v_:6.3f}" for v_ in per_t["EMA"]))
 print("  MSE(x0)  EMA" + " ".join(f"{v_ * r:6.3f}" for v_, r in zip(per_t["EMA"], ratio)))
 print(f"  mean over t: raw weights {np.mean(per_t['raw']):.4f}, EMA weights {np.mean(per_t['EMA']):.4f}")
 
+# %% 4. Pictures
 # ---------------------------------------------------------------------------------------------------
 section("4. Pictures")
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.2))
@@ -325,5 +333,6 @@ plot_sample_grid(out / "x0_predictions.png", grid, row_labels=[f"{r} #{i + 1}" f
                  title=f"Held-out digits noised to t, and x0 recovered by the EMA network ({RUN_STEPS} steps)")
 saved(out / "x0_predictions.png")
 
+# %% Exercises
 try_this(__doc__)
 finish(started)

@@ -36,7 +36,10 @@ Try this
   3. create: write the backward of synchronised BatchNorm: each worker holds dy for its share; find the two
              per-channel sums the workers must Allreduce, and check your dx against the whole batch's BatchNorm
              backward and against finite differences (tinyddpm.gradcheck.check_gradients).
+
+Next: lessons/12_ddpm_sampling.py - sampling: the posterior q(x_{t-1} | x_t, x_0) and ancestral DDPM steps.
 """
+# %%
 import importlib.util
 import os
 import shutil
@@ -109,10 +112,12 @@ if "--mpi-worker" in sys.argv:
         np.savez(sys.argv[sys.argv.index("--mpi-worker") + 1], summed=buffer, size=size)
     sys.exit(0)
 
+# %%
 started = time.perf_counter()
 out = output_dir(__file__)
 banner("Lesson 11: data-parallel SGD")
 
+# %% 1. The gradient of a batch is the sum of its shares' gradients
 # ---------------------------------------------------------------------------------------------------
 section("1. The gradient of a batch is the sum of its shares' gradients")
 # Write the loss of one step as a sum over the images: L = (1/B) sum_i l_i(theta), l_i = mean_j (out_ij - eps_ij)^2.
@@ -153,6 +158,7 @@ ratio = np.linalg.norm(flat(own_means)) / np.linalg.norm(flat(whole))
 check("summing the shares' own means instead gives N = 2 times the gradient", abs(ratio - 2) < 1e-9,
       f"|sum| / |g| = {ratio:.12f}")
 
+# %% 2. The Allreduce: every worker gets the sum
 # ---------------------------------------------------------------------------------------------------
 section("2. The Allreduce: every worker gets the sum")
 # One worker could collect every vector, add them and send the sum back ("reduce to a root, broadcast"): the root
@@ -195,6 +201,7 @@ for n in (2, 3, 5):
 print(f"  this U-Net's gradient: {len(params)} tensors, {flat(whole).size:,} numbers; one flat buffer = 1 Allreduce "
       f"per step instead of {len(params)} (tinyddpm.parallel.mpi.DataParallel.sum_gradients)")
 
+# %% 3. GroupNorm needs no synchronisation; BatchNorm would
 # ---------------------------------------------------------------------------------------------------
 section("3. GroupNorm needs no synchronisation; BatchNorm would")
 # GroupNorm's statistics are over (C/G, H, W) of one image: a share's output is the rows of the whole batch's.
@@ -229,6 +236,7 @@ sync_gap = max(float(np.max(np.abs(batchnorm(feats[s], mean, var) - bn_whole[s])
 check("synchronised BatchNorm (sum x, sum x^2, count Allreduced) == the whole batch's", sync_gap < 1e-12,
       f"max difference {sync_gap:.1e}")
 
+# %% 4. The same sum through MPI, in two processes
 # ---------------------------------------------------------------------------------------------------
 section("4. The same sum through MPI, in two processes")
 # Sections 1-3 ran the workers one after another in this process. With mpi4py, each share is computed in a process
@@ -261,6 +269,7 @@ else:
               f"max relative error {mpi_gap:.1e}")
         result.unlink()
 
+# %% 5. Picture
 # ---------------------------------------------------------------------------------------------------
 section("5. Picture")
 fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.4))
@@ -292,5 +301,6 @@ fig.savefig(out / "data_parallel.png", dpi=90)
 plt.close(fig)
 saved(out / "data_parallel.png")
 
+# %% Exercises
 try_this(__doc__)
 finish(started)

@@ -33,7 +33,10 @@ Try this
              beta'_k = 1 - abar_{t_k} / abar_{t_{k-1}}, and reuse the posterior formulas with it. Compare its
              100-step digits with the 1000-step ones, and with tinyddpm's ddim_sample(..., eta=1.0), which
              takes the same jumps.
+
+Next: lessons/13_ddim.py - DDIM: a deterministic sampler that skips timesteps.
 """
+# %%
 import math
 import time
 
@@ -49,6 +52,7 @@ from tinyddpm.diffusion import ddpm_sample, ddpm_step, make_schedule  # noqa: E4
 from tinyddpm.sampling import unet_model  # noqa: E402
 from tinyddpm.viz import plot_sample_grid, save_denoising_gif, side_by_side  # noqa: E402
 
+# %%
 started = time.perf_counter()
 out = output_dir(__file__)
 banner("Lesson 12: DDPM sampling")
@@ -59,6 +63,7 @@ N_GAUSS = 4_000 if FAST else 20_000           # scalar "images" in the Gaussian 
 DIGITS = [3, 7] if FAST else list(range(10))  # one sample of each label
 FAST_T = 100                                  # fast mode samples with a 100-step schedule (see section 6)
 
+# %%
 # ---------------------------------------------------------------------------------------------------
 section("1. The posterior q(x_{t-1} | x_t, x0), derived")
 # Notation (lesson 01): alpha_t = 1 - beta_t, abar_t = alpha_0 alpha_1 ... alpha_t, abar_{-1} = 1.
@@ -95,6 +100,7 @@ for name, sch in schedules.items():
 tb = tables["linear"]
 T = len(tb["betas"])
 
+# %% 2. The posterior, checked numerically
 # ---------------------------------------------------------------------------------------------------
 section("2. The posterior, checked numerically")
 # (a) Bayes' rule pointwise: on a grid of x_{t-1} values,
@@ -148,6 +154,7 @@ check(f"{N_DRAWS:,} forward draws per t agree with mu_tilde and beta_tilde", z_w
       f"worst deviation {z_worst:.1f} standard errors (limit 5); beta_t as the variance would be "
       f"{z_large:.0f} standard errors off")
 
+# %% 3. One reverse step: tinyddpm.diffusion.ddpm_step
 # ---------------------------------------------------------------------------------------------------
 section("3. One reverse step: tinyddpm.diffusion.ddpm_step")
 # Sampling does not know x0. DDPM's reverse step uses the network's estimate instead,
@@ -171,6 +178,7 @@ check("at t = 0 the step adds no noise and returns x0_hat", std0 == 0 and relati
       f"std {std0}, max relative error of the mean {relative_error(mean0, x0_guess):.1e} "
       f"(coef1_0 = beta_0 / (1 - abar_0) is 1 up to the rounding of 1 - abar_0)")
 
+# %% 4. Two choices for the variance sigma_t^2
 # ---------------------------------------------------------------------------------------------------
 section("4. Two choices for the variance sigma_t^2")
 # The true reverse step p(x_{t-1} | x_t) is not Gaussian in general, but Ho et al. fix its variance to one
@@ -231,6 +239,7 @@ fig.savefig(out / "posterior.png", dpi=100)
 plt.close(fig)
 saved(out / "posterior.png")
 
+# %% 5. The whole sampler, proven on Gaussian data
 # ---------------------------------------------------------------------------------------------------
 section("5. The whole sampler, proven on Gaussian data")
 # The loop of DDPM, written out. model(x_t, t, labels) predicts the noise; the loop turns it into x0_hat,
@@ -288,6 +297,7 @@ for variance in ("fixed_small", "fixed_large"):
           f"mean {mine.mean():.4f} (+-{se_mean:.4f}), std {mine.std():.4f} (+-{se_std:.4f})")
 print(f"  ({time.perf_counter() - tic:.1f} s for the four Gaussian runs)")
 
+# %% 6. Sampling digits with a trained network
 # ---------------------------------------------------------------------------------------------------
 section("6. Sampling digits with a trained network")
 params, config, schedule, where = trained_model()
@@ -341,5 +351,6 @@ saved(out / "samples.png")
 save_denoising_gif(out / "denoising.gif", frames, captions=[f"t = {t}: x_t | x0_hat" for t in frame_t])
 saved(out / "denoising.gif")
 
+# %% Exercises
 try_this(__doc__)
 finish(started)

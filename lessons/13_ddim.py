@@ -30,7 +30,10 @@ Try this
   3. create: write ddim_inversion(x0, steps): run the eta = 0 update backwards (from t to the next larger
              timestep, with eps_hat from the model at the current one) to find the noise x_T that DDIM maps
              to a given real digit; sample from it and compare with the digit.
+
+Next: lessons/14_dpm_solver.py - DPM-Solver++(2M), a second-order solver of the same ODE.
 """
+# %%
 import time
 
 from _common import FAST, banner, check, finish, output_dir, relative_error, saved, section, try_this, trained_model
@@ -46,10 +49,12 @@ from tinyddpm.diffusion import (SPACINGS, GuidedModel, ddim_sample, ddim_sigma, 
 from tinyddpm.sampling import unet_model  # noqa: E402
 from tinyddpm.viz import plot_sample_grid  # noqa: E402
 
+# %%
 started = time.perf_counter()
 out = output_dir(__file__)
 banner("Lesson 13: DDIM")
 
+# %% 1. One DDIM step, derived
 # ---------------------------------------------------------------------------------------------------
 section("1. One DDIM step, derived")
 # At timestep t the network looks at x_t and predicts the noise eps_hat. Since
@@ -104,6 +109,7 @@ for eta in (0.0, 0.5, 1.0):
 check("the DDIM step keeps q(x_t' | x0) for every eta", worst < (0.02 if FAST else 0.005),
       f"measured variance within {worst:.2%} of 1 - abar_t' ({draws} x 784 draws)")
 
+# %% 2. eta = 1 over consecutive timesteps is DDPM
 # ---------------------------------------------------------------------------------------------------
 section("2. eta = 1 over consecutive timesteps is DDPM")
 # With t' = t - 1, abar_t / abar_{t-1} = alpha_t = 1 - beta_t, so at eta = 1
@@ -128,6 +134,7 @@ check("eta = 1, t' = t - 1: DDIM's mean and std == DDPM's (ddpm_step, fixed_smal
       f"max relative error {worst:.1e}")
 # With skipped steps (t' = t - 100) eta = 1 is still a valid sampler, only no longer DDPM's chain.
 
+# %% 3. A trained network, and eta = 0 as a deterministic map
 # ---------------------------------------------------------------------------------------------------
 section("3. A trained network, and eta = 0 as a deterministic map")
 params, config, schedule, where = trained_model()
@@ -164,6 +171,7 @@ saved(plot_sample_grid(out / "eta_comparison.png", np.stack([a0, b0, a1, b1]), c
 # eta = 0 adds no noise after x_T, so with few steps it keeps more detail; eta = 1 re-noises at every step and
 # needs more steps to wash that noise out again.
 
+# %% 4. Quality against the number of steps
 # ---------------------------------------------------------------------------------------------------
 section("4. Quality against the number of steps")
 # eta = 0 DDIM is a solver of an ordinary differential equation from noise to data (the "probability flow");
@@ -192,6 +200,7 @@ fig.savefig(out / "steps_convergence.png")
 plt.close(fig)
 saved(out / "steps_convergence.png")
 
+# %% 5. Which timesteps: linspace, leading, trailing
 # ---------------------------------------------------------------------------------------------------
 section("5. Which timesteps: linspace, leading, trailing")
 # With n steps out of T = 1000 the sampler must pick n timesteps (the names are those of Hugging Face
@@ -242,6 +251,7 @@ saved(plot_sample_grid(out / "spacing_samples.png", np.stack(by_spacing), col_la
                        row_labels=list(SPACINGS),
                        title=f"DDIM (eta = 0), {SPACING_STEPS} steps, one starting noise, three spacings"))
 
+# %% Exercises
 # ---------------------------------------------------------------------------------------------------
 try_this(__doc__)
 finish(started)

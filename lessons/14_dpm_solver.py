@@ -31,7 +31,10 @@ Try this
   3. create: the noise form, DPM-Solver-2M (Lu et al.'s first paper): with eps_hat instead of x0_hat the ODE reads
              d(x / alpha) / d lambda = -e^(-lambda) eps_hat. Derive its first-order step (is it DDIM again?) and
              its multistep second-order step, and measure their convergence on the Gaussian data.
+
+Next: lessons/15_guidance.py - classifier-free guidance: steering towards the requested digit.
 """
+# %%
 import math
 import time
 
@@ -49,6 +52,7 @@ from tinyddpm.diffusion import (DPMSolverSampler, GuidedModel, ddim_sample, ddim
 from tinyddpm.sampling import unet_model  # noqa: E402
 from tinyddpm.viz import plot_sample_grid  # noqa: E402
 
+# %%
 started = time.perf_counter()
 out = output_dir(__file__)
 banner("Lesson 14: DPM-Solver++(2M)")
@@ -70,6 +74,7 @@ def lam_of(abar):
     return 0.5 * np.log(abar / (1 - abar))
 
 
+# %% 1. The ODE in log-SNR, read off DDIM
 # ---------------------------------------------------------------------------------------------------
 section("1. The ODE in log-SNR, read off DDIM")
 # Notation: at timestep t, alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t), so x_t = alpha_t x0 + sigma_t eps and
@@ -130,6 +135,7 @@ for lam in (-4.0, -1.0, 0.0, 2.0, 4.5):
 check("the Gaussian data's exact path satisfies dy / d lambda = e^lambda x0_hat", worst < 1e-7,
       f"5 values of lambda, max relative error {worst:.1e} (central differences)")
 
+# %% 2. The exponential integrator: first and second order
 # ---------------------------------------------------------------------------------------------------
 section("2. The exponential integrator: first and second order")
 # Multiply out y = x / sigma: the ODE's exact solution from lambda_s to lambda_t (h = lambda_t - lambda_s > 0) is
@@ -201,6 +207,7 @@ ratios = [gaps[i] / gaps[i + 1] for i in range(len(gaps) - 1)]
 check("midpoint form vs the line integrated exactly: the difference shrinks like h^3 (8x per halving)",
       all(6 < q < 10 for q in ratios), "ratios " + ", ".join(f"{q:.2f}" for q in ratios))
 
+# %% 3. Convergence where the answer is known: Gaussian data
 # ---------------------------------------------------------------------------------------------------
 section("3. Convergence where the answer is known: Gaussian data")
 # Start every run at the same x_T (the noise level of t = 999) and solve to the level of t = 0 on n steps equally
@@ -312,6 +319,7 @@ fig.savefig(out / "convergence_gaussian.png", dpi=100)
 plt.close(fig)
 saved(out / "convergence_gaussian.png")
 
+# %% 4. The same on the trained network
 # ---------------------------------------------------------------------------------------------------
 section("4. The same on the trained network")
 # Now x0_hat comes from the network: x0_hat = (x - sigma eps_theta) / alpha. Two choices keep the ODE smooth enough
@@ -397,6 +405,7 @@ fig.savefig(out / "convergence_network.png", dpi=100)
 plt.close(fig)
 saved(out / "convergence_network.png")
 
+# %% 5. What it buys: digits in a few steps
 # ---------------------------------------------------------------------------------------------------
 section("5. What it buys: digits in a few steps")
 # As tinyddpm samples for real: x0_hat clipped to [-1, 1], DPM-Solver++ with its defaults (the last step to sigma =
@@ -425,6 +434,7 @@ check(f"with more steps both samplers move toward the {NET_REFERENCE}-step pictu
 saved(plot_sample_grid(out / "few_steps.png", np.stack(rows), row_labels=names, col_labels=[str(d) for d in digits],
                        title="DDIM vs DPM-Solver++(2M), one noise per column"))
 
+# %% Exercises
 # ---------------------------------------------------------------------------------------------------
 try_this(__doc__)
 finish(started)

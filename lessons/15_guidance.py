@@ -28,7 +28,10 @@ Try this
              tiling NOISES). Predict what happens to the w = 0 panel, which now has identical rows.
   3. create: guidance that grows over the run: a small class whose __call__(x_t, t, labels) picks
              w = w_max * (1 - t / T) and mixes with cfg_combine; compare its grid with constant w.
+
+Next: lessons/16_classifier_guidance.py - classifier guidance: steering with a noise-conditional classifier's gradient.
 """
+# %%
 import time
 
 from _common import (FAST, banner, check, finish, judge, output_dir, relative_error, saved, section, try_this,
@@ -46,10 +49,12 @@ from tinyddpm.diffusion import (GuidedModel, cfg_combine, ddim_sample, ddpm_samp
 from tinyddpm.sampling import unet_model  # noqa: E402
 from tinyddpm.viz import tile_images  # noqa: E402
 
+# %%
 started = time.perf_counter()
 out = output_dir(__file__)
 banner("Lesson 15: classifier-free guidance")
 
+# %% 1. The rule
 # ---------------------------------------------------------------------------------------------------
 section("1. The rule")
 # Training replaced 10% of the labels by a "null" label (id 10), so the same network predicts the noise
@@ -71,6 +76,7 @@ ends = max(float(np.max(np.abs(cfg_combine(eps_cond, eps_uncond, 1.0) - eps_cond
            float(np.max(np.abs(cfg_combine(eps_cond, eps_uncond, 0.0) - eps_uncond))))
 check("w = 1 gives eps_cond and w = 0 gives eps_uncond, bit for bit", ends == 0.0, f"max |difference| {ends:.1e}")
 
+# %% 2. What the rule samples: a 1-D toy with exact scores
 # ---------------------------------------------------------------------------------------------------
 section("2. What the rule samples: a 1-D toy with exact scores")
 # The network's noise prediction is a scaled score: eps(x_t, t) = -sqrt(1 - abar_t) d/dx log p_t(x_t). So
@@ -103,6 +109,7 @@ for w in (0.0, 1.0, 2.0, 4.0, 7.0):
     print(f"    w = {w:.0f}: mean {mean:+.2f}, std {np.sqrt(((x - mean) ** 2 * dens).sum() * dx):.2f}")
 check("the guided score == d/dx log p(x) p(y|x)^w (finite differences, w = 0 to 7)", worst < 1e-4,
       f"max relative error {worst:.1e}")
+# %% 2b. What is exact, and what is not
 # ---------------------------------------------------------------------------------------------------
 section("2b. What is exact, and what is not")
 # A sampler runs through every noise level t. There the network sees x_t, whose density is the noised one,
@@ -182,6 +189,7 @@ fig.savefig(out / "toy_tilt.png")
 plt.close(fig)
 saved(out / "toy_tilt.png")
 
+# %% 3. GuidedModel: both predictions in one call
 # ---------------------------------------------------------------------------------------------------
 section("3. GuidedModel: both predictions in one call")
 params, config, schedule, where = trained_model()
@@ -199,6 +207,7 @@ by_hand = cfg_combine(model64(x_t, t, labels), model64(x_t, t, np.full(3, null))
 err = relative_error(GuidedModel(model64, w, null)(x_t, t, labels), by_hand)
 check("GuidedModel(w = 3) == cfg_combine of two separate network calls", err < 1e-12, f"max relative error {err:.1e}")
 
+# %% 4. Samples for w = 0, 1, 2, 4, 7 from the same noise
 # ---------------------------------------------------------------------------------------------------
 section("4. Samples for w = 0, 1, 2, 4, 7 from the same noise")
 # Every digit row gets the same NOISES starting images, so a column is "one noise asked to be each digit";
@@ -236,6 +245,7 @@ fig.savefig(out / "guidance_grid.png")
 plt.close(fig)
 saved(out / "guidance_grid.png")
 
+# %% 5. Diversity and accuracy against w
 # ---------------------------------------------------------------------------------------------------
 section("5. Diversity and accuracy against w")
 # Accuracy: how often an MNIST classifier reads the digit we asked for. _common.judge() uses tinyddpm's
@@ -278,6 +288,7 @@ fig.savefig(out / "diversity_accuracy.png")
 plt.close(fig)
 saved(out / "diversity_accuracy.png")
 
+# %% Exercises
 # ---------------------------------------------------------------------------------------------------
 try_this(__doc__)
 finish(started)

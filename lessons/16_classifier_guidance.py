@@ -51,7 +51,10 @@ Try this
   3. create: a three-class toy, m = (-3, 0, 3), guided towards the MIDDLE class. Write p_t(y | x) and its
              gradient for it, check s = 1 draws N(0, sd^2), and find what s > 1 does to a middle class that is
              squeezed from both sides.
+
+Next: lessons/17_interpolation.py - interpolating noise: why slerp and not lerp.
 """
+# %%
 import time
 
 from _common import (FAST, banner, check, finish, judge, keyed_cache, mnist, mnist_digits, output_dir,
@@ -73,12 +76,14 @@ from tinyddpm.classifiers.guide import (cache_name, default_cache_dir, gradient_
 from tinyddpm.sampling import unet_model  # noqa: E402
 from tinyddpm.viz import tile_images  # noqa: E402
 
+# %%
 started = time.perf_counter()
 out = output_dir(__file__)
 banner("Lesson 16: classifier guidance")
 rng = np.random.default_rng(0)
 toy_schedule = make_schedule("linear", 1000)
 
+# %% 1. The rule
 # ---------------------------------------------------------------------------------------------------
 section("1. The rule")
 # eps_hat = eps - s b_t g with b_t = sqrt(1 - abar_t) per sample and g = grad_x log p(y | x_t, t). Check the
@@ -95,6 +100,7 @@ theirs = ClassifierGuidedModel(eps_model, grad_fake, toy_schedule, s)(x_t, t, y)
 err = relative_error(mine, theirs)
 check("my eps - s b_t g == ClassifierGuidedModel", err < 1e-14, f"max relative error {err:.1e}")
 
+# %% 2. An exact 1-D toy: a Gaussian mixture
 # ---------------------------------------------------------------------------------------------------
 section("2. An exact 1-D toy: a Gaussian mixture")
 PI, M, SD = np.array([0.5, 0.5]), np.array([-1.5, 1.5]), 1.0     # two classes; we ask for y = 1
@@ -238,6 +244,7 @@ fig.savefig(out / "toy_guidance.png")
 plt.close(fig)
 saved(out / "toy_guidance.png")
 
+# %% 3. A classifier that reads noisy digits
 # ---------------------------------------------------------------------------------------------------
 section("3. A classifier that reads noisy digits")
 # On MNIST nobody hands us p_t(y | x): tinyddpm.classifiers.guide learns it. It is the evaluation classifier's small
@@ -347,6 +354,7 @@ fig.savefig(out / "input_gradients.png")
 plt.close(fig)
 saved(out / "input_gradients.png")
 
+# %% 4. MNIST: classifier guidance beside classifier-free guidance, from the same noise
 # ---------------------------------------------------------------------------------------------------
 section("4. MNIST: classifier guidance beside classifier-free guidance, from the same noise")
 # Under the classifier sits the UNCONDITIONAL network (GuidedModel at w = 0 calls it with the null label), so every
@@ -409,6 +417,7 @@ fig.savefig(out / "side_by_side.png")
 plt.close(fig)
 saved(out / "side_by_side.png")
 
+# %% Exercises
 # ---------------------------------------------------------------------------------------------------
 try_this(__doc__)
 finish(started)

@@ -28,7 +28,10 @@ Try this
   3. create: interpolate between two digits instead of two noises: keep one noise and mix the conditional
              predictions for labels 3 and 8 with weights (1 - w, w) in a small model(x_t, t, labels) wrapper
              (as GuidedModel mixes two predictions); draw the 3 -> 8 strip.
+
+Next: lessons/18_sampler_lab.py - a sampler lab with knobs to turn.
 """
+# %%
 import time
 
 from _common import FAST, banner, check, finish, output_dir, relative_error, saved, section, try_this, trained_model
@@ -43,10 +46,12 @@ from tinyddpm.diffusion import GuidedModel, ddim_sample, interpolate_noise, lerp
 from tinyddpm.sampling import unet_model  # noqa: E402
 from tinyddpm.viz import plot_sample_grid, save_denoising_gif  # noqa: E402
 
+# %%
 started = time.perf_counter()
 out = output_dir(__file__)
 banner("Lesson 17: interpolating noise (lerp vs slerp)")
 
+# %% 1. Gaussian noise lives on a shell
 # ---------------------------------------------------------------------------------------------------
 section("1. Gaussian noise lives on a shell")
 # For z ~ N(0, I_d), |z|^2 = sum of d squares of standard normals: mean d, variance 2d. So |z| ~ sqrt(d) with a
@@ -80,6 +85,7 @@ check("the slerp midpoint keeps norm ~sqrt(d)", err_slerp < 0.01, f"off by {err_
 check(f"every lerp midpoint is shorter than every one of {DRAWS} fresh noises", lerp_mid.max() < fresh.min(),
       f"longest midpoint {lerp_mid.max():.2f} < shortest noise {fresh.min():.2f}")
 
+# %% 2. slerp, derived
 # ---------------------------------------------------------------------------------------------------
 section("2. slerp, derived")
 # Walk along the great circle from a to b at constant angular speed. With theta the angle between them,
@@ -112,6 +118,7 @@ geometry = max(np.max(np.abs(np.linalg.norm(path, axis=1) - 1)), np.max(np.abs(a
 check("slerp of unit vectors: norm 1 and angle w * theta all the way", geometry < 1e-12,
       f"max deviation {geometry:.1e} (theta = {np.degrees(th):.1f} degrees)")
 
+# %% 3. The norm along the path
 # ---------------------------------------------------------------------------------------------------
 section("3. The norm along the path")
 w_fine = np.linspace(0, 1, 101)
@@ -141,6 +148,7 @@ fig.savefig(out / "noise_norm.png")
 plt.close(fig)
 saved(out / "noise_norm.png")
 
+# %% 4. Sampling from interpolated noise
 # ---------------------------------------------------------------------------------------------------
 section("4. Sampling from interpolated noise")
 # A deterministic sampler is a fixed map noise -> image, so a smooth path of noises gives a smooth path of
@@ -194,6 +202,7 @@ captions = [f"slerp, w = {w:.2f}" for w in np.r_[np.linspace(0, 1, K), np.linspa
 saved(save_denoising_gif(out / "slerp_morph.gif", frames, ncol=len(digits), captions=captions, scale=4,
                          frame_ms=150, last_ms=150))
 
+# %% Exercises
 # ---------------------------------------------------------------------------------------------------
 try_this(__doc__)
 finish(started)

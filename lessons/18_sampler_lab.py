@@ -37,7 +37,10 @@ Try this
   3. create: a seed hunt. Draw one digit (say 7) from seeds 0-19 with 50 steps, let the classifier pick the seed it
              is least sure of, and capture that seed's denoising to see where it went wrong. Show that rerunning
              the chosen seed reproduces its picture exactly.
+
+Next: lessons/19_evaluation.py - measuring samples: the Frechet distance, precision and recall.
 """
+# %%
 import time
 
 import matplotlib
@@ -53,6 +56,7 @@ from tinyddpm.diffusion import GuidedModel, ddim_sample, ddim_timesteps, interpo
 from tinyddpm.sampling import unet_model  # noqa: E402
 from tinyddpm.viz import plot_sample_grid, save_denoising_gif, side_by_side  # noqa: E402
 
+# %%
 started = time.perf_counter()
 out = output_dir(__file__)
 banner("Lesson 18: the sampler lab")
@@ -104,6 +108,7 @@ def rms(a, b):
     return float(np.sqrt(np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2)))
 
 
+# %%
 # ---------------------------------------------------------------------------------------------------
 section(f"1. Steps: {' / '.join(str(n) for n in STEPS)}, from the same noise (ETA = {ETA:g})")
 # Each run starts from the noise of SEED. The reference run (the last step count) is photographed at CAPTURE_T on the
@@ -150,6 +155,7 @@ saved(plot_sample_grid(out / "steps_compare.png", np.stack([r[0] for r in result
                        col_labels=[str(d) for d in DIGITS],
                        title=f"DDIM (eta = {ETA:g}, guidance {w:g}) from the noise of seed {SEED}"))
 
+# %% 2. Forward diffusion at chosen timesteps
 # ---------------------------------------------------------------------------------------------------
 section("2. Forward diffusion at chosen timesteps")
 # What the network is trained on at timestep t: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (lessons 01-02). Over many
@@ -186,6 +192,7 @@ fig.savefig(out / "forward.png", dpi=100)
 plt.close(fig)
 saved(out / "forward.png")
 
+# %% 3. Seeds: the same seed, the same picture; another seed, another picture
 # ---------------------------------------------------------------------------------------------------
 section("3. Seeds: the same seed, the same picture; another seed, another picture")
 # The seed fixes the starting noise and, when ETA > 0, every step's fresh noise: the whole run is a function of it.
@@ -199,6 +206,7 @@ saved(plot_sample_grid(out / "seeds.png", np.stack([a, a_again, b]), col_labels=
                        row_labels=[f"seed {SEED}", f"seed {SEED} again", f"seed {OTHER_SEED}"],
                        title=f"DDIM, {SEED_STEPS} steps: the seed decides the picture"))
 
+# %%
 # ---------------------------------------------------------------------------------------------------
 section(f"4. Denoising captured at chosen timesteps of the {STEPS[-1]}-step run")
 shown_t = [nearest[t] for t in CAPTURE_T]
@@ -214,6 +222,7 @@ if shown_t:
                            col_labels=[f"t={t}" for t in shown_t],
                            title=f"The {STEPS[-1]}-step run: x_t and the network's x0_hat"))
 
+# %% 5. Morphing one noise into another: lerp and slerp side by side
 # ---------------------------------------------------------------------------------------------------
 section("5. Morphing one noise into another: lerp and slerp side by side")
 # Lesson 17: N(0, I) noise in d = 784 dimensions lies on a shell of radius ~sqrt(d) = 28. The straight line (lerp)
@@ -241,6 +250,7 @@ saved(plot_sample_grid(out / "morph.png", np.stack([lerp_imgs, slerp_imgs]), row
                        col_labels=[f"{x:.2f}" for x in weights],
                        title=f"A '{MORPH_DIGIT}' from interpolated noise, DDIM {MORPH_STEPS} steps; columns: weight w"))
 
+# %% Exercises
 # ---------------------------------------------------------------------------------------------------
 try_this(__doc__)
 finish(started)

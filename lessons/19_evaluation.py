@@ -29,7 +29,10 @@ Try this
   3. create: an "FID of a copycat": take n real training digits as the "generated" set and measure FID,
              precision and recall against real test digits. Then add Gaussian pixel noise of growing std
              and plot how each metric reacts.
+
+Next: lessons/20_your_first_gpu_kernel.py - your first GPU kernel: GroupNorm + SiLU in CUDA C.
 """
+# %%
 import time
 
 from _common import (FAST, banner, check, finish, judge, mnist_digits, output_dir, relative_error, saved,
@@ -47,11 +50,13 @@ from tinyddpm.classifiers.judge import features, predict_proba  # noqa: E402
 from tinyddpm.sampling import sample_digits  # noqa: E402
 from tinyddpm.viz import plot_sample_grid  # noqa: E402
 
+# %%
 started = time.perf_counter()
 out = output_dir(__file__)
 banner("Lesson 19: FID, precision and recall")
 K_NN = 3
 
+# %% 1. The Frechet distance, derived
 # ---------------------------------------------------------------------------------------------------
 section("1. The Frechet distance, derived")
 # Fit a Gaussian to each set of features: mean mu (D,) and covariance S (D, D) (ddof = 1). The Frechet (or
@@ -89,6 +94,7 @@ closed = np.sum((ma - mb) ** 2) + np.sum((np.sqrt(va) - np.sqrt(vb)) ** 2)
 err = relative_error(metrics.frechet_distance(ma, np.diag(va), mb, np.diag(vb)), closed)
 check("frechet_distance of diagonal Gaussians == the closed form", err < 1e-12, f"relative error {err:.1e}")
 
+# %% 2. The features, and FID's bias at small n
 # ---------------------------------------------------------------------------------------------------
 section("2. The features, and FID's bias at small n")
 # FID compares feature statistics, not pixels: the features are the 128 penultimate activations of an MNIST
@@ -111,6 +117,7 @@ for n, row in zip(NS, fid_real):
 check("FID of real vs real digits shrinks with n (bias ~ 1/n)", fid_real[-1].mean() < fid_real[0].mean() / 4,
       f"{fid_real[0].mean():.1f} at n = {NS[0]} -> {fid_real[-1].mean():.1f} at n = {NS[-1]}")
 
+# %% 3. k-NN precision and recall on toy point clouds
 # ---------------------------------------------------------------------------------------------------
 section("3. k-NN precision and recall on toy point clouds")
 # Estimate each set's support (its "manifold") as a union of balls, one per sample, with radius the distance
@@ -177,6 +184,7 @@ fig.savefig(out / "toy_precision_recall.png")
 plt.close(fig)
 saved(out / "toy_precision_recall.png")
 
+# %% 4. The real thing: the trained network against real digits
 # ---------------------------------------------------------------------------------------------------
 section("4. The real thing: the trained network against real digits")
 params, config, schedule, where = trained_model()
@@ -223,6 +231,7 @@ fig.savefig(out / "fid_vs_n.png")
 plt.close(fig)
 saved(out / "fid_vs_n.png")
 
+# %% Exercises
 # ---------------------------------------------------------------------------------------------------
 try_this(__doc__)
 finish(started)

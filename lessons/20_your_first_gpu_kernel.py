@@ -35,7 +35,10 @@ Try this
  3. create: write SiLU's backward, dx = dy s (1 + x (1 - s)) with s = sigmoid(x), as a kernel of your own (one
             thread per entry, a grid-stride loop, n as a long long), emulate it on the host, check it against
             tinyddpm's silu_backward and compile it with nvcc --ptx (on a GPU: run and time it too).
+
+Next: lessons/21_scores.py - the score view: Tweedie's formula, denoising score matching, the probability-flow ODE.
 """
+# %%
 import inspect
 import re
 import shutil
@@ -56,6 +59,7 @@ from tinyddpm.nn.unet import plan  # noqa: E402
 from tinyddpm.ops import groupnorm_fast_forward, groupnorm_silu_forward, silu_forward  # noqa: E402
 from tinyddpm.training.config import preset  # noqa: E402
 
+# %%
 started = time.perf_counter()
 out = output_dir(__file__)
 banner("Lesson 20: your first GPU kernel")
@@ -93,6 +97,7 @@ else:
     name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
     print(f"  GPU: {name.decode() if isinstance(name, bytes) else name}: section 5 runs the kernel on it")
 
+# %% 1. Why a kernel: trips through memory
 # ---------------------------------------------------------------------------------------------------
 section("1. Why a kernel: trips through memory")
 # Written as whole-array operations (lessons 05 and 06), GroupNorm then SiLU is a dozen operations, and each one
@@ -222,6 +227,7 @@ fig.savefig(out / "traffic.png", dpi=90)
 plt.close(fig)
 saved(out / "traffic.png")
 
+# %% 2. The kernel, line by line
 # ---------------------------------------------------------------------------------------------------
 section("2. The kernel, line by line")
 # A CUDA kernel is a C function that every thread of the launch runs, each with its own threadIdx (its number in
@@ -311,6 +317,7 @@ upgrades = ["welford_merge", "__shfl_down_sync", "groupnorm_silu_forward_f64", "
 check("tinyddpm/kernels/groupnorm_silu.cu has the upgrades named here (Welford, shuffles, double, backward)",
       all(u in production for u in upgrades), ", ".join(u for u in upgrades if u in production))
 
+# %% 3. What each thread does: the kernel on the host
 # ---------------------------------------------------------------------------------------------------
 section("3. What each thread does: the kernel on the host")
 # The same lines in NumPy, the block's threads run one after another where the GPU runs them at once. Nothing
@@ -445,6 +452,7 @@ fig.savefig(out / "threads.png", dpi=90)
 plt.close(fig)
 saved(out / "threads.png")
 
+# %% 4. The launch's arguments: what RawKernel passes, what the kernel reads
 # ---------------------------------------------------------------------------------------------------
 section("4. The launch's arguments: what RawKernel passes, what the kernel reads")
 # kernel(grid, block, args) hands the driver one pointer per argument: for a CuPy array, a pointer to its device
@@ -567,6 +575,7 @@ err = float(np.max(np.abs(y_blank[0, :, 0, 0] - expected))) if np.all(np.isfinit
 check("an all-zero group comes out as silu(beta), not NaN: eps keeps rstd finite", err < 1e-6,
       f"rstd {rstd_blank[0, 0]:.4g}, max error {err:.1e}")
 
+# %% 5. Compile it, and run it on a GPU
 # ---------------------------------------------------------------------------------------------------
 section("5. Compile it, and run it on a GPU")
 # nvcc --ptx compiles CUDA C to PTX, the GPU's portable assembly (the driver turns it into machine code). CuPy
@@ -642,6 +651,7 @@ else:
               f"{us['textbook ops'] / us['lesson kernel']:.1f}x faster than the textbook ops, "
               f"{us['groupnorm_fast + silu'] / us['lesson kernel']:.1f}x than groupnorm_fast + silu")
 
+# %% Exercises
 # ---------------------------------------------------------------------------------------------------
 try_this(__doc__)
 finish(started)

@@ -70,6 +70,31 @@ def test_the_docstring_names_the_folder_the_lesson_writes(lesson):
     assert named == {lesson.stem}, named
 
 
+@pytest.mark.parametrize("lesson", LESSON_FILES, ids=lambda p: p.stem)
+def test_every_lesson_opens_as_a_notebook(lesson):
+    """'# %%' cell markers (the percent format of VS Code, PyCharm and jupytext) before every section(...) and the
+    exercises, so that each cell is one section (what precedes the first marker, the docstring and the imports, is a
+    cell of its own in that format); the file still parses as the script it is."""
+    source = lesson.read_text()
+    ast.parse(source)
+    lines = source.splitlines()
+    markers = [i for i, line in enumerate(lines) if line.startswith("# %%")]
+    assert markers, f"{lesson.name} has no '# %%' cell markers"
+    for i, line in enumerate(lines):
+        if line.startswith(("section(", "try_this(")):
+            assert any(i - 3 <= m < i for m in markers), \
+                f"{lesson.name}, line {i + 1}: {line.strip()[:60]} starts no cell ('# %%' within the 3 lines above)"
+
+
+@pytest.mark.parametrize("lesson", LESSON_FILES, ids=lambda p: p.stem)
+def test_every_lesson_ends_by_pointing_to_the_next(lesson):
+    """A 'Next:' line names the following lesson's file (the last lesson: the map in lessons/README.md)."""
+    i = LESSON_FILES.index(lesson)
+    target = f"lessons/{LESSON_FILES[i + 1].name}" if i + 1 < len(LESSON_FILES) else "lessons/README.md"
+    assert re.search(r"Next: [^\n]*" + re.escape(target), lesson.read_text()), \
+        f"{lesson.name} has no 'Next:' line naming {target}"
+
+
 def test_every_solution_belongs_to_a_lesson():
     names = {p.name for p in LESSON_FILES}
     strays = [p.name for p in SOLUTION_FILES if p.name not in names]
