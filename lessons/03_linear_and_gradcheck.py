@@ -25,7 +25,8 @@ Try this:
   1. run:    change SEED at the top to 1, 2, 3 and rerun. The best h and the best error move a little; the
              slopes of the two branches of the V (about 2 and -1) and the ranking float64 << float32 do not.
   2. modify: in section 2, change dW = dy.T @ x to dW = dy.T @ x / len(x) (a mean where a sum belongs, a
-             common slip). Predict the relative error the check prints before you run it (hint: a = n / N).
+             common slip). Predict the relative error the check prints before you run it (hint: a = n / N);
+             that gradient check fails, as it should.
   3. create: write tanh_forward(x) -> (y, cache) and tanh_backward(dy, cache) = dy * (1 - y^2) in the same
              style, prove them with check_gradients (< 1e-7), then chain linear -> tanh -> linear into a tiny
              MLP with one forward and one backward and check the whole block (< 1e-5).

@@ -195,7 +195,7 @@ for dim in (DIM, DIM + 1):
     err = relative_error(embed_mine(t_int, dim), emb_op)
     check(f"embedding == tinyddpm timestep_embedding_forward, dim={dim}", emb_op.shape == (6, dim) and err < 1e-12,
           f"shape {emb_op.shape}, max relative error {err:.1e}")
-emb32, _ = timestep_embedding_forward(t_int, DIM)                  # integer t: float32 by default (training)
+emb32, _ = timestep_embedding_forward(t_int, DIM, max_period=MAX_PERIOD)   # integer t: float32 by default (training)
 err = relative_error(emb32, embed_mine(t_int, DIM))
 check("the float32 default (as in training) agrees to float32 precision", emb32.dtype == np.float32 and err < 1e-6,
       f"dtype {emb32.dtype}, max relative error {err:.1e}")

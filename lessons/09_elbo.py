@@ -31,7 +31,9 @@ Figures (in lessons/output/09_elbo/)
 
 Try this
   1. run:    set SCHEDULE = "cosine" at the top and rerun. Predict L_T (what is the cosine schedule's last
-             abar?) and whether lambda_t still falls by a factor of ~60 from t = 2 to t = T.
+             abar?) and whether lambda_t still falls by a factor of ~60 from t = 2 to t = T. (One check fails,
+             "lambda_t is largest at the nearly clean end": the cosine's last beta is clipped to 0.999, and that
+             one step's lambda_T towers over all the others. Which term of lambda_t makes it so?)
   2. modify: give p_theta the other variance, SIGMA2 = "beta" (sigma_t^2 = beta_t, DDPM's 'fixed_large') in
              section 3. The means still match the posterior's form, but the variances no longer agree: derive the
              parameter-free constant this adds to each KL term, predict where in t it is large, and see whether the

@@ -23,6 +23,8 @@ Figures (in lessons/output/19_evaluation/)
 Try this
   1. run:    set K_NN = 1 and then K_NN = 10 and rerun. Watch precision and recall of the toy generators and
              of the network: bigger balls forgive more, so both numbers rise, for good and bad generators alike.
+             (At K_NN = 1 two toy checks fail: their bounds are set for k = 3, and with the smallest balls the
+             mode-dropping generator's recall and the blurry one's recall fall below them.)
   2. modify: in my_precision_recall take the radius from column k - 1 instead of k of the sorted distances
              (forgetting that column 0 is the point itself). Predict whether precision and recall go up or
              down, then see the check against tinyddpm fail.
