@@ -287,26 +287,39 @@ def judge():
 
     tinyddpm's evaluation classifier (tinyddpm.classifiers.judge) when examples/evaluate.py has cached it in
     ~/.cache/tinyddpm/classifier; else the same classifier as the lessons ship it (lessons/assets/judge.npz, trained
-    on the full MNIST: lessons/assets/README.md); without that file, the evaluation classifier trained here once
-    (2 epochs, about a minute on 2 cores) and cached where evaluate.py looks. Fast mode trains a stand-in on 1,000
-    digits for a few steps: the pipeline runs, its readings mean little.
+    on the full MNIST: lessons/assets/README.md); without that file, the evaluation classifier trained here once on
+    the MNIST this machine has (the full one: 2 epochs, about a minute on 2 cores; else the shipped subset: its
+    small-data recipe, about as long) and cached in lessons/output/_judge/, keyed like the lessons' other caches.
+    Fast mode trains a stand-in on 1,000 digits for a few steps: the pipeline runs, its readings mean little.
     """
     from tinyddpm.classifiers.judge import (CHECKPOINT_NAME, default_cache_dir, load_classifier,
-        load_or_train_classifier, train_classifier)
+        load_or_train_classifier, train_classifier, training_recipe)
 
     if FAST:
         images, labels = mnist_digits(1000, seed=1)
         params, _ = train_classifier(images, labels, epochs=1, verbose=False)
         return params, "a stand-in classifier trained on 1,000 digits for 7 steps (fast mode)"
-    if not (default_cache_dir() / CHECKPOINT_NAME).exists() and SHIPPED_JUDGE.exists():
+    if (default_cache_dir() / CHECKPOINT_NAME).exists():
+        params, info = load_or_train_classifier(verbose=False)
+        return params, f"tinyddpm's evaluation classifier ({info['test_accuracy']:.2%} test accuracy)"
+    if SHIPPED_JUDGE.exists():
         params, info = load_classifier(SHIPPED_JUDGE, where="lessons", dataset="mnist")
         return params, (f"the shipped classifier, {SHIPPED_JUDGE.relative_to(REPO)} ({info['test_accuracy']:.2%} of "
                         f"MNIST's {info['test_size']:,} test digits read right)")
-    if not (default_cache_dir() / CHECKPOINT_NAME).exists():
-        print("  training tinyddpm's evaluation classifier once (2 epochs of MNIST, about a minute; cached in "
-              f"{default_cache_dir()}) ...")
-    params, info = load_or_train_classifier(verbose=False)
-    return params, f"tinyddpm's evaluation classifier ({info['test_accuracy']:.2%} test accuracy)"
+    train, test = mnist("train"), mnist("test")
+    folder = output_root() / "_judge"
+    epochs, shift = training_recipe(len(train.labels))
+
+    def train_it():
+        print(f"  training tinyddpm's evaluation classifier once ({epochs:g} epochs of {len(train.labels):,} digits"
+              f"{f', shifted by up to {shift} pixels' if shift else ''}; cached in {folder}) ...")
+        return load_or_train_classifier(folder, train_data=train, test_data=test, retrain=True)
+
+    params, info = keyed_cache(folder, train, {"classifier": "tinyddpm.classifiers.judge", "epochs": epochs,
+                                               "max_shift": shift}, train_it,
+                               lambda: load_classifier(folder / CHECKPOINT_NAME, where="lessons", dataset="mnist"))
+    return params, (f"tinyddpm's evaluation classifier, trained here on {info.get('data_source')} "
+                    f"({info['test_accuracy']:.2%} of {info['test_size']:,} test digits read right)")
 
 
 def try_this(doc: str) -> None:

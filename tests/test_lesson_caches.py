@@ -140,3 +140,23 @@ def test_a_lesson_retrains_its_network_cached_from_other_data(tmp_path):
     assert (folder / "checkpoint.npz").is_file()
     assert json.loads((folder / _common.CACHE_KEY_FILE).read_text())["data_size"] == 5000
     assert run() == []
+
+
+def test_without_the_shipped_judge_the_lessons_train_one_keyed_and_say_its_accuracy(tmp_path, monkeypatch, capsys):
+    """_common.judge() with no cached and no shipped classifier: tinyddpm's evaluation classifier trained on the
+    MNIST here (the subset, in this test, for a tenth of an epoch), cached in lessons/output/_judge/ with its key,
+    loaded the next time; both times the sentence names its accuracy."""
+    import tinyddpm.classifiers.judge as judge_module
+    from tinyddpm.data import load_mnist
+
+    monkeypatch.setenv("TINYDDPM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TINYDDPM_LESSON_OUT", str(tmp_path / "out"))
+    monkeypatch.setattr(_common, "SHIPPED_JUDGE", tmp_path / "no_judge.npz")
+    monkeypatch.setattr(_common, "mnist", lambda split="train": load_mnist(split, source="subset"))
+    monkeypatch.setattr(judge_module, "training_recipe", lambda n, batch_size=128, epochs=None: (0.1, 0))
+    _, said = _common.judge()
+    assert "trained here on the MNIST subset" in said and "test digits read right" in said
+    assert (tmp_path / "out" / "_judge" / _common.CACHE_KEY_FILE).is_file()
+    assert "training tinyddpm's evaluation classifier once" in capsys.readouterr().out
+    _, again = _common.judge()
+    assert again == said and "training" not in capsys.readouterr().out

@@ -21,7 +21,10 @@ Loss: softmax cross-entropy of z and the integer labels y (N,), averaged over th
 
 With 128 features at 2 stride-2 stages the net has about 0.43 M parameters and takes about
 2.3 M multiply-adds per image. Two epochs of AdamW at batch 128 (936 steps) took 65 s on 2 CPU
-cores and reached 98.95% accuracy on the 10,000 held-out MNIST test digits.
+cores and reached 98.95% accuracy on the 10,000 held-out MNIST test digits. On the 5,000 digits of the subset
+shipped with tinyddpm, 2 epochs (78 steps) read 91.5% of its 1,000 test digits; load_or_train_classifier gives a
+small training split at least as many steps as the full MNIST gets, each image moved by up to 2 pixels every time
+it is seen (training_recipe): 936 steps, 98.5%.
 
 Reference numbers with these features (the MNIST test split, two disjoint random halves of n each,
 metrics.real_baseline): n = 5000: FID 4.8, precision 0.887, recall 0.905; n = 1000: FID 19.8,
@@ -61,6 +64,13 @@ from ..training.optim import AdamW, lr_schedule
 
 CHECKPOINT_NAME = "classifier.npz"
 BATCH_SIZE = 128   # images per training step: the training split must hold at least this many
+# The recipe of load_or_train_classifier (training_recipe): 2 epochs of a large training split (MNIST's 60,000:
+# 936 steps, 98.95%); a split of fewer than SMALL_DATA images gets at least MIN_STEPS steps, every image moved
+# by up to SMALL_DATA_SHIFT pixels each time it is seen. On the shipped 5,000-digit subset 2 epochs (78 steps)
+# read 91.5% of its 1,000 test digits, 8 epochs 95.6%, 12 epochs 96.2%; MIN_STEPS (24 epochs) with shifts 98.5%.
+SMALL_DATA = 20_000
+MIN_STEPS = 936
+SMALL_DATA_SHIFT = 2
 CONV_LAYERS = (("conv1", 1), ("conv2", 2), ("conv3", 2))  # (name, stride)
 
 
@@ -219,12 +229,28 @@ def accuracy(params: dict, images, labels, batch_size: int = 500) -> float:
 # training and the on-disk cache
 # --------------------------------------------------------------------------------------------
 
+def random_shifts(x, max_shift: int, rng):
+    """x (N, C, H, W) with each image moved by its own random (dy, dx), each in [-max_shift, max_shift] pixels,
+    the edge pixels repeated into the space it leaves (MNIST's edges are background). A fresh array."""
+    xp = get_xp(x)
+    N, _, H, W = x.shape
+    s = max_shift
+    padded = xp.pad(x, ((0, 0), (0, 0), (s, s), (s, s)), mode="edge")   # (N, C, H + 2s, W + 2s)
+    dy, dx = rng.integers(0, 2 * s + 1, size=(2, N))                    # each image's window, drawn on the host
+    rows = xp.asarray(dy[:, None] + np.arange(H))                       # (N, H)
+    cols = xp.asarray(dx[:, None] + np.arange(W))                       # (N, W)
+    moved = padded[xp.arange(N)[:, None, None], :, rows[:, :, None], cols[:, None, :]]   # (N, H, W, C)
+    return xp.ascontiguousarray(moved.transpose(0, 3, 1, 2))            # (N, C, H, W)
+
+
 def train_classifier(images, labels, *, cfg: ClassifierConfig | None = None, epochs: float = 2.0,
                      batch_size: int = BATCH_SIZE, lr: float = 2e-3, weight_decay: float = 1e-4, seed: int = 0,
-                     log_every: int = 100, verbose: bool = True):
+                     max_shift: int = 0, log_every: int = 100, verbose: bool = True):
     """Train on images (N, C, H, W) float32 in [-1, 1] and int labels (N,) with AdamW; returns (params, history).
 
     The learning rate warms up for 100 steps and then decays by a cosine to 5% of ``lr`` at the end.
+    ``max_shift`` > 0: each training image is moved by up to that many pixels each way (random_shifts), a fresh
+    draw every time it is seen: on a small data set the net then learns digits, not the positions of its pixels.
     ``history`` is a dict with the per-step "loss" list (read every ``log_every`` steps, so the
     GPU is not made to wait every step), "steps", and "seconds".
     """
@@ -242,9 +268,12 @@ def train_classifier(images, labels, *, cfg: ClassifierConfig | None = None, epo
     total = max(1, int(round(epochs * it.batches_per_epoch)))
     history = {"loss": [], "steps": total}
     start = time.perf_counter()
+    shifts = np.random.default_rng([seed, 1])   # the shifts' own stream: the batches are those of max_shift=0
     with Progress(total, "classifier", enabled=verbose, lines=max(1, total // log_every), stream=sys.stdout) as bar:
         for step in range(total):
             xb, yb = next(it)
+            if max_shift:
+                xb = random_shifts(xb, max_shift, shifts)
             loss, grads, _ = classifier_loss(params, xb, yb)
             opt.step(params, grads, lr=lr_schedule(step, lr, warmup_steps=min(100, total // 10),
                                                    total_steps=total, min_lr=0.05 * lr))
@@ -375,7 +404,20 @@ def weights_problem(params: dict) -> str:
     return ""
 
 
-def load_or_train_classifier(cache_dir=None, *, epochs: float = 2.0, seed: int = 0, data_dir=None,
+def training_recipe(n_train: int, batch_size: int = BATCH_SIZE, epochs: float | None = None) -> tuple:
+    """(epochs, max_shift) for a training split of ``n_train`` images: ``epochs`` as given (no shifts); else 2
+    epochs of a large split, and for a split of fewer than SMALL_DATA images as many epochs as MIN_STEPS steps
+    take (at least 2), with random shifts of up to SMALL_DATA_SHIFT pixels: few images seen many times are
+    learnt by heart, not as digits, unless each time they look a little different."""
+    if epochs is not None:
+        return float(epochs), 0
+    if n_train >= SMALL_DATA:
+        return 2.0, 0
+    per_epoch = max(1, n_train // batch_size)
+    return max(2.0, MIN_STEPS / per_epoch), SMALL_DATA_SHIFT
+
+
+def load_or_train_classifier(cache_dir=None, *, epochs: float | None = None, seed: int = 0, data_dir=None,
                              source: str = "auto", retrain: bool = False, verbose: bool = True,
                              train_data=None, test_data=None, dataset: str = "mnist", data_key: str | None = None):
     """The trained classifier of a data set: loaded from ``cache_dir/classifier.npz``, or trained once and saved there.
@@ -385,9 +427,10 @@ def load_or_train_classifier(cache_dir=None, *, epochs: float = 2.0, seed: int =
     split, "data_source", "train_seconds"). ``dataset``: "mnist" or "fashion-mnist", whose splits are read
     with load_dataset(dataset, split, data_dir, source) unless given as ``train_data`` / ``test_data``
     (anything with uint8 ``images`` (N, H, W) or (N, C, H, W), int ``labels``, ``source`` and, when not ten,
-    ``class_names``). ``data_key`` names other data (folder_key of a folder's pictures). ``cache_dir``
-    defaults to default_classifier_dir(key). A cache that is not a usable classifier of that data raises a
-    CheckpointError naming it (load_classifier).
+    ``class_names``). ``epochs`` None: training_recipe's for the split's size (2 epochs of MNIST; on the shipped
+    subset MIN_STEPS steps with random shifts); a number: that many epochs, no shifts. ``data_key`` names other
+    data (folder_key of a folder's pictures). ``cache_dir`` defaults to default_classifier_dir(key). A cache that is
+    not a usable classifier of that data raises a CheckpointError naming it (load_classifier).
     """
 
     key = data_key or dataset
@@ -406,11 +449,13 @@ def load_or_train_classifier(cache_dir=None, *, epochs: float = 2.0, seed: int =
     cfg = ClassifierConfig(image_size=int(x_train.shape[-1]), image_channels=int(x_train.shape[1]),
                            num_classes=len(getattr(train, "class_names", None) or range(10)))
     batch_size = min(BATCH_SIZE, len(x_train))   # a small folder: one batch of all its pictures
+    epochs, max_shift = training_recipe(len(x_train), batch_size, epochs)
     params, history = train_classifier(x_train, train.labels, cfg=cfg, epochs=epochs, batch_size=batch_size,
-                                       seed=seed, verbose=verbose)
+                                       seed=seed, max_shift=max_shift, verbose=verbose)
     test_accuracy = accuracy(params, x_test, test.labels)
     config = {"kind": "tinyddpm.classifier", **asdict(cfg), "channels": list(cfg.channels), "dataset": key,
-              "epochs": epochs, "batch_size": batch_size, "seed": seed, "steps": history["steps"],
+              "epochs": epochs, "max_shift": max_shift, "batch_size": batch_size, "seed": seed,
+              "steps": history["steps"],
               "train_seconds": round(history["seconds"], 1), "test_accuracy": test_accuracy,
               "test_size": len(test.labels), "data_source": train.source, "test_source": test.source}
     save_checkpoint(path, config=config, params=params, step=history["steps"],
