@@ -189,7 +189,8 @@ print("""  the noise levels t and abar_t ........................ 01 noise sched
   the step from x_t to a less noisy picture ............. 12 DDPM, 13 DDIM, 14 DPM-Solver++ (this loop)
   steering towards the requested digit .................. 15 classifier-free guidance, 16 classifier guidance
   interpolating noise, a lab to play with, measuring .... 17 interpolation, 18 sampler lab, 19 evaluation
-  running it on a GPU ................................... 20 your first GPU kernel""")
+  running it on a GPU ................................... 20 your first GPU kernel
+  the same model seen as a score ........................ 21 Tweedie, score matching, the probability-flow ODE""")
 train_first_note(where)
 
 # %% Exercises

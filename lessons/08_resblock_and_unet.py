@@ -33,7 +33,10 @@ Try this
              image (a 3x3 conv from Ci to Co channels at output size S costs 9 Ci Co S^2; count each conv,
              the stride-2 and upsampling ones too, at its output resolution). Which level costs the most
              compute, and is it the level that holds the most parameters?
+
+Next: lessons/09_elbo.py - what the network is trained to minimise, from the variational bound.
 """
+# %%
 import time
 
 import matplotlib

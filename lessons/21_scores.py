@@ -40,7 +40,10 @@ Try this
   3. create: Heun's method in (y, sigma) (Karras et al. 2022): an Euler (= DDIM) step to sigma', then the average
              of eps_hat at both ends. Measure its order on the mixture, and compare it with DDIM at equal numbers
              of model calls (two per step, one for the last step to sigma = 0).
+
+Next: this is the last lesson; lessons/README.md has the map of the course.
 """
+# %%
 import math
 import time
 
