@@ -333,7 +333,7 @@ def py2_pickle(parts) -> bytes:
     def array(a):
         code = {"float32": b"f4", "int64": b"i8"}[str(a.dtype)]
         return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + binint(0) + b"\x85U\x01b\x87R"
-                + b"(" + binint(1) + b"(" + b"".join(binint(n) for n in a.shape) + b"t"   # state: (1, shape, dtype, False, data)
+                + b"(" + binint(1) + b"(" + b"".join(binint(n) for n in a.shape) + b"t"   # (1, shape, dtype, 0, data)
                 + b"cnumpy\ndtype\nU\x02" + code + binint(0) + binint(1) + b"\x87R"
                 + b"(" + binint(3) + b"U\x01<NNN" + binint(-1) + binint(-1) + binint(0) + b"tb"
                 + b"\x89T" + struct.pack("<i", a.nbytes) + a.astype(a.dtype.newbyteorder("<")).tobytes() + b"tb")
