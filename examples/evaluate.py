@@ -128,8 +128,8 @@ def build_parser():
                         help="where the classifier is cached (default ~/.cache/tinyddpm/classifier, and a "
                              "subfolder per data set other than MNIST)")
     parser.add_argument("--classifier-epochs", type=number(above=0), default=None, metavar="E",
-                        help="epochs of a classifier trained now (default 2; a folder: at least "
-                             f"{FOLDER_MIN_STEPS} steps)")
+                        help="epochs of a classifier trained now (default 2, or for a split under 20,000 images "
+                             f"936 steps with random shifts; a folder: at least {FOLDER_MIN_STEPS} steps)")
     parser.add_argument("--nearest", type=integer(1), default=None, metavar="N",
                         help="write nearest.png: N samples beside their nearest training images, and the median "
                              f"distances (default: none; a flat folder: {NEAREST_FLAT})")
@@ -256,7 +256,7 @@ def load_judge(args, real: RealData):
         return params, info
     check_out_dir("--classifier-dir" if args.classifier_dir else "the classifier cache folder", cache_dir)
     train = real.train_split(args)
-    epochs = args.classifier_epochs or 2.0
+    epochs = args.classifier_epochs   # None: judge.training_recipe (2 epochs; a small split more, with random shifts)
     if real.name == "folder":
         if len(train.labels) < 2 * len(real.class_names):
             raise UserError(f"--data {args.data}: {len(train.labels)} pictures for {len(real.class_names)} classes "

@@ -60,7 +60,7 @@ def evaluation_classifier(suite, res):
     else:
         cache = suite.args.classifier_dir or suite.out / "classifier"
         kw = {"data_dir": suite.args.data_dir, "source": "idx"} if suite.args.data_dir else {"source": "subset"}
-        params, info = load_or_train_classifier(cache, epochs=2.0, verbose=False, **kw)
+        params, info = load_or_train_classifier(cache, verbose=False, **kw)   # judge.training_recipe's epochs
         info = {"test_accuracy": info.get("test_accuracy"), "note": f"cached in {cache}",
                 "trained_on": info.get("data_source")}
     res["classifier"] = {**info, "seconds": round(time.perf_counter() - start, 1)}
