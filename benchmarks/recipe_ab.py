@@ -1,0 +1,413 @@
+"""Train named variants of a preset at EQUAL WALL TIME on MNIST, evaluate each, and say which differences are real.
+
+    python benchmarks/recipe_ab.py --variant base='{}' --variant minsnr='{"min_snr_gamma": 5}' \
+        --variant v='{"prediction": "v"}' --variant noattn='{"unet": {"attention_resolutions": []}}'
+    python benchmarks/recipe_ab.py --quick          # a smoke test: 'tiny' preset, 2 variants, a few steps, n = 20
+
+A variant is NAME=JSON: TrainConfig fields to override in the preset (--preset, default cpu), the U-Net's under
+"unet" (merged into the preset's UNetConfig). The first variant is the baseline. The protocol
+(benchmarks/NOTES_recipe.md):
+
+1. Step cost. Every variant gets a fresh state; each runs --cost-warmup untimed steps, then --cost-rounds rounds of
+   --cost-steps timed steps, the variants taking turns within each round (one process, so load from other programs
+   hits all of them alike); a variant's cost is the median over rounds of its seconds per step. A variant that
+   changes only fields that leave a step's work as it is (COST_NEUTRAL: lr and its schedule, prediction,
+   min_snr_gamma, EMA, sampler settings...) takes the baseline's cost without being timed, since timing it would
+   only turn the measurement's noise into a different step count (--time-all times it anyway).
+   --costs NAME=SECONDS,... skips the measurement (reuse an earlier one; the test injects costs this way).
+2. Equal wall time. The baseline trains --steps steps (default: the preset's); every other variant
+   steps = round(baseline_steps * cost(baseline) / cost(variant)), its lr schedule (warmup, cosine decay) run over
+   its own steps. Each variant is trained once per training seed (--train-seeds: seeds 0..S-1) from a fresh state on
+   the MNIST train split (whatever load_mnist finds, or --source / --data-dir), checkpoint in OUT/NAME/seedS/.
+3. Evaluation. Each checkpoint's EMA weights draw --n-per-class samples of each digit (n = 10 x that) with the
+   variant's sampler, sampler steps and guidance (the preset's unless the variant overrides them;
+   --guidance-interval LO,HI passed through to sample_classes), once per sampling seed (--sample-seeds: 0..K-1), and
+   are measured as examples/evaluate.py does: FID-MNIST, precision, recall (k-NN, k = 3) and accuracy in the
+   evaluation classifier's features (tinyddpm.classifiers.judge, cached; trained once if missing) against the first
+   n test digits, beside the real-vs-real floor (two disjoint sets of the first 2n test digits, split per sampling
+   seed, so the floor has a spread too).
+4. Verdict. Over all (training seed, sampling seed) pairs a variant has a mean FID and a spread (max - min). Against
+   the baseline: "better" or "worse" when the means differ by more than the larger of the two spreads, else
+   "no difference (the difference is smaller than the spread)". With one seed of each the spread is 0 and every
+   difference counts: the --quick mode is a smoke test, not a measurement.
+
+The table is printed and written to OUT/recipe_ab.md; every number (costs, steps, per-seed metrics, floors, losses,
+wall times, the BLAS line, the command) to OUT/recipe_ab.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from blas_env import blas_description, unset_blas_overrides  # noqa: E402
+
+if __name__ == "__main__":
+    unset_blas_overrides()   # before NumPy loads OpenBLAS (blas_env.py says why)
+
+import numpy as np  # noqa: E402
+
+import tinyddpm as td  # noqa: E402
+from tinyddpm.checkpoint import load_checkpoint  # noqa: E402
+from tinyddpm.classifiers.judge import (default_classifier_dir, features, load_or_train_classifier,  # noqa: E402
+                                        predict_proba)
+from tinyddpm.data import SOURCES  # noqa: E402
+from tinyddpm.data.pixels import pixels_to_model_range  # noqa: E402
+from tinyddpm.evaluation.metrics import real_baseline, sample_quality  # noqa: E402
+from tinyddpm.training import TrainConfig  # noqa: E402
+
+METRICS = ("fid", "precision", "recall", "accuracy")
+QUICK_VARIANTS = {"base": {}, "minsnr": {"min_snr_gamma": 5.0}}
+# fields that change what is learnt but not the work of a training step: a variant changing only these trains the
+# baseline's steps (timing it would only turn the measurement's noise into a different step count); --time-all times
+# them anyway
+COST_NEUTRAL = {"schedule", "num_timesteps", "prediction", "loss", "min_snr_gamma", "p_uncond", "lr", "warmup_steps",
+                "lr_decay", "min_lr", "betas", "weight_decay", "grad_clip", "ema_decay", "ema_warmup", "log_every",
+                "sampler", "sample_steps", "guidance", "preview_per_class", "final_per_class"}
+NOT_OVERRIDABLE = {"steps": "the baseline's steps are --steps, the others' follow from the step costs",
+                   "seed": "training seeds are --train-seeds"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the command line
+# ---------------------------------------------------------------------------------------------------------------
+
+def variant(text: str) -> tuple:
+    """An argparse type: NAME=JSON (a JSON object of TrainConfig overrides; U-Net fields under "unet")."""
+    name, eq, options = text.partition("=")
+    name = name.strip()
+    if not eq or not name or "/" in name or name.startswith("."):
+        raise argparse.ArgumentTypeError(f"must be NAME=JSON, e.g. minsnr='{{\"min_snr_gamma\": 5}}', got {text!r}")
+    try:
+        overrides = json.loads(options or "{}")
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"{name}: the overrides are not JSON ({e}): {options!r}") from None
+    if not isinstance(overrides, dict):
+        raise argparse.ArgumentTypeError(f"{name}: the overrides must be a JSON object, got {options!r}")
+    return name, overrides
+
+
+def costs(text: str) -> dict:
+    """An argparse type: NAME=SECONDS,... (seconds per training step, > 0)."""
+    out = {}
+    for item in text.split(","):
+        name, _, seconds = item.partition("=")
+        try:
+            value = float(seconds)
+        except ValueError:
+            value = float("nan")
+        if not name.strip() or not np.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be NAME=SECONDS,... with SECONDS > 0, got {item!r}")
+        out[name.strip()] = value
+    return out
+
+
+def interval(text: str) -> tuple:
+    """An argparse type: LO,HI timesteps, 0 <= LO <= HI (guidance applies for LO <= t <= HI)."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[0]) > int(parts[1]):
+        raise argparse.ArgumentTypeError(f"must be two timesteps LO,HI with LO <= HI, like 100,700, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="recipe_ab.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--variant", type=variant, action="append", default=[], metavar="NAME=JSON",
+                   help="a variant: TrainConfig overrides as JSON, U-Net fields under \"unet\"; the first is the "
+                        "baseline (repeat the option; default with --quick: base={} minsnr={\"min_snr_gamma\": 5})")
+    p.add_argument("--preset", default=None, help="the preset the variants change (default cpu; tiny with --quick)")
+    p.add_argument("--steps", type=int, default=None, help="the baseline's training steps (default: the preset's)")
+    p.add_argument("--train-seeds", type=int, default=1, help="training seeds 0..S-1 per variant (2 for finalists)")
+    p.add_argument("--sample-seeds", type=int, default=None, help="sampling seeds 0..K-1 per network (default 3)")
+    p.add_argument("--n-per-class", type=int, default=None, help="samples per digit (default 100: n = 1,000)")
+    p.add_argument("--guidance-interval", type=interval, default=None, metavar="LO,HI",
+                   help="guidance only at timesteps LO <= t <= HI (default: every step)")
+    p.add_argument("--costs", type=costs, default=None, metavar="NAME=S,...",
+                   help="seconds per step of every variant: skip the measurement")
+    p.add_argument("--time-all", action="store_true",
+                   help="also time variants that change only cost-neutral fields (lr, prediction, min_snr_gamma, "
+                        "sampler...; by default they take the baseline's cost)")
+    p.add_argument("--cost-warmup", type=int, default=3, help="untimed steps per variant before timing")
+    p.add_argument("--cost-steps", type=int, default=10, help="timed steps per variant and round")
+    p.add_argument("--cost-rounds", type=int, default=5, help="rounds of timed steps (the variants take turns)")
+    p.add_argument("--out", type=Path, default=Path("runs/recipe_ab"), help="checkpoints, table and JSON")
+    p.add_argument("--reuse", action="store_true",
+                   help="skip training where OUT/NAME/seedS/checkpoint.npz already holds this config at its last step")
+    p.add_argument("--source", choices=SOURCES, default="auto", help="where MNIST comes from (load_mnist)")
+    p.add_argument("--data-dir", default=None, help="folder of MNIST's IDX files")
+    p.add_argument("--classifier-dir", default=None,
+                   help="the evaluation classifier's cache (default ~/.cache/tinyddpm/classifier)")
+    p.add_argument("--classifier-epochs", type=float, default=None,
+                   help="epochs of a classifier trained now, when none is cached (default: judge.training_recipe's)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: tiny preset, 2 variants, 6 steps, 1 sampling seed, 2 per digit, 1 timed step")
+    return p
+
+
+def settle(args) -> None:
+    """Fill the defaults that --quick changes, and check what argparse cannot."""
+    quick = args.quick
+    args.preset = args.preset or ("tiny" if quick else "cpu")
+    args.variants = dict(args.variant) if args.variant else dict(QUICK_VARIANTS) if quick else {"base": {}}
+    if len(args.variants) != len(args.variant or args.variants):
+        raise SystemExit("recipe_ab.py: two --variant options share a name")
+    if args.steps is None:
+        args.steps = 6 if quick else td.preset(args.preset).steps
+    args.sample_seeds = args.sample_seeds or (1 if quick else 3)
+    args.n_per_class = args.n_per_class or (2 if quick else 100)
+    if quick:
+        args.cost_warmup, args.cost_steps, args.cost_rounds = 1, 1, 1
+    for name, low in (("steps", 1), ("train_seeds", 1), ("sample_seeds", 1), ("n_per_class", 2), ("cost_warmup", 0),
+                      ("cost_steps", 1), ("cost_rounds", 1)):
+        if getattr(args, name) < low:
+            raise SystemExit(f"recipe_ab.py: --{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+    if args.costs is not None and set(args.costs) != set(args.variants):
+        raise SystemExit(f"recipe_ab.py: --costs names {sorted(args.costs)}, the variants are {sorted(args.variants)}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# configs, step costs, equal wall time
+# ---------------------------------------------------------------------------------------------------------------
+
+def variant_config(preset: str, overrides: dict, steps: int, seed: int = 0) -> TrainConfig:
+    """The preset with ``overrides`` (U-Net fields under "unet"), ``steps`` and ``seed``; no checkpoints or previews
+    during training (they would cost wall time that the step costs do not count)."""
+    bad = {k: why for k, why in NOT_OVERRIDABLE.items() if k in overrides}
+    if bad:
+        raise ValueError("recipe_ab: a variant may not set " + "; ".join(f"{k} ({why})" for k, why in bad.items()))
+    base = td.preset(preset).to_dict()
+    unet = {**base["unet"], **overrides.get("unet", {})}
+    config = TrainConfig.from_dict({**base, **overrides, "unet": unet, "steps": steps, "seed": seed,
+                                    "checkpoint_every": 0, "sample_every": 0})
+    config.validate()
+    return config
+
+
+def measure_step_costs(configs: dict, data, warmup: int, steps: int, rounds: int) -> dict:
+    """Seconds per training step of each config: the median over ``rounds`` of ``steps`` timed steps, the configs
+    taking turns within each round after ``warmup`` untimed steps each. A loss read-back ends each timing (on a GPU
+    it waits for the device)."""
+    states = {name: td.new_state(cfg, data.images, data.labels, data_source=data.source)
+              for name, cfg in configs.items()}
+    for state in states.values():
+        for _ in range(warmup):
+            td.train_step(state)
+        state.flush_losses()
+    per_round = {name: [] for name in configs}
+    for _ in range(rounds):
+        for name, state in states.items():
+            tic = time.perf_counter()
+            for _ in range(steps):
+                td.train_step(state)
+            state.flush_losses()
+            per_round[name].append((time.perf_counter() - tic) / steps)
+    return {name: statistics.median(times) for name, times in per_round.items()}
+
+
+def cost_neutral(overrides: dict) -> bool:
+    """True when a variant changes only fields that leave a training step's work as it is (COST_NEUTRAL)."""
+    return set(overrides) <= COST_NEUTRAL
+
+
+def equal_time_steps(base_steps: int, costs_: dict, baseline: str) -> dict:
+    """Steps of each variant at the baseline's wall time: base_steps * cost(baseline) / cost(variant), at least 1."""
+    return {name: base_steps if name == baseline else max(1, int(round(base_steps * costs_[baseline] / cost)))
+            for name, cost in costs_.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# training and evaluation
+# ---------------------------------------------------------------------------------------------------------------
+
+def trained_already(path: Path, config: TrainConfig) -> bool:
+    """True when ``path`` is a checkpoint of exactly ``config`` at its last step (for --reuse)."""
+    if not path.is_file():
+        return False
+    try:
+        ckpt = load_checkpoint(path)
+        return ckpt.step == config.steps and TrainConfig.from_dict(ckpt.config["train"]) == config
+    except Exception as e:   # noqa: BLE001  anything unreadable is simply trained again
+        print(f"{path}: not reused ({type(e).__name__}: {e})", flush=True)
+        return False
+
+
+def train_one(config: TrainConfig, data, out_dir: Path, reuse: bool) -> dict:
+    """Train ``config`` from a fresh state into out_dir/checkpoint.npz; its wall time and last losses."""
+    path = out_dir / "checkpoint.npz"
+    if reuse and trained_already(path, config):
+        print(f"{path}: reused (this config, step {config.steps})", flush=True)
+        return {"checkpoint": str(path), "wall_s": None, "loss_last100": None, "reused": True}
+    state = td.new_state(config, data.images, data.labels, data_source=data.source)
+    start = time.perf_counter()
+    td.train(state, out_dir, progress=False, log_lines=20)
+    wall = time.perf_counter() - start
+    return {"checkpoint": str(path), "wall_s": round(wall, 2), "loss_last100": float(np.mean(state.losses[-100:])),
+            "reused": False}
+
+
+class Judge:
+    """The evaluation classifier and the real test digits' features, shared by every evaluation."""
+
+    def __init__(self, args, n: int, train=None):
+        test = td.load_mnist("test", data_dir=args.data_dir, source=args.source)
+        cache = Path(args.classifier_dir).expanduser() if args.classifier_dir else default_classifier_dir("mnist")
+        # a classifier missing from the cache is trained on the train split of the same source (once, then cached)
+        self.params, info = load_or_train_classifier(cache, epochs=args.classifier_epochs, data_dir=args.data_dir,
+                                                     source=args.source, train_data=train, test_data=test)
+        self.test_accuracy = info.get("test_accuracy")
+        reference = pixels_to_model_range(test.images[:2 * n])        # (<= 2n, 1, 28, 28): the first test digits
+        self.real_features = features(self.params, reference)          # (<= 2n, D)
+        self.n_floor = min(n, len(reference) // 2)
+        self.reference = self.real_features[:n]
+        self.test_source = test.source
+
+    def floor(self, seed: int) -> dict:
+        """Real vs real: two disjoint random halves of the first 2n test digits (fewer when the split is small)."""
+        return real_baseline(self.real_features, self.n_floor, seed=seed)
+
+    def measure(self, x, requested) -> dict:
+        q = sample_quality(features(self.params, x), self.reference, predict_proba(self.params, x), requested)
+        return {k: float(q[k]) for k in METRICS}
+
+
+def evaluate_one(checkpoint: str, judge: Judge, n_per_class: int, seed: int, guidance_interval) -> dict:
+    """FID, precision, recall and accuracy of one checkpoint's samples (EMA weights) with its config's sampler."""
+    params, config, schedule = td.load_for_sampling(checkpoint)
+    start = time.perf_counter()
+    x = td.sample_classes(params, config.unet, schedule, classes=range(10), n_per_class=n_per_class,
+                          sampler=config.sampler, steps=config.sample_steps, guidance=config.guidance,
+                          prediction=config.prediction, seed=seed, guidance_interval=guidance_interval)
+    x = td.to_numpy(x)
+    seconds = time.perf_counter() - start
+    requested = np.repeat(np.arange(10), n_per_class)                  # (n,) 0 0 .. 1 1 ..
+    return {**judge.measure(x, requested), "sample_seed": seed, "sample_s": round(seconds, 2)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# summary, verdicts, the table
+# ---------------------------------------------------------------------------------------------------------------
+
+def summarise(values) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "min": float(v.min()), "max": float(v.max()),
+            "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "spread": float(v.max() - v.min()), "n": len(v)}
+
+
+def verdict(variant_fid: dict, base_fid: dict) -> str:
+    """'better', 'worse' or 'no difference (...)': the mean FIDs' difference against the larger spread (max - min)."""
+    diff = variant_fid["mean"] - base_fid["mean"]
+    if abs(diff) <= max(variant_fid["spread"], base_fid["spread"]):
+        return "no difference (the difference is smaller than the spread)"
+    return "better" if diff < 0 else "worse"
+
+
+def span(summary: dict, fmt: str) -> str:
+    """'mean (min-max)' of a summarise() dict."""
+    return f"{summary['mean']:{fmt}} ({summary['min']:{fmt}}-{summary['max']:{fmt}})"
+
+
+def table(results: dict, floor: dict, baseline: str, n: int, seeds: str) -> str:
+    f = floor["fid"]
+    lines = [f"Equal wall time; n = {n} samples per evaluation; {seeds}; mean (min-max) over all (training seed, "
+             f"sampling seed) pairs. Real-vs-real floor (n = {floor['n']} vs {floor['n']}): FID {f['mean']:.2f} "
+             f"({f['min']:.2f}-{f['max']:.2f}), precision {floor['precision']['mean']:.3f}, recall "
+             f"{floor['recall']['mean']:.3f}.", "",
+             "| variant | steps | s/step | FID-MNIST | precision | recall | accuracy | floor FID | FID / floor |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        s = r["summary"]
+        lines.append(f"| {name} | {r['steps']} | {r['cost_s']:.4f} | {span(s['fid'], '.2f')} | "
+                     f"{span(s['precision'], '.3f')} | {span(s['recall'], '.3f')} | {span(s['accuracy'], '.1%')} | "
+                     f"{f['mean']:.2f} | {s['fid']['mean'] / f['mean']:.2f}x |")
+    lines.append("")
+    for name, r in results.items():
+        if name != baseline:
+            b = results[baseline]["summary"]["fid"]
+            lines.append(f"- {name} vs {baseline}: {r['verdict']} (FID {r['summary']['fid']['mean']:.2f} against "
+                         f"{b['mean']:.2f}; spreads {r['summary']['fid']['spread']:.2f} and {b['spread']:.2f})")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    settle(args)
+    names = list(args.variants)
+    baseline = names[0]
+    print(blas_description(), flush=True)
+    data = td.load_mnist("train", data_dir=args.data_dir, source=args.source)
+    print(f"train data: {data.source} ({len(data.images)} digits); preset {args.preset}; variants {names} "
+          f"(baseline {baseline})", flush=True)
+    configs = {name: variant_config(args.preset, o, args.steps) for name, o in args.variants.items()}
+
+    if args.costs is not None:
+        step_costs, how = dict(args.costs), "given (--costs)"
+    else:
+        timed = [n for n in names if n == baseline or args.time_all or not cost_neutral(args.variants[n])]
+        step_costs = measure_step_costs({n: configs[n] for n in timed}, data, args.cost_warmup, args.cost_steps,
+                                        args.cost_rounds)
+        how = (f"measured: {args.cost_warmup} warm-up steps, then median of {args.cost_rounds} rounds of "
+               f"{args.cost_steps} steps, variants alternating")
+        untimed = [n for n in names if n not in timed]
+        if untimed:
+            how += f"; {', '.join(untimed)}: same work per step as {baseline} (cost-neutral fields only), not timed"
+        step_costs = {n: step_costs[n if n in timed else baseline] for n in names}
+    steps = equal_time_steps(args.steps, step_costs, baseline)
+    print(f"step costs ({how}):", flush=True)
+    for name in names:
+        print(f"  {name}: {step_costs[name]:.4f} s/step ({step_costs[name] / step_costs[baseline]:.3f}x) -> "
+              f"{steps[name]} steps", flush=True)
+
+    results = {}
+    for name in names:
+        runs = []
+        for seed in range(args.train_seeds):
+            config = variant_config(args.preset, args.variants[name], steps[name], seed=seed)
+            print(f"training {name}, seed {seed}: {steps[name]} steps", flush=True)
+            runs.append({"train_seed": seed, **train_one(config, data, args.out / name / f"seed{seed}", args.reuse)})
+        results[name] = {"overrides": args.variants[name], "cost_s": step_costs[name], "steps": steps[name],
+                         "config": configs[name].to_dict() | {"steps": steps[name]}, "runs": runs}
+
+    n = 10 * args.n_per_class
+    judge = Judge(args, n, train=data)
+    floors = [judge.floor(seed) for seed in range(args.sample_seeds)]
+    floor = {k: summarise([f[k] for f in floors]) for k in ("fid", "precision", "recall")} | {"n": judge.n_floor}
+    print(f"evaluation classifier test accuracy {judge.test_accuracy}; real-vs-real floor FID "
+          f"{floor['fid']['mean']:.2f} (n = {judge.n_floor})", flush=True)
+    for name in names:
+        for run in results[name]["runs"]:
+            run["evaluations"] = []
+            for seed in range(args.sample_seeds):
+                e = evaluate_one(run["checkpoint"], judge, args.n_per_class, seed, args.guidance_interval)
+                run["evaluations"].append(e)
+                print(f"{name} train seed {run['train_seed']} sample seed {seed}: FID {e['fid']:.2f}, precision "
+                      f"{e['precision']:.3f}, recall {e['recall']:.3f}, accuracy {e['accuracy']:.3f}", flush=True)
+        every = [e for run in results[name]["runs"] for e in run["evaluations"]]
+        results[name]["summary"] = {k: summarise([e[k] for e in every]) for k in METRICS}
+    for name in names:
+        results[name]["verdict"] = ("baseline" if name == baseline else
+                                    verdict(results[name]["summary"]["fid"], results[baseline]["summary"]["fid"]))
+
+    seeds = f"training seeds 0-{args.train_seeds - 1}, sampling seeds 0-{args.sample_seeds - 1}"
+    text = table(results, floor, baseline, n, seeds)
+    print(text, flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "recipe_ab.md").write_text(text + "\n")
+    dump = {"command": sys.argv if argv is None else ["recipe_ab.py", *argv], "blas": blas_description(),
+            "preset": args.preset, "baseline": baseline, "baseline_steps": args.steps, "cost_measurement": how,
+            "n": n, "n_per_class": args.n_per_class, "train_seeds": args.train_seeds,
+            "sample_seeds": args.sample_seeds, "guidance_interval": args.guidance_interval,
+            "train_data": data.source, "test_data": judge.test_source, "classifier_test_accuracy": judge.test_accuracy,
+            "floor": floor, "floors": floors, "variants": results}
+    (args.out / "recipe_ab.json").write_text(json.dumps(dump, indent=1, default=str) + "\n")
+    print(f"wrote {args.out / 'recipe_ab.md'} and {args.out / 'recipe_ab.json'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
