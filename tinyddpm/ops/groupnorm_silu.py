@@ -29,21 +29,19 @@ Backward. SiLU's derivative first, at z recomputed from x with one affine map:
 
 then groupnorm_fast.py's closed form with dz for dy: two BLAS sums per channel, and dx as one affine map of dz and x
 
-    P[n, c] = sum_s dz                   Q[n, c] = sum_s dz (x - mu) = sum_s dz x - mu P
+    P[n, c] = sum_s dz                   Q[n, c] = sum_s dz (x - mu)
     dbeta[c] = sum_n P[n, c]             dgamma[c] = sum_n rstd Q[n, c]
-    dx = dz A[n, c] + x B[n, g(c)] + D[n, g(c)]
-         with A = a = rstd gamma,  B = -rstd^3 (1/M) sum_{c in g} gamma Q,  D = -(1/M) sum_{c in g} A P - mu B
+    dx = dz A[n, c] + (x - mu) B[n, g(c)] + D[n, g(c)]
+         with A = a = rstd gamma,  B = -rstd^3 (1/M) sum_{c in g} gamma Q,  D = -(1/M) sum_{c in g} A P
 
-Working from x instead of a recomputed x - mu saves a pass; the price is float32 round-off that grows with |mu| /
-std, as every groupnorm's does because x itself is rounded at that scale: measured at (16, 16, 28, 28), relative to
-float64, 1e-6 at |mu| = 10 std and 1e-5 at 100 std, within 3x of groupnorm_fast + silu's errors (whose statistics
-also come from x - mu). PyTorch's GroupNorm backward takes its sums the same way. The forward's variance is of
-x - mu (two passes), as in groupnorm.py.
+The backward recomputes x - mu (one pass) rather than working from x: x a + (beta - mu a) cancels to round-off when
+|mu| >> std (float64 errors of 1e-11 in dbeta for a one-entry group at mu = -50 showed it), and x - mu does not.
+The forward's variance is of x - mu too (two passes), as in groupnorm.py.
 
 Cost. On the CPU each NumPy pass over an activation-sized array is the cost, and one that broadcasts a (N, C, 1) or
 (N, G, 1) array costs 2-3x a plain pass (NumPy buffers the broadcast operand when a row is shorter than its buffer
 size; benchmarks/NOTES_kernels.md). Counted beside the code: forward 8 passes (2 BLAS reads, 3 broadcasts, 1 tanh),
-backward 15 (2 BLAS reads, 5 broadcasts, 1 tanh), against 10 and 11 (3 broadcasts each way) for groupnorm_fast then
+backward 16 (2 BLAS reads, 6 broadcasts, 1 tanh), against 10 and 11 (3 broadcasts each way) for groupnorm_fast then
 silu: the recomputed tanh and affine map cost about what the fused forward saves, and nothing activation-sized is
 kept (benchmarks/NOTES_kernels.md: equal time for a U-Net pass, a third less peak memory).
 
@@ -108,23 +106,24 @@ def groupnorm_silu_backward(dy, cache: GroupNormSiLUCache):
     S = x3.shape[2]
     M = (C // G) * S
     A = _scale(rstd, gamma, C)                                                 # (N, C): a = rstd gamma
-    mean_c = xp.repeat(mean, C // G, axis=1)                                   # (N, C)
-    b = -mean_c * A if beta is None else beta - mean_c * A                     # (N, C): z = x a + b
-    # in the forward pass this was: h = z/2 = ((x - mu) a + beta) / 2, so now we recompute it, from x:
-    h = x3 * (0.5 * A)[:, :, None]                                             # pass 1: (N, C, S), fresh
-    h += (0.5 * b)[:, :, None]                                                 # pass 2: h = z/2
+    # centred first, as in the forward: x a - mu a would cancel to round-off when |mu| >> std
+    xc = (x.reshape(N, G, M) - mean[:, :, None]).reshape(N, C, S)              # pass 1: x - mu, (N, C, S), fresh
+    # in the forward pass this was: h = z/2 = ((x - mu) a + beta) / 2, so now we recompute it:
+    h = xc * (0.5 * A)[:, :, None]                                             # pass 2: (N, C, S), fresh
+    if beta is not None:
+        h += (0.5 * beta)[None, :, None]                                       # pass 3: h = z/2
     # in the forward pass this was: y = z s = h (1 + t) with t = tanh(h), so now we have
     #     dz = dy s (1 + z (1 - s)) = dy (1 + t) (1 + h (1 - t)) / 2,  kept as w = 2 dz (the 1/2 goes into the sums):
-    t = xp.tanh(h)                                                             # pass 3
-    w = 1.0 - t                                                                # pass 4
-    w *= h                                                                     # pass 5
-    w += 1.0                                                                   # pass 6
-    t += 1.0                                                                   # pass 7
-    w *= t                                                                     # pass 8
-    w *= dy.reshape(N, C, S)                                                   # pass 9: w = 2 dz
+    t = xp.tanh(h)                                                             # pass 4
+    w = 1.0 - t                                                                # pass 5
+    w *= h                                                                     # pass 6
+    w += 1.0                                                                   # pass 7
+    t += 1.0                                                                   # pass 8
+    w *= t                                                                     # pass 9
+    w *= dy.reshape(N, C, S)                                                   # pass 10: w = 2 dz
     # in the forward pass this was: z = (x - mu) rstd gamma + beta, so now we have groupnorm_fast's closed form:
-    P = 0.5 * (w.reshape(N * C, S) @ xp.ones(S, dtype=w.dtype)).reshape(N, C)  # pass 10, a BLAS read: sum_s dz
-    Q = 0.5 * _rowwise_dot(w, x3) - mean_c * P                                 # pass 11, a BLAS read: sum_s dz (x - mu)
+    P = 0.5 * (w.reshape(N * C, S) @ xp.ones(S, dtype=w.dtype)).reshape(N, C)  # pass 11, a BLAS read: sum_s dz
+    Q = 0.5 * _rowwise_dot(w, xc)                                              # pass 12, a BLAS read: sum_s dz (x - mu)
     if gamma is None:
         dgamma = dbeta = None
         gQ = Q
@@ -133,13 +132,13 @@ def groupnorm_silu_backward(dy, cache: GroupNormSiLUCache):
         dgamma = (xp.repeat(rstd, C // G, axis=1) * Q).sum(axis=0)             # (C,) = sum over n, s of dz xhat
         gQ = gamma * Q
     # D from the products A P, the same as dz A: a one-entry group's dx (y does not depend on x there) comes out
-    # exactly 0, as in groupnorm_fast.py. Then (x - mu) B + D = x B + (D - mu B): one affine map of x.
+    # exactly 0, as in groupnorm_fast.py. dx = dz A + (x - mu) B + D.
     B = -(rstd * rstd * rstd) * gQ.reshape(N, G, -1).sum(axis=2) / M         # (N, G)
-    D = -(A * P).reshape(N, G, -1).sum(axis=2) / M - mean * B                 # (N, G)
-    dx = xp.multiply(x.reshape(N, G, M), B[:, :, None], out=h.reshape(N, G, M))  # pass 12, into h's memory
-    dx += D[:, :, None]                                                        # pass 13
-    w *= (0.5 * A)[:, :, None]                                                 # pass 14: dz A
-    dx += w.reshape(N, G, M)                                                   # pass 15: dx = dz A + x B + D
+    D = -(A * P).reshape(N, G, -1).sum(axis=2) / M                            # (N, G)
+    dx = xp.multiply(xc.reshape(N, G, M), B[:, :, None], out=h.reshape(N, G, M))  # pass 13, into h's memory
+    dx += D[:, :, None]                                                        # pass 14
+    w *= (0.5 * A)[:, :, None]                                                 # pass 15: dz A
+    dx += w.reshape(N, G, M)                                                   # pass 16: dx = dz A + (x - mu) B + D
     return dx.reshape(x.shape), dgamma, dbeta
 
 
