@@ -81,3 +81,22 @@ def treat_as_device(monkeypatch):
 
     is_cupy_array = checks.is_cupy_array
     monkeypatch.setattr(checks, "is_cupy_array", lambda a: isinstance(a, NoHostReads) or is_cupy_array(a))
+
+
+def npy_bytes(array) -> bytes:
+    """An array as the bytes of a .npy file (a checkpoint member), for tests that build or mutate checkpoints."""
+    import io
+
+    out = io.BytesIO()
+    np.lib.format.write_array(out, np.asarray(array), allow_pickle=False)
+    return out.getvalue()
+
+
+def npy_header(shape, dtype) -> bytes:
+    """The .npy header numpy writes for an array of ``shape`` and ``dtype`` (whatever the data that follows)."""
+    import io
+
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                               "fortran_order": False, "shape": tuple(shape)})
+    return out.getvalue()

@@ -2,7 +2,6 @@
 finiteness, and sizes read from the zip directory and the .npy headers before any member is decompressed; the
 IDX reader's header checked before its data is read. Every refusal is one line naming the file and the tensor."""
 import gzip
-import io
 import re
 import struct
 import subprocess
@@ -19,6 +18,8 @@ from tinyddpm.data.mnist import FILES, load_mnist, read_idx, write_idx
 from tinyddpm.training.config import preset
 from tinyddpm.training.resume import load_for_sampling, resume_state, save_state
 from tinyddpm.training.state import new_state
+
+from helpers import npy_bytes, npy_header
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,18 +38,7 @@ def good(tmp_path_factory):
     return path
 
 
-def npy_bytes(array) -> bytes:
-    out = io.BytesIO()
-    np.lib.format.write_array(out, np.asarray(array), allow_pickle=False)
-    return out.getvalue()
 
-
-def npy_header(shape, dtype) -> bytes:
-    """The .npy header numpy writes for an array of ``shape`` and ``dtype`` (whatever the data that follows)."""
-    out = io.BytesIO()
-    np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-                                               "fortran_order": False, "shape": tuple(shape)})
-    return out.getvalue()
 
 
 def rewrite(src, dst, replace):

@@ -21,13 +21,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tinyddpm.checkpoint import CheckpointError, save_checkpoint
+from tinyddpm.checkpoint import save_checkpoint
 from tinyddpm.classifiers.judge import ClassifierConfig, init_params as classifier_params, load_classifier
 from tinyddpm.data.folder import load_image_folder
-from tinyddpm.data.mnist import FILES, load_mnist, read_idx, write_idx
+from tinyddpm.data.mnist import FILES, load_mnist, write_idx
 from tinyddpm.training.config import preset
 from tinyddpm.training.resume import load_for_sampling, resume_state, save_state
 from tinyddpm.training.state import new_state
+
+from helpers import npy_bytes, npy_header
 
 REPO = Path(__file__).resolve().parents[1]
 FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -55,17 +57,7 @@ def files(tmp_path_factory):
     return root
 
 
-def npy_bytes(array) -> bytes:
-    out = io.BytesIO()
-    np.lib.format.write_array(out, np.asarray(array), allow_pickle=False)
-    return out.getvalue()
 
-
-def npy_header(shape, dtype) -> bytes:
-    out = io.BytesIO()
-    np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
-                                               "fortran_order": False, "shape": tuple(shape)})
-    return out.getvalue()
 
 
 def assert_user_error(e: BaseException, path) -> None:
