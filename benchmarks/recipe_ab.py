@@ -65,7 +65,8 @@ QUICK_VARIANTS = {"base": {}, "minsnr": {"min_snr_gamma": 5.0}}
 # fields that change what is learnt but not the work of a training step: a variant changing only these trains the
 # baseline's steps (timing it would only turn the measurement's noise into a different step count); --time-all times
 # them anyway
-COST_NEUTRAL = {"schedule", "num_timesteps", "prediction", "loss", "min_snr_gamma", "p_uncond", "lr", "warmup_steps",
+COST_NEUTRAL = {"schedule", "num_timesteps", "prediction", "loss", "min_snr_gamma", "t_distribution", "t_lognormal",
+                "p_uncond", "lr", "warmup_steps",
                 "lr_decay", "min_lr", "betas", "weight_decay", "grad_clip", "ema_decay", "ema_warmup", "log_every",
                 "sampler", "sample_steps", "guidance", "preview_per_class", "final_per_class"}
 NOT_OVERRIDABLE = {"steps": "the baseline's steps are --steps, the others' follow from the step costs",
@@ -106,6 +107,25 @@ def costs(text: str) -> dict:
     return out
 
 
+def scales(text: str) -> list:
+    """An argparse type: W,... guidance scales (finite numbers >= 0)."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or not all(np.isfinite(v) and v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"must be guidance scales W,... (numbers >= 0), got {text!r}")
+    return values
+
+
+def names_list(text: str) -> list:
+    """An argparse type: NAME,... (variant names)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"must be variant names NAME,..., got {text!r}")
+    return names
+
+
 def interval(text: str) -> tuple:
     """An argparse type: LO,HI timesteps, 0 <= LO <= HI (guidance applies for LO <= t <= HI)."""
     parts = [p.strip() for p in text.split(",")]
@@ -124,6 +144,9 @@ def build_parser():
     p.add_argument("--train-seeds", type=int, default=1, help="training seeds 0..S-1 per variant (2 for finalists)")
     p.add_argument("--sample-seeds", type=int, default=None, help="sampling seeds 0..K-1 per network (default 3)")
     p.add_argument("--n-per-class", type=int, default=None, help="samples per digit (default 100: n = 1,000)")
+    p.add_argument("--guidance", type=scales, default=None, metavar="W,...",
+                   help="evaluate every network at each of these guidance scales (default: each variant's own); "
+                        "guidance trades FID and recall for accuracy, so compare variants at several")
     p.add_argument("--guidance-interval", type=interval, default=None, metavar="LO,HI",
                    help="guidance only at timesteps LO <= t <= HI (default: every step)")
     p.add_argument("--costs", type=costs, default=None, metavar="NAME=S,...",
@@ -135,6 +158,12 @@ def build_parser():
     p.add_argument("--cost-steps", type=int, default=10, help="timed steps per variant and round")
     p.add_argument("--cost-rounds", type=int, default=5, help="rounds of timed steps (the variants take turns)")
     p.add_argument("--out", type=Path, default=Path("runs/recipe_ab"), help="checkpoints, table and JSON")
+    p.add_argument("--only", type=names_list, default=None, metavar="NAME,...",
+                   help="train (and evaluate) only these variants; the step counts still follow from every "
+                        "variant's cost, so runs split over processes with the same --costs agree")
+    p.add_argument("--costs-only", action="store_true",
+                   help="measure the step costs, print them as a --costs argument, and stop")
+    p.add_argument("--train-only", action="store_true", help="train, then stop (evaluate later with --reuse)")
     p.add_argument("--reuse", action="store_true",
                    help="skip training where OUT/NAME/seedS/checkpoint.npz already holds this config at its last step")
     p.add_argument("--source", choices=SOURCES, default="auto", help="where MNIST comes from (load_mnist)")
@@ -167,6 +196,9 @@ def settle(args) -> None:
             raise SystemExit(f"recipe_ab.py: --{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
     if args.costs is not None and set(args.costs) != set(args.variants):
         raise SystemExit(f"recipe_ab.py: --costs names {sorted(args.costs)}, the variants are {sorted(args.variants)}")
+    unknown = sorted(set(args.only or ()) - set(args.variants))
+    if unknown:
+        raise SystemExit(f"recipe_ab.py: --only names {unknown}, which are not variants ({sorted(args.variants)})")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -274,17 +306,20 @@ class Judge:
         return {k: float(q[k]) for k in METRICS}
 
 
-def evaluate_one(checkpoint: str, judge: Judge, n_per_class: int, seed: int, guidance_interval) -> dict:
-    """FID, precision, recall and accuracy of one checkpoint's samples (EMA weights) with its config's sampler."""
+def evaluate_one(checkpoint: str, judge: Judge, n_per_class: int, seed: int, guidance_interval,
+                 guidance: float | None = None) -> dict:
+    """FID, precision, recall and accuracy of one checkpoint's samples (EMA weights) with its config's sampler, at
+    ``guidance`` (None: the config's scale)."""
     params, config, schedule = td.load_for_sampling(checkpoint)
+    guidance = config.guidance if guidance is None else guidance
     start = time.perf_counter()
     x = td.sample_classes(params, config.unet, schedule, classes=range(10), n_per_class=n_per_class,
-                          sampler=config.sampler, steps=config.sample_steps, guidance=config.guidance,
+                          sampler=config.sampler, steps=config.sample_steps, guidance=guidance,
                           prediction=config.prediction, seed=seed, guidance_interval=guidance_interval)
     x = td.to_numpy(x)
     seconds = time.perf_counter() - start
     requested = np.repeat(np.arange(10), n_per_class)                  # (n,) 0 0 .. 1 1 ..
-    return {**judge.measure(x, requested), "sample_seed": seed, "sample_s": round(seconds, 2)}
+    return {**judge.measure(x, requested), "guidance": guidance, "sample_seed": seed, "sample_s": round(seconds, 2)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -311,24 +346,25 @@ def span(summary: dict, fmt: str) -> str:
 
 
 def table(results: dict, floor: dict, baseline: str, n: int, seeds: str) -> str:
+    """One row per (variant, guidance scale); the verdicts compare each variant with the baseline at the same scale."""
     f = floor["fid"]
     lines = [f"Equal wall time; n = {n} samples per evaluation; {seeds}; mean (min-max) over all (training seed, "
              f"sampling seed) pairs. Real-vs-real floor (n = {floor['n']} vs {floor['n']}): FID {f['mean']:.2f} "
              f"({f['min']:.2f}-{f['max']:.2f}), precision {floor['precision']['mean']:.3f}, recall "
              f"{floor['recall']['mean']:.3f}.", "",
-             "| variant | steps | s/step | FID-MNIST | precision | recall | accuracy | floor FID | FID / floor |",
+             "| variant | steps | s/step | guidance | FID-MNIST | precision | recall | accuracy | FID / floor |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
-        s = r["summary"]
-        lines.append(f"| {name} | {r['steps']} | {r['cost_s']:.4f} | {span(s['fid'], '.2f')} | "
-                     f"{span(s['precision'], '.3f')} | {span(s['recall'], '.3f')} | {span(s['accuracy'], '.1%')} | "
-                     f"{f['mean']:.2f} | {s['fid']['mean'] / f['mean']:.2f}x |")
+        for g, s in r["summaries"].items():
+            lines.append(f"| {name} | {r['steps']} | {r['cost_s']:.4f} | {g} | {span(s['fid'], '.2f')} | "
+                         f"{span(s['precision'], '.3f')} | {span(s['recall'], '.3f')} | "
+                         f"{span(s['accuracy'], '.1%')} | {s['fid']['mean'] / f['mean']:.2f}x |")
     lines.append("")
     for name, r in results.items():
-        if name != baseline:
-            b = results[baseline]["summary"]["fid"]
-            lines.append(f"- {name} vs {baseline}: {r['verdict']} (FID {r['summary']['fid']['mean']:.2f} against "
-                         f"{b['mean']:.2f}; spreads {r['summary']['fid']['spread']:.2f} and {b['spread']:.2f})")
+        for g, said in r.get("verdicts", {}).items():
+            v, b = r["summaries"][g]["fid"], results[baseline]["summaries"][g]["fid"]
+            lines.append(f"- {name} vs {baseline} at guidance {g}: {said} (FID {v['mean']:.2f} against "
+                         f"{b['mean']:.2f}; spreads {v['spread']:.2f} and {b['spread']:.2f})")
     return "\n".join(lines)
 
 
@@ -363,8 +399,13 @@ def main(argv=None) -> int:
         print(f"  {name}: {step_costs[name]:.4f} s/step ({step_costs[name] / step_costs[baseline]:.3f}x) -> "
               f"{steps[name]} steps", flush=True)
 
+    print("as --costs: " + ",".join(f"{name}={step_costs[name]:.6g}" for name in names), flush=True)
+    if args.costs_only:
+        return 0
+
+    chosen = [name for name in names if name in (args.only or names)]
     results = {}
-    for name in names:
+    for name in chosen:
         runs = []
         for seed in range(args.train_seeds):
             config = variant_config(args.preset, args.variants[name], steps[name], seed=seed)
@@ -372,6 +413,8 @@ def main(argv=None) -> int:
             runs.append({"train_seed": seed, **train_one(config, data, args.out / name / f"seed{seed}", args.reuse)})
         results[name] = {"overrides": args.variants[name], "cost_s": step_costs[name], "steps": steps[name],
                          "config": configs[name].to_dict() | {"steps": steps[name]}, "runs": runs}
+    if args.train_only:
+        return 0
 
     n = 10 * args.n_per_class
     judge = Judge(args, n, train=data)
@@ -379,19 +422,26 @@ def main(argv=None) -> int:
     floor = {k: summarise([f[k] for f in floors]) for k in ("fid", "precision", "recall")} | {"n": judge.n_floor}
     print(f"evaluation classifier test accuracy {judge.test_accuracy}; real-vs-real floor FID "
           f"{floor['fid']['mean']:.2f} (n = {judge.n_floor})", flush=True)
-    for name in names:
+    for name in chosen:
+        scales_ = args.guidance or [configs[name].guidance]
         for run in results[name]["runs"]:
             run["evaluations"] = []
-            for seed in range(args.sample_seeds):
-                e = evaluate_one(run["checkpoint"], judge, args.n_per_class, seed, args.guidance_interval)
-                run["evaluations"].append(e)
-                print(f"{name} train seed {run['train_seed']} sample seed {seed}: FID {e['fid']:.2f}, precision "
-                      f"{e['precision']:.3f}, recall {e['recall']:.3f}, accuracy {e['accuracy']:.3f}", flush=True)
+            for g in scales_:
+                for seed in range(args.sample_seeds):
+                    e = evaluate_one(run["checkpoint"], judge, args.n_per_class, seed, args.guidance_interval, g)
+                    run["evaluations"].append(e)
+                    print(f"{name} train seed {run['train_seed']} guidance {g} sample seed {seed}: FID "
+                          f"{e['fid']:.2f}, precision {e['precision']:.3f}, recall {e['recall']:.3f}, accuracy "
+                          f"{e['accuracy']:.3f} ({e['sample_s']:.0f} s)", flush=True)
         every = [e for run in results[name]["runs"] for e in run["evaluations"]]
-        results[name]["summary"] = {k: summarise([e[k] for e in every]) for k in METRICS}
-    for name in names:
-        results[name]["verdict"] = ("baseline" if name == baseline else
-                                    verdict(results[name]["summary"]["fid"], results[baseline]["summary"]["fid"]))
+        results[name]["summaries"] = {str(g): {k: summarise([e[k] for e in every if e["guidance"] == g])
+                                               for k in METRICS} for g in scales_}
+    if baseline in results:
+        for name in chosen:
+            if name != baseline:
+                results[name]["verdicts"] = {g: verdict(s["fid"], results[baseline]["summaries"][g]["fid"])
+                                             for g, s in results[name]["summaries"].items()
+                                             if g in results[baseline]["summaries"]}
 
     seeds = f"training seeds 0-{args.train_seeds - 1}, sampling seeds 0-{args.sample_seeds - 1}"
     text = table(results, floor, baseline, n, seeds)
@@ -400,10 +450,10 @@ def main(argv=None) -> int:
     (args.out / "recipe_ab.md").write_text(text + "\n")
     dump = {"command": sys.argv if argv is None else ["recipe_ab.py", *argv], "blas": blas_description(),
             "preset": args.preset, "baseline": baseline, "baseline_steps": args.steps, "cost_measurement": how,
-            "n": n, "n_per_class": args.n_per_class, "train_seeds": args.train_seeds,
-            "sample_seeds": args.sample_seeds, "guidance_interval": args.guidance_interval,
-            "train_data": data.source, "test_data": judge.test_source, "classifier_test_accuracy": judge.test_accuracy,
-            "floor": floor, "floors": floors, "variants": results}
+            "costs": step_costs, "steps": steps, "n": n, "n_per_class": args.n_per_class,
+            "train_seeds": args.train_seeds, "sample_seeds": args.sample_seeds, "guidance": args.guidance,
+            "guidance_interval": args.guidance_interval, "train_data": data.source, "test_data": judge.test_source,
+            "classifier_test_accuracy": judge.test_accuracy, "floor": floor, "floors": floors, "variants": results}
     (args.out / "recipe_ab.json").write_text(json.dumps(dump, indent=1, default=str) + "\n")
     print(f"wrote {args.out / 'recipe_ab.md'} and {args.out / 'recipe_ab.json'}", flush=True)
     return 0

@@ -26,12 +26,14 @@ def test_recipe_ab_quick_trains_both_variants_at_equal_wall_time_and_reports(tmp
     # the second variant costs half as much per step: at equal wall time it trains twice the baseline's 6 steps
     assert recipe_ab.main(["--quick", "--source", "subset", "--out", str(out), "--classifier-dir",
                            str(tmp_path / "classifier"), "--classifier-epochs", "0.1",
-                           "--costs", "base=0.1,minsnr=0.05"]) == 0
+                           "--costs", "base=0.1,minsnr=0.05", "--guidance", "1.5,2"]) == 0
     printed = capsys.readouterr().out
     assert "train: step 6/6" in printed and "train: step 12/12" in printed        # train's progress lines
-    assert "| variant | steps | s/step | FID-MNIST |" in printed
-    assert "| base | 6 | 0.1000 |" in printed and "| minsnr | 12 | 0.0500 |" in printed
-    assert "- minsnr vs base: " in printed
+    assert "| variant | steps | s/step | guidance | FID-MNIST |" in printed
+    for name, steps, cost in (("base", 6, "0.1000"), ("minsnr", 12, "0.0500")):
+        for g in ("1.5", "2.0"):
+            assert f"| {name} | {steps} | {cost} | {g} |" in printed               # a row per guidance scale
+    assert "- minsnr vs base at guidance 1.5: " in printed and "- minsnr vs base at guidance 2.0: " in printed
     assert (out / "recipe_ab.md").read_text().strip() in printed
 
     dump = json.loads((out / "recipe_ab.json").read_text())
@@ -39,13 +41,33 @@ def test_recipe_ab_quick_trains_both_variants_at_equal_wall_time_and_reports(tmp
     assert set(dump["variants"]) == {"base", "minsnr"}
     assert dump["variants"]["base"]["steps"] == 6 and dump["variants"]["minsnr"]["steps"] == 12
     assert dump["variants"]["minsnr"]["config"]["min_snr_gamma"] == 5.0
+    assert set(dump["variants"]["minsnr"]["verdicts"]) == {"1.5", "2.0"} and "verdicts" not in dump["variants"]["base"]
+    assert all(said in ("better", "worse", "no difference (the difference is smaller than the spread)")
+               for said in dump["variants"]["minsnr"]["verdicts"].values())
     for name, v in dump["variants"].items():
         assert (out / name / "seed0" / "checkpoint.npz").is_file()
-        assert v["verdict"] in ("baseline", "better", "worse",
-                                "no difference (the difference is smaller than the spread)")
-        for metric in ("fid", "precision", "recall", "accuracy"):
-            assert all(math.isfinite(v["summary"][metric][k]) for k in ("mean", "min", "max", "spread"))
+        assert sorted(e["guidance"] for e in v["runs"][0]["evaluations"]) == [1.5, 2.0]
+        for g in ("1.5", "2.0"):
+            for metric in ("fid", "precision", "recall", "accuracy"):
+                assert all(math.isfinite(v["summaries"][g][metric][k]) for k in ("mean", "min", "max", "spread"))
     assert math.isfinite(dump["floor"]["fid"]["mean"]) and dump["floor"]["n"] == 20
+
+
+def test_split_runs_train_their_share_then_one_run_evaluates_them_all(tmp_path, monkeypatch, capsys):
+    """--only / --train-only in two processes (here: two calls) with the same --costs, then --reuse evaluates."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    recipe_ab = _load("recipe_ab")
+    out = tmp_path / "out"
+    common = ["--quick", "--source", "subset", "--out", str(out), "--classifier-dir", str(tmp_path / "classifier"),
+              "--classifier-epochs", "0.1", "--costs", "base=0.1,minsnr=0.05"]
+    assert recipe_ab.main(common + ["--costs-only"]) == 0
+    assert "as --costs: base=0.1,minsnr=0.05" in capsys.readouterr().out and not out.exists()
+    assert recipe_ab.main(common + ["--only", "minsnr", "--train-only"]) == 0
+    assert (out / "minsnr" / "seed0" / "checkpoint.npz").is_file() and not (out / "base").exists()
+    assert recipe_ab.main(common + ["--reuse"]) == 0
+    printed = capsys.readouterr().out
+    assert "minsnr/seed0/checkpoint.npz: reused (this config, step 12)" in printed and "train: step 6/6" in printed
+    assert set(json.loads((out / "recipe_ab.json").read_text())["variants"]) == {"base", "minsnr"}
 
 
 def test_step_costs_are_measured_and_scale_the_steps():
@@ -70,3 +92,34 @@ def test_the_verdict_counts_a_difference_smaller_than_the_spread_as_none():
     assert recipe_ab.verdict(recipe_ab.summarise([9.5, 9.6]), base).startswith("no difference")
     assert recipe_ab.verdict(recipe_ab.summarise([8.0, 8.5]), base) == "better"
     assert recipe_ab.verdict(recipe_ab.summarise([14.0, 14.2]), base) == "worse"
+
+
+def test_sampler_sweep_measures_every_scale_and_interval_of_one_network(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    recipe_ab, sweep = _load("recipe_ab"), _load("sampler_sweep")
+    judge = ["--source", "subset", "--classifier-dir", str(tmp_path / "classifier"), "--classifier-epochs", "0.1"]
+    assert recipe_ab.main(["--quick", "--out", str(tmp_path / "ab"), "--costs", "base=0.1,minsnr=0.1", "--only",
+                           "base", "--train-only", *judge]) == 0
+    checkpoint = tmp_path / "ab" / "base" / "seed0" / "checkpoint.npz"
+    out = tmp_path / "sweep"
+    assert sweep.main([str(checkpoint), "--guidance", "1,2", "--intervals", "all,0-2", "--sample-seeds", "2",
+                       "--n-per-class", "2", "--out", str(out), *judge]) == 0
+    printed = capsys.readouterr().out
+    for interval in ("all", "0-2"):
+        for g in ("1.0", "2.0"):
+            assert f"| {interval} | {g} | " in printed
+    dump = json.loads((out / "sampler_sweep.json").read_text())
+    assert len(dump["rows"]) == 4 and all(len(r["runs"]) == 2 for r in dump["rows"])
+    assert [r["runs"][0]["sample_seed"] for r in dump["rows"]] == [0] * 4
+    assert all(math.isfinite(r["summary"]["fid"]["mean"]) for r in dump["rows"])
+
+
+def test_sampler_sweep_refuses_a_bad_interval_and_a_missing_checkpoint(tmp_path, capsys):
+    import pytest
+
+    sweep = _load("sampler_sweep")
+    with pytest.raises(SystemExit) as e:
+        sweep.build_parser().parse_args(["x.npz", "--intervals", "all,500-100"])
+    assert e.value.code == 2 and "LO <= HI" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="no such checkpoint"):
+        sweep.main([str(tmp_path / "missing.npz")])

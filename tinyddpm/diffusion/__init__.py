@@ -29,18 +29,19 @@ from .loop import ModelCall, Sampler, Step, StepOutput, Trajectory, run_sampler
 from .samplers import SAMPLERS, max_steps, sample
 from .schedules import (ARRAY_NAMES, SCHEDULES, Schedule, betas_from_alpha_bar, cosine_betas, linear_betas,
                         make_schedule, sigmoid_betas)
+from .timestep_sampling import TIMESTEP_DISTRIBUTIONS, draw_timesteps, timestep_probabilities
 from .timesteps import (PREV_RULES, SPACINGS, ddim_prev_timesteps, ddim_timesteps, dpm_solver_max_steps,
                         dpm_solver_timesteps)
 
 __all__ = [
     "ARRAY_NAMES", "CLIP_MODES", "FINAL_SIGMAS", "LOSSES", "PREDICTIONS", "PREV_RULES", "SAMPLERS", "SCHEDULES",
-    "SPACINGS", "VARIANCES", "DDIMSampler", "DDPMSampler", "DPMSolverSampler", "GuidedModel", "ClassifierGuidedModel",
+    "SPACINGS", "TIMESTEP_DISTRIBUTIONS", "VARIANCES", "DDIMSampler", "DDPMSampler", "DPMSolverSampler", "GuidedModel", "ClassifierGuidedModel",
     "ModelCall", "Sampler", "Schedule", "Step", "StepOutput", "Trajectory", "betas_from_alpha_bar",
     "cfg_combine", "check_interval", "clip_x0", "convert_prediction", "cosine_betas", "ddim_prev_timesteps", "ddim_sample",
     "ddim_sigma", "ddim_step", "ddim_timesteps", "ddpm_sample", "ddpm_step", "diffusion_loss",
     "dpm_solver_first_order_step", "dpm_solver_max_steps", "dpm_solver_sample", "dpm_solver_second_order_step",
     "dpm_solver_timesteps",
-    "dynamic_threshold", "eps_from_v", "eps_from_x0", "interpolate_noise", "lerp", "linear_betas",
+    "draw_timesteps", "dynamic_threshold", "eps_from_v", "eps_from_x0", "interpolate_noise", "lerp", "linear_betas",
     "make_schedule", "max_steps", "min_snr_weights", "q_sample", "run_sampler", "sample", "sigmoid_betas", "slerp",
-    "training_target", "v_from_eps", "v_from_x0", "x0_from_eps", "x0_from_v",
+    "timestep_probabilities", "training_target", "v_from_eps", "v_from_x0", "x0_from_eps", "x0_from_v",
 ]

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 from ..backend import get_device
 from ..checks import is_int, is_real
-from ..diffusion import LOSSES, PREDICTIONS, SAMPLERS, SCHEDULES, Schedule, make_schedule, max_steps
+from ..diffusion import (LOSSES, PREDICTIONS, SAMPLERS, SCHEDULES, TIMESTEP_DISTRIBUTIONS, Schedule, make_schedule,
+                         max_steps)
 from ..nn.unet import UNetConfig
 
 LR_DECAYS = ("constant", "cosine")
@@ -31,6 +32,8 @@ class TrainConfig:
     prediction: str = "eps"             # what the network predicts: 'eps', 'x0' or 'v'
     loss: str = "mse"                   # 'mse' or 'l1'
     min_snr_gamma: float | None = None  # None: plain mean over timesteps; e.g. 5.0 for min-SNR-gamma weights
+    t_distribution: str = "uniform"     # the timesteps trained on: 'uniform' or 'lognormal' (ln sigma ~ N(m, s^2))
+    t_lognormal: tuple = (-1.2, 1.2)    # (m, s) of 'lognormal' (Karras et al. 2022); diffusion/timestep_sampling.py
     p_uncond: float = 0.1               # share of labels replaced by the null label (classifier-free guidance)
     # optimisation
     steps: int = 20_000                 # total optimizer steps of the run
@@ -75,6 +78,10 @@ class TrainConfig:
             (self.schedule in SCHEDULES, f"schedule must be one of {tuple(SCHEDULES)}, got {self.schedule!r}"),
             (self.prediction in PREDICTIONS, f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}"),
             (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
+            (self.t_distribution in TIMESTEP_DISTRIBUTIONS,
+             f"t_distribution must be one of {TIMESTEP_DISTRIBUTIONS}, got {self.t_distribution!r}"),
+            (len(self.t_lognormal) == 2 and all(is_real(v) for v in self.t_lognormal) and self.t_lognormal[1] > 0,
+             f"t_lognormal must be (mean, std) with std > 0, got {self.t_lognormal}"),
             (self.lr_decay in LR_DECAYS, f"lr_decay must be one of {LR_DECAYS}, got {self.lr_decay!r}"),
             (self.sampler in SAMPLERS, f"sampler must be one of {tuple(SAMPLERS)}, got {self.sampler!r}"),
             (self.dtype in ("float32", "float64"), f"dtype must be 'float32' or 'float64', got {self.dtype!r}"),
@@ -110,8 +117,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.from_dict: unknown keys {unknown}")
         if "unet" in d:
             d["unet"] = UNetConfig.from_dict(d["unet"])
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
+        for name in ("betas", "t_lognormal"):   # JSON keeps tuples as lists
+            if name in d:
+                d[name] = tuple(d[name])
         return cls(**d)
 
 

@@ -1,0 +1,113 @@
+"""Sampler settings at a fixed network: guidance scale x guidance interval, each over sampling seeds, on MNIST.
+
+    python benchmarks/sampler_sweep.py runs/mnist/checkpoint.npz --guidance 1.5,1.75,2,2.5 \
+        --intervals all,0-575,80-575 --sample-seeds 3
+
+Every (scale, interval) pair draws --n-per-class samples of each digit (n = 10 x that) with the checkpoint's own
+sampler and steps (EMA weights), once per sampling seed, and is measured as recipe_ab.py and examples/evaluate.py
+measure: FID-MNIST, precision, recall and accuracy in the evaluation classifier's features, beside the real-vs-real
+floor. An interval LO-HI applies guidance only at timesteps LO <= t <= HI (Kynkaanniemi et al. 2024), plain
+conditional predictions elsewhere; "all" is every step. Guidance trades FID and recall for accuracy, so the table
+is read as a trade-off: the best setting is the lowest FID among those with the accuracy a preset asks for.
+Written to OUT/sampler_sweep.md and OUT/sampler_sweep.json (every number, the command, the BLAS line).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from blas_env import blas_description, unset_blas_overrides  # noqa: E402
+
+if __name__ == "__main__":
+    unset_blas_overrides()   # before NumPy loads OpenBLAS (blas_env.py says why)
+
+import recipe_ab  # noqa: E402  (its Judge, evaluation and summaries: one way of measuring for both scripts)
+
+from tinyddpm.data import SOURCES  # noqa: E402
+
+
+def intervals(text: str) -> list:
+    """An argparse type: all,LO-HI,... (None for all)."""
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if item == "all":
+            out.append(None)
+            continue
+        lo, dash, hi = item.partition("-")
+        if not dash or not lo.isdigit() or not hi.isdigit() or int(lo) > int(hi):
+            raise argparse.ArgumentTypeError(f"must be all or LO-HI timesteps with LO <= HI, got {item!r}")
+        out.append((int(lo), int(hi)))
+    return out
+
+
+def label(interval) -> str:
+    return "all" if interval is None else f"{interval[0]}-{interval[1]}"
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="sampler_sweep.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", type=Path, help="a checkpoint.npz of an MNIST run")
+    p.add_argument("--guidance", type=recipe_ab.scales, default=[1.5, 1.75, 2.0], metavar="W,...")
+    p.add_argument("--intervals", type=intervals, default=[None], metavar="all,LO-HI,...")
+    p.add_argument("--sample-seeds", type=int, default=3, help="sampling seeds 0..K-1 per setting")
+    p.add_argument("--n-per-class", type=int, default=100, help="samples per digit (n = 10 x this)")
+    p.add_argument("--out", type=Path, default=Path("runs/sampler_sweep"))
+    p.add_argument("--source", choices=SOURCES, default="auto")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--classifier-dir", default=None)
+    p.add_argument("--classifier-epochs", type=float, default=None)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.checkpoint.is_file():
+        raise SystemExit(f"sampler_sweep.py: {args.checkpoint}: no such checkpoint")
+    if args.sample_seeds < 1 or args.n_per_class < 2:
+        raise SystemExit("sampler_sweep.py: --sample-seeds must be >= 1 and --n-per-class >= 2")
+    print(blas_description(), flush=True)
+    n = 10 * args.n_per_class
+    judge = recipe_ab.Judge(args, n)
+    floors = [judge.floor(seed) for seed in range(args.sample_seeds)]
+    floor = {k: recipe_ab.summarise([f[k] for f in floors]) for k in ("fid", "precision", "recall")}
+    print(f"real-vs-real floor FID {floor['fid']['mean']:.2f} (n = {judge.n_floor})", flush=True)
+    rows = []
+    for interval in args.intervals:
+        for g in args.guidance:
+            runs = []
+            for seed in range(args.sample_seeds):
+                e = recipe_ab.evaluate_one(str(args.checkpoint), judge, args.n_per_class, seed, interval, g)
+                runs.append(e)
+                print(f"interval {label(interval)} guidance {g} seed {seed}: FID {e['fid']:.2f}, precision "
+                      f"{e['precision']:.3f}, recall {e['recall']:.3f}, accuracy {e['accuracy']:.3f} "
+                      f"({e['sample_s']:.0f} s)", flush=True)
+            rows.append({"interval": label(interval), "guidance": g, "runs": runs,
+                         "summary": {k: recipe_ab.summarise([e[k] for e in runs]) for k in recipe_ab.METRICS}})
+    f = floor["fid"]
+    lines = [f"{args.checkpoint}; n = {n} per evaluation; sampling seeds 0-{args.sample_seeds - 1}; mean (min-max). "
+             f"Real-vs-real floor: FID {f['mean']:.2f} ({f['min']:.2f}-{f['max']:.2f}).", "",
+             "| guidance interval (t) | guidance | FID-MNIST | precision | recall | accuracy | FID / floor |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        s = r["summary"]
+        lines.append(f"| {r['interval']} | {r['guidance']} | {recipe_ab.span(s['fid'], '.2f')} | "
+                     f"{recipe_ab.span(s['precision'], '.3f')} | {recipe_ab.span(s['recall'], '.3f')} | "
+                     f"{recipe_ab.span(s['accuracy'], '.1%')} | {s['fid']['mean'] / f['mean']:.2f}x |")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sampler_sweep.md").write_text(text + "\n")
+    dump = {"command": sys.argv if argv is None else ["sampler_sweep.py", *argv], "blas": blas_description(),
+            "checkpoint": str(args.checkpoint), "n": n, "classifier_test_accuracy": judge.test_accuracy,
+            "floor": floor, "floors": floors, "rows": rows}
+    (args.out / "sampler_sweep.json").write_text(json.dumps(dump, indent=1, default=str) + "\n")
+    print(f"wrote {args.out / 'sampler_sweep.md'} and {args.out / 'sampler_sweep.json'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
