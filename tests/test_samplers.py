@@ -604,3 +604,22 @@ def test_sampling_reads_nothing_back_from_the_device(monkeypatch):
                        ("dpm++2m", {"num_steps": 5, "clip": "static"})):
         x = sample(model, schedule, x_T=x_T, labels=labels, method=method, seed=0, progress=False, **kw)
         assert isinstance(x, NoHostReads) and np.isfinite(np.asarray(x)).all()  # the stand-in went all the way
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_the_network_in_chunks_of_rows_is_the_network_on_the_whole_batch(shards):
+    """unet_forward_in_shards cuts a shard's rows into chunks on the CPU (cache-sized passes): in eval mode the
+    rows are independent, so the chunks must give the whole batch's output, up to round-off."""
+    from tinyddpm.nn.unet import UNetConfig, init_params, unet_forward
+    from tinyddpm.parallel.threads import unet_forward_in_shards
+
+    cfg = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), attention_resolutions=(4,), heads=2,
+                     groups=4, num_classes=10)
+    params = {k: to_device(v.astype(np.float64)) for k, v in init_params(cfg, seed=0).items()}
+    rng = np.random.default_rng(1)
+    x = to_device(rng.standard_normal((11, 1, 8, 8)))
+    t, y = to_device(rng.integers(0, 1000, 11)), to_device(rng.integers(0, 11, 11))
+    whole = to_numpy(unet_forward(params, cfg, x, t, y, keep_cache=False)[0])
+    for chunk in (1, 3, 11, None):
+        out = to_numpy(unet_forward_in_shards(params, cfg, x, t, y, shards=shards, chunk_rows=chunk))
+        assert out.shape == whole.shape and np.abs(out - whole).max() < 1e-12
