@@ -35,6 +35,16 @@ trained on 90% of its pictures (tested on the rest) and cached under a key made 
 the real reference is the folder itself; a flat folder has no labels to train a judge on, so only the
 nearest-neighbour check runs. The checkpoint's image size, channels and class count must match the data.
 
+Colour. Samples of a folder of RGB pictures are also measured by their colours: the total variation between the
+colour histograms of the samples' pixels and of the real pictures' (tinyddpm/evaluation/colour.py: 4 bins per channel,
+0 same, 1 no colour in common), beside the same distance between two disjoint random sets of real pictures of the same
+size (the floor; the ratio is the samples' distance over it, 1 for a perfect generator).
+
+--luminance-judge (a folder of digits, one subfolder per digit 0-9, such as coloured MNIST written by
+examples/export_images.py --colour): the MNIST classifier (its cache, or trained there once) also reads each sample's
+luma, stretched to full contrast and resized to 28x28, and gives the share read as the digit asked for, beside its
+reading of the real pictures.
+
 --nearest N (any data): N samples (the first sampler and guidance), each beside its nearest training image
 (L2 in pixels, tinyddpm/evaluation/nearest.py) in nearest.png, and the median distance beside the median distance of
 training images to their nearest other one: well below that baseline means copies.
@@ -69,13 +79,15 @@ from tinyddpm.data import CLASS_NAMES, DATASETS, SOURCES, TITLES, DownloadError,
 from tinyddpm.data.folder import load_image_folder
 from tinyddpm.data.pixels import pixels_to_model_range
 from tinyddpm.diffusion import SAMPLERS, max_steps
-from tinyddpm.evaluation.metrics import real_baseline, sample_quality
+from tinyddpm.evaluation.colour import colour_distance, colour_floor, luminance
+from tinyddpm.evaluation.metrics import conditional_accuracy, real_baseline, sample_quality
 from tinyddpm.evaluation.nearest import memorisation_check, plot_nearest
 
 PROG = "evaluate.py"
 DEFAULT_CONFIGS = "ddpm:1000,ddim:50,ddim:20,ddim:10,dpm++2m:20,dpm++2m:10"
 COLUMNS = ["sampler", "steps", "guidance", "classifier_scale", "n", "fid", "precision", "recall", "accuracy", "inception_score",
            "seconds_per_image", "guidance_interval"]
+EXTRA_COLUMNS = ["colour_distance", "colour_ratio", "luminance_accuracy"]   # RGB pictures; --luminance-judge
 MIN_TEST_DIGITS = 8   # the real-vs-real baseline compares two halves with k-NN (k = 3): more than 3 each
 FOLDER_TEST_SHARE = 0.1   # of a labelled folder's pictures, held out to measure its classifier's accuracy
 FOLDER_MIN_STEPS = 500    # a folder's classifier trains for at least this many steps (2 epochs of MNIST: 936)
@@ -144,6 +156,9 @@ def build_parser():
     parser.add_argument("--noisy-classifier-dir", default=None,
                         help="where the noise-conditional classifier is cached (default "
                              "~/.cache/tinyddpm/noisy_classifier)")
+    parser.add_argument("--luminance-judge", action="store_true",
+                        help="with --data FOLDER of digits (subfolders 0-9, e.g. coloured MNIST): also the accuracy "
+                             "of the MNIST classifier on the samples' luma")
     return parser
 
 
@@ -245,16 +260,20 @@ def split_folder(folder):
     return part(np.sort(order[:cut]), "classifier training part"), part(np.sort(order[cut:]), "held-out part")
 
 
-def load_judge(args, real: RealData):
-    """The classifier of the real data: the cache, checked, or (without one) trained now on its train split."""
-    cache_dir = Path(args.classifier_dir).expanduser() if args.classifier_dir else default_classifier_dir(real.key)
+def load_judge(args, real: RealData, cache_dir: Path | None = None, named: str | None = None):
+    """The classifier of the real data: the cache, checked, or (without one) trained now on its train split.
+
+    ``cache_dir``: default --classifier-dir, else the data's default folder; ``named``: what errors call it.
+    """
+    if cache_dir is None:
+        cache_dir = Path(args.classifier_dir).expanduser() if args.classifier_dir else default_classifier_dir(real.key)
     cache = cache_dir / CHECKPOINT_NAME
     if cache.is_file():
-        with blame("the classifier cache (--classifier-dir)", CheckpointError):
+        with blame(named or "the classifier cache (--classifier-dir)", CheckpointError):
             params, info = load_classifier(cache, where="", dataset=real.key)
         print(f"tinyddpm.classifiers.judge: loaded {cache}", flush=True)
         return params, info
-    check_out_dir("--classifier-dir" if args.classifier_dir else "the classifier cache folder", cache_dir)
+    check_out_dir(named or ("--classifier-dir" if args.classifier_dir else "the classifier cache folder"), cache_dir)
     train = real.train_split(args)
     epochs = args.classifier_epochs   # None: judge.training_recipe (2 epochs; a small split more, with random shifts)
     if real.name == "folder":
@@ -268,6 +287,22 @@ def load_judge(args, real: RealData):
                         f"training one needs at least {CLASSIFIER_BATCH} (one batch)")
     return load_or_train_classifier(cache_dir, train_data=train, test_data=real.test, dataset=real.name,
                                     data_key=real.key, epochs=epochs)
+
+
+def load_mnist_judge(args):
+    """--luminance-judge's reader of digits: the MNIST classifier (params, info), from its cache or trained now."""
+    cache_dir = default_classifier_dir("mnist")
+    # the shared MNIST cache is trained (once) by the standard recipe, not with the epochs given for the folder's judge
+    args = argparse.Namespace(**{**vars(args), "classifier_epochs": None})
+    test = None if (cache_dir / CHECKPOINT_NAME).is_file() else load_split("test", args)   # only to train one now
+    mnist = RealData("mnist", TITLES["mnist"], "mnist", CLASS_NAMES["mnist"], test)
+    return load_judge(args, mnist, cache_dir, "the MNIST classifier cache (--luminance-judge)")
+
+
+def luminance_accuracy(judge, x, requested) -> float:
+    """Share of pictures x (N, C, H, W) in [-1, 1] whose luma the MNIST classifier reads as the digit requested (N,)."""
+    params, info = judge
+    return conditional_accuracy(predict_proba(params, luminance(x, size=info["image_size"])), requested)
 
 
 def nearest_check(args, params, config, schedule, real: RealData, n: int, out: Path) -> None:
@@ -292,22 +327,48 @@ def nearest_check(args, params, config, schedule, real: RealData, n: int, out: P
     print(f"wrote {path}")
 
 
+def real_extras(baseline) -> str:
+    """The colour floor and the MNIST classifier's reading of the real pictures' luma, when measured ('' if not)."""
+    text = ""
+    if "colour" in baseline:
+        text += f"; colour TV {baseline['colour']:.3f} ({baseline['colour_n']} vs {baseline['colour_n']})"
+    if "luminance_accuracy" in baseline:
+        text += f"; MNIST classifier on the real pictures' luma: accuracy {baseline['luminance_accuracy']:.3f}"
+    return text
+
+
+def row_extras(row) -> str:
+    """A row's colour distance (and its ratio to the floor) and luma accuracy, when measured ('' if not)."""
+    text = ""
+    if "colour_distance" in row:
+        text += f", colour TV {row['colour_distance']:.3f} ({row['colour_ratio']:.1f}x floor)"
+    if "luminance_accuracy" in row:
+        text += f", MNIST on luma {row['luminance_accuracy']:.3f}"
+    return text
+
+
 def write_outputs(rows, baseline, out: Path, fid_name: str = "FID-MNIST"):
     out.mkdir(parents=True, exist_ok=True)
+    extra = [c for c in EXTRA_COLUMNS if c in rows[0]]   # every row measures the same things
     with open(out / "evaluation.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=COLUMNS + extra)
         writer.writeheader()
         writer.writerows(rows)
+    heads = {"colour_distance": "colour TV (x floor)", "luminance_accuracy": "MNIST on luma"}
+    heads = [heads[c] for c in extra if c in heads]
     lines = [f"Real-vs-real baseline ({baseline['n']} vs {baseline['n']} real images): {fid_name} {baseline['fid']:.2f}, "
-             f"precision {baseline['precision']:.3f}, recall {baseline['recall']:.3f}", "",
-             f"| sampler | steps | guidance | classifier | n | {fid_name} | precision | recall | accuracy | IS | s/image |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"precision {baseline['precision']:.3f}, recall {baseline['recall']:.3f}{real_extras(baseline)}", "",
+             f"| sampler | steps | guidance | classifier | n | {fid_name} | precision | recall | accuracy | IS | s/image |"
+             + "".join(f" {h} |" for h in heads),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(heads)]
     for r in rows:
         cg = f"{r['classifier_scale']:g}" if r["classifier_scale"] else "-"
         interval = f" (t {r['guidance_interval']})" if r.get("guidance_interval") else ""
+        cells = [f"{r['colour_distance']:.3f} ({r['colour_ratio']:.1f}x)"] if "colour_distance" in r else []
+        cells += [f"{r['luminance_accuracy']:.3f}"] if "luminance_accuracy" in r else []
         lines.append(f"| {r['sampler']} | {r['steps']} | {r['guidance']:g}{interval} | {cg} | {r['n']} | {r['fid']:.2f} | "
                      f"{r['precision']:.3f} | {r['recall']:.3f} | {r['accuracy']:.3f} | {r['inception_score']:.2f} | "
-                     f"{r['seconds_per_image']:.3f} |")
+                     f"{r['seconds_per_image']:.3f} |" + "".join(f" {c} |" for c in cells))
     (out / "evaluation.md").write_text("\n".join(lines) + "\n")
     plot_quality(rows, baseline, out / "quality_vs_steps.png", fid_name)
     return "\n".join(lines)
@@ -342,6 +403,8 @@ def work(args) -> int:
     check_out_dir("--out" if args.out else "the output folder (--out)", out)
     if args.dataset and args.data:
         raise UserError(f"--dataset {args.dataset} and --data {args.data}: give one (the real data to measure against)")
+    if args.luminance_judge and args.data is None:
+        raise UserError("--luminance-judge: only with --data FOLDER, a folder of digit pictures (subfolders 0 to 9)")
     device, why = choose_device(args.device, auto=False)   # --device, else TINYDDPM_DEVICE, else cpu; checked now
     print(f"device {device} ({why})")
     params, config, schedule = load_for_sampling(args.checkpoint, use_ema=not args.no_ema)   # one line if unusable
@@ -361,6 +424,10 @@ def work(args) -> int:
         raise UserError(f"--classifier-base {args.classifier_base:g}: this checkpoint's network is unconditional; "
                         "classifier guidance runs it as it is (leave --classifier-base at 0)")
     real = load_real(args, config)
+    if args.luminance_judge and real.class_names != list(CLASS_NAMES["mnist"]):
+        found = ", ".join(real.class_names[:6]) + ("..." if len(real.class_names) > 6 else "") or "none: a flat folder"
+        raise UserError(f"--luminance-judge: the classes of --data {args.data} must be the digits 0 to 9, the MNIST "
+                        f"classifier's (its classes: {found})")
     if args.classifier_guidance and real.name != "mnist":
         raise UserError(f"--classifier-guidance: the noise-conditional classifier is MNIST's; there is none for the "
                         f"{real.title} data")
@@ -374,22 +441,31 @@ def work(args) -> int:
         raise UserError(f"the {real.title} data holds {len(real.reference.labels)} real images; the real-vs-real "
                         f"baseline needs at least {MIN_TEST_DIGITS}")
     classifier, info = load_judge(args, real)
+    mnist_judge = load_mnist_judge(args) if args.luminance_judge else None
     if args.nearest:
         real.train_split(args)   # the training images of the nearest check: read (and checked) before any sampling
     guide = load_guide(args, schedule, config.unet)[0] if args.classifier_guidance else None
     out.mkdir(parents=True, exist_ok=True)
     K = len(real.class_names)
     n = K * args.n_per_class
-    reference = pixels_to_model_range(real.reference.images[real.reference_picks(2 * n, args.seed)])  # (<= 2n, C, H, W)
-    real_features = features(classifier, reference)                     # (<= 2n, D)
-    baseline = real_baseline(real_features, min(n, len(reference) // 2), seed=args.seed)
+    picks = real.reference_picks(2 * n, args.seed)
+    real_pixels = pixels_to_model_range(real.reference.images[picks])  # (<= 2n, C, H, W)
+    real_features = features(classifier, real_pixels)                   # (<= 2n, D)
+    baseline = real_baseline(real_features, min(n, len(real_pixels) // 2), seed=args.seed)
     reference = real_features[:n]
+    coloured = real_pixels.shape[1] == 3
+    if coloured:   # the samples' colours against the first n real pictures, beside two disjoint real sets of n
+        baseline["colour_n"] = min(n, len(real_pixels) // 2)
+        baseline["colour"] = colour_floor(real_pixels, baseline["colour_n"], seed=args.seed)
+    if mnist_judge is not None:   # the class indices of the folder's subfolders 0..9 are the digits
+        digits = real.reference.labels[picks[:n]]
+        baseline["luminance_accuracy"] = luminance_accuracy(mnist_judge, real_pixels[:n], digits)
     fid_name = "FID-folder" if real.name == "folder" else f"FID-{real.title}"
     accuracy = info.get("test_accuracy")
     shown = f"{accuracy:.4f}" if isinstance(accuracy, (int, float)) else "not recorded"
     print(f"classifier test accuracy {shown}; {n} samples per row; "
           f"real-vs-real: {fid_name} {baseline['fid']:.2f}, precision {baseline['precision']:.3f}, "
-          f"recall {baseline['recall']:.3f} (n={baseline['n']})", flush=True)
+          f"recall {baseline['recall']:.3f} (n={baseline['n']}){real_extras(baseline)}", flush=True)
 
     rows = []
     requested = np.repeat(np.arange(K), args.n_per_class)                 # (n,) 0 0 .. 1 1 ..
@@ -410,10 +486,15 @@ def work(args) -> int:
                    "accuracy": q["accuracy"], "inception_score": q["inception_score"],
                    "seconds_per_image": seconds,
                    "guidance_interval": "" if args.guidance_interval is None else "%d-%d" % args.guidance_interval}
+            if coloured:
+                row["colour_distance"] = colour_distance(x, real_pixels[:n])
+                row["colour_ratio"] = row["colour_distance"] / baseline["colour"] if baseline["colour"] > 0 else np.nan
+            if mnist_judge is not None:
+                row["luminance_accuracy"] = luminance_accuracy(mnist_judge, x, requested)
             rows.append(row)
             steering = f"guidance {guidance:g}" + (f", classifier guidance {cg:g}" if cg else "")
             print(f"{sampler} {row['steps']} steps, {steering}: {fid_name} {q['fid']:.2f}, precision "
-                  f"{q['precision']:.3f}, recall {q['recall']:.3f}, accuracy {q['accuracy']:.3f}, "
+                  f"{q['precision']:.3f}, recall {q['recall']:.3f}, accuracy {q['accuracy']:.3f}{row_extras(row)}, "
                   f"{seconds:.3f} s/image", flush=True)
     print(write_outputs(rows, baseline, out, fid_name))
     for name in ("evaluation.md", "evaluation.csv", "quality_vs_steps.png"):

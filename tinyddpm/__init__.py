@@ -18,7 +18,7 @@ The pieces underneath, a folder per concern:
     data/           MNIST, Fashion-MNIST, folders of pictures, batches
     parallel/       batch shards on the cores (threads.py), processes with MPI (mpi.py)
     classifiers/    the judge of samples (judge.py) and the noisy classifier of classifier guidance (guide.py)
-    evaluation/     FID, precision/recall, accuracy; nearest training images
+    evaluation/     FID, precision/recall, accuracy; nearest training images; colour histograms
 Pictures are in ``tinyddpm.viz`` (imported on demand: it needs matplotlib).
 """
 from . import diffusion, ops
