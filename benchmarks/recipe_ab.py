@@ -165,7 +165,8 @@ def build_parser():
                    help="measure the step costs, print them as a --costs argument, and stop")
     p.add_argument("--train-only", action="store_true", help="train, then stop (evaluate later with --reuse)")
     p.add_argument("--reuse", action="store_true",
-                   help="skip training where OUT/NAME/seedS/checkpoint.npz already holds this config at its last step")
+                   help="skip training where OUT/NAME/seedS/checkpoint.npz already holds this config at its last step, "
+                        "and evaluations already kept beside it (evaluation_*.json)")
     p.add_argument("--source", choices=SOURCES, default="auto", help="where MNIST comes from (load_mnist)")
     p.add_argument("--data-dir", default=None, help="folder of MNIST's IDX files")
     p.add_argument("--classifier-dir", default=None,
@@ -273,6 +274,8 @@ def train_one(config: TrainConfig, data, out_dir: Path, reuse: bool) -> dict:
     if reuse and trained_already(path, config):
         print(f"{path}: reused (this config, step {config.steps})", flush=True)
         return {"checkpoint": str(path), "wall_s": None, "loss_last100": None, "reused": True}
+    for stale in out_dir.glob("evaluation_*.json"):        # measurements of the network this run replaces
+        stale.unlink()
     state = td.new_state(config, data.images, data.labels, data_source=data.source)
     start = time.perf_counter()
     td.train(state, out_dir, progress=False, log_lines=20)
@@ -320,6 +323,28 @@ def evaluate_one(checkpoint: str, judge: Judge, n_per_class: int, seed: int, gui
     seconds = time.perf_counter() - start
     requested = np.repeat(np.arange(10), n_per_class)                  # (n,) 0 0 .. 1 1 ..
     return {**judge.measure(x, requested), "guidance": guidance, "sample_seed": seed, "sample_s": round(seconds, 2)}
+
+
+def evaluation_path(checkpoint: str, n_per_class: int, seed: int, guidance_interval, guidance: float) -> Path:
+    """Where one evaluation of a checkpoint is kept, beside it: with --reuse a study split over processes (or
+    repeated) measures each (network, n, guidance, interval, sampling seed) once."""
+    interval = "all" if guidance_interval is None else f"{guidance_interval[0]}-{guidance_interval[1]}"
+    return Path(checkpoint).parent / f"evaluation_n{10 * n_per_class}_g{guidance:g}_t{interval}_seed{seed}.json"
+
+
+def evaluate_or_reuse(checkpoint: str, judge: Judge, n_per_class: int, seed: int, guidance_interval,
+                      guidance: float, reuse: bool) -> dict:
+    """evaluate_one, or its kept result when ``reuse`` and it was measured by the same classifier."""
+    path = evaluation_path(checkpoint, n_per_class, seed, guidance_interval, guidance)
+    if reuse and path.is_file():
+        kept = json.loads(path.read_text())
+        if kept.get("classifier_test_accuracy") == judge.test_accuracy:
+            return kept | {"reused": True}
+    e = evaluate_one(checkpoint, judge, n_per_class, seed, guidance_interval, guidance)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(e | {"classifier_test_accuracy": judge.test_accuracy}) + "\n")
+    partial.replace(path)                                   # whole or absent: a killed run leaves no half file
+    return e
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -428,11 +453,13 @@ def main(argv=None) -> int:
             run["evaluations"] = []
             for g in scales_:
                 for seed in range(args.sample_seeds):
-                    e = evaluate_one(run["checkpoint"], judge, args.n_per_class, seed, args.guidance_interval, g)
+                    e = evaluate_or_reuse(run["checkpoint"], judge, args.n_per_class, seed, args.guidance_interval,
+                                          g, args.reuse)
                     run["evaluations"].append(e)
+                    took = "kept from an earlier run" if e.get("reused") else f"{e['sample_s']:.0f} s"
                     print(f"{name} train seed {run['train_seed']} guidance {g} sample seed {seed}: FID "
                           f"{e['fid']:.2f}, precision {e['precision']:.3f}, recall {e['recall']:.3f}, accuracy "
-                          f"{e['accuracy']:.3f} ({e['sample_s']:.0f} s)", flush=True)
+                          f"{e['accuracy']:.3f} ({took})", flush=True)
         every = [e for run in results[name]["runs"] for e in run["evaluations"]]
         results[name]["summaries"] = {str(g): {k: summarise([e[k] for e in every if e["guidance"] == g])
                                                for k in METRICS} for g in scales_}

@@ -67,7 +67,20 @@ def test_split_runs_train_their_share_then_one_run_evaluates_them_all(tmp_path, 
     assert recipe_ab.main(common + ["--reuse"]) == 0
     printed = capsys.readouterr().out
     assert "minsnr/seed0/checkpoint.npz: reused (this config, step 12)" in printed and "train: step 6/6" in printed
-    assert set(json.loads((out / "recipe_ab.json").read_text())["variants"]) == {"base", "minsnr"}
+    first = json.loads((out / "recipe_ab.json").read_text())
+    assert set(first["variants"]) == {"base", "minsnr"}
+    kept = sorted(p.name for p in (out / "minsnr" / "seed0").glob("evaluation_*.json"))
+    assert kept == ["evaluation_n20_g2_tall_seed0.json"]                 # the tiny preset's guidance 2, n = 20
+    # a repeat with --reuse measures nothing again: the same numbers, said to be kept
+    assert recipe_ab.main(common + ["--reuse"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("(kept from an earlier run)") == 2 and "train: step" not in printed
+    again = json.loads((out / "recipe_ab.json").read_text())
+    for name in ("base", "minsnr"):
+        assert again["variants"][name]["summaries"] == first["variants"][name]["summaries"]
+    # training a network again drops the measurements of the one it replaces
+    assert recipe_ab.main(common + ["--only", "minsnr", "--train-only"]) == 0
+    assert not list((out / "minsnr" / "seed0").glob("evaluation_*.json"))
 
 
 def test_step_costs_are_measured_and_scale_the_steps():
