@@ -70,11 +70,11 @@ from _cli import (Parser, UserError, blame, check_out_dir, check_sampling_fits, 
                   number, numbers, out_folder, run, timestep_interval)
 
 from tinyddpm import backend, load_for_sampling, sample_classes
-from tinyddpm.classifiers import guide as noisy_classifier
 from tinyddpm.checkpoint import CheckpointError, load_checkpoint
+from tinyddpm.classifiers import guide as noisy_classifier
 from tinyddpm.classifiers.judge import BATCH_SIZE as CLASSIFIER_BATCH
 from tinyddpm.classifiers.judge import (CHECKPOINT_NAME, default_classifier_dir, features, folder_key, load_classifier,
-    load_or_train_classifier, predict_proba)
+                                        load_or_train_classifier, predict_proba)
 from tinyddpm.data import CLASS_NAMES, DATASETS, SOURCES, TITLES, DownloadError, FallbackUnavailable, load_dataset
 from tinyddpm.data.folder import load_image_folder
 from tinyddpm.data.pixels import pixels_to_model_range
