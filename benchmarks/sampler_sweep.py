@@ -9,7 +9,9 @@ measure: FID-MNIST, precision, recall and accuracy in the evaluation classifier'
 floor. An interval LO-HI applies guidance only at timesteps LO <= t <= HI (Kynkaanniemi et al. 2024), plain
 conditional predictions elsewhere; "all" is every step. Guidance trades FID and recall for accuracy, so the table
 is read as a trade-off: the best setting is the lowest FID among those with the accuracy a preset asks for.
-Written to OUT/sampler_sweep.md and OUT/sampler_sweep.json (every number, the command, the BLAS line).
+Written to OUT/sampler_sweep.md, OUT/sampler_sweep.json (every number, the command, the BLAS line) and
+OUT/sampler_sweep.png (FID against accuracy, a line per interval: the trade-off at a glance). Each evaluation is
+also kept beside the checkpoint (recipe_ab.py's evaluation_*.json); --reuse takes kept ones instead of sampling again.
 """
 from __future__ import annotations
 
@@ -56,6 +58,7 @@ def build_parser():
     p.add_argument("--sample-seeds", type=int, default=3, help="sampling seeds 0..K-1 per setting")
     p.add_argument("--n-per-class", type=int, default=100, help="samples per digit (n = 10 x this)")
     p.add_argument("--out", type=Path, default=Path("runs/sampler_sweep"))
+    p.add_argument("--reuse", action="store_true", help="take evaluations kept beside the checkpoint")
     p.add_argument("--source", choices=SOURCES, default="auto")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--classifier-dir", default=None)
@@ -80,11 +83,13 @@ def main(argv=None) -> int:
         for g in args.guidance:
             runs = []
             for seed in range(args.sample_seeds):
-                e = recipe_ab.evaluate_one(str(args.checkpoint), judge, args.n_per_class, seed, interval, g)
+                e = recipe_ab.evaluate_or_reuse(str(args.checkpoint), judge, args.n_per_class, seed, interval, g,
+                                                args.reuse)
                 runs.append(e)
+                took = "kept from an earlier run" if e.get("reused") else f"{e['sample_s']:.0f} s"
                 print(f"interval {label(interval)} guidance {g} seed {seed}: FID {e['fid']:.2f}, precision "
-                      f"{e['precision']:.3f}, recall {e['recall']:.3f}, accuracy {e['accuracy']:.3f} "
-                      f"({e['sample_s']:.0f} s)", flush=True)
+                      f"{e['precision']:.3f}, recall {e['recall']:.3f}, accuracy {e['accuracy']:.3f} ({took})",
+                      flush=True)
             rows.append({"interval": label(interval), "guidance": g, "runs": runs,
                          "summary": {k: recipe_ab.summarise([e[k] for e in runs]) for k in recipe_ab.METRICS}})
     f = floor["fid"]
@@ -105,8 +110,35 @@ def main(argv=None) -> int:
             "checkpoint": str(args.checkpoint), "n": n, "classifier_test_accuracy": judge.test_accuracy,
             "floor": floor, "floors": floors, "rows": rows}
     (args.out / "sampler_sweep.json").write_text(json.dumps(dump, indent=1, default=str) + "\n")
-    print(f"wrote {args.out / 'sampler_sweep.md'} and {args.out / 'sampler_sweep.json'}", flush=True)
+    plot_tradeoff(rows, floor["fid"]["mean"], args.out / "sampler_sweep.png", str(args.checkpoint), n)
+    print(f"wrote {args.out / 'sampler_sweep.md'}, {args.out / 'sampler_sweep.json'} and "
+          f"{args.out / 'sampler_sweep.png'}", flush=True)
     return 0
+
+
+def plot_tradeoff(rows: list, floor_fid: float, path: Path, title: str, n: int) -> None:
+    """FID against accuracy, a line per guidance interval through its scales (each point labelled with its scale):
+    a setting is better than another when its point lies below it at the same accuracy."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for interval in dict.fromkeys(r["interval"] for r in rows):
+        line = sorted((r for r in rows if r["interval"] == interval), key=lambda r: r["guidance"])
+        acc = [100 * r["summary"]["accuracy"]["mean"] for r in line]
+        fid = [r["summary"]["fid"]["mean"] for r in line]
+        ax.plot(acc, fid, "o-", label=f"guidance at t in {interval}" if interval != "all" else "guidance at every t")
+        for a, f, r in zip(acc, fid, line):
+            ax.annotate(f"{r['guidance']:g}", (a, f), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.axhline(floor_fid, color="gray", ls="--", label=f"real vs real (n = {n})")
+    ax.set_xlabel("accuracy: share read as the digit asked for (%)")
+    ax.set_ylabel("FID-MNIST (lower is better)")
+    ax.set_title(f"{title}\nmean over sampling seeds; labels: guidance scale", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, format="png")
 
 
 if __name__ == "__main__":

@@ -125,6 +125,11 @@ def test_sampler_sweep_measures_every_scale_and_interval_of_one_network(tmp_path
     assert len(dump["rows"]) == 4 and all(len(r["runs"]) == 2 for r in dump["rows"])
     assert [r["runs"][0]["sample_seed"] for r in dump["rows"]] == [0] * 4
     assert all(math.isfinite(r["summary"]["fid"]["mean"]) for r in dump["rows"])
+    assert (out / "sampler_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list(checkpoint.parent.glob("evaluation_n20_*.json"))) == 8     # 2 scales x 2 intervals x 2 seeds
+    assert sweep.main([str(checkpoint), "--guidance", "2", "--intervals", "0-2", "--sample-seeds", "2",
+                       "--n-per-class", "2", "--out", str(out), "--reuse", *judge]) == 0
+    assert capsys.readouterr().out.count("(kept from an earlier run)") == 2
 
 
 def test_sampler_sweep_refuses_a_bad_interval_and_a_missing_checkpoint(tmp_path, capsys):
