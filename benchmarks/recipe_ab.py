@@ -32,7 +32,8 @@ A variant is NAME=JSON: TrainConfig fields to override in the preset (--preset, 
    difference counts: the --quick mode is a smoke test, not a measurement.
 
 The table is printed and written to OUT/recipe_ab.md; every number (costs, steps, per-seed metrics, floors, losses,
-wall times, the BLAS line, the command) to OUT/recipe_ab.json.
+wall times, the BLAS line, the command) to OUT/recipe_ab.json; FID against accuracy, a line per variant through its
+guidance scales, to OUT/recipe_ab.png.
 """
 from __future__ import annotations
 
@@ -393,6 +394,37 @@ def table(results: dict, floor: dict, baseline: str, n: int, seeds: str) -> str:
     return "\n".join(lines)
 
 
+def plot_tradeoff(lines: dict, floor_fid: float, path: Path, title: str, n: int) -> None:
+    """FID against accuracy: for each {label: [(guidance, summaries of one setting)]} a line through its guidance
+    scales, each point labelled with its scale, with the min-max over seeds as error bars. Guidance moves a network
+    along its line (more accuracy, more FID), so one setting beats another when its line lies below the other's
+    at the same accuracy, not when one point is lower."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for label, points in lines.items():
+        points = sorted(points, key=lambda p: p[0])
+        acc = np.array([100 * s["accuracy"]["mean"] for _, s in points])
+        fid = np.array([s["fid"]["mean"] for _, s in points])
+        acc_err = np.array([[100 * (s["accuracy"]["mean"] - s["accuracy"]["min"]),
+                             100 * (s["accuracy"]["max"] - s["accuracy"]["mean"])] for _, s in points]).T
+        fid_err = np.array([[s["fid"]["mean"] - s["fid"]["min"], s["fid"]["max"] - s["fid"]["mean"]]
+                            for _, s in points]).T
+        ax.errorbar(acc, fid, xerr=acc_err, yerr=fid_err, fmt="o-", capsize=2, label=label)
+        for (g, _), a, f in zip(points, acc, fid):
+            ax.annotate(f"{g:g}", (a, f), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.axhline(floor_fid, color="gray", ls="--", label=f"real vs real (n = {n})")
+    ax.set_xlabel("accuracy: share read as the digit asked for (%)")
+    ax.set_ylabel("FID-MNIST (lower is better)")
+    ax.set_title(f"{title}\nmean and min-max over seeds; labels: guidance scale", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, format="png")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
@@ -482,7 +514,11 @@ def main(argv=None) -> int:
             "guidance_interval": args.guidance_interval, "train_data": data.source, "test_data": judge.test_source,
             "classifier_test_accuracy": judge.test_accuracy, "floor": floor, "floors": floors, "variants": results}
     (args.out / "recipe_ab.json").write_text(json.dumps(dump, indent=1, default=str) + "\n")
-    print(f"wrote {args.out / 'recipe_ab.md'} and {args.out / 'recipe_ab.json'}", flush=True)
+    lines = {name: [(float(g), s) for g, s in r["summaries"].items()] for name, r in results.items()}
+    plot_tradeoff(lines, floor["fid"]["mean"], args.out / "recipe_ab.png", f"{args.preset} variants at equal wall "
+                  f"time, {seeds}", n)
+    print(f"wrote {args.out / 'recipe_ab.md'}, {args.out / 'recipe_ab.json'} and {args.out / 'recipe_ab.png'}",
+          flush=True)
     return 0
 
 

@@ -110,36 +110,11 @@ def main(argv=None) -> int:
             "checkpoint": str(args.checkpoint), "n": n, "classifier_test_accuracy": judge.test_accuracy,
             "floor": floor, "floors": floors, "rows": rows}
     (args.out / "sampler_sweep.json").write_text(json.dumps(dump, indent=1, default=str) + "\n")
-    plot_tradeoff(rows, floor["fid"]["mean"], args.out / "sampler_sweep.png", str(args.checkpoint), n)
+    lines = {}   # a line per interval through its scales
+    for r in rows:
+        name = "guidance at every t" if r["interval"] == "all" else f"guidance at t in {r['interval']}"
+        lines.setdefault(name, []).append((r["guidance"], r["summary"]))
+    recipe_ab.plot_tradeoff(lines, floor["fid"]["mean"], args.out / "sampler_sweep.png", str(args.checkpoint), n)
     print(f"wrote {args.out / 'sampler_sweep.md'}, {args.out / 'sampler_sweep.json'} and "
           f"{args.out / 'sampler_sweep.png'}", flush=True)
     return 0
-
-
-def plot_tradeoff(rows: list, floor_fid: float, path: Path, title: str, n: int) -> None:
-    """FID against accuracy, a line per guidance interval through its scales (each point labelled with its scale):
-    a setting is better than another when its point lies below it at the same accuracy."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
-    for interval in dict.fromkeys(r["interval"] for r in rows):
-        line = sorted((r for r in rows if r["interval"] == interval), key=lambda r: r["guidance"])
-        acc = [100 * r["summary"]["accuracy"]["mean"] for r in line]
-        fid = [r["summary"]["fid"]["mean"] for r in line]
-        ax.plot(acc, fid, "o-", label=f"guidance at t in {interval}" if interval != "all" else "guidance at every t")
-        for a, f, r in zip(acc, fid, line):
-            ax.annotate(f"{r['guidance']:g}", (a, f), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.axhline(floor_fid, color="gray", ls="--", label=f"real vs real (n = {n})")
-    ax.set_xlabel("accuracy: share read as the digit asked for (%)")
-    ax.set_ylabel("FID-MNIST (lower is better)")
-    ax.set_title(f"{title}\nmean over sampling seeds; labels: guidance scale", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.savefig(path, format="png")
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -35,6 +35,7 @@ def test_recipe_ab_quick_trains_both_variants_at_equal_wall_time_and_reports(tmp
             assert f"| {name} | {steps} | {cost} | {g} |" in printed               # a row per guidance scale
     assert "- minsnr vs base at guidance 1.5: " in printed and "- minsnr vs base at guidance 2.0: " in printed
     assert (out / "recipe_ab.md").read_text().strip() in printed
+    assert (out / "recipe_ab.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     dump = json.loads((out / "recipe_ab.json").read_text())
     assert dump["baseline"] == "base" and dump["n"] == 20 and dump["sample_seeds"] == 1
