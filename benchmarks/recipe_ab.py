@@ -108,8 +108,10 @@ def costs(text: str) -> dict:
     return out
 
 
-def scales(text: str) -> list:
-    """An argparse type: W,... guidance scales (finite numbers >= 0)."""
+def scales(text: str):
+    """An argparse type: W,... guidance scales (finite numbers >= 0), or 'kept'."""
+    if text == "kept":
+        return text
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
@@ -147,7 +149,9 @@ def build_parser():
     p.add_argument("--n-per-class", type=int, default=None, help="samples per digit (default 100: n = 1,000)")
     p.add_argument("--guidance", type=scales, default=None, metavar="W,...",
                    help="evaluate every network at each of these guidance scales (default: each variant's own); "
-                        "guidance trades FID and recall for accuracy, so compare variants at several")
+                        "guidance trades FID and recall for accuracy, so compare variants at several. 'kept' "
+                        "(with --reuse): every scale and sampling seed already measured beside each network at "
+                        "this n and interval, nothing new")
     p.add_argument("--guidance-interval", type=interval, default=None, metavar="LO,HI",
                    help="guidance only at timesteps LO <= t <= HI (default: every step)")
     p.add_argument("--costs", type=costs, default=None, metavar="NAME=S,...",
@@ -201,6 +205,8 @@ def settle(args) -> None:
     unknown = sorted(set(args.only or ()) - set(args.variants))
     if unknown:
         raise SystemExit(f"recipe_ab.py: --only names {unknown}, which are not variants ({sorted(args.variants)})")
+    if args.guidance == "kept" and not args.reuse:
+        raise SystemExit("recipe_ab.py: --guidance kept reads the evaluations kept by earlier runs: add --reuse")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -333,6 +339,16 @@ def evaluation_path(checkpoint: str, n_per_class: int, seed: int, guidance_inter
     return Path(checkpoint).parent / f"evaluation_n{10 * n_per_class}_g{guidance:g}_t{interval}_seed{seed}.json"
 
 
+def kept_evaluations(checkpoint: str, n_per_class: int, guidance_interval) -> dict:
+    """{guidance: [sampling seeds]} of the evaluations kept beside a checkpoint at this n and interval."""
+    found = {}
+    for path in Path(checkpoint).parent.glob(evaluation_path(checkpoint, n_per_class, 0, guidance_interval, 0).name
+                                             .replace("_g0_", "_g*_").replace("_seed0", "_seed*")):
+        e = json.loads(path.read_text())
+        found.setdefault(float(e["guidance"]), []).append(int(e["sample_seed"]))
+    return {g: sorted(seeds) for g, seeds in sorted(found.items())}
+
+
 def evaluate_or_reuse(checkpoint: str, judge: Judge, n_per_class: int, seed: int, guidance_interval,
                       guidance: float, reuse: bool) -> dict:
     """evaluate_one, or its kept result when ``reuse`` and it was measured by the same classifier."""
@@ -378,11 +394,13 @@ def table(results: dict, floor: dict, baseline: str, n: int, seeds: str) -> str:
              f"sampling seed) pairs. Real-vs-real floor (n = {floor['n']} vs {floor['n']}): FID {f['mean']:.2f} "
              f"({f['min']:.2f}-{f['max']:.2f}), precision {floor['precision']['mean']:.3f}, recall "
              f"{floor['recall']['mean']:.3f}.", "",
-             "| variant | steps | s/step | guidance | FID-MNIST | precision | recall | accuracy | FID / floor |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| variant | steps | s/step | guidance | evaluations | FID-MNIST | precision | recall | accuracy | "
+             "FID / floor |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         for g, s in r["summaries"].items():
-            lines.append(f"| {name} | {r['steps']} | {r['cost_s']:.4f} | {g} | {span(s['fid'], '.2f')} | "
+            lines.append(f"| {name} | {r['steps']} | {r['cost_s']:.4f} | {g} | {s['fid']['n']} | "
+                         f"{span(s['fid'], '.2f')} | "
                          f"{span(s['precision'], '.3f')} | {span(s['recall'], '.3f')} | "
                          f"{span(s['accuracy'], '.1%')} | {s['fid']['mean'] / f['mean']:.2f}x |")
     lines.append("")
@@ -480,11 +498,14 @@ def main(argv=None) -> int:
     print(f"evaluation classifier test accuracy {judge.test_accuracy}; real-vs-real floor FID "
           f"{floor['fid']['mean']:.2f} (n = {judge.n_floor})", flush=True)
     for name in chosen:
-        scales_ = args.guidance or [configs[name].guidance]
         for run in results[name]["runs"]:
             run["evaluations"] = []
-            for g in scales_:
-                for seed in range(args.sample_seeds):
+            if args.guidance == "kept":
+                plan = kept_evaluations(run["checkpoint"], args.n_per_class, args.guidance_interval)
+            else:
+                plan = {g: range(args.sample_seeds) for g in args.guidance or [configs[name].guidance]}
+            for g, seeds_ in plan.items():
+                for seed in seeds_:
                     e = evaluate_or_reuse(run["checkpoint"], judge, args.n_per_class, seed, args.guidance_interval,
                                           g, args.reuse)
                     run["evaluations"].append(e)
@@ -493,8 +514,9 @@ def main(argv=None) -> int:
                           f"{e['fid']:.2f}, precision {e['precision']:.3f}, recall {e['recall']:.3f}, accuracy "
                           f"{e['accuracy']:.3f} ({took})", flush=True)
         every = [e for run in results[name]["runs"] for e in run["evaluations"]]
+        measured = sorted({e["guidance"] for e in every})
         results[name]["summaries"] = {str(g): {k: summarise([e[k] for e in every if e["guidance"] == g])
-                                               for k in METRICS} for g in scales_}
+                                               for k in METRICS} for g in measured}
     if baseline in results:
         for name in chosen:
             if name != baseline:

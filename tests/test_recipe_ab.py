@@ -9,6 +9,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -29,10 +31,10 @@ def test_recipe_ab_quick_trains_both_variants_at_equal_wall_time_and_reports(tmp
                            "--costs", "base=0.1,minsnr=0.05", "--guidance", "1.5,2"]) == 0
     printed = capsys.readouterr().out
     assert "train: step 6/6" in printed and "train: step 12/12" in printed        # train's progress lines
-    assert "| variant | steps | s/step | guidance | FID-MNIST |" in printed
+    assert "| variant | steps | s/step | guidance | evaluations | FID-MNIST |" in printed
     for name, steps, cost in (("base", 6, "0.1000"), ("minsnr", 12, "0.0500")):
         for g in ("1.5", "2.0"):
-            assert f"| {name} | {steps} | {cost} | {g} |" in printed               # a row per guidance scale
+            assert f"| {name} | {steps} | {cost} | {g} | 1 |" in printed           # a row per guidance scale
     assert "- minsnr vs base at guidance 1.5: " in printed and "- minsnr vs base at guidance 2.0: " in printed
     assert (out / "recipe_ab.md").read_text().strip() in printed
     assert (out / "recipe_ab.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -79,6 +81,17 @@ def test_split_runs_train_their_share_then_one_run_evaluates_them_all(tmp_path, 
     again = json.loads((out / "recipe_ab.json").read_text())
     for name in ("base", "minsnr"):
         assert again["variants"][name]["summaries"] == first["variants"][name]["summaries"]
+    # --guidance kept: every scale and seed measured so far, nothing new (here: minsnr's 2, base's 2 and, below, 3)
+    assert recipe_ab.main(common + ["--reuse", "--guidance", "3", "--only", "base"]) == 0
+    capsys.readouterr()
+    assert recipe_ab.main(common + ["--reuse", "--guidance", "kept"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("(kept from an earlier run)") == 3 and "| base | 6 | 0.1000 | 3.0 | 1 |" in printed
+    kept = json.loads((out / "recipe_ab.json").read_text())["variants"]
+    assert set(kept["base"]["summaries"]) == {"2.0", "3.0"} and set(kept["minsnr"]["summaries"]) == {"2.0"}
+    assert set(kept["minsnr"]["verdicts"]) == {"2.0"}                             # compared where both were measured
+    with pytest.raises(SystemExit, match="add --reuse"):
+        recipe_ab.main(common + ["--guidance", "kept"])
     # training a network again drops the measurements of the one it replaces
     assert recipe_ab.main(common + ["--only", "minsnr", "--train-only"]) == 0
     assert not list((out / "minsnr" / "seed0").glob("evaluation_*.json"))
@@ -134,8 +147,6 @@ def test_sampler_sweep_measures_every_scale_and_interval_of_one_network(tmp_path
 
 
 def test_sampler_sweep_refuses_a_bad_interval_and_a_missing_checkpoint(tmp_path, capsys):
-    import pytest
-
     sweep = _load("sampler_sweep")
     with pytest.raises(SystemExit) as e:
         sweep.build_parser().parse_args(["x.npz", "--intervals", "all,500-100"])
