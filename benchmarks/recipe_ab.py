@@ -375,7 +375,10 @@ def summarise(values) -> dict:
 
 
 def verdict(variant_fid: dict, base_fid: dict) -> str:
-    """'better', 'worse' or 'no difference (...)': the mean FIDs' difference against the larger spread (max - min)."""
+    """'better', 'worse' or 'no difference (...)': the mean FIDs' difference against the larger spread (max - min);
+    'undecided' when either side is a single evaluation."""
+    if variant_fid["n"] < 2 or base_fid["n"] < 2:
+        return "undecided (one evaluation: no spread to compare the difference with)"
     diff = variant_fid["mean"] - base_fid["mean"]
     if abs(diff) <= max(variant_fid["spread"], base_fid["spread"]):
         return "no difference (the difference is smaller than the spread)"
