@@ -118,3 +118,7 @@ def main(argv=None) -> int:
     print(f"wrote {args.out / 'sampler_sweep.md'}, {args.out / 'sampler_sweep.json'} and "
           f"{args.out / 'sampler_sweep.png'}", flush=True)
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -154,3 +154,18 @@ def test_sampler_sweep_refuses_a_bad_interval_and_a_missing_checkpoint(tmp_path,
     assert e.value.code == 2 and "LO <= HI" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="no such checkpoint"):
         sweep.main([str(tmp_path / "missing.npz")])
+
+
+def test_both_scripts_run_from_the_command_line(tmp_path):
+    """As a user runs them (a script whose main is never called would pass every in-process test): a bad option
+    exits 2 with its name, --help prints the usage."""
+    import subprocess
+    import sys
+
+    for script in ("recipe_ab.py", "sampler_sweep.py"):
+        done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True,
+                              cwd=tmp_path)
+        assert done.returncode == 0 and f"usage: {script}" in done.stdout
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "sampler_sweep.py"), "x.npz", "--intervals", "5-1"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2 and "--intervals" in done.stderr
