@@ -52,6 +52,22 @@ def load_example(name):
     return module
 
 
+def load_benchmark(name):
+    """A benchmarks/ script as a module, so that its main(argv) runs in this process (benchmarks/ on sys.path, as
+    when run as a script: they import blas_env and each other)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    if str(benchmarks) not in sys.path:
+        sys.path.insert(0, str(benchmarks))
+    spec = importlib.util.spec_from_file_location(name, benchmarks / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 class NoHostReads(np.ndarray):
     """A NumPy array standing in for a GPU array: reading one of its values into Python raises.
 

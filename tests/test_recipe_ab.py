@@ -4,26 +4,19 @@ The --quick run uses the MNIST subset shipped with tinyddpm and a classifier tra
 temporary folder (the numbers are meaningless; that they are there and finite is what is checked). The step costs
 are injected (--costs), so the equal-wall-time step counts are exact; the measurement itself is run once apart.
 """
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
+from helpers import load_benchmark
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_recipe_ab_quick_trains_both_variants_at_equal_wall_time_and_reports(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))          # no classifier or data cache from elsewhere
-    recipe_ab = _load("recipe_ab")
+    recipe_ab = load_benchmark("recipe_ab")
     out = tmp_path / "out"
     # the second variant costs half as much per step: at equal wall time it trains twice the baseline's 6 steps
     assert recipe_ab.main(["--quick", "--source", "subset", "--out", str(out), "--classifier-dir",
@@ -59,7 +52,7 @@ def test_recipe_ab_quick_trains_both_variants_at_equal_wall_time_and_reports(tmp
 def test_split_runs_train_their_share_then_one_run_evaluates_them_all(tmp_path, monkeypatch, capsys):
     """--only / --train-only in two processes (here: two calls) with the same --costs, then --reuse evaluates."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    recipe_ab = _load("recipe_ab")
+    recipe_ab = load_benchmark("recipe_ab")
     out = tmp_path / "out"
     common = ["--quick", "--source", "subset", "--out", str(out), "--classifier-dir", str(tmp_path / "classifier"),
               "--classifier-epochs", "0.1", "--costs", "base=0.1,minsnr=0.05"]
@@ -100,7 +93,7 @@ def test_split_runs_train_their_share_then_one_run_evaluates_them_all(tmp_path, 
 def test_step_costs_are_measured_and_scale_the_steps():
     import tinyddpm as td
 
-    recipe_ab = _load("recipe_ab")
+    recipe_ab = load_benchmark("recipe_ab")
     data = td.load_mnist("train", source="subset")
     configs = {"a": recipe_ab.variant_config("tiny", {}, 4),
                "b": recipe_ab.variant_config("tiny", {"unet": {"attention_resolutions": []}}, 4)}
@@ -114,7 +107,7 @@ def test_step_costs_are_measured_and_scale_the_steps():
 
 
 def test_the_verdict_counts_a_difference_smaller_than_the_spread_as_none():
-    recipe_ab = _load("recipe_ab")
+    recipe_ab = load_benchmark("recipe_ab")
     base = recipe_ab.summarise([10.0, 11.0, 12.0])                 # mean 11, spread 2
     assert recipe_ab.verdict(recipe_ab.summarise([9.5, 9.6]), base).startswith("no difference")
     assert recipe_ab.verdict(recipe_ab.summarise([8.0, 8.5]), base) == "better"
@@ -124,7 +117,7 @@ def test_the_verdict_counts_a_difference_smaller_than_the_spread_as_none():
 
 def test_sampler_sweep_measures_every_scale_and_interval_of_one_network(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    recipe_ab, sweep = _load("recipe_ab"), _load("sampler_sweep")
+    recipe_ab, sweep = load_benchmark("recipe_ab"), load_benchmark("sampler_sweep")
     judge = ["--source", "subset", "--classifier-dir", str(tmp_path / "classifier"), "--classifier-epochs", "0.1"]
     assert recipe_ab.main(["--quick", "--out", str(tmp_path / "ab"), "--costs", "base=0.1,minsnr=0.1", "--only",
                            "base", "--train-only", *judge]) == 0
@@ -148,7 +141,7 @@ def test_sampler_sweep_measures_every_scale_and_interval_of_one_network(tmp_path
 
 
 def test_sampler_sweep_refuses_a_bad_interval_and_a_missing_checkpoint(tmp_path, capsys):
-    sweep = _load("sampler_sweep")
+    sweep = load_benchmark("sampler_sweep")
     with pytest.raises(SystemExit) as e:
         sweep.build_parser().parse_args(["x.npz", "--intervals", "all,500-100"])
     assert e.value.code == 2 and "LO <= HI" in capsys.readouterr().err
