@@ -52,13 +52,13 @@ def test_uniform_is_uniform_and_draws_the_same_stream_as_before():
     p = timestep_probabilities(s)
     assert np.array_equal(p, np.full(1000, 1e-3))
     a, b = np.random.default_rng(7), np.random.default_rng(7)
-    assert np.array_equal(draw_timesteps(a, 64, p), b.integers(0, 1000, size=64))   # a uniform run is unchanged
+    assert np.array_equal(draw_timesteps(a, 64, s), b.integers(0, 1000, size=64))   # a uniform run is unchanged
 
 
 def test_lognormal_draws_follow_the_probabilities():
     s = make_schedule("cosine", 100)
     p = timestep_probabilities(s, "lognormal", (0.0, 0.8))
-    t = draw_timesteps(np.random.default_rng(1), 200_000, p, "lognormal")
+    t = draw_timesteps(np.random.default_rng(1), 200_000, s, "lognormal", (0.0, 0.8))
     assert t.dtype.kind == "i" and t.min() >= 0 and t.max() < 100
     counts = np.bincount(t, minlength=100) / len(t)
     assert np.all(np.abs(counts - p) <= 6 * np.sqrt(p * (1 - p) / len(t)) + 1e-6)

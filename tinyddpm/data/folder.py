@@ -342,7 +342,8 @@ def _describe(root: Path, data: ImageFolderData, ignored: int, empty: list, enla
 
 
 def _names(classes: dict, counts: bool = False, most: int = 8) -> str:
-    items = [f"{printable(k)} {v}" if counts else printable(k) for k, v in classes.items()]   # a name may hold a newline
+    # a class name may hold a newline: printed escaped, so the message stays one line
+    items = [f"{printable(k)} {v}" if counts else printable(k) for k, v in classes.items()]
     return ", ".join(items[:most]) + (f", ... ({len(items)} in all)" if len(items) > most else "")
 
 

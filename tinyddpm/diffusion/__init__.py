@@ -35,7 +35,8 @@ from .timesteps import (PREV_RULES, SPACINGS, ddim_prev_timesteps, ddim_timestep
 
 __all__ = [
     "ARRAY_NAMES", "CLIP_MODES", "FINAL_SIGMAS", "LOSSES", "PREDICTIONS", "PREV_RULES", "SAMPLERS", "SCHEDULES",
-    "SPACINGS", "TIMESTEP_DISTRIBUTIONS", "VARIANCES", "DDIMSampler", "DDPMSampler", "DPMSolverSampler", "GuidedModel", "ClassifierGuidedModel",
+    "SPACINGS", "TIMESTEP_DISTRIBUTIONS", "VARIANCES", "DDIMSampler", "DDPMSampler", "DPMSolverSampler", "GuidedModel",
+    "ClassifierGuidedModel",
     "ModelCall", "Sampler", "Schedule", "Step", "StepOutput", "Trajectory", "betas_from_alpha_bar",
     "cfg_combine", "check_interval", "clip_x0", "convert_prediction", "cosine_betas", "ddim_prev_timesteps", "ddim_sample",
     "ddim_sigma", "ddim_step", "ddim_timesteps", "ddpm_sample", "ddpm_step", "diffusion_loss",

@@ -47,7 +47,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import device_xp
-from ..diffusion import diffusion_loss, draw_timesteps, q_sample, timestep_probabilities
+from ..diffusion import diffusion_loss, draw_timesteps, q_sample
 from ..environment import read_or
 from ..nn.unet import unet_backward, unet_forward
 from ..parallel import share
@@ -93,8 +93,7 @@ def draw_step_inputs(state: TrainState, dp=None) -> StepInputs:
     cfg, xp = state.config, device_xp()
     x0, labels = next(state.batches)                                      # (B, C, H, W) in [-1, 1], (B,)
     B = x0.shape[0]
-    p_t = timestep_probabilities(state.schedule, cfg.t_distribution, cfg.t_lognormal)   # (T,): < 1 ms a step
-    t = draw_timesteps(state.host_rng, B, p_t, cfg.t_distribution)        # (B,) t ~ p_t (uniform: U{0..T-1}), host
+    t = draw_timesteps(state.host_rng, B, state.schedule, cfg.t_distribution, cfg.t_lognormal)   # (B,) on the host
     if labels is not None and cfg.p_uncond > 0:                           # y' = the null label with prob p_uncond
         labels = xp.where(xp.asarray(state.host_rng.random(B) < cfg.p_uncond), cfg.unet.null_label, labels)
     noise = state.device_rng.standard_normal(x0.shape, dtype=x0.dtype)    # eps ~ N(0, I)
