@@ -42,6 +42,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -58,9 +59,12 @@ from tinyddpm.classifiers.judge import (default_classifier_dir, features, load_o
                                         predict_proba)
 from tinyddpm.data import SOURCES  # noqa: E402
 from tinyddpm.data.pixels import pixels_to_model_range  # noqa: E402
+from tinyddpm.diffusion import describe_guidance  # noqa: E402
 from tinyddpm.evaluation.metrics import real_baseline, sample_quality  # noqa: E402
 from tinyddpm.training import TrainConfig  # noqa: E402
 
+# fields that change how a network is sampled, not what it learns
+SAMPLING_ONLY = ("sampler", "sample_steps", "guidance", "guidance_interval", "preview_per_class", "final_per_class")
 METRICS = ("fid", "precision", "recall", "accuracy")
 QUICK_VARIANTS = {"base": {}, "minsnr": {"min_snr_gamma": 5.0}}
 # fields that change what is learnt but not the work of a training step: a variant changing only these trains the
@@ -69,7 +73,7 @@ QUICK_VARIANTS = {"base": {}, "minsnr": {"min_snr_gamma": 5.0}}
 COST_NEUTRAL = {"schedule", "num_timesteps", "prediction", "loss", "min_snr_gamma", "t_distribution", "t_lognormal",
                 "p_uncond", "lr", "warmup_steps",
                 "lr_decay", "min_lr", "betas", "weight_decay", "grad_clip", "ema_decay", "ema_warmup", "log_every",
-                "sampler", "sample_steps", "guidance", "preview_per_class", "final_per_class"}
+                *SAMPLING_ONLY}
 NOT_OVERRIDABLE = {"steps": "the baseline's steps are --steps, the others' follow from the step costs",
                    "seed": "training seeds are --train-seeds"}
 
@@ -129,8 +133,10 @@ def names_list(text: str) -> list:
     return names
 
 
-def interval(text: str) -> tuple:
-    """An argparse type: LO,HI timesteps, 0 <= LO <= HI (guidance applies for LO <= t <= HI)."""
+def interval(text: str):
+    """An argparse type: LO,HI timesteps, 0 <= LO <= HI (guidance applies for LO <= t <= HI), or 'all'."""
+    if text.strip() == "all":
+        return "all"
     parts = [p.strip() for p in text.split(",")]
     if len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[0]) > int(parts[1]):
         raise argparse.ArgumentTypeError(f"must be two timesteps LO,HI with LO <= HI, like 100,700, got {text!r}")
@@ -153,7 +159,8 @@ def build_parser():
                         "(with --reuse): every scale and sampling seed already measured beside each network at "
                         "this n and interval, nothing new")
     p.add_argument("--guidance-interval", type=interval, default=None, metavar="LO,HI",
-                   help="guidance only at timesteps LO <= t <= HI (default: every step)")
+                   help="guidance only at timesteps LO <= t <= HI for every variant; 'all': at every step (default: "
+                        "each variant's own guidance_interval, the preset's unless it overrides it)")
     p.add_argument("--costs", type=costs, default=None, metavar="NAME=S,...",
                    help="seconds per step of every variant: skip the measurement")
     p.add_argument("--time-all", action="store_true",
@@ -264,12 +271,16 @@ def equal_time_steps(base_steps: int, costs_: dict, baseline: str) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 def trained_already(path: Path, config: TrainConfig) -> bool:
-    """True when ``path`` is a checkpoint of exactly ``config`` at its last step (for --reuse)."""
+    """True when ``path`` is a checkpoint of ``config`` at its last step (for --reuse): the same config up to the
+    sampling fields, which change how a network is sampled, not what it learns (its previews draw from their own
+    seed, and a variant's training writes none)."""
     if not path.is_file():
         return False
     try:
         ckpt = load_checkpoint(path)
-        return ckpt.step == config.steps and TrainConfig.from_dict(ckpt.config["train"]) == config
+        kept = TrainConfig.from_dict(ckpt.config["train"])
+        sampling = {name: getattr(config, name) for name in SAMPLING_ONLY}
+        return ckpt.step == config.steps and replace(kept, **sampling) == config
     except Exception as e:   # noqa: BLE001  anything unreadable is simply trained again
         print(f"{path}: not reused ({type(e).__name__}: {e})", flush=True)
         return False
@@ -317,10 +328,12 @@ class Judge:
 
 
 def evaluate_one(checkpoint: str, judge: Judge, n_per_class: int, seed: int, guidance_interval,
-                 guidance: float | None = None) -> dict:
-    """FID, precision, recall and accuracy of one checkpoint's samples (EMA weights) with its config's sampler, at
-    ``guidance`` (None: the config's scale)."""
+                 guidance: float | None = None, sampling: TrainConfig | None = None) -> dict:
+    """FID, precision, recall and accuracy of one checkpoint's samples (EMA weights) with the sampler of ``sampling``
+    (a variant's config; None: the checkpoint's), at ``guidance`` (None: that config's scale) and
+    ``guidance_interval`` (None: every step)."""
     params, config, schedule = td.load_for_sampling(checkpoint)
+    config = config if sampling is None else sampling
     guidance = config.guidance if guidance is None else guidance
     start = time.perf_counter()
     x = td.sample_classes(params, config.unet, schedule, classes=range(10), n_per_class=n_per_class,
@@ -350,14 +363,14 @@ def kept_evaluations(checkpoint: str, n_per_class: int, guidance_interval) -> di
 
 
 def evaluate_or_reuse(checkpoint: str, judge: Judge, n_per_class: int, seed: int, guidance_interval,
-                      guidance: float, reuse: bool) -> dict:
+                      guidance: float, reuse: bool, sampling: TrainConfig | None = None) -> dict:
     """evaluate_one, or its kept result when ``reuse`` and it was measured by the same classifier."""
     path = evaluation_path(checkpoint, n_per_class, seed, guidance_interval, guidance)
     if reuse and path.is_file():
         kept = json.loads(path.read_text())
         if kept.get("classifier_test_accuracy") == judge.test_accuracy:
             return kept | {"reused": True}
-    e = evaluate_one(checkpoint, judge, n_per_class, seed, guidance_interval, guidance)
+    e = evaluate_one(checkpoint, judge, n_per_class, seed, guidance_interval, guidance, sampling)
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(e | {"classifier_test_accuracy": judge.test_accuracy}) + "\n")
     partial.replace(path)                                   # whole or absent: a killed run leaves no half file
@@ -401,8 +414,9 @@ def table(results: dict, floor: dict, baseline: str, n: int, seeds: str) -> str:
              "FID / floor |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
+        where = "" if r.get("guidance_interval") is None else " (t {}-{})".format(*r["guidance_interval"])
         for g, s in r["summaries"].items():
-            lines.append(f"| {name} | {r['steps']} | {r['cost_s']:.4f} | {g} | {s['fid']['n']} | "
+            lines.append(f"| {name} | {r['steps']} | {r['cost_s']:.4f} | {g}{where} | {s['fid']['n']} | "
                          f"{span(s['fid'], '.2f')} | "
                          f"{span(s['precision'], '.3f')} | {span(s['recall'], '.3f')} | "
                          f"{span(s['accuracy'], '.1%')} | {s['fid']['mean'] / f['mean']:.2f}x |")
@@ -412,6 +426,14 @@ def table(results: dict, floor: dict, baseline: str, n: int, seeds: str) -> str:
             v, b = r["summaries"][g]["fid"], results[baseline]["summaries"][g]["fid"]
             lines.append(f"- {name} vs {baseline} at guidance {g}: {said} (FID {v['mean']:.2f} against "
                          f"{b['mean']:.2f}; spreads {v['spread']:.2f} and {b['spread']:.2f})")
+        if "own_verdict" in r:
+            base = results[baseline]
+            v, b = r["summaries"][str(r["guidance"])], base["summaries"][str(base["guidance"])]
+            lines.append(f"- {name} at its own {describe_guidance(r['guidance'], r['guidance_interval'])} vs "
+                         f"{baseline} at its {describe_guidance(base['guidance'], base['guidance_interval'])}: "
+                         f"{r['own_verdict']} (FID {v['fid']['mean']:.2f} against {b['fid']['mean']:.2f}; spreads "
+                         f"{v['fid']['spread']:.2f} and {b['fid']['spread']:.2f}; accuracy {v['accuracy']['mean']:.1%} "
+                         f"and {b['accuracy']['mean']:.1%})")
     return "\n".join(lines)
 
 
@@ -458,6 +480,8 @@ def main(argv=None) -> int:
     print(f"train data: {data.source} ({len(data.images)} digits); preset {args.preset}; variants {names} "
           f"(baseline {baseline})", flush=True)
     configs = {name: variant_config(args.preset, o, args.steps) for name, o in args.variants.items()}
+    intervals = {name: None if args.guidance_interval == "all" else args.guidance_interval or c.guidance_interval
+                 for name, c in configs.items()}   # where each variant is guided when sampled
 
     if args.costs is not None:
         step_costs, how = dict(args.costs), "given (--costs)"
@@ -490,7 +514,8 @@ def main(argv=None) -> int:
             print(f"training {name}, seed {seed}: {steps[name]} steps", flush=True)
             runs.append({"train_seed": seed, **train_one(config, data, args.out / name / f"seed{seed}", args.reuse)})
         results[name] = {"overrides": args.variants[name], "cost_s": step_costs[name], "steps": steps[name],
-                         "config": configs[name].to_dict() | {"steps": steps[name]}, "runs": runs}
+                         "config": configs[name].to_dict() | {"steps": steps[name]}, "runs": runs,
+                         "guidance": float(configs[name].guidance), "guidance_interval": intervals[name]}
     if args.train_only:
         return 0
 
@@ -504,13 +529,13 @@ def main(argv=None) -> int:
         for run in results[name]["runs"]:
             run["evaluations"] = []
             if args.guidance == "kept":
-                plan = kept_evaluations(run["checkpoint"], args.n_per_class, args.guidance_interval)
+                plan = kept_evaluations(run["checkpoint"], args.n_per_class, intervals[name])
             else:
-                plan = {g: range(args.sample_seeds) for g in args.guidance or [configs[name].guidance]}
+                plan = {float(g): range(args.sample_seeds) for g in args.guidance or [configs[name].guidance]}
             for g, seeds_ in plan.items():
                 for seed in seeds_:
-                    e = evaluate_or_reuse(run["checkpoint"], judge, args.n_per_class, seed, args.guidance_interval,
-                                          g, args.reuse)
+                    e = evaluate_or_reuse(run["checkpoint"], judge, args.n_per_class, seed, intervals[name], g,
+                                          args.reuse, sampling=configs[name])
                     run["evaluations"].append(e)
                     took = "kept from an earlier run" if e.get("reused") else f"{e['sample_s']:.0f} s"
                     print(f"{name} train seed {run['train_seed']} guidance {g} sample seed {seed}: FID "
@@ -521,11 +546,17 @@ def main(argv=None) -> int:
         results[name]["summaries"] = {str(g): {k: summarise([e[k] for e in every if e["guidance"] == g])
                                                for k in METRICS} for g in measured}
     if baseline in results:
+        base = results[baseline]["summaries"]
         for name in chosen:
-            if name != baseline:
-                results[name]["verdicts"] = {g: verdict(s["fid"], results[baseline]["summaries"][g]["fid"])
-                                             for g, s in results[name]["summaries"].items()
-                                             if g in results[baseline]["summaries"]}
+            if name == baseline:
+                continue
+            mine = results[name]["summaries"]
+            results[name]["verdicts"] = {g: verdict(s["fid"], base[g]["fid"]) for g, s in mine.items()
+                                         if g in base and intervals[name] == intervals[baseline]}
+            own, base_own = str(float(configs[name].guidance)), str(float(configs[baseline].guidance))
+            if (own, intervals[name]) != (base_own, intervals[baseline]) and own in mine and base_own in base:
+                # each at its own sampling settings, as a user of either recipe would sample
+                results[name]["own_verdict"] = verdict(mine[own]["fid"], base[base_own]["fid"])
 
     seeds = f"training seeds 0-{args.train_seeds - 1}, sampling seeds 0-{args.sample_seeds - 1}"
     text = table(results, floor, baseline, n, seeds)

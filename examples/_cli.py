@@ -69,7 +69,7 @@ from tinyddpm.checkpoint import CheckpointError, load_checkpoint
 from tinyddpm.checks import MemoryTooLarge, check_fits
 from tinyddpm.classifiers import guide as noisy_classifier
 from tinyddpm.data import DownloadError, FallbackUnavailable, load_mnist
-from tinyddpm.diffusion import SAMPLERS, Trajectory, max_steps
+from tinyddpm.diffusion import SAMPLERS, Trajectory, describe_guidance, max_steps
 from tinyddpm.environment import EnvironmentVariableError, check_all, read
 from tinyddpm.nn.blocks import ACTIVATIONS, DOWNSAMPLES, UPSAMPLES
 from tinyddpm.parallel import mpi
@@ -163,15 +163,32 @@ def number(above: float | None = None):
     return parse
 
 
-def timestep_interval(text: str) -> tuple:
-    """An argparse type: two timesteps LO,HI with 0 <= LO <= HI, e.g. 100,700 (guidance applies for LO <= t <= HI)."""
+def timestep_interval(text: str):
+    """An argparse type: two timesteps LO,HI with 0 <= LO <= HI, e.g. 100,700 (guidance applies for LO <= t <= HI),
+    or 'all' (every step, whatever the training run chose)."""
+    if text.strip() == "all":
+        return "all"
     parts = [item.strip() for item in text.split(",")]
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(f"must be two timesteps LO,HI like 100,700, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be two timesteps LO,HI like 100,700, or 'all', got {text!r}")
     lo, hi = int(parts[0]), int(parts[1])
     if lo > hi:
         raise argparse.ArgumentTypeError(f"LO must not exceed HI, got {text!r}")
     return lo, hi
+
+
+GUIDANCE_INTERVAL_HELP = ("apply the guidance only at timesteps LO <= t <= HI, the plain conditional prediction "
+                          "elsewhere (Kynkaanniemi et al. 2024); 'all': at every step (default: the training run's)")
+
+
+def chosen_guidance_interval(option, config, num_timesteps: int):
+    """The guidance interval to sample with: --guidance-interval (a timestep_interval), else the run's
+    ``config.guidance_interval``; None guides at every step. A UserError when it starts beyond the last timestep."""
+    interval = None if option == "all" else config.guidance_interval if option is None else option
+    if interval is not None and interval[0] >= num_timesteps:
+        where = "--guidance-interval" if option is not None else "the run's guidance_interval"
+        raise UserError(f"{where} {interval[0]},{interval[1]}: this checkpoint's timesteps are 0..{num_timesteps - 1}")
+    return interval
 
 
 def out_folder(text: str) -> str:
@@ -604,6 +621,7 @@ def final_settings(state, args) -> dict:
     settings = {"sampler": cfg.sampler if args.sampler is None else args.sampler,
                 "steps": cfg.sample_steps if args.sample_steps is None else args.sample_steps,
                 "guidance": cfg.guidance if args.guidance is None else args.guidance,
+                "guidance_interval": cfg.guidance_interval,
                 "n_per_class": cfg.final_per_class if args.n_per_class is None else args.n_per_class}
     most = max_steps(settings["sampler"], cfg.num_timesteps)
     if settings["sampler"] != "ddpm" and settings["steps"] > most:
@@ -741,7 +759,8 @@ def final_pictures(state, out: Path, settings: dict, progress: bool) -> list:
     """samples.png (a row per class, or an n x n grid from an unconditional network) and denoising.gif, from the EMA
     weights with the final ``settings``; returns their paths."""
     cfg = state.config
-    sampler, steps, guidance, n = (settings[k] for k in ("sampler", "steps", "guidance", "n_per_class"))
+    sampler, steps, guidance, interval, n = (settings[k] for k in ("sampler", "steps", "guidance",
+                                                                   "guidance_interval", "n_per_class"))
     k = cfg.unet.num_classes
     rows = list(range(k or n))                  # an unconditional network draws n rows of n: a square
     names = None
@@ -752,8 +771,9 @@ def final_pictures(state, out: Path, settings: dict, progress: bool) -> list:
     start = time.perf_counter()
     x = sample_classes(state.ema.params, cfg.unet, state.schedule, classes=rows, n_per_class=n, sampler=sampler,
                        steps=steps, guidance=guidance, prediction=cfg.prediction, seed=cfg.seed, callback=trajectory,
-                       callback_every=max(1, num_steps // 30), progress=progress)     # at most ~30 GIF frames
-    steering = f"guidance {guidance:g}" if k else "unconditional"
+                       callback_every=max(1, num_steps // 30), progress=progress,     # at most ~30 GIF frames
+                       guidance_interval=interval)
+    steering = describe_guidance(guidance, interval) if k else "unconditional"
     print(f"sampled {len(x)} images with {sampler} ({num_steps} steps, {steering}) "
           f"in {time.perf_counter() - start:.1f} s")
     title = f"samples ({sampler}, {num_steps} steps, {steering}, EMA weights, step {state.step})"

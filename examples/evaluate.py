@@ -66,8 +66,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from _cli import (Parser, UserError, blame, check_out_dir, check_sampling_fits, choose_device, integer, load_guide,
-                  number, numbers, out_folder, run, timestep_interval)
+from _cli import (GUIDANCE_INTERVAL_HELP, Parser, UserError, blame, check_out_dir, check_sampling_fits, choose_device,
+                  chosen_guidance_interval, integer, load_guide, number, numbers, out_folder, run, timestep_interval)
 
 from tinyddpm import backend, load_for_sampling, sample_classes
 from tinyddpm.checkpoint import CheckpointError, load_checkpoint
@@ -147,8 +147,7 @@ def build_parser():
                              f"distances (default: none; a flat folder: {NEAREST_FLAT})")
     parser.add_argument("--device", choices=backend.DEVICES, default=None, help="default: TINYDDPM_DEVICE, else cpu")
     parser.add_argument("--guidance-interval", type=timestep_interval, default=None, metavar="LO,HI",
-                        help="apply the guidance only at timesteps LO <= t <= HI, the plain conditional prediction "
-                             "elsewhere (Kynkaanniemi et al. 2024; default: every step)")
+                        help=GUIDANCE_INTERVAL_HELP)
     parser.add_argument("--classifier-guidance", type=scales, default=[], metavar="S,...",
                         help="also rows with classifier guidance at these scales, e.g. 1,4 (default: none)")
     parser.add_argument("--classifier-base", type=number(), default=0.0, metavar="W",
@@ -416,9 +415,7 @@ def work(args) -> int:
     # the K * n samples of one setting are drawn as one batch: checked against the memory before any loading
     check_sampling_fits(f"--n-per-class {args.n_per_class}", config.unet,
                         (config.unet.num_classes or 10) * args.n_per_class)
-    if args.guidance_interval is not None and args.guidance_interval[0] >= T:
-        raise UserError(f"--guidance-interval {args.guidance_interval[0]},{args.guidance_interval[1]}: this checkpoint's "
-                        f"timesteps are 0..{T - 1}")
+    interval = chosen_guidance_interval(args.guidance_interval, config, T)
     guidances = args.guidance or [config.guidance]
     if args.classifier_guidance and config.unet.num_classes is None and args.classifier_base != 0.0:
         raise UserError(f"--classifier-base {args.classifier_base:g}: this checkpoint's network is unconditional; "
@@ -477,7 +474,7 @@ def work(args) -> int:
             steer = {"classifier_grad": noisy_classifier.gradient_fn(guide), "classifier_scale": cg} if cg else {}
             x = sample_classes(params, config.unet, schedule, classes=range(K), n_per_class=args.n_per_class,
                                sampler=sampler, steps=steps, guidance=guidance, prediction=config.prediction,
-                               seed=args.seed, progress=True, guidance_interval=args.guidance_interval, **steer)
+                               seed=args.seed, progress=True, guidance_interval=interval, **steer)
             x = backend.to_numpy(x)
             seconds = (time.perf_counter() - start) / len(x)
             q = sample_quality(features(classifier, x), reference, predict_proba(classifier, x), requested)
@@ -485,7 +482,7 @@ def work(args) -> int:
                    "classifier_scale": cg, "n": len(x), "fid": q["fid"], "precision": q["precision"], "recall": q["recall"],
                    "accuracy": q["accuracy"], "inception_score": q["inception_score"],
                    "seconds_per_image": seconds,
-                   "guidance_interval": "" if args.guidance_interval is None else "%d-%d" % args.guidance_interval}
+                   "guidance_interval": "" if interval is None else "%d-%d" % interval}
             if coloured:
                 row["colour_distance"] = colour_distance(x, real_pixels[:n])
                 row["colour_ratio"] = row["colour_distance"] / baseline["colour"] if baseline["colour"] > 0 else np.nan

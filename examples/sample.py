@@ -33,14 +33,15 @@ import sys
 import time
 from pathlib import Path
 
-from _cli import (GIF_PER_CLASS, Parser, UserError, check_out_dir, check_sampling_fits, choose_device, integer,
-                  load_guide, number, out_folder, run, timestep_interval)
+from _cli import (GIF_PER_CLASS, GUIDANCE_INTERVAL_HELP, Parser, UserError, check_out_dir, check_sampling_fits,
+                  choose_device, chosen_guidance_interval, integer, load_guide, number, out_folder, run,
+                  timestep_interval)
 
 from tinyddpm import backend, load_for_sampling, sample_classes, viz
 from tinyddpm.checkpoint import load_checkpoint
 from tinyddpm.classifiers import guide as noisy_classifier
 from tinyddpm.data import SOURCES
-from tinyddpm.diffusion import SAMPLERS, Trajectory, max_steps
+from tinyddpm.diffusion import SAMPLERS, Trajectory, describe_guidance, max_steps
 
 PROG = "sample.py"
 
@@ -79,8 +80,7 @@ def parse_args(argv=None):
                    help="model calls (ignored by ddpm, which takes all T; at most T - 1 for dpm++2m)")
     p.add_argument("--guidance", type=number(), default=None, help="guidance scale (default: the training run's)")
     p.add_argument("--guidance-interval", type=timestep_interval, default=None, metavar="LO,HI",
-                   help="apply the guidance only at timesteps LO <= t <= HI, the plain conditional prediction elsewhere "
-                        "(Kynkaanniemi et al. 2024; default: every step)")
+                   help=GUIDANCE_INTERVAL_HELP)
     p.add_argument("--digits", type=parse_digits, default=None, help="e.g. 0,3,7 (default: all ten)")
     p.add_argument("--classes", type=parse_classes, default=None, metavar="NAMES",
                    help="a train_images.py checkpoint's classes, by subfolder name or index, e.g. rose,tulip or 0,2 "
@@ -161,9 +161,7 @@ def work(args) -> int:
     if args.sampler != "ddpm" and args.steps > max_steps(args.sampler, T):
         raise UserError(f"--steps {args.steps}: {args.sampler} takes at most {max_steps(args.sampler, T)} steps on "
                         f"this checkpoint's T={T} timesteps")
-    if args.guidance_interval is not None and args.guidance_interval[0] >= T:
-        raise UserError(f"--guidance-interval {args.guidance_interval[0]},{args.guidance_interval[1]}: this checkpoint's "
-                        f"timesteps are 0..{T - 1}")
+    interval = chosen_guidance_interval(args.guidance_interval, config, T)
     cg = args.classifier_guidance
     rows, names = choose_rows(config.unet, class_names_of(args.checkpoint), args.digits, args.classes,
                               steered=cg is not None)
@@ -180,17 +178,15 @@ def work(args) -> int:
     x = sample_classes(params, config.unet, schedule, classes=rows, n_per_class=args.n_per_class,
                        sampler=args.sampler, steps=num_steps, guidance=guidance, prediction=config.prediction,
                        seed=args.seed, callback=trajectory, callback_every=every, progress=not args.no_progress,
-                       guidance_interval=args.guidance_interval, **steer)
+                       guidance_interval=interval, **steer)
     seconds = time.perf_counter() - start
 
     cg_part = "" if cg is None else f"_cg{cg:g}"
     stem = f"{args.sampler}_{num_steps}steps_g{guidance:g}{cg_part}_seed{args.seed}" + ("_raw" if args.no_ema else "")
     weights = "raw weights" if args.no_ema else "EMA weights"
-    steering = f"guidance {guidance:g}" + ("" if cg is None else f", classifier guidance {cg:g}")
-    if args.guidance_interval is not None:
-        lo, hi = args.guidance_interval
-        stem += f"_t{lo}-{hi}"
-        steering += f" at t in [{lo}, {hi}]"
+    steering = describe_guidance(guidance, interval) + ("" if cg is None else f", classifier guidance {cg:g}")
+    if interval is not None:
+        stem += "_t{}-{}".format(*interval)
     png, gif = viz.save_sample_pictures(out / f"{stem}.png", out / f"{stem}.gif", x, trajectory, len(rows), num_steps,
                                         row_labels=names, title=f"{args.sampler}, {num_steps} steps, {steering}, "
                                                                 f"{weights}", gif_per_row=args.gif_per_class)

@@ -1,4 +1,5 @@
 """The example scripts end to end on a small synthetic IDX data set, and the pictures they draw."""
+import argparse
 import ast
 import os
 import re
@@ -220,6 +221,34 @@ def test_sample_pictures_grid_and_gif(tmp_path):
     with Image.open(gif) as im:
         assert im.format == "GIF" and im.n_frames == 3
         assert im.size == (2 * ((2 * 2 + 1) * 10 - 2), 2 * (2 * 10 - 2) + 16)   # 2k + 1 columns, 2 rows, the caption
+
+
+def test_sample_script_takes_the_runs_guidance_interval(tmp_path, capsys):
+    """A run whose config guides only at some timesteps is sampled that way by default (the same samples as asking
+    for that interval), 'all' guides at every step (different samples); the training preview uses it too."""
+    import tinyddpm as td
+    images, labels = synthetic_digits(40)
+    config = td.preset("tiny", steps=2, sample_every=1, guidance=4.0, guidance_interval=(0, 500))
+    state = td.train(td.new_state(config, images, labels), tmp_path / "run", progress=False)
+    ckpt = str(tmp_path / "run" / "checkpoint.npz")
+    cli = load_example("_cli")                         # the final pictures of train_mnist.py / train_images.py
+    unset = argparse.Namespace(sampler=None, sample_steps=None, guidance=None, n_per_class=1)
+    cli.final_pictures(state, tmp_path / "run", cli.final_settings(state, unset), progress=False)
+    assert "(3 steps, guidance 4 at t in [0, 500])" in capsys.readouterr().out
+    sample = load_example("sample")
+    common = [ckpt, "--steps", "3", "--digits", "1,2", "--n-per-class", "2", "--device", DEVICE, "--no-progress"]
+    pictures = {}
+    for option in ([], ["--guidance-interval", "0,500"], ["--guidance-interval", "all"]):
+        out = tmp_path / ("-".join(option) or "default")
+        assert sample.main(common + option + ["--out", str(out)]) == 0
+        (png,) = out.glob("*.png")
+        pictures[tuple(option)] = (png.name, np.asarray(Image.open(png)))
+    printed = capsys.readouterr().out
+    assert printed.count("guidance 4 at t in [0, 500]") == 2 and "(3 steps, guidance 4, EMA" in printed
+    default, asked, every = pictures.values()
+    assert default[0] == asked[0] == "dpm++2m_3steps_g4_seed0_t0-500.png" and every[0] == "dpm++2m_3steps_g4_seed0.png"
+    assert np.array_equal(default[1], asked[1]) and not np.array_equal(default[1], every[1])
+    assert (tmp_path / "run" / "previews" / "step_000001.png").is_file()
 
 
 def test_sample_script_guidance_interval(tiny_run, tmp_path, capsys):

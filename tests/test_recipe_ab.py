@@ -90,6 +90,34 @@ def test_split_runs_train_their_share_then_one_run_evaluates_them_all(tmp_path, 
     assert not list((out / "minsnr" / "seed0").glob("evaluation_*.json"))
 
 
+def test_a_variant_samples_with_its_own_guidance_and_shares_a_network_that_learnt_the_same(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """A variant may set how it is sampled (guidance, guidance_interval): it is evaluated that way, compared with the
+    baseline at the baseline's own setting, and a checkpoint trained with other sampling fields is reused for it (they
+    change nothing learnt); a field that changes training is not."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    recipe_ab = load_benchmark("recipe_ab")
+    out = tmp_path / "out"
+    common = ["--quick", "--source", "subset", "--out", str(out), "--classifier-dir", str(tmp_path / "classifier"),
+              "--classifier-epochs", "0.1", "--sample-seeds", "2", "--variant", "base={}"]
+    assert recipe_ab.main(common + ["--variant", "tuned={}", "--costs", "base=0.1,tuned=0.1"]) == 0
+    capsys.readouterr()
+    tuned = '--variant=tuned={"guidance": 3, "guidance_interval": [0, 500]}'
+    assert recipe_ab.main(common + [tuned, "--costs", "base=0.1,tuned=0.1", "--reuse"]) == 0
+    printed = capsys.readouterr().out
+    assert "tuned/seed0/checkpoint.npz: reused (this config, step 6)" in printed and "train: step" not in printed
+    assert "| tuned | 6 | 0.1000 | 3.0 (t 0-500) | 2 |" in printed
+    assert "- tuned at its own guidance 3 at t in [0, 500] vs base at its guidance 2: " in printed
+    assert sorted(p.name for p in (out / "tuned" / "seed0").glob("evaluation_*_t0-500_*.json")) == [
+        "evaluation_n20_g3_t0-500_seed0.json", "evaluation_n20_g3_t0-500_seed1.json"]
+    dump = json.loads((out / "recipe_ab.json").read_text())["variants"]["tuned"]
+    assert dump["guidance_interval"] == [0, 500] and dump["verdicts"] == {} and "own_verdict" in dump
+    config = recipe_ab.variant_config("tiny", {}, 6)
+    assert recipe_ab.trained_already(out / "tuned" / "seed0" / "checkpoint.npz", config)
+    assert not recipe_ab.trained_already(out / "tuned" / "seed0" / "checkpoint.npz",
+                                         recipe_ab.variant_config("tiny", {"lr": 5e-4}, 6))
+
+
 def test_step_costs_are_measured_and_scale_the_steps():
     import tinyddpm as td
 

@@ -324,11 +324,25 @@ def test_samples_with_nan_are_refused_not_drawn(trained):
 # --------------------------------------------------------------------------------------------
 
 def test_config_round_trips_through_json():
-    config = replace(PRESETS["cpu"], min_snr_gamma=5.0, betas=(0.9, 0.99))
+    config = replace(PRESETS["cpu"], min_snr_gamma=5.0, betas=(0.9, 0.99), guidance_interval=(0, 575))
     back = TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
-    assert back == config
+    assert back == config and back.guidance_interval == (0, 575)       # JSON's list is the tuple again
+    older = {k: v for k, v in config.to_dict().items() if k != "guidance_interval"}
+    assert TrainConfig.from_dict(older).guidance_interval is None      # a run from before the field: every step
     with pytest.raises(ValueError, match="unknown keys \\['bogus'\\]"):
         TrainConfig.from_dict(dict(config.to_dict(), bogus=1))
+
+
+def test_previews_sample_with_the_runs_guidance_interval(tmp_path, monkeypatch):
+    """A run's guidance_interval reaches its preview grids (the final pictures: tests/test_examples.py)."""
+    import tinyddpm.sampling as sampling
+    seen = []
+    real = sampling.sample_classes
+    monkeypatch.setattr(sampling, "sample_classes", lambda *a, **k: seen.append(k["guidance_interval"]) or real(*a, **k))
+    images, labels = synthetic()
+    train(new_state(replace(TINY, steps=2, sample_every=1, guidance_interval=(3, 700)), images, labels), tmp_path,
+          progress=False)
+    assert seen == [(3, 700)] and (tmp_path / "previews" / "step_000001.png").is_file()
 
 
 def test_presets_are_valid():
@@ -364,6 +378,10 @@ def test_bad_config_is_refused(field, value, message):
     ("ema_decay", float("nan"), "ema_decay must be a finite number"),
     ("sample_steps", 1000, "sample_steps must be at most 999 for sampler 'dpm\\+\\+2m'"),
     ("betas", (0.9, float("nan")), "betas must be two numbers in \\[0, 1\\)"),
+    ("guidance_interval", (500, 100), "guidance_interval must be two integer timesteps 0 <= lo <= hi"),
+    ("guidance_interval", (0.5, 100), "guidance_interval must be two integer timesteps"),
+    ("guidance_interval", 7, "guidance_interval must be two timesteps"),
+    ("guidance_interval", (1000, 1200), "guidance_interval \\(1000, 1200\\) starts beyond the last timestep 999"),
 ])
 def test_config_counts_are_integers_and_numbers_finite(field, value, message):
     with pytest.raises(ValueError, match=f"TrainConfig: .*{message}"):

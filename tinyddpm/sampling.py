@@ -19,7 +19,7 @@ import numpy as np
 
 from .backend import device_xp
 from .checks import check_choice, check_int, check_real
-from .diffusion import SAMPLERS, ClassifierGuidedModel, GuidedModel, Schedule, check_interval, sample
+from .diffusion import SAMPLERS, ClassifierGuidedModel, GuidedModel, Schedule, check_interval, describe_guidance, sample
 from .nn.unet import UNetConfig
 from .parallel.threads import unet_forward_in_shards
 
@@ -116,10 +116,11 @@ def write_preview(state, path) -> Path:
     classes = range(cfg.unet.num_classes or 10)
     x = sample_classes(state.ema.params, cfg.unet, state.schedule, classes, cfg.preview_per_class,
                       sampler=cfg.sampler, steps=cfg.sample_steps, guidance=cfg.guidance,
-                      prediction=cfg.prediction, seed=cfg.seed)
+                      prediction=cfg.prediction, seed=cfg.seed, guidance_interval=cfg.guidance_interval)
     names = None if cfg.unet.num_classes is None else list(state.class_names or [str(c) for c in classes])
     n = cfg.preview_per_class
-    title = f"step {state.step}: EMA weights, {cfg.sampler} {cfg.sample_steps} steps, guidance {cfg.guidance:g}"
+    title = (f"step {state.step}: EMA weights, {cfg.sampler} {cfg.sample_steps} steps, "
+             f"{describe_guidance(cfg.guidance, cfg.guidance_interval)}")
     if n == 1:  # one row, the classes side by side
         return viz.plot_sample_grid(path, x[None], col_labels=names, title=title)       # (1, classes, C, H, W)
     grid = x.reshape((len(classes), n) + tuple(x.shape[1:]))                            # (classes, n, C, H, W)

@@ -23,7 +23,7 @@ from .dpm_solver import (FINAL_SIGMAS, DPMSolverSampler, dpm_solver_first_order_
                          dpm_solver_second_order_step)
 from .forward_process import (LOSSES, PREDICTIONS, convert_prediction, diffusion_loss, eps_from_v, eps_from_x0,
                               min_snr_weights, q_sample, training_target, v_from_eps, v_from_x0, x0_from_eps, x0_from_v)
-from .guidance import ClassifierGuidedModel, GuidedModel, cfg_combine, check_interval
+from .guidance import ClassifierGuidedModel, GuidedModel, cfg_combine, check_interval, describe_guidance
 from .interpolation import interpolate_noise, lerp, slerp
 from .loop import ModelCall, Sampler, Step, StepOutput, Trajectory, run_sampler
 from .samplers import SAMPLERS, max_steps, sample
@@ -38,7 +38,8 @@ __all__ = [
     "SPACINGS", "TIMESTEP_DISTRIBUTIONS", "VARIANCES", "DDIMSampler", "DDPMSampler", "DPMSolverSampler", "GuidedModel",
     "ClassifierGuidedModel",
     "ModelCall", "Sampler", "Schedule", "Step", "StepOutput", "Trajectory", "betas_from_alpha_bar",
-    "cfg_combine", "check_interval", "clip_x0", "convert_prediction", "cosine_betas", "ddim_prev_timesteps", "ddim_sample",
+    "cfg_combine", "check_interval", "clip_x0", "convert_prediction", "cosine_betas", "ddim_prev_timesteps",
+    "ddim_sample", "describe_guidance",
     "ddim_sigma", "ddim_step", "ddim_timesteps", "ddpm_sample", "ddpm_step", "diffusion_loss",
     "dpm_solver_first_order_step", "dpm_solver_max_steps", "dpm_solver_sample", "dpm_solver_second_order_step",
     "dpm_solver_timesteps",

@@ -126,6 +126,12 @@ def check_interval(where: str, interval):
     return int(lo), int(hi)
 
 
+def describe_guidance(scale: float, interval=None) -> str:
+    """'guidance 2', or 'guidance 2 at t in [0, 575]' with an interval: how titles and log lines name the setting."""
+    words = f"guidance {float(scale):g}"
+    return words if interval is None else words + " at t in [{}, {}]".format(*interval)
+
+
 class ClassifierGuidedModel:
     """model(x_t, t, labels) corrected by a classifier's input gradient at scale ``scale`` (classifier guidance).
 

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 from ..backend import get_device
 from ..checks import is_int, is_real
-from ..diffusion import (LOSSES, PREDICTIONS, SAMPLERS, SCHEDULES, TIMESTEP_DISTRIBUTIONS, Schedule, make_schedule,
-                         max_steps)
+from ..diffusion import (LOSSES, PREDICTIONS, SAMPLERS, SCHEDULES, TIMESTEP_DISTRIBUTIONS, Schedule, check_interval,
+                         make_schedule, max_steps)
 from ..nn.unet import UNetConfig
 
 LR_DECAYS = ("constant", "cosine")
@@ -57,8 +57,14 @@ class TrainConfig:
     sampler: str = "dpm++2m"            # 'ddpm', 'ddim' or 'dpm++2m'
     sample_steps: int = 20              # model calls per sample (ignored by 'ddpm', which takes T)
     guidance: float = 2.0               # classifier-free guidance scale w (1 = plain conditional)
+    guidance_interval: tuple | None = None   # (lo, hi): guide only at timesteps lo <= t <= hi; None: at every t
     preview_per_class: int = 1          # samples per class in a preview grid
     final_per_class: int = 10           # samples per class in samples.png
+
+    def __post_init__(self):   # a list given for a pair (as JSON gives it) is kept as the tuple it stands for
+        for name in ("betas", "t_lognormal", "guidance_interval"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def validate(self) -> None:
         """A ValueError listing every field that is wrong (counts must be integers, real numbers finite)."""
@@ -101,6 +107,12 @@ class TrainConfig:
                                         f"with num_timesteps={self.num_timesteps}, got {self.sample_steps}"),
         ]
         problems = [message for ok, message in checks if not ok]
+        try:
+            interval = check_interval("guidance_interval", self.guidance_interval)
+            if interval is not None and interval[0] >= self.num_timesteps:
+                problems.append(f"guidance_interval {interval} starts beyond the last timestep {self.num_timesteps - 1}")
+        except ValueError as e:
+            problems.append(str(e).replace("guidance_interval: the guidance interval", "guidance_interval"))
         if problems:
             raise ValueError("TrainConfig: " + "; ".join(problems))
 
@@ -117,9 +129,6 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.from_dict: unknown keys {unknown}")
         if "unet" in d:
             d["unet"] = UNetConfig.from_dict(d["unet"])
-        for name in ("betas", "t_lognormal"):   # JSON keeps tuples as lists
-            if name in d:
-                d[name] = tuple(d[name])
         return cls(**d)
 
 
