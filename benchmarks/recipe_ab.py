@@ -3,6 +3,7 @@
     python benchmarks/recipe_ab.py --variant base='{}' --variant minsnr='{"min_snr_gamma": 5}' \
         --variant v='{"prediction": "v"}' --variant noattn='{"unet": {"attention_resolutions": []}}'
     python benchmarks/recipe_ab.py --quick          # a smoke test: 'tiny' preset, 2 variants, a few steps, n = 20
+    python benchmarks/recipe_ab.py --data data/fashion --variant base='{}' --variant v='{"prediction": "v"}'
 
 A variant is NAME=JSON: TrainConfig fields to override in the preset (--preset, default cpu), the U-Net's under
 "unet" (merged into the preset's UNetConfig). The first variant is the baseline. The protocol
@@ -34,6 +35,18 @@ A variant is NAME=JSON: TrainConfig fields to override in the preset (--preset, 
 The table is printed and written to OUT/recipe_ab.md; every number (costs, steps, per-seed metrics, floors, losses,
 wall times, the BLAS line, the command) to OUT/recipe_ab.json; FID against accuracy, a line per variant through its
 guidance scales, to OUT/recipe_ab.png.
+
+A folder of pictures instead of MNIST (--data FOLDER, one subfolder per class, e.g. Fashion-MNIST written by
+python examples/export_images.py --dataset fashion-mnist --out data/fashion --per-class 1000): the same study, the
+preset images-cpu by default (tiny with --quick). Each variant's config is the one examples/train_images.py --data
+FOLDER builds (its U-Net at the pictures' size and channels, a class per subfolder: examples/_cli.py's
+picture_config), the variant's overrides on top, trained on the folder's pictures and labels as train_images.py
+trains (no flips). Each network draws --n-per-class samples of each class and is measured as examples/evaluate.py
+--data FOLDER measures (tinyddpm/evaluation/folder_judge.py): FID-folder, precision, recall and accuracy in the
+features of the folder's classifier (its cache: one trained by evaluate.py for the folder is used, and the other way
+round), against a seeded random pick of n of the folder's pictures, beside the floor of two disjoint sets of a
+seeded random 2n (evaluate.py's at --seed 0), split per sampling seed. A flat folder is refused: no classes to
+condition on or to judge by.
 """
 from __future__ import annotations
 
@@ -46,6 +59,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "examples"))   # _cli.py: how train_images.py builds a run
 from blas_env import blas_description, unset_blas_overrides  # noqa: E402
 
 if __name__ == "__main__":
@@ -58,8 +72,11 @@ from tinyddpm.checkpoint import load_checkpoint  # noqa: E402
 from tinyddpm.classifiers.judge import (default_classifier_dir, features, load_or_train_classifier,  # noqa: E402
                                         predict_proba)
 from tinyddpm.data import SOURCES  # noqa: E402
+from tinyddpm.data.folder import load_image_folder  # noqa: E402
 from tinyddpm.data.pixels import pixels_to_model_range  # noqa: E402
 from tinyddpm.diffusion import describe_guidance  # noqa: E402
+from tinyddpm.evaluation.folder_judge import (TooFewPictures, load_or_train_folder_classifier,  # noqa: E402
+                                              reference_picks)
 from tinyddpm.evaluation.metrics import real_baseline, sample_quality  # noqa: E402
 from tinyddpm.training import TrainConfig  # noqa: E402
 
@@ -148,11 +165,13 @@ def build_parser():
     p.add_argument("--variant", type=variant, action="append", default=[], metavar="NAME=JSON",
                    help="a variant: TrainConfig overrides as JSON, U-Net fields under \"unet\"; the first is the "
                         "baseline (repeat the option; default with --quick: base={} minsnr={\"min_snr_gamma\": 5})")
-    p.add_argument("--preset", default=None, help="the preset the variants change (default cpu; tiny with --quick)")
+    p.add_argument("--preset", default=None,
+                   help="the preset the variants change (default cpu, images-cpu with --data; tiny with --quick)")
     p.add_argument("--steps", type=int, default=None, help="the baseline's training steps (default: the preset's)")
     p.add_argument("--train-seeds", type=int, default=1, help="training seeds 0..S-1 per variant (2 for finalists)")
     p.add_argument("--sample-seeds", type=int, default=None, help="sampling seeds 0..K-1 per network (default 3)")
-    p.add_argument("--n-per-class", type=int, default=None, help="samples per digit (default 100: n = 1,000)")
+    p.add_argument("--n-per-class", type=int, default=None,
+                   help="samples per digit, or class of --data (default 100: n = 1,000 for ten classes)")
     p.add_argument("--guidance", type=scales, default=None, metavar="W,...",
                    help="evaluate every network at each of these guidance scales (default: each variant's own); "
                         "guidance trades FID and recall for accuracy, so compare variants at several. 'kept' "
@@ -179,10 +198,15 @@ def build_parser():
     p.add_argument("--reuse", action="store_true",
                    help="skip training where OUT/NAME/seedS/checkpoint.npz already holds this config at its last step, "
                         "and evaluations already kept beside it (evaluation_*.json)")
+    p.add_argument("--data", type=Path, default=None, metavar="FOLDER",
+                   help="a folder of pictures, one subfolder per class, instead of MNIST: each variant trained as "
+                        "examples/train_images.py --data FOLDER trains, measured as examples/evaluate.py --data "
+                        "FOLDER measures (FID-folder; its classifier cache)")
     p.add_argument("--source", choices=SOURCES, default="auto", help="where MNIST comes from (load_mnist)")
     p.add_argument("--data-dir", default=None, help="folder of MNIST's IDX files")
     p.add_argument("--classifier-dir", default=None,
-                   help="the evaluation classifier's cache (default ~/.cache/tinyddpm/classifier)")
+                   help="the evaluation classifier's cache (default ~/.cache/tinyddpm/classifier; with --data, "
+                        "evaluate.py's folder for that folder's pictures)")
     p.add_argument("--classifier-epochs", type=float, default=None,
                    help="epochs of a classifier trained now, when none is cached (default: judge.training_recipe's)")
     p.add_argument("--quick", action="store_true",
@@ -193,7 +217,14 @@ def build_parser():
 def settle(args) -> None:
     """Fill the defaults that --quick changes, and check what argparse cannot."""
     quick = args.quick
-    args.preset = args.preset or ("tiny" if quick else "cpu")
+    if args.data is not None:
+        if not args.data.is_dir():
+            raise SystemExit(f"recipe_ab.py: --data {args.data}: "
+                             f"{'not a folder' if args.data.exists() else 'no such folder'}")
+        if args.source != "auto" or args.data_dir is not None:
+            raise SystemExit("recipe_ab.py: --source and --data-dir say where MNIST comes from; with --data the "
+                             "pictures are the folder's")
+    args.preset = args.preset or ("tiny" if quick else "images-cpu" if args.data is not None else "cpu")
     args.variants = dict(args.variant) if args.variant else dict(QUICK_VARIANTS) if quick else {"base": {}}
     if len(args.variants) != len(args.variant or args.variants):
         raise SystemExit("recipe_ab.py: two --variant options share a name")
@@ -220,18 +251,45 @@ def settle(args) -> None:
 # configs, step costs, equal wall time
 # ---------------------------------------------------------------------------------------------------------------
 
-def variant_config(preset: str, overrides: dict, steps: int, seed: int = 0) -> TrainConfig:
-    """The preset with ``overrides`` (U-Net fields under "unet"), ``steps`` and ``seed``; no checkpoints or previews
-    during training (they would cost wall time that the step costs do not count)."""
+def variant_config(preset: str | TrainConfig, overrides: dict, steps: int, seed: int = 0) -> TrainConfig:
+    """The preset (a name, or a config such as folder_config's) with ``overrides`` (U-Net fields under "unet"),
+    ``steps`` and ``seed``; no checkpoints or previews during training (they would cost wall time that the step
+    costs do not count)."""
     bad = {k: why for k, why in NOT_OVERRIDABLE.items() if k in overrides}
     if bad:
         raise ValueError("recipe_ab: a variant may not set " + "; ".join(f"{k} ({why})" for k, why in bad.items()))
-    base = td.preset(preset).to_dict()
+    base = (preset if isinstance(preset, TrainConfig) else td.preset(preset)).to_dict()
     unet = {**base["unet"], **overrides.get("unet", {})}
     config = TrainConfig.from_dict({**base, **overrides, "unet": unet, "steps": steps, "seed": seed,
                                     "checkpoint_every": 0, "sample_every": 0})
     config.validate()
     return config
+
+
+def folder_data(args):
+    """The --data folder's pictures as examples/train_images.py reads them with its default options (at the preset's
+    picture size, grey or colour as found); one that cannot be read, or a flat one, is refused in one line."""
+    from _cli import picture_size
+
+    try:
+        data = load_image_folder(args.data, picture_size(args.preset))
+    except (OSError, ValueError) as e:   # load_image_folder's one-line reasons (module doc)
+        raise SystemExit(f"recipe_ab.py: --data {args.data}: {e}") from None
+    if not data.class_names:
+        raise SystemExit(f"recipe_ab.py: --data {args.data} is a flat folder: the study needs one subfolder per class "
+                         "(class-conditional networks, judged by a classifier of those classes)")
+    return data
+
+
+def folder_config(args, data) -> TrainConfig:
+    """The preset's config for the folder's pictures, as examples/train_images.py builds a run's (its default
+    options); the variants override it as they do a preset."""
+    from _cli import picture_config
+
+    try:
+        return picture_config(args.preset, data)
+    except ValueError as e:   # the preset against the pictures (TrainConfig.validate), as train_images.py refuses it
+        raise SystemExit(f"recipe_ab.py: --data {args.data} with the {args.preset} preset: {e}") from None
 
 
 def measure_step_costs(configs: dict, data, warmup: int, steps: int, rounds: int) -> dict:
@@ -286,15 +344,16 @@ def trained_already(path: Path, config: TrainConfig) -> bool:
         return False
 
 
-def train_one(config: TrainConfig, data, out_dir: Path, reuse: bool) -> dict:
-    """Train ``config`` from a fresh state into out_dir/checkpoint.npz; its wall time and last losses."""
+def train_one(config: TrainConfig, data, out_dir: Path, reuse: bool, class_names=()) -> dict:
+    """Train ``config`` from a fresh state into out_dir/checkpoint.npz; its wall time and last losses. ``class_names``
+    (a folder's) are kept in the checkpoint, as train_images.py keeps them: evaluate.py and sample.py read them."""
     path = out_dir / "checkpoint.npz"
     if reuse and trained_already(path, config):
         print(f"{path}: reused (this config, step {config.steps})", flush=True)
         return {"checkpoint": str(path), "wall_s": None, "loss_last100": None, "reused": True}
     for stale in out_dir.glob("evaluation_*.json"):        # measurements of the network this run replaces
         stale.unlink()
-    state = td.new_state(config, data.images, data.labels, data_source=data.source)
+    state = td.new_state(config, data.images, data.labels, data_source=data.source, class_names=class_names)
     start = time.perf_counter()
     td.train(state, out_dir, progress=False, log_lines=20)
     wall = time.perf_counter() - start
@@ -303,23 +362,37 @@ def train_one(config: TrainConfig, data, out_dir: Path, reuse: bool) -> dict:
 
 
 class Judge:
-    """The evaluation classifier and the real test digits' features, shared by every evaluation."""
+    """The evaluation classifier and the real pictures' features, shared by every evaluation: MNIST's classifier and
+    test digits, or with ``folder`` (load_image_folder's, labelled) examples/evaluate.py --data FOLDER's classifier
+    and the folder's pictures."""
 
-    def __init__(self, args, n: int, train=None):
-        test = td.load_mnist("test", data_dir=args.data_dir, source=args.source)
-        cache = Path(args.classifier_dir).expanduser() if args.classifier_dir else default_classifier_dir("mnist")
-        # a classifier missing from the cache is trained on the train split of the same source (once, then cached)
-        self.params, info = load_or_train_classifier(cache, epochs=args.classifier_epochs, data_dir=args.data_dir,
-                                                     source=args.source, train_data=train, test_data=test)
+    def __init__(self, args, n: int, train=None, folder=None):
+        if folder is None:
+            test = td.load_mnist("test", data_dir=args.data_dir, source=args.source)
+            cache = Path(args.classifier_dir).expanduser() if args.classifier_dir else default_classifier_dir("mnist")
+            # a classifier missing from the cache is trained on the train split of the same source (once, then cached)
+            self.params, info = load_or_train_classifier(cache, epochs=args.classifier_epochs, data_dir=args.data_dir,
+                                                         source=args.source, train_data=train, test_data=test)
+            real = test.images[:2 * n]                                  # (<= 2n, 28, 28): the first test digits
+            self.test_source, self.fid_name, self.class_count = test.source, "FID-MNIST", 10
+        else:
+            try:   # evaluate.py's cache of this folder's classifier (trained there once if missing)
+                self.params, info = load_or_train_folder_classifier(folder, args.classifier_dir,
+                                                                    epochs=args.classifier_epochs)
+            except TooFewPictures as e:
+                raise SystemExit(f"recipe_ab.py: --data {args.data}: {e}") from None
+            # evaluate.py's real pictures at its --seed 0: a seeded random 2n, since a folder is read class by class
+            real = folder.images[reference_picks(len(folder.images), 2 * n, seed=0)]   # (<= 2n, C, H, W)
+            self.test_source, self.fid_name = folder.source, "FID-folder"
+            self.class_count = len(folder.class_names)
         self.test_accuracy = info.get("test_accuracy")
-        reference = pixels_to_model_range(test.images[:2 * n])        # (<= 2n, 1, 28, 28): the first test digits
+        reference = pixels_to_model_range(real)                         # (<= 2n, C, H, W) in [-1, 1]
         self.real_features = features(self.params, reference)          # (<= 2n, D)
         self.n_floor = min(n, len(reference) // 2)
         self.reference = self.real_features[:n]
-        self.test_source = test.source
 
     def floor(self, seed: int) -> dict:
-        """Real vs real: two disjoint random halves of the first 2n test digits (fewer when the split is small)."""
+        """Real vs real: two disjoint random halves of the 2n real pictures (fewer when the data is small)."""
         return real_baseline(self.real_features, self.n_floor, seed=seed)
 
     def measure(self, x, requested) -> dict:
@@ -336,27 +409,29 @@ def evaluate_one(checkpoint: str, judge: Judge, n_per_class: int, seed: int, gui
     config = config if sampling is None else sampling
     guidance = config.guidance if guidance is None else guidance
     start = time.perf_counter()
-    x = td.sample_classes(params, config.unet, schedule, classes=range(10), n_per_class=n_per_class,
+    x = td.sample_classes(params, config.unet, schedule, classes=range(judge.class_count), n_per_class=n_per_class,
                           sampler=config.sampler, steps=config.sample_steps, guidance=guidance,
                           prediction=config.prediction, seed=seed, guidance_interval=guidance_interval)
     x = td.to_numpy(x)
     seconds = time.perf_counter() - start
-    requested = np.repeat(np.arange(10), n_per_class)                  # (n,) 0 0 .. 1 1 ..
+    requested = np.repeat(np.arange(judge.class_count), n_per_class)   # (n,) 0 0 .. 1 1 ..
     return {**judge.measure(x, requested), "guidance": guidance, "sample_seed": seed, "sample_s": round(seconds, 2)}
 
 
-def evaluation_path(checkpoint: str, n_per_class: int, seed: int, guidance_interval, guidance: float) -> Path:
+def evaluation_path(checkpoint: str, n_per_class: int, seed: int, guidance_interval, guidance: float,
+                    class_count: int = 10) -> Path:
     """Where one evaluation of a checkpoint is kept, beside it: with --reuse a study split over processes (or
     repeated) measures each (network, n, guidance, interval, sampling seed) once."""
     interval = "all" if guidance_interval is None else f"{guidance_interval[0]}-{guidance_interval[1]}"
-    return Path(checkpoint).parent / f"evaluation_n{10 * n_per_class}_g{guidance:g}_t{interval}_seed{seed}.json"
+    n = class_count * n_per_class
+    return Path(checkpoint).parent / f"evaluation_n{n}_g{guidance:g}_t{interval}_seed{seed}.json"
 
 
-def kept_evaluations(checkpoint: str, n_per_class: int, guidance_interval) -> dict:
+def kept_evaluations(checkpoint: str, n_per_class: int, guidance_interval, class_count: int = 10) -> dict:
     """{guidance: [sampling seeds]} of the evaluations kept beside a checkpoint at this n and interval."""
     found = {}
-    for path in Path(checkpoint).parent.glob(evaluation_path(checkpoint, n_per_class, 0, guidance_interval, 0).name
-                                             .replace("_g0_", "_g*_").replace("_seed0", "_seed*")):
+    pattern = evaluation_path(checkpoint, n_per_class, 0, guidance_interval, 0, class_count).name
+    for path in Path(checkpoint).parent.glob(pattern.replace("_g0_", "_g*_").replace("_seed0", "_seed*")):
         e = json.loads(path.read_text())
         found.setdefault(float(e["guidance"]), []).append(int(e["sample_seed"]))
     return {g: sorted(seeds) for g, seeds in sorted(found.items())}
@@ -365,7 +440,7 @@ def kept_evaluations(checkpoint: str, n_per_class: int, guidance_interval) -> di
 def evaluate_or_reuse(checkpoint: str, judge: Judge, n_per_class: int, seed: int, guidance_interval,
                       guidance: float, reuse: bool, sampling: TrainConfig | None = None) -> dict:
     """evaluate_one, or its kept result when ``reuse`` and it was measured by the same classifier."""
-    path = evaluation_path(checkpoint, n_per_class, seed, guidance_interval, guidance)
+    path = evaluation_path(checkpoint, n_per_class, seed, guidance_interval, guidance, judge.class_count)
     if reuse and path.is_file():
         kept = json.loads(path.read_text())
         if kept.get("classifier_test_accuracy") == judge.test_accuracy:
@@ -403,14 +478,19 @@ def span(summary: dict, fmt: str) -> str:
     return f"{summary['mean']:{fmt}} ({summary['min']:{fmt}}-{summary['max']:{fmt}})"
 
 
-def table(results: dict, floor: dict, baseline: str, n: int, seeds: str) -> str:
-    """One row per (variant, guidance scale); the verdicts compare each variant with the baseline at the same scale."""
+def table(results: dict, floor: dict, baseline: str, n: int, seeds: str, fid_name: str = "FID-MNIST",
+          data: str | None = None) -> str:
+    """One row per (variant, guidance scale); the verdicts compare each variant with the baseline at the same scale.
+    ``fid_name``: the FID's name (the classifier's data); ``data``: the folder of pictures, said first when given."""
     f = floor["fid"]
-    lines = [f"Equal wall time; n = {n} samples per evaluation; {seeds}; mean (min-max) over all (training seed, "
+    where = [] if data is None else [f"Data: the folder {data} ({fid_name}, precision, recall and accuracy in the "
+                                     "features of its classifier, as examples/evaluate.py --data measures).", ""]
+    lines = [*where,
+             f"Equal wall time; n = {n} samples per evaluation; {seeds}; mean (min-max) over all (training seed, "
              f"sampling seed) pairs. Real-vs-real floor (n = {floor['n']} vs {floor['n']}): FID {f['mean']:.2f} "
              f"({f['min']:.2f}-{f['max']:.2f}), precision {floor['precision']['mean']:.3f}, recall "
              f"{floor['recall']['mean']:.3f}.", "",
-             "| variant | steps | s/step | guidance | evaluations | FID-MNIST | precision | recall | accuracy | "
+             f"| variant | steps | s/step | guidance | evaluations | {fid_name} | precision | recall | accuracy | "
              "FID / floor |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
@@ -437,11 +517,12 @@ def table(results: dict, floor: dict, baseline: str, n: int, seeds: str) -> str:
     return "\n".join(lines)
 
 
-def plot_tradeoff(lines: dict, floor_fid: float, path: Path, title: str, n: int) -> None:
+def plot_tradeoff(lines: dict, floor_fid: float, path: Path, title: str, n: int, fid_name: str = "FID-MNIST",
+                  item: str = "digit") -> None:
     """FID against accuracy: for each {label: [(guidance, summaries of one setting)]} a line through its guidance
     scales, each point labelled with its scale, with the min-max over seeds as error bars. Guidance moves a network
     along its line (more accuracy, more FID), so one setting beats another when its line lies below the other's
-    at the same accuracy, not when one point is lower."""
+    at the same accuracy, not when one point is lower. ``fid_name``: the FID's name; ``item``: what a class is."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -460,8 +541,8 @@ def plot_tradeoff(lines: dict, floor_fid: float, path: Path, title: str, n: int)
         for (g, _), a, f in zip(points, acc, fid):
             ax.annotate(f"{g:g}", (a, f), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.axhline(floor_fid, color="gray", ls="--", label=f"real vs real (n = {n})")
-    ax.set_xlabel("accuracy: share read as the digit asked for (%)")
-    ax.set_ylabel("FID-MNIST (lower is better)")
+    ax.set_xlabel(f"accuracy: share read as the {item} asked for (%)")
+    ax.set_ylabel(f"{fid_name} (lower is better)")
     ax.set_title(f"{title}\nmean and min-max over seeds; labels: guidance scale", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -475,11 +556,22 @@ def main(argv=None) -> int:
     settle(args)
     names = list(args.variants)
     baseline = names[0]
+    folder = None if args.data is None else folder_data(args)   # refused in one line before any work
     print(blas_description(), flush=True)
-    data = td.load_mnist("train", data_dir=args.data_dir, source=args.source)
-    print(f"train data: {data.source} ({len(data.images)} digits); preset {args.preset}; variants {names} "
-          f"(baseline {baseline})", flush=True)
-    configs = {name: variant_config(args.preset, o, args.steps) for name, o in args.variants.items()}
+    if folder is None:
+        data, base = td.load_mnist("train", data_dir=args.data_dir, source=args.source), args.preset
+        print(f"train data: {data.source} ({len(data.images)} digits); preset {args.preset}; variants {names} "
+              f"(baseline {baseline})", flush=True)
+    else:
+        data, base = folder, folder_config(args, folder)
+        u = base.unet
+        print(f"train data: {data.source}; preset {args.preset} at {u.image_channels}x{u.image_size}x{u.image_size}, "
+              f"{u.num_classes} classes; variants {names} (baseline {baseline})", flush=True)
+    configs = {name: variant_config(base, o, args.steps) for name, o in args.variants.items()}
+    too_large = {name: c.batch_size for name, c in configs.items() if c.batch_size > len(data.images)}
+    if folder is not None and too_large:   # as train_images.py refuses it: before any step, not in new_state later
+        raise SystemExit(f"recipe_ab.py: --data {args.data}: {len(data.images)} usable pictures, fewer than the batch "
+                         f"size of {too_large}")
     intervals = {name: None if args.guidance_interval == "all" else args.guidance_interval or c.guidance_interval
                  for name, c in configs.items()}   # where each variant is guided when sampled
 
@@ -510,17 +602,19 @@ def main(argv=None) -> int:
     for name in chosen:
         runs = []
         for seed in range(args.train_seeds):
-            config = variant_config(args.preset, args.variants[name], steps[name], seed=seed)
+            config = variant_config(base, args.variants[name], steps[name], seed=seed)
             print(f"training {name}, seed {seed}: {steps[name]} steps", flush=True)
-            runs.append({"train_seed": seed, **train_one(config, data, args.out / name / f"seed{seed}", args.reuse)})
+            out_dir = args.out / name / f"seed{seed}"
+            classes = () if folder is None else folder.class_names
+            runs.append({"train_seed": seed, **train_one(config, data, out_dir, args.reuse, class_names=classes)})
         results[name] = {"overrides": args.variants[name], "cost_s": step_costs[name], "steps": steps[name],
                          "config": configs[name].to_dict() | {"steps": steps[name]}, "runs": runs,
                          "guidance": float(configs[name].guidance), "guidance_interval": intervals[name]}
     if args.train_only:
         return 0
 
-    n = 10 * args.n_per_class
-    judge = Judge(args, n, train=data)
+    n = (10 if folder is None else len(folder.class_names)) * args.n_per_class
+    judge = Judge(args, n, train=data) if folder is None else Judge(args, n, folder=folder)
     floors = [judge.floor(seed) for seed in range(args.sample_seeds)]
     floor = {k: summarise([f[k] for f in floors]) for k in ("fid", "precision", "recall")} | {"n": judge.n_floor}
     print(f"evaluation classifier test accuracy {judge.test_accuracy}; real-vs-real floor FID "
@@ -529,7 +623,7 @@ def main(argv=None) -> int:
         for run in results[name]["runs"]:
             run["evaluations"] = []
             if args.guidance == "kept":
-                plan = kept_evaluations(run["checkpoint"], args.n_per_class, intervals[name])
+                plan = kept_evaluations(run["checkpoint"], args.n_per_class, intervals[name], judge.class_count)
             else:
                 plan = {float(g): range(args.sample_seeds) for g in args.guidance or [configs[name].guidance]}
             for g, seeds_ in plan.items():
@@ -559,7 +653,7 @@ def main(argv=None) -> int:
                 results[name]["own_verdict"] = verdict(mine[own]["fid"], base[base_own]["fid"])
 
     seeds = f"training seeds 0-{args.train_seeds - 1}, sampling seeds 0-{args.sample_seeds - 1}"
-    text = table(results, floor, baseline, n, seeds)
+    text = table(results, floor, baseline, n, seeds, judge.fid_name, None if folder is None else str(args.data))
     print(text, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "recipe_ab.md").write_text(text + "\n")
@@ -569,10 +663,13 @@ def main(argv=None) -> int:
             "train_seeds": args.train_seeds, "sample_seeds": args.sample_seeds, "guidance": args.guidance,
             "guidance_interval": args.guidance_interval, "train_data": data.source, "test_data": judge.test_source,
             "classifier_test_accuracy": judge.test_accuracy, "floor": floor, "floors": floors, "variants": results}
+    if folder is not None:   # what was measured, and on what (MNIST's JSON stays as it was)
+        dump |= {"data": str(args.data), "fid_name": judge.fid_name, "class_names": folder.class_names}
     (args.out / "recipe_ab.json").write_text(json.dumps(dump, indent=1, default=str) + "\n")
     lines = {name: [(float(g), s) for g, s in r["summaries"].items()] for name, r in results.items()}
+    on = "" if folder is None else f" on {args.data}"
     plot_tradeoff(lines, floor["fid"]["mean"], args.out / "recipe_ab.png", f"{args.preset} variants at equal wall "
-                  f"time, {seeds}", n)
+                  f"time{on}, {seeds}", n, judge.fid_name, "digit" if folder is None else "class")
     print(f"wrote {args.out / 'recipe_ab.md'}, {args.out / 'recipe_ab.json'} and {args.out / 'recipe_ab.png'}",
           flush=True)
     return 0

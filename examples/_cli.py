@@ -42,7 +42,9 @@ step with the others (``together``): a failure on any rank, or ranks that disagr
 every rank with the same status and one line from rank 0, naming the rank that failed when it is not 0.
 
 Besides the rule, this file holds what the scripts share: the training scripts' options and checks and their run
-(``train_then_draw``), and the noise-conditional classifier that sample.py and evaluate.py load (``load_guide``).
+(``train_then_draw``), the config of a run on a folder of pictures (``picture_size``, ``picture_config``: also
+benchmarks/recipe_ab.py --data's), and the noise-conditional classifier that sample.py and evaluate.py load
+(``load_guide``).
 """
 from __future__ import annotations
 
@@ -60,11 +62,12 @@ import time
 import traceback
 import warnings
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from tinyddpm import backend, sample_classes, train, viz
+from tinyddpm import backend, preset, sample_classes, train, viz
 from tinyddpm.checkpoint import CheckpointError, load_checkpoint
 from tinyddpm.checks import MemoryTooLarge, check_fits
 from tinyddpm.classifiers import guide as noisy_classifier
@@ -73,6 +76,7 @@ from tinyddpm.diffusion import SAMPLERS, Trajectory, describe_guidance, max_step
 from tinyddpm.environment import EnvironmentVariableError, check_all, read
 from tinyddpm.nn.blocks import ACTIVATIONS, DOWNSAMPLES, UPSAMPLES
 from tinyddpm.parallel import mpi
+from tinyddpm.training.config import IMAGE_PRESETS, PRESETS
 from tinyddpm.training.resume import CHECKPOINT_NAME
 
 # errno values that mean the user's files, folders or disk, not our code
@@ -567,6 +571,38 @@ def bookkeeping(args) -> dict:
 
 def resume_path(args) -> Path:
     return Path(args.resume) if args.resume else Path(args.out) / CHECKPOINT_NAME
+
+
+# --------------------------------------------------------------------------------------------
+# a run on a folder of pictures (train_images.py; benchmarks/recipe_ab.py --data trains its variants the same way)
+# --------------------------------------------------------------------------------------------
+
+def picture_size(preset_name: str, image_size: int | None = None) -> int:
+    """The side a run's pictures are resized to: ``image_size``, else the preset's (32 for an MNIST preset such as
+    tiny); a UserError when the preset's U-Net cannot halve it as often as it does."""
+    base = {**PRESETS, **IMAGE_PRESETS}[preset_name].unet
+    size = image_size or (base.image_size if preset_name in IMAGE_PRESETS else 32)
+    halvings = len(base.channel_mults) - 1
+    if size % 2 ** halvings:
+        raise UserError(f"--image-size {size}: the {preset_name} preset's U-Net halves the pictures {halvings} "
+                        f"time(s); use a multiple of {2 ** halvings}")
+    return size
+
+
+def picture_config(preset_name: str, data, blocks: dict | None = None, **overrides):
+    """The preset's TrainConfig for a folder's pictures ``data`` (load_image_folder's): its U-Net at their size and
+    channels, its attention at the same fraction of the picture as the preset's, a class per subfolder (none for a
+    flat folder, whose run then drops no labels: p_uncond 0), with ``blocks`` (UNetConfig fields) and ``overrides``
+    (TrainConfig fields); validated (ValueError)."""
+    base = {**PRESETS, **IMAGE_PRESETS}[preset_name].unet
+    size = data.images.shape[-1]
+    attention = tuple(r * size // base.image_size for r in base.attention_resolutions
+                      if r * size % base.image_size == 0)   # the same fraction of the picture as the preset's
+    unet = replace(base, image_size=size, image_channels=data.channels, attention_resolutions=attention,
+                   num_classes=len(data.class_names) or None, **(blocks or {}))
+    if unet.num_classes is None:
+        overrides = {**overrides, "p_uncond": 0.0}   # no labels to drop: the network is unconditional
+    return preset(preset_name, unet=unet, **overrides)
 
 
 # --------------------------------------------------------------------------------------------

@@ -60,7 +60,6 @@ import csv
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -79,6 +78,7 @@ from tinyddpm.data import CLASS_NAMES, DATASETS, SOURCES, TITLES, DownloadError,
 from tinyddpm.data.folder import load_image_folder
 from tinyddpm.data.pixels import pixels_to_model_range
 from tinyddpm.diffusion import SAMPLERS, max_steps
+from tinyddpm.evaluation import folder_judge
 from tinyddpm.evaluation.colour import colour_distance, colour_floor, luminance
 from tinyddpm.evaluation.metrics import conditional_accuracy, real_baseline, sample_quality
 from tinyddpm.evaluation.nearest import memorisation_check, plot_nearest
@@ -89,8 +89,6 @@ COLUMNS = ["sampler", "steps", "guidance", "classifier_scale", "n", "fid", "prec
            "seconds_per_image", "guidance_interval"]
 EXTRA_COLUMNS = ["colour_distance", "colour_ratio", "luminance_accuracy"]   # RGB pictures; --luminance-judge
 MIN_TEST_DIGITS = 8   # the real-vs-real baseline compares two halves with k-NN (k = 3): more than 3 each
-FOLDER_TEST_SHARE = 0.1   # of a labelled folder's pictures, held out to measure its classifier's accuracy
-FOLDER_MIN_STEPS = 500    # a folder's classifier trains for at least this many steps (2 epochs of MNIST: 936)
 NEAREST_FLAT = 64         # samples in the nearest-neighbour check of a flat folder when --nearest is not given
 NEAREST_BASELINE = 1000   # training images in the train-to-train baseline (at most the training set)
 
@@ -141,7 +139,7 @@ def build_parser():
                              "subfolder per data set other than MNIST)")
     parser.add_argument("--classifier-epochs", type=number(above=0), default=None, metavar="E",
                         help="epochs of a classifier trained now (default 2, or for a split under 20,000 images "
-                             f"936 steps with random shifts; a folder: at least {FOLDER_MIN_STEPS} steps)")
+                             f"936 steps with random shifts; a folder: at least {folder_judge.FOLDER_MIN_STEPS} steps)")
     parser.add_argument("--nearest", type=integer(1), default=None, metavar="N",
                         help="write nearest.png: N samples beside their nearest training images, and the median "
                              f"distances (default: none; a flat folder: {NEAREST_FLAT})")
@@ -166,8 +164,9 @@ class RealData:
 
     Each part has uint8 .images, .labels (None: a flat folder) and .source. ``reference``: the real images of
     FID and precision/recall (a test split, or the whole folder); ``train``/``test``: the classifier's (the
-    train split, read when first needed, and the test split; or a 90/10 split of the folder); ``pictures``:
-    the model's training images, for the nearest-neighbour check.
+    train split, read when first needed, and the test split; a folder's classifier splits the folder itself,
+    tinyddpm/evaluation/folder_judge.py); ``pictures``: the model's training images, for the nearest-neighbour
+    check.
     """
 
     def __init__(self, name: str, title: str, key: str, class_names, reference, train=None, test=None):
@@ -189,7 +188,7 @@ class RealData:
         total = len(self.reference.images)
         if self.name != "folder":
             return np.arange(min(count, total))
-        return np.random.default_rng(seed).permutation(total)[:count]
+        return folder_judge.reference_picks(total, count, seed)
 
     def train_split(self, args):
         """The named data set's train split, loaded once (the classifier and the nearest check share it)."""
@@ -225,7 +224,6 @@ def load_real(args, config) -> RealData:
         real = RealData("folder", "folder", "", folder.class_names, folder)
         if real.labelled:
             real.key = folder_key(folder.images, folder.labels)
-            real.train, real.test = split_folder(folder)
     else:
         trained_on = checkpoint_dataset(args.checkpoint)
         if trained_on == "folder":
@@ -248,17 +246,6 @@ def load_real(args, config) -> RealData:
     return real
 
 
-def split_folder(folder):
-    """(train, test): a seeded 90/10 split of a labelled folder's pictures for its classifier."""
-    n = len(folder.images)
-    order = np.random.default_rng(0).permutation(n)
-    cut = n - max(1, int(round(FOLDER_TEST_SHARE * n)))
-    part = lambda idx, what: SimpleNamespace(   # noqa: E731
-        images=folder.images[idx], labels=folder.labels[idx], class_names=folder.class_names,
-        source=f"{folder.source} ({what}: {len(idx)} of its {n} pictures, seeded split)")
-    return part(np.sort(order[:cut]), "classifier training part"), part(np.sort(order[cut:]), "held-out part")
-
-
 def load_judge(args, real: RealData, cache_dir: Path | None = None, named: str | None = None):
     """The classifier of the real data: the cache, checked, or (without one) trained now on its train split.
 
@@ -273,19 +260,17 @@ def load_judge(args, real: RealData, cache_dir: Path | None = None, named: str |
         print(f"tinyddpm.classifiers.judge: loaded {cache}", flush=True)
         return params, info
     check_out_dir(named or ("--classifier-dir" if args.classifier_dir else "the classifier cache folder"), cache_dir)
+    if real.name == "folder":   # the folder's recipe, shared with benchmarks/recipe_ab.py --data
+        with blame(f"--data {args.data}", folder_judge.TooFewPictures):
+            return folder_judge.load_or_train_folder_classifier(real.reference, cache_dir,
+                                                                epochs=args.classifier_epochs)
     train = real.train_split(args)
-    epochs = args.classifier_epochs   # None: judge.training_recipe (2 epochs; a small split more, with random shifts)
-    if real.name == "folder":
-        if len(train.labels) < 2 * len(real.class_names):
-            raise UserError(f"--data {args.data}: {len(train.labels)} pictures for {len(real.class_names)} classes "
-                            "are too few to train the evaluation classifier on")
-        steps_per_epoch = max(1, len(train.labels) // min(CLASSIFIER_BATCH, len(train.labels)))
-        epochs = args.classifier_epochs or max(2.0, FOLDER_MIN_STEPS / steps_per_epoch)
-    elif len(train) < CLASSIFIER_BATCH:
+    if len(train) < CLASSIFIER_BATCH:
         raise UserError(f"no classifier in {cache_dir}, and the {real.title} train split holds {len(train)} images: "
                         f"training one needs at least {CLASSIFIER_BATCH} (one batch)")
+    # epochs None: judge.training_recipe (2 epochs; a small split more, with random shifts)
     return load_or_train_classifier(cache_dir, train_data=train, test_data=real.test, dataset=real.name,
-                                    data_key=real.key, epochs=epochs)
+                                    data_key=real.key, epochs=args.classifier_epochs)
 
 
 def load_mnist_judge(args):
@@ -439,7 +424,7 @@ def work(args) -> int:
                         f"baseline needs at least {MIN_TEST_DIGITS}")
     classifier, info = load_judge(args, real)
     mnist_judge = load_mnist_judge(args) if args.luminance_judge else None
-    if args.nearest:
+    if args.nearest and real.pictures is None:   # a folder's training images are the folder, read already
         real.train_split(args)   # the training images of the nearest check: read (and checked) before any sampling
     guide = load_guide(args, schedule, config.unet)[0] if args.classifier_guidance else None
     out.mkdir(parents=True, exist_ok=True)

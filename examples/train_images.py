@@ -36,18 +36,17 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from _cli import (BLOCK_OPTIONS, Parser, UserError, add_block_options, add_resume_options, add_run_options,
                   add_training_options, blame, bookkeeping, check_options, check_run, check_same_run, check_until,
-                  given, integer, out_folder, resume_path, together, train_then_draw)
+                  given, integer, out_folder, picture_config, picture_size, resume_path, together, train_then_draw)
 from _cli import main as cli_main
 
-from tinyddpm import count_params, new_state, preset, resume_state
+from tinyddpm import count_params, new_state, resume_state
 from tinyddpm.checkpoint import load_checkpoint
 from tinyddpm.data.folder import load_image_folder
-from tinyddpm.training.config import IMAGE_PRESETS, PRESETS, default_preset
+from tinyddpm.training.config import default_preset
 from tinyddpm.training.resume import read_train_config, training_checkpoint
 
 PROG = "train_images.py"
@@ -85,11 +84,6 @@ def preset_name(args) -> str:
     return args.preset or default_preset(images=True)
 
 
-def base_config(args):
-    """The preset's TrainConfig as stored (before the pictures set its size, channels and classes)."""
-    return {**PRESETS, **IMAGE_PRESETS}[preset_name(args)]
-
-
 def picture_format(args) -> tuple:
     """(image size, channels or None): from the checkpoint on --resume, else from the options and the preset."""
     if args.resume is not None:
@@ -102,13 +96,7 @@ def picture_format(args) -> tuple:
         with blame("cannot resume", ValueError, OSError):   # CheckpointError is a ValueError
             unet = read_train_config(load_checkpoint(path, expect=training_checkpoint()), path).unet
         return unet.image_size, unet.image_channels
-    base = base_config(args).unet
-    size = args.image_size or (base.image_size if preset_name(args) in IMAGE_PRESETS else 32)
-    halvings = len(base.channel_mults) - 1
-    if size % 2 ** halvings:
-        raise UserError(f"--image-size {size}: the {preset_name(args)} preset's U-Net halves the pictures {halvings} "
-                        f"time(s); use a multiple of {2 ** halvings}")
-    return size, args.channels
+    return picture_size(preset_name(args), args.image_size), args.channels
 
 
 def load_pictures(args, size: int, channels):
@@ -117,16 +105,6 @@ def load_pictures(args, size: int, channels):
         data = load_image_folder(args.data, size, channels)
     print(data.source, flush=True)
     return data
-
-
-def network_for(args, data):
-    """The preset's U-Net at the pictures' size and channels, with a class per subfolder (or none)."""
-    base = base_config(args).unet
-    size = data.images.shape[-1]
-    attention = tuple(r * size // base.image_size for r in base.attention_resolutions
-                      if r * size % base.image_size == 0)   # the same fraction of the picture as the preset's
-    return replace(base, image_size=size, image_channels=data.channels, attention_resolutions=attention,
-                   num_classes=len(data.class_names) or None, **given(args, *BLOCK_OPTIONS))
 
 
 def build_state(args, data):
@@ -142,11 +120,8 @@ def build_state(args, data):
         print(f"resuming {path} at step {state.step} of {state.config.steps}")
         return state
     overrides = given(args, "steps", "batch_size", "lr", "seed")
-    unet = network_for(args, data)
-    if unet.num_classes is None:
-        overrides["p_uncond"] = 0.0          # no labels to drop: the network is unconditional
     with blame("", ValueError):              # the options against each other (TrainConfig.validate)
-        config = preset(preset_name(args), unet=unet, **overrides, **bookkeeping(args))
+        config = picture_config(preset_name(args), data, given(args, *BLOCK_OPTIONS), **overrides, **bookkeeping(args))
     if config.batch_size > len(data):
         flag = "--batch-size" if args.batch_size is not None else f"the {preset_name(args)} preset's batch"
         raise UserError(f"--data {args.data}: {len(data)} usable image(s), {flag} is {config.batch_size}; add "

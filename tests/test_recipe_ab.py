@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 
 import pytest
-from helpers import load_benchmark
+from helpers import load_benchmark, load_example
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -190,3 +190,90 @@ def test_both_scripts_run_from_the_command_line(tmp_path):
     done = subprocess.run([sys.executable, str(BENCHMARKS / "sampler_sweep.py"), "x.npz", "--intervals", "5-1"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2 and "--intervals" in done.stderr
+
+
+# ---------------------------------------------------------------------------------------- a folder of pictures
+
+@pytest.fixture(scope="module")
+def picture_folders(tmp_path_factory):
+    """(labelled, flat): 12 random RGB pictures in each of three class subfolders, and 8 grey ones at the top."""
+    from test_image_folder import make_pictures
+
+    root = tmp_path_factory.mktemp("pictures")
+    return (make_pictures(root / "classes", classes=["leaf", "moth", "sky"], n=12),
+            make_pictures(root / "flat", n=8, grey=True))
+
+
+def test_recipe_ab_quick_on_a_folder_trains_as_train_images_and_measures_as_evaluate(tmp_path, monkeypatch, capsys,
+                                                                                    picture_folders):
+    """--quick --data: the variants are the folder's networks (3 RGB classes at 32x32, not MNIST's 1x28x28 and ten),
+    the table says FID-folder and which folder, the evaluations are kept beside the checkpoints, and the classifier is
+    the one evaluate.py --data FOLDER finds in its cache, with the same real-vs-real floor."""
+    from tinyddpm.checkpoint import load_checkpoint
+    from tinyddpm.classifiers.judge import CHECKPOINT_NAME, default_classifier_dir, folder_key
+    from tinyddpm.data.folder import load_image_folder
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))          # the classifier cache: evaluate.py's default one
+    monkeypatch.delenv("TINYDDPM_CACHE", raising=False)
+    recipe_ab = load_benchmark("recipe_ab")
+    folder, out = picture_folders[0], tmp_path / "out"
+    assert recipe_ab.main(["--quick", "--data", str(folder), "--out", str(out), "--costs", "base=0.1,minsnr=0.05",
+                           "--classifier-epochs", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "| variant | steps | s/step | guidance | evaluations | FID-folder |" in printed
+    assert "FID-MNIST" not in printed
+    assert f"Data: the folder {folder} (FID-folder" in printed
+    assert "| base | 6 | 0.1000 | 2.0 | 1 |" in printed and "| minsnr | 12 | 0.0500 | 2.0 | 1 |" in printed
+    assert (out / "recipe_ab.md").read_text().strip() in printed
+    assert (out / "recipe_ab.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    dump = json.loads((out / "recipe_ab.json").read_text())
+    assert dump["data"] == str(folder) and dump["fid_name"] == "FID-folder" and dump["preset"] == "tiny"
+    assert dump["class_names"] == ["leaf", "moth", "sky"] and dump["n"] == 6       # 3 classes x 2 samples
+    for name, v in dump["variants"].items():
+        unet = v["config"]["unet"]
+        assert (unet["image_channels"], unet["image_size"], unet["num_classes"]) == (3, 32, 3)
+        assert unet["attention_resolutions"] == [16]        # tiny's 14 of 28, the same fraction of 32
+        seed0 = out / name / "seed0"
+        assert sorted(p.name for p in seed0.glob("evaluation_*.json")) == ["evaluation_n6_g2_tall_seed0.json"]
+        assert load_checkpoint(seed0 / "checkpoint.npz").extra["class_names"] == ["leaf", "moth", "sky"]
+        for metric in ("fid", "precision", "recall", "accuracy"):
+            assert math.isfinite(v["summaries"]["2.0"][metric]["mean"])
+    assert dump["variants"]["minsnr"]["config"]["min_snr_gamma"] == 5.0
+
+    data = load_image_folder(folder, image_size=32)
+    cache = default_classifier_dir(folder_key(data.images, data.labels)) / CHECKPOINT_NAME
+    assert cache.is_file()
+    evaluate = load_example("evaluate")
+    assert evaluate.main([str(out / "base" / "seed0" / "checkpoint.npz"), "--data", str(folder), "--configs", "ddim:2",
+                          "--n-per-class", "2", "--out", str(tmp_path / "evaluation"), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert f"loaded {cache}" in printed and "classifier: step" not in printed      # found, not trained again
+    assert f"real-vs-real: FID-folder {dump['floors'][0]['fid']:.2f}, precision" in printed
+
+
+def test_a_folder_study_builds_the_config_train_images_builds_and_refuses_flat_or_missing_folders(tmp_path, capsys,
+                                                                                                   picture_folders):
+    from dataclasses import replace
+
+    recipe_ab = load_benchmark("recipe_ab")
+    labelled, flat = picture_folders
+    args = recipe_ab.build_parser().parse_args(["--data", str(labelled)])
+    recipe_ab.settle(args)
+    assert args.preset == "images-cpu" and args.steps == 2800
+    base = recipe_ab.folder_config(args, recipe_ab.folder_data(args))
+    train_images = load_example("train_images")
+    options = train_images.parse_args(["--data", str(labelled), "--preset", "images-cpu"])   # its defaults
+    pictures = train_images.load_pictures(options, *train_images.picture_format(options))
+    state = train_images.build_state(options, pictures)
+    assert recipe_ab.variant_config(base, {}, 2800) == replace(state.config, checkpoint_every=0, sample_every=0)
+    assert recipe_ab.variant_config(base, {"unet": {"base_channels": 8}}, 9).unet == replace(state.config.unet,
+                                                                                             base_channels=8)
+    capsys.readouterr()
+    for folder, said in ((flat, "is a flat folder: the study needs one subfolder per class"),
+                         (tmp_path / "missing", ": no such folder")):
+        with pytest.raises(SystemExit) as e:
+            recipe_ab.main(["--quick", "--data", str(folder), "--out", str(tmp_path / "out")])
+        message = str(e.value.code)
+        assert message.startswith(f"recipe_ab.py: --data {folder}") and said in message and "\n" not in message
+    assert not (tmp_path / "out").exists() and capsys.readouterr().out == ""       # refused before any work

@@ -35,7 +35,8 @@ Other data sets. The judge of a model trained on Fashion-MNIST, or on a labelled
 (tinyddpm/data/folder.py), is the same network trained on that data: ``load_or_train_classifier(dataset=
 "fashion-mnist")``, or with ``train_data``/``test_data`` and ``data_key=folder_key(images, labels)``. Each is
 cached in its own folder (default_classifier_dir(key)) and its config records the key, so a cache made on
-one data set is refused for another.
+one data set is refused for another. A folder's recipe (its split, steps and real reference pictures), which
+examples/evaluate.py and benchmarks/recipe_ab.py share: tinyddpm/evaluation/folder_judge.py.
 """
 from __future__ import annotations
 
