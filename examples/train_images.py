@@ -46,6 +46,7 @@ from _cli import main as cli_main
 from tinyddpm import count_params, new_state, resume_state
 from tinyddpm.checkpoint import load_checkpoint
 from tinyddpm.data.folder import load_image_folder
+from tinyddpm.diffusion import describe_guidance
 from tinyddpm.training.config import default_preset
 from tinyddpm.training.resume import read_train_config, training_checkpoint
 
@@ -170,12 +171,14 @@ def work(args, dp=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         paths = write_skipped(out, data)
         cfg, u = state.config, state.config.unet
-        kind = f"{len(state.class_names)} classes, guidance {cfg.guidance:g}" if u.num_classes else "unconditional"
+        kind = (f"{len(state.class_names)} classes, {describe_guidance(cfg.guidance, cfg.guidance_interval)}"
+                if u.num_classes else "unconditional")
         print(f"device {device}; U-Net {u.image_size}x{u.image_size}x{u.image_channels} ({kind}), base "
               f"{u.base_channels}, mults {u.channel_mults}, attention at {u.attention_resolutions or 'none'}: "
               f"{count_params(state.params):,} parameters")
         print(f"{cfg.steps} steps of {cfg.batch_size} pictures{' (random flips)' if state.batches.flip else ''}, lr "
-              f"{cfg.lr:g} ({cfg.warmup_steps} warmup, {cfg.lr_decay}), EMA {cfg.ema_decay}; writing to {out}")
+              f"{cfg.lr:g} ({cfg.warmup_steps} warmup, {cfg.lr_decay}), EMA {cfg.ema_decay}, predicting "
+              f"{cfg.prediction}; writing to {out}")
         if dp is not None:
             print(dp.describe(cfg.batch_size, device))
     launcher = "" if dp is None else f"mpiexec -n {dp.size} "    # any N that divides the batch would do

@@ -142,7 +142,7 @@ def work(args, dp=None) -> int:
         print(f"device {device}; U-Net base {u.base_channels}, mults {u.channel_mults}, {u.blocks_per_level} block(s) "
               f"per level, attention at {u.attention_resolutions or 'none'}: {count_params(state.params):,} parameters")
         print(f"{cfg.steps} steps of {cfg.batch_size} images, lr {cfg.lr:g} ({cfg.warmup_steps} warmup, {cfg.lr_decay}), "
-              f"EMA {cfg.ema_decay}, p_uncond {cfg.p_uncond}; writing to {out}")
+              f"EMA {cfg.ema_decay}, p_uncond {cfg.p_uncond}, predicting {cfg.prediction}; writing to {out}")
         if dp is not None:
             print(dp.describe(cfg.batch_size, device))
     launcher = "" if dp is None else f"mpiexec -n {dp.size} "    # any N that divides the batch would do

@@ -224,11 +224,12 @@ def lesson_train_config():
     unet = UNetConfig(base_channels=8, channel_mults=(1, 2, 4), blocks_per_level=1, attention_resolutions=(),
                       heads=1, groups=4, dropout=0.0)
     steps = FAST_STEPS if FAST else LESSON_STEPS
-    # guidance 2.25: the scale this network's lessons were written and measured at (the CPU preset's until it
-    # trained longer and moved to 1.75)
+    # guidance 2.25 at every t, a noise prediction: what this network's lessons were written and measured with (the
+    # CPU preset's guidance until it trained longer; its later changes to the prediction and the guidance interval
+    # stay out of the lessons, whose samplers are written for eps)
     return preset("cpu", unet=unet, steps=steps, batch_size=32, lr=2e-3, warmup_steps=min(50, steps),
                   min_snr_gamma=5.0, ema_decay=0.99, log_every=min(10, steps), checkpoint_every=0, sample_every=0,
-                  guidance=2.25)
+                  prediction="eps", guidance=2.25, guidance_interval=None)
 
 
 def trained_model(prefer_example: bool = True):
@@ -246,7 +247,12 @@ def trained_model(prefer_example: bool = True):
     prefer_example = prefer_example and read_or("TINYDDPM_LESSON_MODEL", "example") != "own"
     if prefer_example and not FAST and EXAMPLE_CHECKPOINT.exists():
         params, config, schedule = load_for_sampling(EXAMPLE_CHECKPOINT)
-        return params, config, schedule, f"{EXAMPLE_CHECKPOINT} (examples/train_mnist.py: your own run)"
+        if config.prediction == "eps":
+            return params, config, schedule, f"{EXAMPLE_CHECKPOINT} (examples/train_mnist.py: your own run)"
+        # the lessons' samplers are written for a noise prediction, as in Ho et al.; a network predicting v or x0
+        # would need tinyddpm.diffusion.convert_prediction at every step, which would hide what they teach
+        print(f"  {EXAMPLE_CHECKPOINT} predicts {config.prediction!r}; the lessons sample a noise ('eps') "
+              f"prediction, so they use the shipped network")
     if prefer_example and not FAST and SHIPPED_NETWORK.exists():
         params, config, schedule = load_for_sampling(SHIPPED_NETWORK, use_ema=False)   # its params are EMA weights
         return params, config, schedule, (f"{SHIPPED_NETWORK.relative_to(REPO)} (shipped: the EMA weights of "

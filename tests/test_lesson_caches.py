@@ -160,3 +160,23 @@ def test_without_the_shipped_judge_the_lessons_train_one_keyed_and_say_its_accur
     assert "training tinyddpm's evaluation classifier once" in capsys.readouterr().out
     _, again = _common.judge()
     assert again == said and "training" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("prediction, own", [("eps", True), ("v", False)])
+def test_lessons_take_your_run_only_when_it_predicts_the_noise(tmp_path, monkeypatch, capsys, prediction, own):
+    """The lessons' samplers are written for eps: a runs/mnist checkpoint predicting v gives way to the shipped
+    network, with a line saying why; an eps one is used."""
+    import tinyddpm as td
+    from helpers import synthetic_digits
+    images, labels = synthetic_digits(20)
+    config = td.preset("tiny", steps=1, sample_every=0, prediction=prediction)
+    td.train(td.new_state(config, images, labels), tmp_path, progress=False)
+    monkeypatch.setattr(_common, "EXAMPLE_CHECKPOINT", tmp_path / "checkpoint.npz")
+    monkeypatch.setattr(_common, "FAST", False)
+    monkeypatch.delenv("TINYDDPM_LESSON_MODEL", raising=False)
+    params, got, schedule, where = _common.trained_model()
+    if own:
+        assert got.prediction == "eps" and "your own run" in where
+    else:
+        assert got.prediction == "eps" and "shipped" in where
+        assert "predicts 'v'; the lessons sample a noise ('eps') prediction" in capsys.readouterr().out

@@ -7,7 +7,8 @@ Train and sample in a few lines:
     data = td.load_mnist("train", source="subset")          # 5,000 real digits shipped with tinyddpm
     config = td.preset("tiny", steps=40)                     # or "cpu" (~13 min on 2 cores), "gpu"
     state = td.train(td.new_state(config, data.images, data.labels), "runs/quickstart")
-    x = td.sample_classes(state.ema.params, config.unet, state.schedule, classes=range(10), n_per_class=2)
+    x = td.sample_classes(state.ema.params, config.unet, state.schedule, classes=range(10), n_per_class=2,
+                          prediction=config.prediction)    # what the network outputs: 'eps' here, 'v' in "cpu"
 
 The pieces underneath, a folder per concern:
     ops/            every layer's forward and backward; ``python -m tinyddpm.gradcheck`` proves each backward

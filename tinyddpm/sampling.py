@@ -1,7 +1,9 @@
 """From trained weights to pictures: a batch of each requested class, guided, with any sampler.
 
     params, config, schedule = load_for_sampling("runs/mnist/checkpoint.npz")
-    x = sample_classes(params, config.unet, schedule, classes=[3, 5], n_per_class=8, sampler="ddim", steps=50)
+    x = sample_classes(params, config.unet, schedule, classes=[3, 5], n_per_class=8, sampler="ddim", steps=50,
+                       prediction=config.prediction, guidance=config.guidance,
+                       guidance_interval=config.guidance_interval)   # as the run was trained and meant to be drawn
     # (16, 1, 28, 28), roughly in [-1, 1]: eight 3s, then eight 5s
 
 ``unet_model`` turns the weights into the callable ``model(x_t, t, labels)`` the samplers take (on the CPU

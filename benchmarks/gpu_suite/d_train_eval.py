@@ -80,7 +80,8 @@ def part_d_train_eval(suite, res, cap):
     left = suite.total - suite.elapsed() - sz.eval_reserve_s - (MPI_RESERVE_S if "m" in suite.args.parts else 0)
     budget = max(sz.min_train_s, min(suite.budget, left))
     res.update(preset=sz.eval_preset, batch=config.batch_size, budget_s=budget, budget_asked_s=suite.budget,
-               data=train.source, sampler=config.sampler, sample_steps=config.sample_steps, guidance=config.guidance)
+               data=train.source, sampler=config.sampler, sample_steps=config.sample_steps, guidance=config.guidance,
+               guidance_interval=config.guidance_interval, prediction=config.prediction)
     if budget < suite.budget:
         res["budget_note"] = (f"trained {budget:.0f} s, not {suite.budget:.0f} s: the parts before took "
                               f"{suite.elapsed():.0f} s of the {suite.total:.0f} s target")
@@ -98,7 +99,7 @@ def part_d_train_eval(suite, res, cap):
             k = min(chunk, per - i * chunk)
             x = sample_digits(state.ema.params, config.unet, state.schedule, range(10), k, sampler=config.sampler,
                               steps=config.sample_steps, guidance=config.guidance, prediction=config.prediction,
-                              seed=i)
+                              seed=i, guidance_interval=config.guidance_interval)
             pieces.append(backend.to_numpy(x))
             requested.append(np.repeat(np.arange(10), k))
         suite.sync()

@@ -197,8 +197,10 @@ def render_d(r) -> list:
         rows.append(("classifier", f"test accuracy {fmt(c.get('test_accuracy'), '.4f')}, {c.get('note')}, "
                                    f"{c.get('seconds')} s"))
     if "samples" in r:
+        interval = "" if r.get("guidance_interval") is None else " at t in [{}, {}]".format(*r["guidance_interval"])
         rows.append(("samples", f"{r['samples']} ({r['samples'] // 10} per digit), {r.get('sampler')} "
-                                f"{r.get('sample_steps')} steps, guidance {r.get('guidance')}, EMA weights: "
+                                f"{r.get('sample_steps')} steps, guidance {r.get('guidance')}{interval}, "
+                                f"{r.get('prediction', 'eps')}-prediction network, EMA weights: "
                                 f"{fmt(r.get('sample_seconds'), '.1f')} s, {fmt(r.get('sample_img_s'), '.1f')} img/s"))
     q, fl = r.get("quality"), r.get("floor")
     if q and fl:
