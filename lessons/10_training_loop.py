@@ -81,8 +81,9 @@ section("1. The objective and its gradient")
 rng = np.random.default_rng(0)
 run_unet = UNetConfig(base_channels=8, channel_mults=(1, 2), blocks_per_level=1, attention_resolutions=(14,),
                       heads=2, groups=4, dropout=0.1)
+# prediction="eps": the noise prediction of Ho et al. that this lesson writes out (the cpu preset predicts v)
 step_config = preset("cpu", unet=run_unet, batch_size=8, dtype="float64", steps=100, warmup_steps=10, lr=2e-3,
-                     ema_decay=0.99, log_every=1, checkpoint_every=0, sample_every=0)
+                     ema_decay=0.99, log_every=1, checkpoint_every=0, sample_every=0, prediction="eps")
 lib = new_state(step_config, images[:512], labels[:512])     # tinyddpm trains this one with train_step ...
 mine = new_state(step_config, images[:512], labels[:512])    # ... and we train its identical twin in the open
 schedule, T = mine.schedule, step_config.num_timesteps
@@ -208,10 +209,10 @@ section(f"3. A short run on real MNIST: {RUN_STEPS} steps")
 run_config = preset("cpu", unet=UNetConfig(base_channels=16, channel_mults=(1, 2), blocks_per_level=1,
                                            attention_resolutions=(), heads=1, groups=8, dropout=0.0),
                     steps=RUN_STEPS, batch_size=16, lr=2e-3, warmup_steps=RUN_STEPS // 10, ema_decay=0.99,
-                    log_every=10, checkpoint_every=0, sample_every=0)
+                    log_every=10, checkpoint_every=0, sample_every=0, prediction="eps")
 if FAST:
     run_config = preset("cpu", unet=run_unet, steps=RUN_STEPS, batch_size=16, lr=2e-3, warmup_steps=RUN_STEPS // 10,
-                        ema_decay=0.9, log_every=10, checkpoint_every=0, sample_every=0)
+                        ema_decay=0.9, log_every=10, checkpoint_every=0, sample_every=0, prediction="eps")
 print(f"  U-Net {run_config.unet.base_channels} base channels, mults {run_config.unet.channel_mults}; batch "
       f"{run_config.batch_size}, lr {run_config.lr} with {run_config.warmup_steps} warmup steps then cosine, "
       f"EMA decay {run_config.ema_decay}")

@@ -58,7 +58,7 @@ def run_config(steps, **overrides):
                           heads=1, groups=8, dropout=0.0)
         ema = 0.99
     kw = dict(unet=unet, steps=steps, batch_size=16, lr=2e-3, warmup_steps=steps // 10, ema_decay=ema, log_every=10,
-              checkpoint_every=0, sample_every=0)
+              checkpoint_every=0, sample_every=0, prediction="eps")   # the lesson's noise prediction, as in Ho et al.
     return preset("cpu", **{**kw, **overrides})
 
 
