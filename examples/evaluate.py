@@ -295,8 +295,10 @@ def nearest_check(args, params, config, schedule, real: RealData, n: int, out: P
     K = max(1, len(real.class_names))
     sampler, steps = args.configs[0]
     guidance = (args.guidance or [config.guidance])[0]
+    interval = chosen_guidance_interval(args.guidance_interval, config, schedule.num_timesteps)
     x = sample_classes(params, config.unet, schedule, classes=range(K), n_per_class=-(-n // K), sampler=sampler,
-                       steps=steps, guidance=guidance, prediction=config.prediction, seed=args.seed, progress=True)
+                       steps=steps, guidance=guidance, prediction=config.prediction, seed=args.seed, progress=True,
+                       guidance_interval=interval)
     x = backend.to_numpy(x)[np.linspace(0, K * -(-n // K) - 1, n).round().astype(int)]   # (n, C, H, W) all classes
     pixels = pixels_to_model_range(train.images)                                       # (N, C, H, W)
     report = memorisation_check(x, pixels, n_baseline=NEAREST_BASELINE, seed=args.seed)
