@@ -1,4 +1,5 @@
-"""Train named variants of a preset at EQUAL WALL TIME on MNIST, evaluate each, and say which differences are real.
+"""Train named variants of a preset at EQUAL WALL TIME on MNIST or a folder of pictures, evaluate each, and say
+which differences are real.
 
     python benchmarks/recipe_ab.py --variant base='{}' --variant minsnr='{"min_snr_gamma": 5}' \
         --variant v='{"prediction": "v"}' --variant noattn='{"unet": {"attention_resolutions": []}}'

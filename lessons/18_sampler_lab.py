@@ -50,7 +50,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from _common import (FAST, banner, check, finish, judge, mnist_digits, output_dir, saved, section,  # noqa: E402
-                     train_first_note, trained_model, try_this)
+                     timing_check, train_first_note, trained_model, try_this)
 from tinyddpm.classifiers.judge import predict_proba  # noqa: E402
 from tinyddpm.diffusion import GuidedModel, ddim_sample, ddim_timesteps, interpolate_noise, q_sample  # noqa: E402
 from tinyddpm.sampling import unet_model  # noqa: E402
@@ -140,9 +140,9 @@ for n, (images, seconds) in results.items():
     print(f"  {n:>6} {seconds:>8.1f} s {1000 * seconds / n:>6.0f} ms {rms(images, reference):>12.4f} "
           f"{sureness(images, labels).mean():>15.1%}")
 t_first, t_last = results[STEPS[0]][1], results[STEPS[-1]][1]
-check(f"wall time grows with the steps: {STEPS[-1]} steps take more than {STEPS[-1] // STEPS[0] // 4}x as long as "
-      f"{STEPS[0]}", t_last > (STEPS[-1] / STEPS[0] / 4) * t_first,
-      f"{t_last:.1f} s vs {t_first:.1f} s ({STEPS[-1] // STEPS[0]}x the network calls)")
+timing_check(f"wall time grows with the steps: {STEPS[-1]} steps take more than {STEPS[-1] // STEPS[0] // 4}x as long "
+             f"as {STEPS[0]}", t_last > (STEPS[-1] / STEPS[0] / 4) * t_first,
+             f"{t_last:.1f} s vs {t_first:.1f} s ({STEPS[-1] // STEPS[0]}x the network calls)")
 d_first, d_mid = rms(results[STEPS[0]][0], reference), rms(results[STEPS[1]][0], reference)
 if ETA == 0:
     check(f"with ETA = 0 more steps land closer to the {STEPS[-1]}-step pictures (one ODE, finer steps)",

@@ -76,6 +76,16 @@ def check(what: str, ok: bool, detail: str = "") -> bool:
     return bool(ok)
 
 
+def timing_check(what: str, ok: bool, detail: str = "") -> bool:
+    """A claim about wall time: a check in a full run; in fast mode (the test suite's, often on a loaded machine,
+    where another process can take the core between two timings) printed, not counted."""
+    if not FAST:
+        return check(what, ok, detail)
+    print(f"  [timing, not checked in fast mode: {'holds' if ok else 'does not hold'} here] {what}"
+          + (f": {detail}" if detail else ""))
+    return bool(ok)
+
+
 def saved(path) -> Path:
     """Announce a figure (or GIF) the lesson wrote."""
     path = Path(path)
