@@ -198,7 +198,8 @@ def build_parser():
     p.add_argument("--train-only", action="store_true", help="train, then stop (evaluate later with --reuse)")
     p.add_argument("--reuse", action="store_true",
                    help="skip training where OUT/NAME/seedS/checkpoint.npz already holds this config at its last step, "
-                        "and evaluations already kept beside it (evaluation_*.json)")
+                        "and evaluations already kept beside it (evaluation_*.json); a checkpoint of another config is "
+                        "refused, not trained over (a changed preset would otherwise retrain a baseline)")
     p.add_argument("--data", type=Path, default=None, metavar="FOLDER",
                    help="a folder of pictures, one subfolder per class, instead of MNIST: each variant trained as "
                         "examples/train_images.py --data FOLDER trains, measured as examples/evaluate.py --data "
@@ -329,29 +330,47 @@ def equal_time_steps(base_steps: int, costs_: dict, baseline: str) -> dict:
 # training and evaluation
 # ---------------------------------------------------------------------------------------------------------------
 
-def trained_already(path: Path, config: TrainConfig) -> bool:
-    """True when ``path`` is a checkpoint of ``config`` at its last step (for --reuse): the same config up to the
-    sampling fields, which change how a network is sampled, not what it learns (its previews draw from their own
-    seed, and a variant's training writes none)."""
+def kept_run_differences(path: Path, config: TrainConfig) -> list | None:
+    """How the checkpoint at ``path`` differs from a finished run of ``config``: [] when it is one (the same config up
+    to the sampling fields, which change how a network is sampled, not what it learns: its previews draw from their
+    own seed, and a variant's training writes none), else 'field: kept -> asked' lines; None when there is no
+    checkpoint or it cannot be read."""
     if not path.is_file():
-        return False
+        return None
     try:
         ckpt = load_checkpoint(path)
         kept = TrainConfig.from_dict(ckpt.config["train"])
-        sampling = {name: getattr(config, name) for name in SAMPLING_ONLY}
-        return ckpt.step == config.steps and replace(kept, **sampling) == config
     except Exception as e:   # noqa: BLE001  anything unreadable is simply trained again
         print(f"{path}: not reused ({type(e).__name__}: {e})", flush=True)
-        return False
+        return None
+    def flat(c: TrainConfig) -> dict:   # the U-Net's fields as unet.NAME, so a difference names the field
+        d = c.to_dict()
+        return {**{k: v for k, v in d.items() if k != "unet"}, **{f"unet.{k}": v for k, v in d["unet"].items()}}
+
+    kept, asked = flat(replace(kept, **{name: getattr(config, name) for name in SAMPLING_ONLY})), flat(config)
+    found = [f"{name}: {kept.get(name)!r} -> {asked[name]!r}" for name in asked if kept.get(name) != asked[name]]
+    unfinished = ckpt.step != config.steps and kept["steps"] == asked["steps"]
+    return found + ([f"trained to step {ckpt.step} of {config.steps}"] if unfinished else [])
+
+
+def trained_already(path: Path, config: TrainConfig) -> bool:
+    """True when ``path`` is a checkpoint of ``config`` at its last step (for --reuse; kept_run_differences)."""
+    return kept_run_differences(path, config) == []
 
 
 def train_one(config: TrainConfig, data, out_dir: Path, reuse: bool, class_names=()) -> dict:
     """Train ``config`` from a fresh state into out_dir/checkpoint.npz; its wall time and last losses. ``class_names``
-    (a folder's) are kept in the checkpoint, as train_images.py keeps them: evaluate.py and sample.py read them."""
+    (a folder's) are kept in the checkpoint, as train_images.py keeps them: evaluate.py and sample.py read them.
+    With ``reuse`` a finished run of this config is kept, and a readable run of another config is refused rather
+    than replaced: a changed preset or variant would otherwise retrain it and drop its kept evaluations."""
     path = out_dir / "checkpoint.npz"
-    if reuse and trained_already(path, config):
+    differences = kept_run_differences(path, config) if reuse else None
+    if differences == []:
         print(f"{path}: reused (this config, step {config.steps})", flush=True)
         return {"checkpoint": str(path), "wall_s": None, "loss_last100": None, "reused": True}
+    if differences:
+        raise SystemExit(f"recipe_ab.py: --reuse: {path} is another run ({'; '.join(differences)}); training "
+                         "here would replace it and its kept evaluations: pin those fields in the variant, or move it")
     for stale in out_dir.glob("evaluation_*.json"):        # measurements of the network this run replaces
         stale.unlink()
     state = td.new_state(config, data.images, data.labels, data_source=data.source, class_names=class_names)

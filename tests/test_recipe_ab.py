@@ -116,6 +116,11 @@ def test_a_variant_samples_with_its_own_guidance_and_shares_a_network_that_learn
     assert recipe_ab.trained_already(out / "tuned" / "seed0" / "checkpoint.npz", config)
     assert not recipe_ab.trained_already(out / "tuned" / "seed0" / "checkpoint.npz",
                                          recipe_ab.variant_config("tiny", {"lr": 5e-4}, 6))
+    # under --reuse a variant that would learn something else is refused, not trained over the kept run
+    kept = sorted(p.name for p in (out / "tuned" / "seed0").iterdir())
+    with pytest.raises(SystemExit, match=r"tuned/seed0/checkpoint.npz is another run \(lr: 0.001 -> 0.0005\)"):
+        recipe_ab.main(common + ['--variant=tuned={"lr": 5e-4}', "--costs", "base=0.1,tuned=0.1", "--reuse"])
+    assert sorted(p.name for p in (out / "tuned" / "seed0").iterdir()) == kept
 
 
 def test_step_costs_are_measured_and_scale_the_steps():
