@@ -81,6 +81,8 @@ from tinyddpm.evaluation.folder_judge import (TooFewPictures, load_or_train_fold
 from tinyddpm.evaluation.metrics import real_baseline, sample_quality  # noqa: E402
 from tinyddpm.training import TrainConfig  # noqa: E402
 
+from _cli import picture_config, picture_size, timestep_interval  # noqa: E402  (after tinyddpm, as examples/ do)
+
 # fields that change how a network is sampled, not what it learns
 SAMPLING_ONLY = ("sampler", "sample_steps", "guidance", "guidance_interval", "preview_per_class", "final_per_class")
 METRICS = ("fid", "precision", "recall", "accuracy")
@@ -151,16 +153,6 @@ def names_list(text: str) -> list:
     return names
 
 
-def interval(text: str):
-    """An argparse type: LO,HI timesteps, 0 <= LO <= HI (guidance applies for LO <= t <= HI), or 'all'."""
-    if text.strip() == "all":
-        return "all"
-    parts = [p.strip() for p in text.split(",")]
-    if len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[0]) > int(parts[1]):
-        raise argparse.ArgumentTypeError(f"must be two timesteps LO,HI with LO <= HI, like 100,700, got {text!r}")
-    return int(parts[0]), int(parts[1])
-
-
 def build_parser():
     p = argparse.ArgumentParser(prog="recipe_ab.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--variant", type=variant, action="append", default=[], metavar="NAME=JSON",
@@ -178,7 +170,7 @@ def build_parser():
                         "guidance trades FID and recall for accuracy, so compare variants at several. 'kept' "
                         "(with --reuse): every scale and sampling seed already measured beside each network at "
                         "this n and interval, nothing new")
-    p.add_argument("--guidance-interval", type=interval, default=None, metavar="LO,HI",
+    p.add_argument("--guidance-interval", type=timestep_interval, default=None, metavar="LO,HI",
                    help="guidance only at timesteps LO <= t <= HI for every variant; 'all': at every step (default: "
                         "each variant's own guidance_interval, the preset's unless it overrides it)")
     p.add_argument("--costs", type=costs, default=None, metavar="NAME=S,...",
@@ -271,8 +263,6 @@ def variant_config(preset: str | TrainConfig, overrides: dict, steps: int, seed:
 def folder_data(args):
     """The --data folder's pictures as examples/train_images.py reads them with its default options (at the preset's
     picture size, grey or colour as found); one that cannot be read, or a flat one, is refused in one line."""
-    from _cli import picture_size
-
     try:
         data = load_image_folder(args.data, picture_size(args.preset))
     except (OSError, ValueError) as e:   # load_image_folder's one-line reasons (module doc)
@@ -286,8 +276,6 @@ def folder_data(args):
 def folder_config(args, data) -> TrainConfig:
     """The preset's config for the folder's pictures, as examples/train_images.py builds a run's (its default
     options); the variants override it as they do a preset."""
-    from _cli import picture_config
-
     try:
         return picture_config(args.preset, data)
     except ValueError as e:   # the preset against the pictures (TrainConfig.validate), as train_images.py refuses it
