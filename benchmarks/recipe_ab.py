@@ -318,6 +318,12 @@ def equal_time_steps(base_steps: int, costs_: dict, baseline: str) -> dict:
 # training and evaluation
 # ---------------------------------------------------------------------------------------------------------------
 
+def flat_fields(config: TrainConfig) -> dict:
+    """The config's fields with the U-Net's as 'unet.NAME', so that a difference names the field."""
+    d = config.to_dict()
+    return {**{k: v for k, v in d.items() if k != "unet"}, **{f"unet.{k}": v for k, v in d["unet"].items()}}
+
+
 def kept_run_differences(path: Path, config: TrainConfig) -> list | None:
     """How the checkpoint at ``path`` differs from a finished run of ``config``: [] when it is one (the same config up
     to the sampling fields, which change how a network is sampled, not what it learns: its previews draw from their
@@ -331,19 +337,10 @@ def kept_run_differences(path: Path, config: TrainConfig) -> list | None:
     except Exception as e:   # noqa: BLE001  anything unreadable is simply trained again
         print(f"{path}: not reused ({type(e).__name__}: {e})", flush=True)
         return None
-    def flat(c: TrainConfig) -> dict:   # the U-Net's fields as unet.NAME, so a difference names the field
-        d = c.to_dict()
-        return {**{k: v for k, v in d.items() if k != "unet"}, **{f"unet.{k}": v for k, v in d["unet"].items()}}
-
-    kept, asked = flat(replace(kept, **{name: getattr(config, name) for name in SAMPLING_ONLY})), flat(config)
+    kept, asked = flat_fields(replace(kept, **{name: getattr(config, name) for name in SAMPLING_ONLY})), flat_fields(config)
     found = [f"{name}: {kept.get(name)!r} -> {asked[name]!r}" for name in asked if kept.get(name) != asked[name]]
     unfinished = ckpt.step != config.steps and kept["steps"] == asked["steps"]
     return found + ([f"trained to step {ckpt.step} of {config.steps}"] if unfinished else [])
-
-
-def trained_already(path: Path, config: TrainConfig) -> bool:
-    """True when ``path`` is a checkpoint of ``config`` at its last step (for --reuse; kept_run_differences)."""
-    return kept_run_differences(path, config) == []
 
 
 def train_one(config: TrainConfig, data, out_dir: Path, reuse: bool, class_names=()) -> dict:

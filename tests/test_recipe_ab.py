@@ -113,9 +113,10 @@ def test_a_variant_samples_with_its_own_guidance_and_shares_a_network_that_learn
     dump = json.loads((out / "recipe_ab.json").read_text())["variants"]["tuned"]
     assert dump["guidance_interval"] == [0, 500] and dump["verdicts"] == {} and "own_verdict" in dump
     config = recipe_ab.variant_config("tiny", {}, 6)
-    assert recipe_ab.trained_already(out / "tuned" / "seed0" / "checkpoint.npz", config)
-    assert not recipe_ab.trained_already(out / "tuned" / "seed0" / "checkpoint.npz",
-                                         recipe_ab.variant_config("tiny", {"lr": 5e-4}, 6))
+    kept_run = out / "tuned" / "seed0" / "checkpoint.npz"
+    assert recipe_ab.kept_run_differences(kept_run, config) == []
+    assert recipe_ab.kept_run_differences(kept_run, recipe_ab.variant_config("tiny", {"lr": 5e-4}, 6)) == [
+        "lr: 0.001 -> 0.0005"]
     # under --reuse a variant that would learn something else is refused, not trained over the kept run
     kept = sorted(p.name for p in (out / "tuned" / "seed0").iterdir())
     with pytest.raises(SystemExit, match=r"tuned/seed0/checkpoint.npz is another run \(lr: 0.001 -> 0.0005\)"):

@@ -94,7 +94,7 @@ for n in counts:
 n_max = counts[-1]
 growth = times[n_max][0] / times[1][0]
 timing_check(f"the loop's time grows with the number of outputs: {n_max}x the images, {n_max}x the time (within 1.6x)",
-      n_max / 1.6 < growth < n_max * 1.6, f"measured {growth:.2f}x")
+             n_max / 1.6 < growth < n_max * 1.6, f"measured {growth:.2f}x")
 speedup = min(t_loop / t_fast for t_loop, t_fast in times.values())
 timing_check("im2col + GEMM is over 20x faster than the loop at every size", speedup > 20,
              f"smallest speed-up {speedup:.0f}x")
