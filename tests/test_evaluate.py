@@ -9,8 +9,10 @@ from helpers import load_example, synthetic_digits
 from tinyddpm import set_device
 from tinyddpm.backend import get_device
 from tinyddpm.checkpoint import load_checkpoint, save_checkpoint
-from tinyddpm.classifiers.judge import CHECKPOINT_NAME, ClassifierConfig, init_params
+from tinyddpm.classifiers.judge import CHECKPOINT_NAME, ClassifierConfig, init_params, predict_proba
 from tinyddpm.data import FILES, write_idx
+from tinyddpm.data.pixels import pixels_to_model_range
+from tinyddpm.evaluation.metrics import conditional_accuracy
 
 DEVICE = get_device()
 
@@ -50,6 +52,12 @@ def test_evaluate_writes_the_table(workspace, capsys):
     assert load_example("evaluate").main(argv) == 0
     printed = capsys.readouterr().out
     assert "real-vs-real" in printed and "| sampler | steps |" in printed
+    # the classifier's reading of the real half of the floor (the first 20 test digits): a perfect generator's accuracy
+    images, labels = synthetic_digits(48, 1)
+    params = load_checkpoint(classifier / CHECKPOINT_NAME).params
+    real = conditional_accuracy(predict_proba(params, pixels_to_model_range(images[:20])), labels[:20])
+    assert f"(n=20); accuracy {real:.3f}" in printed
+    assert f"; accuracy {real:.3f}" in (out / "evaluation.md").read_text().splitlines()[0]   # the baseline line
     with open(out / "evaluation.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["sampler"], r["steps"], float(r["guidance"])) for r in rows] == [
