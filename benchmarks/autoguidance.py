@@ -182,7 +182,9 @@ def main(argv=None) -> int:
     judge = recipe_ab.Judge(args, n)
     floors = [judge.floor(seed) for seed in range(args.sample_seeds)]
     floor = {k: recipe_ab.summarise([f[k] for f in floors]) for k in ("fid", "precision", "recall")}
-    print(f"real-vs-real floor FID {floor['fid']['mean']:.2f} (n = {judge.n_floor})", flush=True)
+    floor["real_accuracy"] = judge.real_accuracy
+    print(f"real-vs-real floor FID {floor['fid']['mean']:.2f} (n = {judge.n_floor})"
+          f"{recipe_ab.real_accuracy_words(floor)}", flush=True)
     rows = []
     for a, w in args.settings:
         runs = []
@@ -199,7 +201,8 @@ def main(argv=None) -> int:
     lines = [f"good {args.good}, bad {args.bad}; {args.sampler} {args.steps} steps"
              + (f" (eta {args.eta:g})" if args.sampler == "ddim" else "") + f"; classifier-free guidance at {where}; "
              f"n = {n} per evaluation; sampling seeds 0-{args.sample_seeds - 1}; mean (min-max). "
-             f"Real-vs-real floor: FID {f['mean']:.2f} ({f['min']:.2f}-{f['max']:.2f}).", "",
+             f"Real-vs-real floor: FID {f['mean']:.2f} ({f['min']:.2f}-{f['max']:.2f})"
+             f"{recipe_ab.real_accuracy_words(floor)}.", "",
              "| autoguidance | guidance | FID-MNIST | precision | recall | accuracy | FID / floor |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

@@ -78,7 +78,7 @@ from tinyddpm.data.pixels import pixels_to_model_range  # noqa: E402
 from tinyddpm.diffusion import describe_guidance  # noqa: E402
 from tinyddpm.evaluation.folder_judge import (TooFewPictures, load_or_train_folder_classifier,  # noqa: E402
                                               reference_picks)
-from tinyddpm.evaluation.metrics import real_baseline, sample_quality  # noqa: E402
+from tinyddpm.evaluation.metrics import conditional_accuracy, real_baseline, sample_quality  # noqa: E402
 from tinyddpm.training import TrainConfig  # noqa: E402
 
 from _cli import picture_config, picture_size, timestep_interval  # noqa: E402  (after tinyddpm, as examples/ do)
@@ -337,7 +337,8 @@ def kept_run_differences(path: Path, config: TrainConfig) -> list | None:
     except Exception as e:   # noqa: BLE001  anything unreadable is simply trained again
         print(f"{path}: not reused ({type(e).__name__}: {e})", flush=True)
         return None
-    kept, asked = flat_fields(replace(kept, **{name: getattr(config, name) for name in SAMPLING_ONLY})), flat_fields(config)
+    kept = flat_fields(replace(kept, **{name: getattr(config, name) for name in SAMPLING_ONLY}))
+    asked = flat_fields(config)
     found = [f"{name}: {kept.get(name)!r} -> {asked[name]!r}" for name in asked if kept.get(name) != asked[name]]
     unfinished = ckpt.step != config.steps and kept["steps"] == asked["steps"]
     return found + ([f"trained to step {ckpt.step} of {config.steps}"] if unfinished else [])
@@ -378,7 +379,7 @@ class Judge:
             # a classifier missing from the cache is trained on the train split of the same source (once, then cached)
             self.params, info = load_or_train_classifier(cache, epochs=args.classifier_epochs, data_dir=args.data_dir,
                                                          source=args.source, train_data=train, test_data=test)
-            real = test.images[:2 * n]                                  # (<= 2n, 28, 28): the first test digits
+            real, labels = test.images[:2 * n], test.labels[:2 * n]    # (<= 2n, 28, 28): the first test digits
             self.test_source, self.fid_name, self.class_count = test.source, "FID-MNIST", 10
         else:
             try:   # evaluate.py's cache of this folder's classifier (trained there once if missing)
@@ -387,7 +388,8 @@ class Judge:
             except TooFewPictures as e:
                 raise SystemExit(f"recipe_ab.py: --data {args.data}: {e}") from None
             # evaluate.py's real pictures at its --seed 0: a seeded random 2n, since a folder is read class by class
-            real = folder.images[reference_picks(len(folder.images), 2 * n, seed=0)]   # (<= 2n, C, H, W)
+            picks = reference_picks(len(folder.images), 2 * n, seed=0)
+            real, labels = folder.images[picks], folder.labels[picks]    # (<= 2n, C, H, W), (<= 2n,)
             self.test_source, self.fid_name = folder.source, "FID-folder"
             self.class_count = len(folder.class_names)
         self.test_accuracy = info.get("test_accuracy")
@@ -395,6 +397,8 @@ class Judge:
         self.real_features = features(self.params, reference)          # (<= 2n, D)
         self.n_floor = min(n, len(reference) // 2)
         self.reference = self.real_features[:n]
+        # the judge's reading of the real pictures the samples are compared with: a perfect generator's accuracy
+        self.real_accuracy = conditional_accuracy(predict_proba(self.params, reference[:n]), labels[:n])
 
     def floor(self, seed: int) -> dict:
         """Real vs real: two disjoint random halves of the 2n real pictures (fewer when the data is small)."""
@@ -494,7 +498,7 @@ def table(results: dict, floor: dict, baseline: str, n: int, seeds: str, fid_nam
              f"Equal wall time; n = {n} samples per evaluation; {seeds}; mean (min-max) over all (training seed, "
              f"sampling seed) pairs. Real-vs-real floor (n = {floor['n']} vs {floor['n']}): FID {f['mean']:.2f} "
              f"({f['min']:.2f}-{f['max']:.2f}), precision {floor['precision']['mean']:.3f}, recall "
-             f"{floor['recall']['mean']:.3f}.", "",
+             f"{floor['recall']['mean']:.3f}{real_accuracy_words(floor)}.", "",
              f"| variant | steps | s/step | guidance | evaluations | {fid_name} | precision | recall | accuracy | "
              "FID / floor |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -520,6 +524,11 @@ def table(results: dict, floor: dict, baseline: str, n: int, seeds: str, fid_nam
                          f"{v['fid']['spread']:.2f} and {b['fid']['spread']:.2f}; accuracy {v['accuracy']['mean']:.1%} "
                          f"and {b['accuracy']['mean']:.1%})")
     return "\n".join(lines)
+
+
+def real_accuracy_words(floor: dict) -> str:
+    """', accuracy of the real pictures 98.8%' when the floor holds the judge's reading of them ('' if not)."""
+    return f", accuracy of the real pictures {floor['real_accuracy']:.1%}" if "real_accuracy" in floor else ""
 
 
 def plot_tradeoff(lines: dict, floor_fid: float, path: Path, title: str, n: int, fid_name: str = "FID-MNIST",
@@ -621,7 +630,8 @@ def main(argv=None) -> int:
     n = (10 if folder is None else len(folder.class_names)) * args.n_per_class
     judge = Judge(args, n, train=data) if folder is None else Judge(args, n, folder=folder)
     floors = [judge.floor(seed) for seed in range(args.sample_seeds)]
-    floor = {k: summarise([f[k] for f in floors]) for k in ("fid", "precision", "recall")} | {"n": judge.n_floor}
+    floor = ({k: summarise([f[k] for f in floors]) for k in ("fid", "precision", "recall")}
+             | {"n": judge.n_floor, "real_accuracy": judge.real_accuracy})
     print(f"evaluation classifier test accuracy {judge.test_accuracy}; real-vs-real floor FID "
           f"{floor['fid']['mean']:.2f} (n = {judge.n_floor})", flush=True)
     for name in chosen:

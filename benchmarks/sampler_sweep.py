@@ -77,7 +77,9 @@ def main(argv=None) -> int:
     judge = recipe_ab.Judge(args, n)
     floors = [judge.floor(seed) for seed in range(args.sample_seeds)]
     floor = {k: recipe_ab.summarise([f[k] for f in floors]) for k in ("fid", "precision", "recall")}
-    print(f"real-vs-real floor FID {floor['fid']['mean']:.2f} (n = {judge.n_floor})", flush=True)
+    floor["real_accuracy"] = judge.real_accuracy
+    print(f"real-vs-real floor FID {floor['fid']['mean']:.2f} (n = {judge.n_floor})"
+          f"{recipe_ab.real_accuracy_words(floor)}", flush=True)
     rows = []
     for interval in args.intervals:
         for g in args.guidance:
@@ -94,7 +96,8 @@ def main(argv=None) -> int:
                          "summary": {k: recipe_ab.summarise([e[k] for e in runs]) for k in recipe_ab.METRICS}})
     f = floor["fid"]
     lines = [f"{args.checkpoint}; n = {n} per evaluation; sampling seeds 0-{args.sample_seeds - 1}; mean (min-max). "
-             f"Real-vs-real floor: FID {f['mean']:.2f} ({f['min']:.2f}-{f['max']:.2f}).", "",
+             f"Real-vs-real floor: FID {f['mean']:.2f} ({f['min']:.2f}-{f['max']:.2f})"
+             f"{recipe_ab.real_accuracy_words(floor)}.", "",
              "| guidance interval (t) | guidance | FID-MNIST | precision | recall | accuracy | FID / floor |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

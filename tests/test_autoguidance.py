@@ -111,6 +111,8 @@ def test_the_study_measures_every_setting_keeps_each_evaluation_and_reuses_it(tm
     assert [(r["autoguidance"], r["guidance"]) for r in dump["rows"]] == [(1, 1), (2, 1), (2, 1.5)]
     assert all(math.isfinite(r["summary"][k]["mean"]) for r in dump["rows"] for k in ("fid", "accuracy"))
     assert (out / "autoguidance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    real = dump["floor"]["real_accuracy"]                                        # the judge on the real digits
+    assert f"accuracy of the real pictures {real:.1%}" in (out / "autoguidance.md").read_text()
     assert len(list((out / "evaluations").glob("n20_*_t0-500_dpm++2m20_seed0.json"))) == 3
     assert ag.main(argv) == 0 and "kept from an earlier run" not in capsys.readouterr().out   # no --reuse: drawn again
     assert ag.main([*argv, "--reuse"]) == 0

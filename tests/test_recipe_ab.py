@@ -47,6 +47,8 @@ def test_recipe_ab_quick_trains_both_variants_at_equal_wall_time_and_reports(tmp
             for metric in ("fid", "precision", "recall", "accuracy"):
                 assert all(math.isfinite(v["summaries"][g][metric][k]) for k in ("mean", "min", "max", "spread"))
     assert math.isfinite(dump["floor"]["fid"]["mean"]) and dump["floor"]["n"] == 20
+    assert 0 <= dump["floor"]["real_accuracy"] <= 1                               # the judge on the real digits
+    assert f"accuracy of the real pictures {dump['floor']['real_accuracy']:.1%}" in printed
 
 
 def test_split_runs_train_their_share_then_one_run_evaluates_them_all(tmp_path, monkeypatch, capsys):
