@@ -221,7 +221,8 @@ def main(argv=None) -> int:
     for r in rows:
         name = "no autoguidance" if r["autoguidance"] == 1 else f"autoguidance {r['autoguidance']:g}"
         lines.setdefault(name, []).append((r["guidance"], r["summary"]))
-    recipe_ab.plot_tradeoff(lines, f["mean"], args.out / "autoguidance.png", f"{args.good} guided by {args.bad}", n)
+    recipe_ab.plot_tradeoff(lines, f["mean"], args.out / "autoguidance.png", f"{args.good} guided by {args.bad}", n,
+                            real_accuracy=judge.real_accuracy)
     print(f"wrote {args.out / 'autoguidance.md'}, .json and .png", flush=True)
     return 0
 

@@ -532,11 +532,13 @@ def real_accuracy_words(floor: dict) -> str:
 
 
 def plot_tradeoff(lines: dict, floor_fid: float, path: Path, title: str, n: int, fid_name: str = "FID-MNIST",
-                  item: str = "digit") -> None:
+                  item: str = "digit", real_accuracy: float | None = None) -> None:
     """FID against accuracy: for each {label: [(guidance, summaries of one setting)]} a line through its guidance
     scales, each point labelled with its scale, with the min-max over seeds as error bars. Guidance moves a network
     along its line (more accuracy, more FID), so one setting beats another when its line lies below the other's
-    at the same accuracy, not when one point is lower. ``fid_name``: the FID's name; ``item``: what a class is."""
+    at the same accuracy, not when one point is lower. ``fid_name``: the FID's name; ``item``: what a class is;
+    ``real_accuracy``: the judge's reading of the real pictures, drawn as the point a perfect generator would reach
+    (the floor's FID at that accuracy)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -555,6 +557,8 @@ def plot_tradeoff(lines: dict, floor_fid: float, path: Path, title: str, n: int,
         for (g, _), a, f in zip(points, acc, fid):
             ax.annotate(f"{g:g}", (a, f), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.axhline(floor_fid, color="gray", ls="--", label=f"real vs real (n = {n})")
+    if real_accuracy is not None:
+        ax.plot([100 * real_accuracy], [floor_fid], "k*", ms=12, label="real pictures (a perfect generator)")
     ax.set_xlabel(f"accuracy: share read as the {item} asked for (%)")
     ax.set_ylabel(f"{fid_name} (lower is better)")
     ax.set_title(f"{title}\nmean and min-max over seeds; labels: guidance scale", fontsize=9)
@@ -684,7 +688,7 @@ def main(argv=None) -> int:
     lines = {name: [(float(g), s) for g, s in r["summaries"].items()] for name, r in results.items()}
     on = "" if folder is None else f" on {args.data}"
     plot_tradeoff(lines, floor["fid"]["mean"], args.out / "recipe_ab.png", f"{args.preset} variants at equal wall "
-                  f"time{on}, {seeds}", n, judge.fid_name, "digit" if folder is None else "class")
+                  f"time{on}, {seeds}", n, judge.fid_name, "digit" if folder is None else "class", judge.real_accuracy)
     print(f"wrote {args.out / 'recipe_ab.md'}, {args.out / 'recipe_ab.json'} and {args.out / 'recipe_ab.png'}",
           flush=True)
     return 0

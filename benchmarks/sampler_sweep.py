@@ -117,7 +117,8 @@ def main(argv=None) -> int:
     for r in rows:
         name = "guidance at every t" if r["interval"] == "all" else f"guidance at t in {r['interval']}"
         lines.setdefault(name, []).append((r["guidance"], r["summary"]))
-    recipe_ab.plot_tradeoff(lines, floor["fid"]["mean"], args.out / "sampler_sweep.png", str(args.checkpoint), n)
+    recipe_ab.plot_tradeoff(lines, floor["fid"]["mean"], args.out / "sampler_sweep.png", str(args.checkpoint), n,
+                            real_accuracy=judge.real_accuracy)
     print(f"wrote {args.out / 'sampler_sweep.md'}, {args.out / 'sampler_sweep.json'} and "
           f"{args.out / 'sampler_sweep.png'}", flush=True)
     return 0
