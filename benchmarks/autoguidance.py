@@ -42,7 +42,6 @@ import recipe_ab  # noqa: E402  (its Judge, summaries and picture: one way of me
 
 import tinyddpm as td  # noqa: E402
 from tinyddpm.backend import device_xp, get_xp  # noqa: E402
-from tinyddpm.data import SOURCES  # noqa: E402
 from tinyddpm.diffusion import check_interval, sample  # noqa: E402
 from tinyddpm.sampling import unet_model  # noqa: E402
 
@@ -110,10 +109,7 @@ def build_parser():
     p.add_argument("--n-per-class", type=int, default=100, help="samples per digit (n = 10 x this)")
     p.add_argument("--out", type=Path, default=Path("runs/autoguidance"))
     p.add_argument("--reuse", action="store_true", help="take evaluations kept in OUT/evaluations")
-    p.add_argument("--source", choices=SOURCES, default="auto")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--classifier-dir", default=None)
-    p.add_argument("--classifier-epochs", type=float, default=None)
+    recipe_ab.add_judge_options(p)
     return p
 
 
@@ -180,11 +176,7 @@ def main(argv=None) -> int:
     print(blas_description(), flush=True)
     n = 10 * args.n_per_class
     judge = recipe_ab.Judge(args, n)
-    floors = [judge.floor(seed) for seed in range(args.sample_seeds)]
-    floor = {k: recipe_ab.summarise([f[k] for f in floors]) for k in ("fid", "precision", "recall")}
-    floor["real_accuracy"] = judge.real_accuracy
-    print(f"real-vs-real floor FID {floor['fid']['mean']:.2f} (n = {judge.n_floor})"
-          f"{recipe_ab.real_accuracy_words(floor)}", flush=True)
+    floors, floor = recipe_ab.floor_over_seeds(judge, args.sample_seeds)
     rows = []
     for a, w in args.settings:
         runs = []
@@ -195,34 +187,22 @@ def main(argv=None) -> int:
             print(f"autoguidance {a:g} guidance {w:g} seed {seed}: FID {e['fid']:.2f}, precision {e['precision']:.3f}, "
                   f"recall {e['recall']:.3f}, accuracy {e['accuracy']:.3f} ({took})", flush=True)
         rows.append({"autoguidance": a, "guidance": w, "runs": runs,
-                     "summary": {k: recipe_ab.summarise([e[k] for e in runs]) for k in recipe_ab.METRICS}})
-    f = floor["fid"]
+                     "summary": recipe_ab.metric_summaries(runs)})
     where = "every t" if args.guidance_interval is None else "t in {}-{}".format(*args.guidance_interval)
-    lines = [f"good {args.good}, bad {args.bad}; {args.sampler} {args.steps} steps"
-             + (f" (eta {args.eta:g})" if args.sampler == "ddim" else "") + f"; classifier-free guidance at {where}; "
-             f"n = {n} per evaluation; sampling seeds 0-{args.sample_seeds - 1}; mean (min-max). "
-             f"Real-vs-real floor: FID {f['mean']:.2f} ({f['min']:.2f}-{f['max']:.2f})"
-             f"{recipe_ab.real_accuracy_words(floor)}.", "",
-             "| autoguidance | guidance | FID-MNIST | precision | recall | accuracy | FID / floor |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        s = r["summary"]
-        lines.append(f"| {r['autoguidance']:g} | {r['guidance']:g} | {recipe_ab.span(s['fid'], '.2f')} | "
-                     f"{recipe_ab.span(s['precision'], '.3f')} | {recipe_ab.span(s['recall'], '.3f')} | "
-                     f"{recipe_ab.span(s['accuracy'], '.1%')} | {s['fid']['mean'] / f['mean']:.2f}x |")
-    text = "\n".join(lines)
-    print(text, flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "autoguidance.md").write_text(text + "\n")
+    heading = (f"good {args.good}, bad {args.bad}; {args.sampler} {args.steps} steps"
+               + (f" (eta {args.eta:g})" if args.sampler == "ddim" else "") + f"; classifier-free guidance at {where}; "
+               f"n = {n} per evaluation; sampling seeds 0-{args.sample_seeds - 1}; mean (min-max).")
+    text = recipe_ab.settings_table(heading, floor, ["autoguidance", "guidance"],
+                                    [([f"{r['autoguidance']:g}", f"{r['guidance']:g}"], r["summary"]) for r in rows])
     dump = {"command": sys.argv if argv is None else ["autoguidance.py", *argv], "blas": blas_description(),
             "n": n, "classifier_test_accuracy": judge.test_accuracy, "floor": floor, "floors": floors, "rows": rows}
-    (args.out / "autoguidance.json").write_text(json.dumps(dump, indent=1, default=str) + "\n")
+    recipe_ab.write_study(args.out, "autoguidance", text, dump)
     lines = {}   # a line per autoguidance scale through its classifier-free scales
     for r in rows:
         name = "no autoguidance" if r["autoguidance"] == 1 else f"autoguidance {r['autoguidance']:g}"
         lines.setdefault(name, []).append((r["guidance"], r["summary"]))
-    recipe_ab.plot_tradeoff(lines, f["mean"], args.out / "autoguidance.png", f"{args.good} guided by {args.bad}", n,
-                            real_accuracy=judge.real_accuracy)
+    recipe_ab.plot_tradeoff(lines, floor["fid"]["mean"], args.out / "autoguidance.png",
+                            f"{args.good} guided by {args.bad}", n, real_accuracy=judge.real_accuracy)
     print(f"wrote {args.out / 'autoguidance.md'}, .json and .png", flush=True)
     return 0
 

@@ -196,6 +196,15 @@ def build_parser():
                    help="a folder of pictures, one subfolder per class, instead of MNIST: each variant trained as "
                         "examples/train_images.py --data FOLDER trains, measured as examples/evaluate.py --data "
                         "FOLDER measures (FID-folder; its classifier cache)")
+    add_judge_options(p)
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: tiny preset, 2 variants, 6 steps, 1 sampling seed, 2 per digit, 1 timed step")
+    return p
+
+
+def add_judge_options(p) -> None:
+    """Where the real digits and the evaluation classifier come from (Judge reads these; sampler_sweep.py and
+    autoguidance.py take them too)."""
     p.add_argument("--source", choices=SOURCES, default="auto", help="where MNIST comes from (load_mnist)")
     p.add_argument("--data-dir", default=None, help="folder of MNIST's IDX files")
     p.add_argument("--classifier-dir", default=None,
@@ -203,9 +212,6 @@ def build_parser():
                         "evaluate.py's folder for that folder's pictures)")
     p.add_argument("--classifier-epochs", type=float, default=None,
                    help="epochs of a classifier trained now, when none is cached (default: judge.training_recipe's)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke test: tiny preset, 2 variants, 6 steps, 1 sampling seed, 2 per digit, 1 timed step")
-    return p
 
 
 def settle(args) -> None:
@@ -487,6 +493,52 @@ def span(summary: dict, fmt: str) -> str:
     return f"{summary['mean']:{fmt}} ({summary['min']:{fmt}}-{summary['max']:{fmt}})"
 
 
+def metric_summaries(evaluations) -> dict:
+    """summarise() of each metric (FID, precision, recall, accuracy) over a list of evaluations."""
+    return {k: summarise([e[k] for e in evaluations]) for k in METRICS}
+
+
+def metric_cells(s: dict, floor_fid: float) -> str:
+    """A table row's measured cells: FID, precision, recall and accuracy as mean (min-max), then FID over the floor."""
+    return (f"{span(s['fid'], '.2f')} | {span(s['precision'], '.3f')} | {span(s['recall'], '.3f')} | "
+            f"{span(s['accuracy'], '.1%')} | {s['fid']['mean'] / floor_fid:.2f}x |")
+
+
+def floor_over_seeds(judge: Judge, seeds: int) -> tuple:
+    """(the real-vs-real floor at each sampling seed 0..seeds-1, their summary with n and the judge's accuracy on the
+    real pictures), the summary also printed."""
+    floors = [judge.floor(seed) for seed in range(seeds)]
+    floor = {k: summarise([f[k] for f in floors]) for k in ("fid", "precision", "recall")}
+    floor |= {"n": judge.n_floor, "real_accuracy": judge.real_accuracy}
+    print(f"evaluation classifier test accuracy {judge.test_accuracy}; real-vs-real floor FID "
+          f"{floor['fid']['mean']:.2f} (n = {judge.n_floor}){real_accuracy_words(floor)}", flush=True)
+    return floors, floor
+
+
+def floor_sentence(floor: dict) -> str:
+    """'Real-vs-real floor: FID mean (min-max), accuracy of the real pictures ...' for a table's header."""
+    f = floor["fid"]
+    return f"Real-vs-real floor: FID {f['mean']:.2f} ({f['min']:.2f}-{f['max']:.2f}){real_accuracy_words(floor)}."
+
+
+def settings_table(heading: str, floor: dict, setting_heads: list, rows: list) -> str:
+    """A sweep's Markdown: ``heading`` and the floor, then a row per setting, its own cells (``rows``: (cells,
+    metric summaries) pairs, one cell per name in ``setting_heads``) before the measured ones."""
+    lines = [f"{heading} {floor_sentence(floor)}", "",
+             "| " + " | ".join(setting_heads) + " | FID-MNIST | precision | recall | accuracy | FID / floor |",
+             "|" + "---:|" * (len(setting_heads) + 5)]
+    lines += ["| " + " | ".join(cells) + " | " + metric_cells(summary, floor["fid"]["mean"]) for cells, summary in rows]
+    return "\n".join(lines)
+
+
+def write_study(out: Path, stem: str, text: str, dump: dict) -> None:
+    """Print a study's table and keep it as OUT/STEM.md, every number (``dump``) as OUT/STEM.json."""
+    print(text, flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(text + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(dump, indent=1, default=str) + "\n")
+
+
 def table(results: dict, floor: dict, baseline: str, n: int, seeds: str, fid_name: str = "FID-MNIST",
           data: str | None = None) -> str:
     """One row per (variant, guidance scale); the verdicts compare each variant with the baseline at the same scale.
@@ -506,9 +558,7 @@ def table(results: dict, floor: dict, baseline: str, n: int, seeds: str, fid_nam
         where = "" if r.get("guidance_interval") is None else " (t {}-{})".format(*r["guidance_interval"])
         for g, s in r["summaries"].items():
             lines.append(f"| {name} | {r['steps']} | {r['cost_s']:.4f} | {g}{where} | {s['fid']['n']} | "
-                         f"{span(s['fid'], '.2f')} | "
-                         f"{span(s['precision'], '.3f')} | {span(s['recall'], '.3f')} | "
-                         f"{span(s['accuracy'], '.1%')} | {s['fid']['mean'] / f['mean']:.2f}x |")
+                         + metric_cells(s, f["mean"]))
     lines.append("")
     for name, r in results.items():
         for g, said in r.get("verdicts", {}).items():
@@ -633,11 +683,7 @@ def main(argv=None) -> int:
 
     n = (10 if folder is None else len(folder.class_names)) * args.n_per_class
     judge = Judge(args, n, train=data) if folder is None else Judge(args, n, folder=folder)
-    floors = [judge.floor(seed) for seed in range(args.sample_seeds)]
-    floor = ({k: summarise([f[k] for f in floors]) for k in ("fid", "precision", "recall")}
-             | {"n": judge.n_floor, "real_accuracy": judge.real_accuracy})
-    print(f"evaluation classifier test accuracy {judge.test_accuracy}; real-vs-real floor FID "
-          f"{floor['fid']['mean']:.2f} (n = {judge.n_floor})", flush=True)
+    floors, floor = floor_over_seeds(judge, args.sample_seeds)
     for name in chosen:
         for run in results[name]["runs"]:
             run["evaluations"] = []
@@ -656,8 +702,8 @@ def main(argv=None) -> int:
                           f"{e['accuracy']:.3f} ({took})", flush=True)
         every = [e for run in results[name]["runs"] for e in run["evaluations"]]
         measured = sorted({e["guidance"] for e in every})
-        results[name]["summaries"] = {str(g): {k: summarise([e[k] for e in every if e["guidance"] == g])
-                                               for k in METRICS} for g in measured}
+        results[name]["summaries"] = {str(g): metric_summaries([e for e in every if e["guidance"] == g])
+                                      for g in measured}
     if baseline in results:
         base = results[baseline]["summaries"]
         for name in chosen:
@@ -673,9 +719,6 @@ def main(argv=None) -> int:
 
     seeds = f"training seeds 0-{args.train_seeds - 1}, sampling seeds 0-{args.sample_seeds - 1}"
     text = table(results, floor, baseline, n, seeds, judge.fid_name, None if folder is None else str(args.data))
-    print(text, flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "recipe_ab.md").write_text(text + "\n")
     dump = {"command": sys.argv if argv is None else ["recipe_ab.py", *argv], "blas": blas_description(),
             "preset": args.preset, "baseline": baseline, "baseline_steps": args.steps, "cost_measurement": how,
             "costs": step_costs, "steps": steps, "n": n, "n_per_class": args.n_per_class,
@@ -684,7 +727,7 @@ def main(argv=None) -> int:
             "classifier_test_accuracy": judge.test_accuracy, "floor": floor, "floors": floors, "variants": results}
     if folder is not None:   # what was measured, and on what (MNIST's JSON stays as it was)
         dump |= {"data": str(args.data), "fid_name": judge.fid_name, "class_names": folder.class_names}
-    (args.out / "recipe_ab.json").write_text(json.dumps(dump, indent=1, default=str) + "\n")
+    write_study(args.out, "recipe_ab", text, dump)
     lines = {name: [(float(g), s) for g, s in r["summaries"].items()] for name, r in results.items()}
     on = "" if folder is None else f" on {args.data}"
     plot_tradeoff(lines, floor["fid"]["mean"], args.out / "recipe_ab.png", f"{args.preset} variants at equal wall "

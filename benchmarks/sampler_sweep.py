@@ -16,7 +16,6 @@ also kept beside the checkpoint (recipe_ab.py's evaluation_*.json); --reuse take
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,9 +25,7 @@ from blas_env import blas_description, unset_blas_overrides  # noqa: E402
 if __name__ == "__main__":
     unset_blas_overrides()   # before NumPy loads OpenBLAS (blas_env.py says why)
 
-import recipe_ab  # noqa: E402  (its Judge, evaluation and summaries: one way of measuring for both scripts)
-
-from tinyddpm.data import SOURCES  # noqa: E402
+import recipe_ab  # noqa: E402  (its Judge, evaluation and summaries: one way of measuring for the three scripts)
 
 
 def intervals(text: str) -> list:
@@ -59,10 +56,7 @@ def build_parser():
     p.add_argument("--n-per-class", type=int, default=100, help="samples per digit (n = 10 x this)")
     p.add_argument("--out", type=Path, default=Path("runs/sampler_sweep"))
     p.add_argument("--reuse", action="store_true", help="take evaluations kept beside the checkpoint")
-    p.add_argument("--source", choices=SOURCES, default="auto")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--classifier-dir", default=None)
-    p.add_argument("--classifier-epochs", type=float, default=None)
+    recipe_ab.add_judge_options(p)
     return p
 
 
@@ -75,11 +69,7 @@ def main(argv=None) -> int:
     print(blas_description(), flush=True)
     n = 10 * args.n_per_class
     judge = recipe_ab.Judge(args, n)
-    floors = [judge.floor(seed) for seed in range(args.sample_seeds)]
-    floor = {k: recipe_ab.summarise([f[k] for f in floors]) for k in ("fid", "precision", "recall")}
-    floor["real_accuracy"] = judge.real_accuracy
-    print(f"real-vs-real floor FID {floor['fid']['mean']:.2f} (n = {judge.n_floor})"
-          f"{recipe_ab.real_accuracy_words(floor)}", flush=True)
+    floors, floor = recipe_ab.floor_over_seeds(judge, args.sample_seeds)
     rows = []
     for interval in args.intervals:
         for g in args.guidance:
@@ -93,26 +83,14 @@ def main(argv=None) -> int:
                       f"{e['precision']:.3f}, recall {e['recall']:.3f}, accuracy {e['accuracy']:.3f} ({took})",
                       flush=True)
             rows.append({"interval": label(interval), "guidance": g, "runs": runs,
-                         "summary": {k: recipe_ab.summarise([e[k] for e in runs]) for k in recipe_ab.METRICS}})
-    f = floor["fid"]
-    lines = [f"{args.checkpoint}; n = {n} per evaluation; sampling seeds 0-{args.sample_seeds - 1}; mean (min-max). "
-             f"Real-vs-real floor: FID {f['mean']:.2f} ({f['min']:.2f}-{f['max']:.2f})"
-             f"{recipe_ab.real_accuracy_words(floor)}.", "",
-             "| guidance interval (t) | guidance | FID-MNIST | precision | recall | accuracy | FID / floor |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        s = r["summary"]
-        lines.append(f"| {r['interval']} | {r['guidance']} | {recipe_ab.span(s['fid'], '.2f')} | "
-                     f"{recipe_ab.span(s['precision'], '.3f')} | {recipe_ab.span(s['recall'], '.3f')} | "
-                     f"{recipe_ab.span(s['accuracy'], '.1%')} | {s['fid']['mean'] / f['mean']:.2f}x |")
-    text = "\n".join(lines)
-    print(text, flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sampler_sweep.md").write_text(text + "\n")
+                         "summary": recipe_ab.metric_summaries(runs)})
+    heading = f"{args.checkpoint}; n = {n} per evaluation; sampling seeds 0-{args.sample_seeds - 1}; mean (min-max)."
+    text = recipe_ab.settings_table(heading, floor, ["guidance interval (t)", "guidance"],
+                                    [([r["interval"], str(r["guidance"])], r["summary"]) for r in rows])
     dump = {"command": sys.argv if argv is None else ["sampler_sweep.py", *argv], "blas": blas_description(),
             "checkpoint": str(args.checkpoint), "n": n, "classifier_test_accuracy": judge.test_accuracy,
             "floor": floor, "floors": floors, "rows": rows}
-    (args.out / "sampler_sweep.json").write_text(json.dumps(dump, indent=1, default=str) + "\n")
+    recipe_ab.write_study(args.out, "sampler_sweep", text, dump)
     lines = {}   # a line per interval through its scales
     for r in rows:
         name = "guidance at every t" if r["interval"] == "all" else f"guidance at t in {r['interval']}"
