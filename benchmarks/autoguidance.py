@@ -105,11 +105,7 @@ def build_parser():
     p.add_argument("--sampler", choices=SAMPLERS, default="dpm++2m")
     p.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM's noise (0 deterministic, 1 DDPM-like)")
-    p.add_argument("--sample-seeds", type=int, default=1, help="sampling seeds 0..K-1 per setting")
-    p.add_argument("--n-per-class", type=int, default=100, help="samples per digit (n = 10 x this)")
-    p.add_argument("--out", type=Path, default=Path("runs/autoguidance"))
-    p.add_argument("--reuse", action="store_true", help="take evaluations kept in OUT/evaluations")
-    recipe_ab.add_judge_options(p)
+    recipe_ab.add_sweep_options(p, sample_seeds=1, out="runs/autoguidance", kept_where="in OUT/evaluations")
     return p
 
 

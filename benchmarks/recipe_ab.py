@@ -214,6 +214,15 @@ def add_judge_options(p) -> None:
                    help="epochs of a classifier trained now, when none is cached (default: judge.training_recipe's)")
 
 
+def add_sweep_options(p, sample_seeds: int, out: str, kept_where: str) -> None:
+    """The options sampler_sweep.py and autoguidance.py share: seeds, n, where results go, reuse, and the judge's."""
+    p.add_argument("--sample-seeds", type=int, default=sample_seeds, help="sampling seeds 0..K-1 per setting")
+    p.add_argument("--n-per-class", type=int, default=100, help="samples per digit (n = 10 x this)")
+    p.add_argument("--out", type=Path, default=Path(out))
+    p.add_argument("--reuse", action="store_true", help=f"take evaluations kept {kept_where}")
+    add_judge_options(p)
+
+
 def settle(args) -> None:
     """Fill the defaults that --quick changes, and check what argparse cannot."""
     quick = args.quick

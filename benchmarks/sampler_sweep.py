@@ -52,11 +52,7 @@ def build_parser():
     p.add_argument("checkpoint", type=Path, help="a checkpoint.npz of an MNIST run")
     p.add_argument("--guidance", type=recipe_ab.scales, default=[1.5, 1.75, 2.0], metavar="W,...")
     p.add_argument("--intervals", type=intervals, default=[None], metavar="all,LO-HI,...")
-    p.add_argument("--sample-seeds", type=int, default=3, help="sampling seeds 0..K-1 per setting")
-    p.add_argument("--n-per-class", type=int, default=100, help="samples per digit (n = 10 x this)")
-    p.add_argument("--out", type=Path, default=Path("runs/sampler_sweep"))
-    p.add_argument("--reuse", action="store_true", help="take evaluations kept beside the checkpoint")
-    recipe_ab.add_judge_options(p)
+    recipe_ab.add_sweep_options(p, sample_seeds=3, out="runs/sampler_sweep", kept_where="beside the checkpoint")
     return p
 
 
