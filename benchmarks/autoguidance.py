@@ -26,7 +26,6 @@ in OUT/evaluations/ and --reuse takes kept ones instead of sampling again.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ import recipe_ab  # noqa: E402  (its Judge, summaries and picture: one way of me
 
 import tinyddpm as td  # noqa: E402
 from tinyddpm.backend import device_xp, get_xp  # noqa: E402
-from tinyddpm.diffusion import check_interval, sample  # noqa: E402
+from tinyddpm.diffusion import cfg_combine, check_interval, sample  # noqa: E402
 from tinyddpm.sampling import unet_model  # noqa: E402
 
 SAMPLERS = ("dpm++2m", "ddim")
@@ -69,11 +68,11 @@ class AutoGuidedModel:
             both = self.good(xp.concatenate([x_t, x_t]), xp.concatenate([t, t]),
                              xp.concatenate([labels, null]))                   # (2N, C, H, W): D, then u
             cond, uncond = both[:n], both[n:]
-            w = xp.full((n,), self.w - 1.0, dtype=x_t.dtype)                  # (N,) w - 1 inside the interval
+            w = self.w                                 # guidance.py's mix: w inside the interval, 1 outside
             if self.interval is not None:
                 lo, hi = self.interval
-                w = xp.where(xp.asarray((t >= lo) & (t <= hi)), w, 0.0).astype(x_t.dtype)
-            out = cond + w[:, None, None, None] * (cond - uncond)
+                w = xp.where(xp.asarray((t >= lo) & (t <= hi)), w, 1.0).astype(x_t.dtype)[:, None, None, None]
+            out = cfg_combine(cond, uncond, w)
         if self.a != 1.0:
             out = out + (self.a - 1.0) * (cond - self.bad(x_t, t, labels))
         return out
@@ -142,8 +141,9 @@ def evaluation_path(args, a: float, w: float, seed: int) -> Path:
 def evaluate(args, judge, pair, a: float, w: float, seed: int) -> dict:
     """One setting at one sampling seed: draw, measure, keep (or take the kept one with --reuse)."""
     path = evaluation_path(args, a, w, seed)
-    if args.reuse and path.is_file():
-        return json.loads(path.read_text()) | {"reused": True}
+    kept = recipe_ab.kept_evaluation(path, judge) if args.reuse else None
+    if kept is not None:
+        return kept
     good, bad, config, schedule, dtype = pair
     model = AutoGuidedModel(good, bad, a, w, config.unet.null_label, args.guidance_interval)
     requested = np.repeat(np.arange(10), args.n_per_class)                     # (n,) 0 0 .. 1 1 ..
@@ -154,10 +154,7 @@ def evaluate(args, judge, pair, a: float, w: float, seed: int) -> dict:
                dtype=dtype, **extra)
     e = {**judge.measure(td.to_numpy(x), requested), "autoguidance": a, "guidance": w, "sample_seed": seed,
          "sample_s": round(time.perf_counter() - start, 2), "good": str(args.good), "bad": str(args.bad)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(e) + "\n")
-    partial.replace(path)                                   # whole or absent: a killed run leaves no half file
+    recipe_ab.keep_evaluation(path, e, judge)
     return e
 
 

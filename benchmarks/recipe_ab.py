@@ -465,15 +465,29 @@ def evaluate_or_reuse(checkpoint: str, judge: Judge, n_per_class: int, seed: int
                       guidance: float, reuse: bool, sampling: TrainConfig | None = None) -> dict:
     """evaluate_one, or its kept result when ``reuse`` and it was measured by the same classifier."""
     path = evaluation_path(checkpoint, n_per_class, seed, guidance_interval, guidance, judge.class_count)
-    if reuse and path.is_file():
-        kept = json.loads(path.read_text())
-        if kept.get("classifier_test_accuracy") == judge.test_accuracy:
-            return kept | {"reused": True}
+    kept = kept_evaluation(path, judge) if reuse else None
+    if kept is not None:
+        return kept
     e = evaluate_one(checkpoint, judge, n_per_class, seed, guidance_interval, guidance, sampling)
+    keep_evaluation(path, e, judge)
+    return e
+
+
+def kept_evaluation(path: Path, judge: Judge) -> dict | None:
+    """The evaluation kept at ``path`` (marked reused) when it was measured by this judge's classifier, else None."""
+    if not path.is_file():
+        return None
+    kept = json.loads(path.read_text())
+    return kept | {"reused": True} if kept.get("classifier_test_accuracy") == judge.test_accuracy else None
+
+
+def keep_evaluation(path: Path, e: dict, judge: Judge) -> None:
+    """Write ``e`` to ``path`` with the classifier that measured it, whole or not at all (a killed run leaves no half
+    file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(e | {"classifier_test_accuracy": judge.test_accuracy}) + "\n")
-    partial.replace(path)                                   # whole or absent: a killed run leaves no half file
-    return e
+    partial.replace(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -26,8 +26,8 @@ Their seconds per image include the classifier's forward and backward pass at ev
 The real-vs-real baseline (two disjoint sets of real test digits, as many as there are samples) is
 printed first: it is what a perfect generator would score with this many samples. Beside it, the classifier's
 accuracy on the first of those sets: a perfect generator's accuracy too, since the classifier misreads some real
-digits (samples scoring above it are more legible than the data, which guidance buys at a cost in FID and recall). The table is
-written as Markdown and CSV next to a plot of quality against steps.
+digits (samples scoring above it are more legible than the data, which guidance buys at a cost in FID and recall).
+The table is written as Markdown and CSV next to a plot of quality against steps.
 
 Other data. --dataset fashion-mnist (or a checkpoint whose class names or data source say Fashion-MNIST)
 measures against Fashion-MNIST's test split in the features of a classifier trained on Fashion-MNIST

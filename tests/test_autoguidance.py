@@ -66,7 +66,7 @@ def test_classifier_free_guidance_alone_equals_guided_model_in_and_out_of_the_in
         for w in (0.0, 1.5, 2.0):
             out = ag.AutoGuidedModel(good, bad, 1.0, w, null_label=10, interval=interval)(x, t, labels)
             want = GuidedModel(good, w, null_label=10, interval=interval)(x, t, labels)
-            np.testing.assert_allclose(out, want, rtol=0, atol=1e-12)
+            assert np.array_equal(out, want)                     # the same mix (cfg_combine), to the last bit
     assert calls["bad"] == 0
     out = ag.AutoGuidedModel(good, bad, 1.0, 3.0, null_label=10, interval=(0, 575))(x, t, labels)
     np.testing.assert_allclose(out[4:], good(x, t, labels)[4:], rtol=0, atol=1e-15)   # t > 575: conditional only
